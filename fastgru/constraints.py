@@ -1,0 +1,137 @@
+"""Keras-named weight constraints: callables ``c(w) -> w'`` on NumPy or CuPy arrays.
+
+Optimizers apply a Variable's constraint after each update (never in forward). Norms are taken
+along ``axis`` (Keras default 0: each column, i.e. each output unit's incoming weights), with
+Keras's epsilon 1e-7 in the denominators.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .regularizers import _xp
+
+__all__ = ["Constraint", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "get", "serialize",
+           "deserialize"]
+
+EPSILON = 1e-7
+
+
+def _norms(w, axis):
+    xp = _xp(w)
+    return xp.sqrt((w * w).sum(axis=axis, keepdims=True))
+
+
+class Constraint:
+    def __call__(self, w):
+        return w
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(type(self).__name__)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class MaxNorm(Constraint):
+    def __init__(self, max_value=2, axis=0):
+        self.max_value, self.axis = max_value, axis
+
+    def __call__(self, w):
+        xp = _xp(w)
+        n = _norms(w, self.axis)
+        desired = xp.clip(n, 0, self.max_value)
+        return (w * (desired / (EPSILON + n))).astype(w.dtype, copy=False)
+
+    def get_config(self):
+        return {"max_value": self.max_value, "axis": self.axis}
+
+
+class MinMaxNorm(Constraint):
+    def __init__(self, min_value=0.0, max_value=1.0, rate=1.0, axis=0):
+        self.min_value, self.max_value, self.rate, self.axis = min_value, max_value, rate, axis
+
+    def __call__(self, w):
+        xp = _xp(w)
+        n = _norms(w, self.axis)
+        desired = self.rate * xp.clip(n, self.min_value, self.max_value) + (1 - self.rate) * n
+        return (w * (desired / (EPSILON + n))).astype(w.dtype, copy=False)
+
+    def get_config(self):
+        return {"min_value": self.min_value, "max_value": self.max_value, "rate": self.rate,
+                "axis": self.axis}
+
+
+class NonNeg(Constraint):
+    def __call__(self, w):
+        return (w * (w >= 0)).astype(w.dtype, copy=False)
+
+
+class UnitNorm(Constraint):
+    def __init__(self, axis=0):
+        self.axis = axis
+
+    def __call__(self, w):
+        return (w / (EPSILON + _norms(w, self.axis))).astype(w.dtype, copy=False)
+
+    def get_config(self):
+        return {"axis": self.axis}
+
+
+_CLASSES = {c.__name__: c for c in (MaxNorm, MinMaxNorm, NonNeg, UnitNorm)}
+_ALIASES = {"max_norm": MaxNorm, "min_max_norm": MinMaxNorm, "non_neg": NonNeg,
+            "unit_norm": UnitNorm}
+
+
+class _Callable(Constraint):
+    def __init__(self, fn):
+        self.fn = fn
+
+    def __call__(self, w):
+        return self.fn(w)
+
+
+def get(identifier) -> Constraint | None:
+    if identifier is None:
+        return None
+    if isinstance(identifier, Constraint):
+        return identifier
+    if isinstance(identifier, str):
+        cls = _ALIASES.get(identifier) or _CLASSES.get(identifier)
+        if cls is None:
+            raise ValueError(f"Could not interpret constraint identifier: {identifier}")
+        return cls()
+    if isinstance(identifier, dict):
+        return deserialize(identifier)
+    if callable(identifier):
+        return _Callable(identifier)
+    raise ValueError(f"Could not interpret constraint identifier: {identifier}")
+
+
+def deserialize(config: dict) -> Constraint:
+    name = config.get("class_name")
+    cls = _CLASSES.get(name) or _ALIASES.get(name)
+    if cls is None:
+        raise ValueError(f"Could not interpret constraint identifier: {config}")
+    return cls.from_config(dict(config.get("config") or {}))
+
+
+def serialize(constraint) -> Any:
+    if constraint is None:
+        return None
+    c = get(constraint)
+    if isinstance(c, _Callable):
+        return c.fn
+    return {"module": "keras.constraints", "class_name": type(c).__name__,
+            "config": c.get_config(), "registered_name": None}

@@ -1,0 +1,5 @@
+"""fastgru layers (pure Python front end over the engines)."""
+
+from .base import Grads, Layer
+
+__all__ = ["Grads", "Layer"]
