@@ -1,0 +1,304 @@
+"""fastgru.optim against the Keras 3 update formulas, written out independently here."""
+
+import math
+import pickle
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fastgru.optim import SGD, Adam, AdamW
+from fastgru.variable import Variable
+
+
+def var(values, dtype="float64", **kw):
+    return Variable(np.array(values, dtype=dtype), "w", **kw)
+
+
+GRADS = [np.array([0.5, -1.0, 2.0]), np.array([-0.25, 0.75, 1.5]), np.array([1.0, 0.0, -3.0])]
+W0 = np.array([1.0, -2.0, 0.5])
+
+
+def keras_adam(w, grads, lr=0.001, b1=0.9, b2=0.999, eps=1e-7, amsgrad=False, wd=None):
+    """Keras 3 ``Adam.update_step`` (+ ``_apply_weight_decay``) as plain float64 loops."""
+    w = w.astype(float).copy()
+    m = np.zeros_like(w)
+    v = np.zeros_like(w)
+    vh = np.zeros_like(w)
+    for t, g in enumerate(grads, start=1):
+        if wd is not None:
+            w = w - w * wd * lr
+        alpha = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
+        m = m + (g - m) * (1 - b1)
+        v = v + (g * g - v) * (1 - b2)
+        vv = v
+        if amsgrad:
+            vh = np.maximum(vh, v)
+            vv = vh
+        w = w - m * alpha / (np.sqrt(vv) + eps)
+    return w
+
+
+def run(opt_cls, grads, w0=W0, dtype="float64", **kw):
+    w = var(w0, dtype)
+    opt = opt_cls([w], **kw)
+    for g in grads:
+        opt.step([g.astype(dtype)])
+    return w.value
+
+
+# ---------------------------------------------------------------------------------- SGD
+def test_sgd_plain_hand_computed():
+    w = run(SGD, GRADS[:2], learning_rate=0.1)
+    # 1 - 0.1*0.5 - 0.1*(-0.25) = 0.975 ; -2 + 0.1 - 0.075 = -1.975 ; 0.5 - 0.2 - 0.15 = 0.15
+    np.testing.assert_allclose(w, [0.975, -1.975, 0.15], rtol=1e-14)
+
+
+@pytest.mark.parametrize("nesterov", [False, True])
+def test_sgd_momentum_matches_keras_formula(nesterov):
+    lr, mu = 0.05, 0.9
+    w, m = W0.copy(), np.zeros(3)
+    for g in GRADS:
+        m = m * mu - g * lr
+        w = w + (m * mu - g * lr if nesterov else m)
+    got = run(SGD, GRADS, learning_rate=lr, momentum=mu, nesterov=nesterov)
+    np.testing.assert_allclose(got, w, rtol=1e-14)
+
+
+def test_sgd_momentum_first_steps_by_hand():
+    # m1 = -0.1*1 = -0.1, w1 = 0.9 ; m2 = 0.5*-0.1 - 0.1*1 = -0.15, w2 = 0.75
+    w = var([1.0])
+    opt = SGD([w], learning_rate=0.1, momentum=0.5)
+    opt.step([np.array([1.0])])
+    assert w.value[0] == pytest.approx(0.9, abs=1e-15)
+    opt.step([np.array([1.0])])
+    assert w.value[0] == pytest.approx(0.75, abs=1e-15)
+
+
+@pytest.mark.parametrize("bad", [-0.1, 1.5, "0.9", True])
+def test_sgd_rejects_bad_momentum(bad):
+    with pytest.raises(ValueError, match="momentum"):
+        SGD([var([1.0])], momentum=bad)
+
+
+# ---------------------------------------------------------------------------------- Adam
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_matches_keras_formula(amsgrad):
+    grads = GRADS + [g * 0.01 for g in GRADS]  # shrinking gradients make amsgrad matter
+    got = run(Adam, grads, learning_rate=0.01, amsgrad=amsgrad)
+    want = keras_adam(W0, grads, lr=0.01, amsgrad=amsgrad)
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    if amsgrad:  # and it does differ from plain Adam on this sequence
+        assert not np.allclose(got, keras_adam(W0, grads, lr=0.01), rtol=1e-6)
+
+
+def test_adam_first_step_is_lr_times_sign():
+    # m = 0.1 g, v = 0.001 g^2, alpha = lr sqrt(0.001)/0.1 -> step = lr * g/|g| (epsilon=0)
+    got = run(Adam, GRADS[:1], learning_rate=0.01, epsilon=0.0)
+    np.testing.assert_allclose(got, W0 - 0.01 * np.sign(GRADS[0]), rtol=1e-14)
+
+
+def test_adam_weight_decay_is_decoupled_and_first():
+    got = run(Adam, GRADS, learning_rate=0.01, weight_decay=0.1)
+    np.testing.assert_allclose(got, keras_adam(W0, GRADS, lr=0.01, wd=0.1), rtol=1e-13)
+    # one step by hand: w * (1 - 0.1*0.01) - 0.01 * sign(g)
+    one = run(Adam, GRADS[:1], learning_rate=0.01, weight_decay=0.1, epsilon=0.0)
+    np.testing.assert_allclose(one, W0 * (1 - 1e-3) - 0.01 * np.sign(GRADS[0]), rtol=1e-14)
+
+
+def test_adamw_defaults_and_exclusion():
+    w, b = Variable(W0.copy(), "dense/kernel"), Variable(W0.copy(), "dense/bias")
+    opt = AdamW([w, b], learning_rate=0.01)
+    assert opt.weight_decay == 0.004
+    opt.exclude_from_weight_decay(var_names=["bias"])
+    for g in GRADS:
+        opt.step([g, g])
+    np.testing.assert_allclose(w.value, keras_adam(W0, GRADS, lr=0.01, wd=0.004), rtol=1e-13)
+    np.testing.assert_allclose(b.value, keras_adam(W0, GRADS, lr=0.01), rtol=1e-13)
+
+
+def test_adam_float32_stays_float32_in_place_and_close_to_float64():
+    w = var(W0, "float32")
+    buf = w.value
+    opt = Adam([w], learning_rate=0.01)
+    for g in GRADS:
+        opt.step([g])  # float64 gradients are cast to the variable's dtype
+    assert w.value is buf and w.value.dtype == np.float32
+    assert all(s.dtype == np.float32 for k in opt._slots.values() for s in k)
+    np.testing.assert_allclose(w.value, keras_adam(W0, GRADS, lr=0.01), rtol=1e-5)
+
+
+@pytest.mark.parametrize("key,val", [("beta_1", 1.0), ("beta_2", -0.5), ("epsilon", -1.0),
+                                     ("learning_rate", -1.0), ("weight_decay", -1.0)])
+def test_adam_rejects_bad_hyperparameters(key, val):
+    with pytest.raises(ValueError, match=key):
+        Adam([var([1.0])], **{key: val})
+
+
+# ---------------------------------------------------------------------------------- clipping
+def sgd1(**kw):
+    """Two variables, lr=1, so ``w0 - w`` reads the clipped gradient."""
+    a, b = var([0.0, 0.0]), var([0.0])
+    return a, b, SGD([a, b], learning_rate=1.0, **kw)
+
+
+def test_clipnorm_per_tensor():
+    a, b, opt = sgd1(clipnorm=1.0)
+    opt.step([np.array([3.0, 4.0]), np.array([0.5])])
+    np.testing.assert_allclose(-a.value, [0.6, 0.8], rtol=1e-15)  # norm 5 -> 1
+    np.testing.assert_allclose(-b.value, [0.5], rtol=1e-15)  # below the threshold: untouched
+
+
+def test_global_clipnorm():
+    a, b, opt = sgd1(global_clipnorm=6.5)
+    opt.step([np.array([3.0, 4.0]), np.array([12.0])])  # global norm 13 -> scale 1/2
+    np.testing.assert_allclose(-a.value, [1.5, 2.0], rtol=1e-15)
+    np.testing.assert_allclose(-b.value, [6.0], rtol=1e-15)
+    a, b, opt = sgd1(global_clipnorm=100.0)
+    opt.step([np.array([3.0, 4.0]), np.array([12.0])])
+    np.testing.assert_allclose(-b.value, [12.0], rtol=1e-15)
+
+
+def test_global_clipnorm_inf_gives_nan_like_keras():
+    a, b, opt = sgd1(global_clipnorm=1.0)
+    opt.step([np.array([np.inf, 0.0]), np.array([1.0])])
+    assert np.isnan(b.value).all()
+
+
+def test_clipvalue():
+    a, b, opt = sgd1(clipvalue=0.5)
+    opt.step([np.array([3.0, -0.25]), np.array([-4.0])])
+    np.testing.assert_allclose(-a.value, [0.5, -0.25])
+    np.testing.assert_allclose(-b.value, [-0.5])
+
+
+def test_only_one_clip_argument():
+    with pytest.raises(ValueError, match="Only one of"):
+        SGD([var([1.0])], clipnorm=1.0, global_clipnorm=1.0)
+
+
+# ---------------------------------------------------------------------------------- mechanics
+def test_constraint_applied_after_step_and_version_bumped():
+    seen = []
+
+    def nonneg(v):
+        seen.append(v.copy())
+        return np.maximum(v, 0.0)
+
+    w = var([1.0, 1.0], constraint=nonneg)
+    v0 = w.version
+    SGD([w], learning_rate=1.0).step([np.array([2.0, -2.0])])
+    np.testing.assert_array_equal(seen[0], [-1.0, 3.0])  # the constraint saw the updated value
+    np.testing.assert_array_equal(w.value, [0.0, 3.0])
+    assert w.version > v0
+
+
+def test_none_gradients_skipped_and_errors():
+    a, b = var([1.0]), var([1.0])
+    opt = SGD([a, b], learning_rate=0.5)
+    vb = b.version
+    opt.step([np.array([1.0]), None])
+    assert a.value[0] == 0.5 and b.value[0] == 1.0 and b.version == vb
+    with pytest.raises(ValueError, match="No gradients"):
+        opt.step([None, None])
+    with pytest.raises(ValueError, match="aligned"):
+        opt.step([np.array([1.0])])
+    with pytest.raises(ValueError, match="shape"):
+        opt.step([np.array([1.0, 2.0]), None])
+    with pytest.raises(ValueError, match="more than once"):
+        SGD([a, a])
+    with pytest.raises(TypeError, match="Variables"):
+        SGD([np.zeros(2)])
+
+
+def test_accepts_grads_object_and_layer_like():
+    from fastgru.layers.base import Grads
+
+    class Holder:
+        trainable_weights = [var([1.0, 2.0]), var([3.0])]
+
+    opt = SGD(Holder(), learning_rate=1.0)
+    g = Grads(weights=[np.array([1.0, 1.0]), np.array([1.0])], names=["kernel", "bias"])
+    opt.step(g)
+    np.testing.assert_array_equal(Holder.trainable_weights[0].value, [0.0, 1.0])
+    np.testing.assert_array_equal(Holder.trainable_weights[1].value, [2.0])
+
+
+def test_learning_rate_schedule_gets_step_count():
+    calls = []
+
+    def schedule(step):
+        calls.append(step)
+        return 1.0 / (step + 1)
+
+    w = var([0.0])
+    opt = SGD([w], learning_rate=schedule)
+    for _ in range(3):
+        opt.step([np.array([-1.0])])
+    assert calls == [0, 1, 2]
+    assert w.value[0] == pytest.approx(1 + 1 / 2 + 1 / 3)
+    assert opt.learning_rate == 0.25
+
+
+@pytest.mark.parametrize("make", [
+    lambda p: Adam(p, learning_rate=0.1, amsgrad=True),
+    lambda p: SGD(p, learning_rate=0.1, momentum=0.9, nesterov=True),
+])
+def test_state_dict_resume_is_exact(make):
+    a, b = var(W0), var(W0)
+    oa = make([a])
+    for g in GRADS[:2]:
+        oa.step([g])
+    b.assign(a.value)
+    ob = make([b])
+    ob.load_state_dict(pickle.loads(pickle.dumps(oa.state_dict())))
+    assert ob.iterations == 2
+    for g in GRADS[2:] + GRADS:
+        oa.step([g])
+        ob.step([g])
+    np.testing.assert_array_equal(a.value, b.value)
+
+
+def test_load_state_dict_validates():
+    opt = Adam([var(W0)])
+    with pytest.raises(ValueError, match="SGD"):
+        SGD([var(W0)]).load_state_dict(opt.state_dict())
+    bad = opt.state_dict()
+    bad["slots"]["momentums"] = [np.zeros(2)]
+    with pytest.raises(ValueError, match="shape"):
+        opt.load_state_dict(bad)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from(["adam", "sgd"]))
+def test_quadratic_converges(seed, which):
+    rng = np.random.default_rng(seed)
+    q = rng.normal(size=(4, 4))
+    a = q @ q.T + np.eye(4)  # SPD, condition number moderate
+    c = rng.normal(size=4)
+    w = Variable(np.zeros(4), "w")
+    if which == "adam":
+        opt = Adam([w], learning_rate=0.05)
+        steps = 1500
+    else:
+        opt = SGD([w], learning_rate=0.5 / np.linalg.eigvalsh(a)[-1], momentum=0.9)
+        steps = 1500
+    for _ in range(steps):
+        opt.step([a @ (w.value - c)])
+    np.testing.assert_allclose(w.value, c, atol=1e-3)
+
+
+def test_cupy_values_updated_in_place():
+    cp = pytest.importorskip("cupy")
+    try:
+        cp.cuda.runtime.getDeviceCount()
+    except Exception:
+        pytest.skip("no CUDA device")
+    w = Variable(cp.asarray(W0, dtype=cp.float32), "w")
+    buf = w.value
+    opt = Adam([w], learning_rate=0.01, clipnorm=10.0)
+    for g in GRADS:
+        opt.step([cp.asarray(g)])
+    assert w.value is buf
+    np.testing.assert_allclose(w.value.get(), keras_adam(W0, GRADS, lr=0.01), rtol=1e-5)
