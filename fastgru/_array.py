@@ -1,0 +1,58 @@
+"""Array-module helpers: NumPy or CuPy, decided by the arrays themselves.
+
+CuPy is optional. Nothing here imports it unless an array that came from CuPy is seen, so the
+package imports (and every CPU path runs) without it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def is_cupy(a) -> bool:
+    """True for a CuPy ndarray (checked by type, without importing CuPy)."""
+    return type(a).__module__.split(".")[0] == "cupy"
+
+
+def get_array_module(*arrays):
+    """``cupy`` if any argument is a CuPy array, else ``numpy`` (None arguments are skipped)."""
+    for a in arrays:
+        if a is not None and is_cupy(a):
+            import cupy
+
+            return cupy
+    return np
+
+
+def cupy_available() -> bool:
+    """True when CuPy imports and sees at least one CUDA device."""
+    try:
+        import cupy
+
+        return cupy.cuda.runtime.getDeviceCount() > 0
+    except Exception:  # ImportError, or CUDARuntimeError without a driver/device
+        return False
+
+
+def to_host(a):
+    """A NumPy array for NumPy/CuPy/array-like input (CuPy copies device -> host)."""
+    if a is None:
+        return None
+    if is_cupy(a):
+        return a.get()
+    return np.asarray(a)
+
+
+def to_device(a, device: str = "gpu"):
+    """Move ``a`` to ``device`` ("cpu" -> NumPy, "gpu" -> CuPy on the current device)."""
+    if a is None:
+        return None
+    if device == "cpu":
+        return to_host(a)
+    if device == "gpu":
+        try:
+            import cupy
+        except ImportError as e:  # pragma: no cover - depends on the machine
+            raise ImportError("device='gpu' needs CuPy (pip install cupy-cuda12x)") from e
+        return cupy.asarray(a)
+    raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r}")
