@@ -2,14 +2,18 @@
 
 from . import activations, constraints, initializers, regularizers
 from ._random import set_seed
-from .layers.base import Grads, Layer
+from .layers import GRU, RNN, Grads, GRUCell, Layer, StackedRNNCells
 from .variable import Variable
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "GRU",
+    "GRUCell",
     "Grads",
     "Layer",
+    "RNN",
+    "StackedRNNCells",
     "Variable",
     "activations",
     "constraints",

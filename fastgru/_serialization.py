@@ -1,0 +1,62 @@
+"""Keras-style serialisation of layers and cells: ``{"module", "class_name", "config",
+"registered_name"}`` dicts, and the lookup that turns them back into objects.
+
+fastgru classes are found by their Keras class names; anything else must be passed in
+``custom_objects`` (like Keras) or registered with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["register", "serialize", "deserialize"]
+
+_REGISTRY: dict[str, type] = {}
+
+
+def register(cls: type, name: str | None = None) -> type:
+    """Make ``cls`` deserialisable under ``name`` (default: its class name)."""
+    _REGISTRY[name or cls.__name__] = cls
+    return cls
+
+
+def _is_fastgru(cls) -> bool:
+    return cls.__module__.split(".")[0] == "fastgru"
+
+
+def serialize(obj) -> dict:
+    cls = type(obj)
+    if not hasattr(obj, "get_config"):
+        raise TypeError(
+            f"Cannot serialise {obj!r}: a cell or layer needs a `get_config()` method"
+        )
+    if _is_fastgru(cls):
+        return {"module": "keras.layers", "class_name": cls.__name__,
+                "config": obj.get_config(), "registered_name": None}
+    return {"module": cls.__module__, "class_name": cls.__name__, "config": obj.get_config(),
+            "registered_name": cls.__name__}
+
+
+def _lookup(name, custom_objects):
+    if custom_objects and name in custom_objects:
+        return custom_objects[name]
+    return _REGISTRY.get(name)
+
+
+def deserialize(config: Any, custom_objects: dict | None = None):
+    """An object from its serialised dict (objects pass through unchanged)."""
+    if not isinstance(config, dict):
+        return config
+    names = [config.get("registered_name"), config.get("class_name")]
+    cls = next((c for c in (_lookup(n, custom_objects) for n in names if n) if c), None)
+    if cls is None:
+        raise ValueError(
+            f"Could not locate class '{config.get('class_name')}'. Make sure custom classes "
+            "are passed in `custom_objects={'Name': cls}` or registered with "
+            "fastgru._serialization.register."
+        )
+    cfg = config.get("config", {})
+    try:
+        return cls.from_config(cfg, custom_objects=custom_objects)
+    except TypeError:
+        return cls.from_config(cfg)
