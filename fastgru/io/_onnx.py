@@ -382,7 +382,8 @@ def to_onnx(model, path=None, *, sequence_lens: bool = False, opset: int = 17,
                          f"{len(outs)} outputs.")
     for src, dst in zip(outs, output_names):
         g.nodes.append(helper.make_node("Identity", [src], [dst], name=g.name("out")))
-    outputs = [helper.make_tensor_value_info(n, elem, None) for n in output_names]
+    out_shapes = _output_shapes(model, shape, len(outs))
+    outputs = [helper.make_tensor_value_info(n, elem, s) for n, s in zip(output_names, out_shapes)]
     graph = helper.make_graph(g.nodes, model.name, inputs, outputs, initializer=g.inits)
     proto = helper.make_model(graph, producer_name="fastgru",
                               opset_imports=[helper.make_opsetid("", opset)])
@@ -390,6 +391,23 @@ def to_onnx(model, path=None, *, sequence_lens: bool = False, opset: int = 17,
     if path is not None:
         onnx.save(proto, path)
     return proto
+
+
+def _output_shapes(model, input_shape, n):
+    """Shapes of the n graph outputs (unknown dims None)."""
+    shapes = model.compute_output_shape(tuple([None] * (len(input_shape) - 1)
+                                              + [input_shape[-1]]))
+    if n == 1 and not (shapes and isinstance(shapes[0], (list, tuple))):
+        shapes = [shapes]
+    flat = []
+    for s in shapes:  # stacked-RNN states may come as lists of shapes
+        if s and isinstance(s[0], (list, tuple)):
+            flat.extend(s)
+        else:
+            flat.append(s)
+    if len(flat) != n:
+        return [None] * n
+    return [[None if d is None else int(d) for d in s] for s in flat]
 
 
 def _first_layer(model):

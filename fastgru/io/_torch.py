@@ -212,6 +212,9 @@ def _torch_layers(model) -> list:
                 f"Bidirectional '{model.name}': PyTorch concatenates the two directions; "
                 f"merge_mode={model.merge_mode!r} has no nn.GRU form."
             )
+        if model.forward_layer.go_backwards:
+            raise ValueError(f"Bidirectional '{model.name}': its forward layer runs backwards; "
+                             "nn.GRU's first direction is the forward one.")
         parts = []
         for sub in (model.forward_layer, model.backward_layer):
             (entry,) = _torch_layers_plain(sub, allow_backwards=True)

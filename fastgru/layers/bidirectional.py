@@ -50,7 +50,8 @@ class Bidirectional(Layer):
         backward_layer: optional layer for the backward direction (must have the opposite
             ``go_backwards`` and the same ``stateful``, ``return_sequences``,
             ``return_state``).
-        name, dtype, trainable: Layer arguments.
+        name, trainable: Layer arguments; dtype defaults to the wrapped layer's (Keras would
+            use the global float32 policy and cast a float64 layer's outputs down).
 
     Call: ``layer(sequences, initial_state=None, mask=None, training=False)``. Shapes (u =
     units): concat ``(B, T, 2u)`` / ``(B, 2u)``; sum/mul/ave ``(B, T, u)`` / ``(B, u)``;
@@ -81,6 +82,8 @@ class Bidirectional(Layer):
                 f"Invalid merge mode. Received: {merge_mode}. Merge mode should be one of "
                 '{"sum", "mul", "ave", "concat", None}'
             )
+        if kwargs.get("dtype") is None:  # Keras would use the global float32 policy
+            kwargs["dtype"] = layer.dtype
         super().__init__(**kwargs)
         self.forward_layer = _copy_layer(
             layer, "forward_" + _remove_prefix(layer.name, "forward_"))
