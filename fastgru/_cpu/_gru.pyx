@@ -1,0 +1,184 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Thin binding over the C kernels in src_c/: no maths here.
+
+The Python engine (fastgru/engines/cpu.py) validates shapes and dtypes and allocates every
+array; these functions re-check the few facts that would otherwise crash (ndarray, dtype,
+C-contiguity, size) and then run the kernels without the GIL.
+"""
+
+cimport numpy as cnp
+from scipy.linalg.cython_blas cimport dgemm, sgemm
+
+from ._kernels cimport *
+
+cnp.import_array()
+
+PANEL_F = FG_WF
+PANEL_D = FG_WD
+ISA_NAMES = {FG_ISA_GENERIC: "generic", FG_ISA_AVX2: "avx2", FG_ISA_AVX512: "avx512"}
+
+
+def isa_best():
+    """The fastest per-step product kernel this CPU runs: 0 generic, 1 avx2, 2 avx512."""
+    return fg_isa_best()
+
+
+cdef void *_p(object arr, int typenum, Py_ssize_t size, str name) except? NULL:
+    """Data pointer of a C-contiguous ndarray of typenum with at least `size` elements;
+    None gives NULL."""
+    if arr is None:
+        return NULL
+    if not isinstance(arr, cnp.ndarray):
+        raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
+    cdef cnp.ndarray a = <cnp.ndarray>arr
+    if cnp.PyArray_TYPE(a) != typenum:
+        raise TypeError(f"{name}: wrong dtype {a.dtype}")
+    if not cnp.PyArray_IS_C_CONTIGUOUS(a):
+        raise ValueError(f"{name}: array must be C-contiguous")
+    if cnp.PyArray_SIZE(a) < size:
+        raise ValueError(f"{name}: expected at least {size} elements, got {cnp.PyArray_SIZE(a)}")
+    return cnp.PyArray_DATA(a)
+
+
+cdef int _typenum(object x) except -1:
+    if not isinstance(x, cnp.ndarray):
+        raise TypeError("expected a numpy array")
+    cdef int t = cnp.PyArray_TYPE(<cnp.ndarray>x)
+    if t != cnp.NPY_FLOAT32 and t != cnp.NPY_FLOAT64:
+        raise TypeError(f"expected float32 or float64, got {x.dtype}")
+    return t
+
+
+def pack(src, int col0, int ncols, dst):
+    """Pack columns [col0, col0+ncols) of src (K, ld) into panels in dst (1-D)."""
+    cdef int t = _typenum(src)
+    cdef int K = src.shape[0]
+    cdef long ld = src.shape[1]
+    cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
+    if src.ndim != 2 or col0 < 0 or ncols < 0 or col0 + ncols > ld:
+        raise ValueError("pack: bad column range")
+    cdef Py_ssize_t need = <Py_ssize_t>((ncols + W - 1) // W) * K * W
+    cdef void *s = _p(src, t, <Py_ssize_t>K * ld, "src")
+    cdef void *d = _p(dst, t, need, "dst")
+    with nogil:
+        if t == cnp.NPY_FLOAT64:
+            fg_pack_d(<double *>s, ld, K, col0, ncols, <double *>d)
+        else:
+            fg_pack_f(<float *>s, ld, K, col0, ncols, <float *>d)
+
+
+def gemm_panels(int isa, A, P, int K, int npanels, C):
+    """C (M, npanels*W) = A (M, K) @ the packed panels P (npanels panels of K x W)."""
+    cdef int t = _typenum(A)
+    cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
+    if A.ndim != 2 or C.ndim != 2 or A.shape[1] != K or C.shape[0] != A.shape[0] \
+            or C.shape[1] != npanels * W:
+        raise ValueError("gemm_panels: inconsistent shapes")
+    cdef int M = A.shape[0]
+    cdef void *a = _p(A, t, <Py_ssize_t>M * K, "A")
+    cdef void *p = _p(P, t, <Py_ssize_t>npanels * K * W, "P")
+    cdef void *c = _p(C, t, <Py_ssize_t>M * npanels * W, "C")
+    with nogil:
+        if t == cnp.NPY_FLOAT64:
+            fg_gemm_panels_d(isa, M, K, <double *>a, K, <double *>p, <long>K * W, npanels,
+                             <double *>c, <long>npanels * W)
+        else:
+            fg_gemm_panels_f(isa, M, K, <float *>a, K, <float *>p, <long>K * W, npanels,
+                             <float *>c, <long>npanels * W)
+
+
+def activation(int code, x, out, bint derivative=False):
+    """out = act(x) (or act'(x)) elementwise, the C definitions used by the kernels."""
+    cdef int t = _typenum(x)
+    cdef Py_ssize_t n = x.size
+    cdef void *pi = _p(x, t, n, "x")
+    cdef void *po = _p(out, t, n, "out")
+    cdef int rc
+    with nogil:
+        if t == cnp.NPY_FLOAT64:
+            rc = fg_dact_d(code, n, <double *>pi, <double *>po) if derivative else \
+                fg_act_d(code, n, <double *>pi, <double *>po)
+        else:
+            rc = fg_dact_f(code, n, <float *>pi, <float *>po) if derivative else \
+                fg_act_f(code, n, <float *>pi, <float *>po)
+    if rc:
+        raise ValueError(f"unknown activation code {code}")
+
+
+def forward(x, kernel, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh, out, h_last,
+            pre, hprev, rp, int units, bint reset_after, bint go_backwards,
+            bint return_sequences, bint zero_output_for_mask, int act, int rec_act,
+            int n_threads, int isa, int chunk, bint split_units):
+    """Run fg_forward; see src_c/fastgru.h for every argument's shape."""
+    cdef int t = _typenum(x)
+    cdef fg_fwd_args a
+    cdef int B = x.shape[0], T = x.shape[1], D = x.shape[2], u = units
+    cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
+    cdef Py_ssize_t npu = (u + W - 1) // W
+    cdef Py_ssize_t BT = <Py_ssize_t>B * T
+    a.is_double = t == cnp.NPY_FLOAT64
+    a.B, a.T, a.D, a.u = B, T, D, u
+    a.reset_after, a.go_backwards = reset_after, go_backwards
+    a.return_sequences, a.zero_output_for_mask = return_sequences, zero_output_for_mask
+    a.act, a.rec_act = act, rec_act
+    a.x = _p(x, t, BT * D, "x")
+    a.kernel = _p(kernel, t, <Py_ssize_t>D * 3 * u, "kernel")
+    a.upk = _p(upk, t, 3 * npu * u * W, "packed recurrent kernel")
+    a.b_in = _p(b_in, t, 3 * u, "input bias")
+    if reset_after and b_rec is None:
+        raise ValueError("recurrent bias required with reset_after")
+    a.b_rec = _p(b_rec, t, 3 * u, "recurrent bias")
+    a.h0 = _p(h0, t, <Py_ssize_t>B * u, "h0")
+    a.mask = <const unsigned char *>_p(mask, cnp.NPY_UINT8, BT, "mask")
+    a.mx = _p(mx, t, (3 if mx_per_gate else 1) * <Py_ssize_t>B * D, "input dropout mask")
+    a.mx_per_gate = mx_per_gate
+    a.mh = _p(mh, t, 3 * <Py_ssize_t>B * u, "recurrent dropout mask")
+    a.out = _p(out, t, (BT if return_sequences else B) * u, "out")
+    a.h_last = _p(h_last, t, <Py_ssize_t>B * u, "h_last")
+    a.pre = _p(pre, t, BT * 3 * u, "pre")
+    a.hprev = _p(hprev, t, BT * u, "hprev")
+    a.rp = _p(rp, t, BT * u, "rp")
+    a.n_threads, a.isa, a.chunk, a.split_units = n_threads, isa, chunk, split_units
+    a.sgemm = sgemm
+    a.dgemm = dgemm
+    cdef int rc
+    with nogil:
+        rc = fg_forward(&a)
+    if rc:
+        raise MemoryError("fastgru cpu forward: out of memory for its workspace")
+
+
+def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
+             bint reset_after, bint go_backwards, bint return_sequences,
+             bint zero_output_for_mask, int act, int rec_act, int n_threads, int isa):
+    """Run fg_backward; see src_c/fastgru.h for every argument's shape."""
+    cdef int t = _typenum(pre)
+    cdef fg_bwd_args a
+    cdef int B = pre.shape[0], T = pre.shape[1], u = units
+    cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
+    cdef Py_ssize_t npu = (u + W - 1) // W
+    cdef Py_ssize_t BT = <Py_ssize_t>B * T
+    a.is_double = t == cnp.NPY_FLOAT64
+    a.B, a.T, a.u = B, T, u
+    a.reset_after, a.go_backwards = reset_after, go_backwards
+    a.return_sequences, a.zero_output_for_mask = return_sequences, zero_output_for_mask
+    a.act, a.rec_act = act, rec_act
+    a.pre = _p(pre, t, BT * 3 * u, "pre")
+    a.hprev = _p(hprev, t, BT * u, "hprev")
+    a.rp = _p(rp, t, BT * u, "rp")
+    a.mask = <const unsigned char *>_p(mask, cnp.NPY_UINT8, BT, "mask")
+    a.mh = _p(mh, t, 3 * <Py_ssize_t>B * u, "recurrent dropout mask")
+    a.utpk = _p(utpk, t, npu * 3 * u * W, "packed transposed recurrent kernel")
+    a.dout = _p(dout, t, (BT if return_sequences else B) * u, "d_outputs")
+    a.dhl = _p(dhl, t, <Py_ssize_t>B * u, "d_h_last")
+    a.dA = _p(dA, t, BT * 3 * u, "dA")
+    if reset_after and dR is None:
+        raise ValueError("dR required with reset_after")
+    a.dR = _p(dR, t, BT * 3 * u, "dR")
+    a.dh0 = _p(dh0, t, <Py_ssize_t>B * u, "dh0")
+    a.n_threads, a.isa = n_threads, isa
+    cdef int rc
+    with nogil:
+        rc = fg_backward(&a)
+    if rc:
+        raise MemoryError("fastgru cpu backward: out of memory for its workspace")

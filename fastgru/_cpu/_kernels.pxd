@@ -1,0 +1,71 @@
+# Declarations of the C kernels in src_c/fastgru.h (see that header for shapes and contracts).
+
+cdef extern from "fastgru.h" nogil:
+    int FG_WF
+    int FG_WD
+    int FG_ISA_GENERIC
+    int FG_ISA_AVX2
+    int FG_ISA_AVX512
+
+    ctypedef void (*fg_sgemm_t)(char *, char *, int *, int *, int *, float *, float *, int *,
+                                float *, int *, float *, float *, int *)
+    ctypedef void (*fg_dgemm_t)(char *, char *, int *, int *, int *, double *, double *, int *,
+                                double *, int *, double *, double *, int *)
+
+    int fg_isa_best()
+    void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst)
+    void fg_pack_d(const double *src, long ld, int K, int col0, int ncols, double *dst)
+    void fg_gemm_panels_f(int isa, int M, int K, const float *A, long lda, const float *P,
+                          long pstride, int np, float *C, long ldc)
+    void fg_gemm_panels_d(int isa, int M, int K, const double *A, long lda, const double *P,
+                          long pstride, int np, double *C, long ldc)
+    int fg_act_f(int code, int n, const float *inp, float *out)
+    int fg_act_d(int code, int n, const double *inp, double *out)
+    int fg_dact_f(int code, int n, const float *inp, float *out)
+    int fg_dact_d(int code, int n, const double *inp, double *out)
+
+    ctypedef struct fg_fwd_args:
+        int is_double
+        int B, T, D, u
+        int reset_after, go_backwards, return_sequences, zero_output_for_mask
+        int act, rec_act
+        const void *x
+        const void *kernel
+        const void *upk
+        const void *b_in
+        const void *b_rec
+        const void *h0
+        const unsigned char *mask
+        const void *mx
+        const void *mh
+        int mx_per_gate
+        void *out
+        void *h_last
+        void *pre
+        void *hprev
+        void *rp
+        int n_threads, isa, chunk, split_units
+        fg_sgemm_t sgemm
+        fg_dgemm_t dgemm
+
+    int fg_forward(const fg_fwd_args *a)
+
+    ctypedef struct fg_bwd_args:
+        int is_double
+        int B, T, u
+        int reset_after, go_backwards, return_sequences, zero_output_for_mask
+        int act, rec_act
+        const void *pre
+        const void *hprev
+        const void *rp
+        const unsigned char *mask
+        const void *mh
+        const void *utpk
+        const void *dout
+        const void *dhl
+        void *dA
+        void *dR
+        void *dh0
+        int n_threads, isa
+
+    int fg_backward(const fg_bwd_args *a)

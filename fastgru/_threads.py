@@ -1,0 +1,111 @@
+"""Thread-count control for the compiled CPU engine.
+
+``set_num_threads(n)`` sets the default used when an engine call passes ``n_threads=None``;
+the initial default is the number of CPUs this process may run on. ``blas_threads(n)`` pins
+the BLAS libraries (through threadpoolctl) to ``n`` threads around a block, so that BLAS called
+from inside the engine's OpenMP threads runs single-threaded and never oversubscribes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from contextlib import contextmanager
+
+_default: int | None = None
+
+
+def _cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads() -> int:
+    """The thread count used when ``n_threads`` is None."""
+    return _default if _default is not None else _cpus()
+
+
+def set_num_threads(n: int | None) -> None:
+    """Set the default thread count (None restores the CPU count of this process)."""
+    global _default
+    _default = None if n is None else check_n_threads(n)
+
+
+def check_n_threads(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, (int,)) and not hasattr(n, "__index__"):
+        raise TypeError(f"n_threads must be a positive int or None, got {n!r}")
+    n = int(n)
+    if n < 1:
+        raise ValueError(f"n_threads must be >= 1, got {n}")
+    return n
+
+
+def resolve(n_threads) -> int:
+    """``n_threads`` validated, or the default when None."""
+    return get_num_threads() if n_threads is None else check_n_threads(n_threads)
+
+
+_lock = threading.Lock()
+_depth = 0
+_saved: list | None = None
+_controllers: list | None = None
+
+
+def _raw_openblas(c):
+    """(get, set) ctypes functions of an OpenBLAS controller. threadpoolctl lets only the first
+    Python thread that limits a pthreads OpenBLAS change it; the engine may run in any thread,
+    so it calls the library directly (also ~50x cheaper per call)."""
+    prefix, suffix = c._find_affixes()
+    get = getattr(c.dynlib, f"{prefix}openblas_get_num_threads{suffix}")
+    set_ = getattr(c.dynlib, f"{prefix}openblas_set_num_threads{suffix}")
+    return get, set_
+
+
+def _blas_controllers() -> list:
+    """[(get_num_threads, set_num_threads)] for every loaded BLAS."""
+    global _controllers
+    if _controllers is None:
+        found = []
+        try:
+            from threadpoolctl import ThreadpoolController
+
+            for c in ThreadpoolController().lib_controllers:
+                if c.user_api != "blas":
+                    continue
+                try:
+                    if c.internal_api == "openblas" and c.threading_layer != "openmp":
+                        found.append(_raw_openblas(c))
+                        continue
+                except Exception:  # layout of threadpoolctl internals changed: use its API
+                    pass
+                found.append((c.get_num_threads, c.set_num_threads))
+        except Exception:  # threadpoolctl missing or unable to inspect: leave BLAS alone
+            found = []
+        _controllers = found
+    return _controllers
+
+
+@contextmanager
+def blas_threads(n: int):
+    """Pin every loaded BLAS to ``n`` threads inside the block (re-entrant and thread-safe:
+    the original counts come back when the last concurrent user leaves)."""
+    global _depth, _saved
+    ctl = _blas_controllers()
+    with _lock:
+        if _depth == 0:
+            _saved = [get() for get, _ in ctl]
+        _depth += 1
+        for get, set_ in ctl:
+            if get() != n:
+                set_(n)
+    try:
+        yield
+    finally:
+        with _lock:
+            _depth -= 1
+            if _depth == 0:
+                for (_, set_), k in zip(ctl, _saved):
+                    set_(k)
+                _saved = None

@@ -1,0 +1,328 @@
+"""The compiled CPU engine: validation and allocation in Python, the time loop in C.
+
+Same contract as ``engines/base.py`` (see reference.py for the maths). Everything is checked
+and made C-contiguous here, then ``fastgru._cpu._gru`` runs the whole layer without the GIL:
+
+- input projection ``x @ kernel`` as BLAS GEMMs (scipy.linalg.cython_blas) over chunks of
+  time steps (bounded workspace), inside the engine's OpenMP threads with BLAS pinned to one
+  thread per call;
+- per step, the recurrent product by a fixed-order FMA kernel over packed column panels
+  (AVX-512 / AVX2 / generic chosen at run time; every variant gives the same bits), then one
+  fused C pass for the gates, mask select and output write;
+- threads: batch rows split across OpenMP threads, each running its rows' whole time loop; a
+  batch smaller than the thread count splits the units instead (one barrier per step).
+
+Determinism: a row's result depends neither on the thread count nor on the other rows of the
+batch (BLAS never takes a one-row product: those are padded to two rows; the per-step kernel
+is row-independent by construction).
+
+Kernel selection for tests and diagnosis: ``kernel=`` argument or the ``FASTGRU_CPU_KERNEL``
+environment variable, one of "auto", "avx512", "avx2", "generic".
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from .. import _threads
+from .base import DropoutMasks, Gradients, GRUSpec, Tape, Weights
+
+NAME = "cpu"
+
+try:
+    from .._cpu import _gru
+    _IMPORT_ERROR = None
+except ImportError as exc:  # source tree without a build: everything else still works
+    _gru = None
+    _IMPORT_ERROR = exc
+
+_ISA = {"generic": 0, "avx2": 1, "avx512": 2}
+_ISA_NAME = {v: k for k, v in _ISA.items()}
+# Input-projection GEMMs aim at this many rows, and their output chunk at most this many bytes.
+_PROJ_ROWS = 256
+_CHUNK_BYTES = 4 << 20
+# Below this much per-step work (B * u * 3u multiply-adds) a barrier per step costs more than
+# splitting the units gains, so a small batch stays on fewer threads.
+_SPLIT_MIN_WORK = 1 << 15
+
+
+def available() -> bool:
+    """True when the compiled extension is importable."""
+    return _gru is not None
+
+
+def supports(spec: GRUSpec) -> tuple[bool, str]:
+    """Whether this engine runs ``spec``, and why not."""
+    if _gru is None:
+        return False, f"the compiled CPU extension is not built ({_IMPORT_ERROR})"
+    for what, act in (("activation", spec.activation),
+                      ("recurrent_activation", spec.recurrent_activation)):
+        if getattr(act, "code", None) is None:
+            return False, (f"{what} {act!r} is a Python callable; compiled kernels know only "
+                           "the built-in Keras activations")
+    return True, "all activations are built-in"
+
+
+def _isa(kernel) -> int:
+    best = _gru.isa_best()
+    name = kernel if kernel is not None else os.environ.get("FASTGRU_CPU_KERNEL", "auto")
+    if name in (None, "", "auto"):
+        return best
+    if name not in _ISA:
+        raise ValueError(f"kernel must be one of 'auto', 'avx512', 'avx2', 'generic'; got {name!r}")
+    isa = _ISA[name]
+    if isa > best:
+        raise ValueError(f"kernel {name!r} is not supported by this CPU (best: {_ISA_NAME[best]})")
+    return isa
+
+
+def _plan(B: int, T: int, u: int, itemsize: int, n_threads: int):
+    """(threads, split_units, chunk steps, reason)."""
+    panel = 256 // itemsize
+    npu = -(-u // panel)
+    if B >= n_threads or n_threads == 1:
+        nthr, split = min(n_threads, max(B, 1)), False
+        why = (f"{nthr} thread(s), each running the whole time loop for its share of the "
+               f"{B} batch rows (no synchronisation between steps)")
+    elif npu >= 2 and B * u * 3 * u >= _SPLIT_MIN_WORK:
+        nthr, split = min(n_threads, npu), True
+        why = (f"batch {B} < {n_threads} threads: {nthr} threads split the {u} units "
+               "(one barrier per step)")
+    else:
+        nthr, split = max(B, 1), False
+        why = (f"batch {B} and {u} units are too small to split across {n_threads} threads: "
+               f"{nthr} thread(s)")
+    groups = 1 if split else nthr
+    rows = -(-max(B, 1) // groups)
+    chunk = -(-_PROJ_ROWS // rows)
+    chunk = max(1, min(T, chunk, _CHUNK_BYTES // max(1, rows * 3 * u * itemsize)))
+    return nthr, split, chunk, why
+
+
+def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None) -> str:
+    """Which kernels and threading a call with input shape ``x_shape`` would use, and why."""
+    ok, why = supports(spec)
+    if not ok:
+        return f"cpu engine unavailable: {why}"
+    B, T, D = x_shape
+    n = _threads.resolve(n_threads)
+    nthr, split, chunk, how = _plan(B, T, spec.units, 4, n)
+    isa = _ISA_NAME[_isa(kernel)]
+    gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
+    return (f"cpu engine (compiled Cython/OpenMP): input projection by BLAS GEMMs over chunks of "
+            f"{chunk} steps; per step {gemms} by the {isa} packed-panel FMA kernel then one fused "
+            f"gate/mask/output pass; threads: {how}.")
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+
+def _array(a, name, dtype, shape):
+    if hasattr(a, "__cuda_array_interface__"):
+        raise TypeError(f"{name}: the cpu engine takes NumPy arrays, got {type(a).__module__}."
+                        f"{type(a).__name__} (use the GPU engines for device arrays)")
+    a = np.asarray(a)
+    if a.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name} (the dtype of x), "
+                        f"got {a.dtype}")
+    if a.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
+    return np.ascontiguousarray(a)
+
+
+def _mask(mask, B, T):
+    if mask is None:
+        return None
+    m = np.asarray(mask)
+    if m.shape != (B, T):
+        raise ValueError(f"mask must have shape (batch, timesteps) = {(B, T)}, got {m.shape}")
+    if m.dtype != np.bool_:
+        if not (np.issubdtype(m.dtype, np.number)):
+            raise TypeError(f"mask must be boolean (or numeric, nonzero = keep), got {m.dtype}")
+        m = m != 0
+    return np.ascontiguousarray(m).view(np.uint8)
+
+
+def _check_spec(spec):
+    if not isinstance(spec, GRUSpec):
+        raise TypeError(f"spec must be a GRUSpec, got {type(spec).__name__}")
+    ok, why = supports(spec)
+    if not ok:
+        raise ValueError(f"cpu engine cannot run this layer: {why}")
+    if isinstance(spec.units, bool) or not isinstance(spec.units, (int, np.integer)) \
+            or spec.units < 1:
+        raise ValueError(f"spec.units must be a positive int, got {spec.units!r}")
+
+
+def _pack(mat, col0, ncols, itemsize):
+    panel = 256 // itemsize
+    dst = np.empty((-(-ncols // panel)) * mat.shape[0] * panel, mat.dtype)
+    _gru.pack(mat, col0, ncols, dst)
+    return dst
+
+
+def _pack_recurrent(U, u):
+    """Per gate g the panels of columns [g*u, (g+1)*u): the layout fg_forward reads."""
+    return np.concatenate([_pack(U, g * u, u, U.itemsize) for g in range(3)])
+
+
+def _biases(weights, spec, dtype, u):
+    u3 = 3 * u
+    b = weights.bias
+    if not spec.use_bias or b is None:
+        return np.zeros(u3, dtype), (np.zeros(u3, dtype) if spec.reset_after else None)
+    if spec.reset_after:
+        b = _array(b, "bias", dtype, (2, u3))
+        return b[0].copy(), b[1].copy()
+    return _array(b, "bias", dtype, (u3,)), None
+
+
+def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutMasks = None,
+            training: bool = False, *, n_threads: int | None = None, kernel: str | None = None):
+    """One GRU layer: ``(outputs, h_last, tape | None)``; see engines/base.py.
+
+    x (B, T, D) float32 or float64 (any strides); weights in Keras layout of x's dtype;
+    h0 (B, u) or None (zeros); mask (B, T) bool or None; dropout per DropoutMasks.
+    ``n_threads``: None = fastgru's default (``fastgru._threads.set_num_threads``).
+    """
+    _check_spec(spec)
+    if _gru is None:
+        raise RuntimeError(f"the compiled CPU extension is not built: {_IMPORT_ERROR}")
+    if hasattr(x, "__cuda_array_interface__"):
+        raise TypeError("x: the cpu engine takes NumPy arrays (use the GPU engines for device "
+                        "arrays)")
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (batch, timesteps, features), got {x.shape}")
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    dtype = x.dtype
+    B, T, D = x.shape
+    u = spec.units
+    if T == 0:
+        raise ValueError("x has 0 timesteps; a GRU needs at least one")
+    if not isinstance(weights, Weights):
+        if isinstance(weights, (tuple, list)) and len(weights) in (2, 3):
+            weights = Weights(*weights)
+        else:
+            raise TypeError("weights must be a Weights(kernel, recurrent_kernel, bias)")
+    W = _array(weights.kernel, "kernel", dtype, (D, 3 * u))
+    U = _array(weights.recurrent_kernel, "recurrent_kernel", dtype, (u, 3 * u))
+    b_in, b_rec = _biases(weights, spec, dtype, u)
+    h0 = np.zeros((B, u), dtype) if h0 is None else _array(h0, "h0", dtype, (B, u))
+    m8 = _mask(mask, B, T)
+    mx = mh = None
+    if dropout is not None and not dropout.empty:
+        if dropout.inputs is not None:
+            mi = np.asarray(dropout.inputs)
+            shape = (B, D) if mi.ndim == 2 else (3, B, D)
+            mx = _array(mi, "dropout.inputs", dtype, shape)
+        if dropout.recurrent is not None:
+            mh = _array(dropout.recurrent, "dropout.recurrent", dtype, (3, B, u))
+    xc = np.ascontiguousarray(x)
+
+    out = np.empty((B, T, u) if spec.return_sequences else (B, u), dtype)
+    h_last = np.empty((B, u), dtype)
+    pre = hprev = rp = None
+    if training:
+        pre = np.empty((B, T, 3 * u), dtype)
+        hprev = np.empty((B, T, u), dtype)
+        rp = np.empty((B, T, u), dtype)
+    if B > 0:
+        n = _threads.resolve(n_threads)
+        nthr, split, chunk, _ = _plan(B, T, u, dtype.itemsize, n)
+        upk = _pack_recurrent(U, u)
+        with _threads.blas_threads(1):
+            _gru.forward(xc, W, upk, b_in, b_rec, h0, m8, mx,
+                         mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev, rp, u,
+                         spec.reset_after, spec.go_backwards, spec.return_sequences,
+                         spec.zero_output_for_mask, spec.activation.code,
+                         spec.recurrent_activation.code, nthr, _isa(kernel), chunk, split)
+    tape = None
+    if training:
+        saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
+                     mask=m8, mx=mx, mh=mh, pre=pre, hprev=hprev, rp=rp)
+        tape = Tape(NAME, spec, saved, batch=B, steps=T, dtype=dtype)
+    return out, h_last, tape
+
+
+def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None = None,
+             kernel: str | None = None) -> Gradients:
+    """Gradients (Keras layout) of one layer call recorded by ``forward(..., training=True)``."""
+    if not isinstance(tape, Tape) or tape.engine != NAME:
+        raise ValueError(f"tape must come from the cpu engine's forward(training=True); got "
+                         f"{getattr(tape, 'engine', type(tape).__name__)!r}")
+    spec, s = tape.spec, tape.saved
+    dtype = np.dtype(tape.dtype)
+    x, W, U = s["x"], s["kernel"], s["recurrent_kernel"]
+    B, T, D = x.shape
+    u = spec.units
+    u3 = 3 * u
+    out_shape = (B, T, u) if spec.return_sequences else (B, u)
+    dout = None if d_outputs is None else _array(d_outputs, "d_outputs", dtype, out_shape)
+    dhl = None if d_h_last is None else _array(d_h_last, "d_h_last", dtype, (B, u))
+    mask, mx, mh = s["mask"], s["mx"], s["mh"]
+
+    dA = np.empty((B, T, u3), dtype)
+    dR = np.empty((B, T, u3), dtype) if spec.reset_after else None
+    dh0 = np.empty((B, u), dtype)
+    n = _threads.resolve(n_threads)
+    if B > 0:
+        utpk = _pack(np.ascontiguousarray(U.T), 0, u, dtype.itemsize)
+        _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
+                      spec.reset_after, spec.go_backwards, spec.return_sequences,
+                      spec.zero_output_for_mask, spec.activation.code,
+                      spec.recurrent_activation.code, min(n, B), _isa(kernel))
+
+    with _threads.blas_threads(n):
+        return _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype)
+
+
+def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype):
+    """The GEMMs over all steps: kernel, recurrent kernel, bias and input gradients."""
+    B, T, D = x.shape
+    u = spec.units
+    BT = B * T
+    gates = [slice(g * u, (g + 1) * u) for g in range(3)]
+    # Inputs in processing order, exact zeros at masked steps (NaN there must not leak).
+    xp = x[:, ::-1] if spec.go_backwards else x
+    if mask is not None:
+        mp = mask.view(bool)[:, ::-1] if spec.go_backwards else mask.view(bool)
+        xp = np.where(mp[:, :, None], xp, 0).astype(dtype, copy=False)
+    dA2 = dA.reshape(BT, 3 * u)
+
+    if mx is None:
+        dkernel = xp.reshape(BT, D).T @ dA2
+        dxp = (dA2 @ W.T).reshape(B, T, D)
+    elif mx.ndim == 2:
+        dkernel = (xp * mx[:, None, :]).reshape(BT, D).T @ dA2
+        dxp = (dA2 @ W.T).reshape(B, T, D) * mx[:, None, :]
+    else:
+        dkernel = np.empty_like(W)
+        dxp = np.zeros((B, T, D), dtype)
+        for g, sl in enumerate(gates):
+            dkernel[:, sl] = (xp * mx[g][:, None, :]).reshape(BT, D).T @ dA2[:, sl]
+            dxp += (dA2[:, sl] @ W[:, sl].T).reshape(B, T, D) * mx[g][:, None, :]
+    dx = dxp[:, ::-1] if spec.go_backwards else dxp
+    dx = np.ascontiguousarray(dx)
+
+    H = s["hprev"].reshape(BT, u)
+    dRec = (dR if spec.reset_after else dA).reshape(BT, 3 * u)
+    drec = np.empty((u, 3 * u), dtype)
+    n_state_gates = 3 if spec.reset_after else 2
+    if mh is None:
+        drec[:, : n_state_gates * u] = H.T @ dRec[:, : n_state_gates * u]
+    else:
+        for g in range(n_state_gates):
+            hg = (s["hprev"] * mh[g][:, None, :]).reshape(BT, u)
+            drec[:, gates[g]] = hg.T @ dRec[:, gates[g]]
+    if not spec.reset_after:  # the candidate's recurrent input is r * h_g (0 at masked steps)
+        drec[:, gates[2]] = s["rp"].reshape(BT, u).T @ dA2[:, gates[2]]
+
+    bias = None
+    if spec.use_bias and s["has_bias"]:
+        db_in = dA2.sum(axis=0)
+        bias = np.stack([db_in, dRec.sum(axis=0)]) if spec.reset_after else db_in
+    return Gradients(dx, dh0, dkernel, drec, bias)

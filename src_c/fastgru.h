@@ -1,0 +1,99 @@
+/* fastgru C kernels: public entry points used by fastgru/_cpu/_gru.pyx.
+ *
+ * Plain C11 + OpenMP, no Python API. Every array is C-contiguous (row-major) and was validated
+ * by the Python/Cython caller; the functions never allocate Python objects and run without the
+ * GIL. Gate order inside every 3u axis is z, r, h (Keras).
+ */
+#ifndef FASTGRU_H
+#define FASTGRU_H
+
+#include <stddef.h>
+
+/* Packed recurrent weights: column panels of FG_PANEL_BYTES, i.e. 64 floats or 32 doubles. */
+#define FG_PANEL_BYTES 256
+#define FG_WF 64
+#define FG_WD 32
+
+enum { FG_ISA_GENERIC = 0, FG_ISA_AVX2 = 1, FG_ISA_AVX512 = 2 };
+
+/* scipy.linalg.cython_blas signatures (Fortran BLAS). */
+typedef void (*fg_sgemm_t)(char *, char *, int *, int *, int *, float *, float *, int *, float *,
+                           int *, float *, float *, int *);
+typedef void (*fg_dgemm_t)(char *, char *, int *, int *, int *, double *, double *, int *,
+                           double *, int *, double *, double *, int *);
+
+/* Best per-step product kernel this CPU runs (FG_ISA_*). */
+int fg_isa_best(void);
+
+/* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)
+ * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */
+void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst);
+void fg_pack_d(const double *src, long ld, int K, int col0, int ncols, double *dst);
+
+/* C[i, p*W + c] = sum_{k<K} A[i*lda + k] * P[p*pstride + k*W + c] for i < M, p < np, c < W.
+ * The k sum runs in order 0..K-1 with one fused multiply-add per term on every ISA, so each
+ * element's bits depend on neither M, the panel range, nor the ISA (avx512, avx2 and generic
+ * all use FMA). */
+void fg_gemm_panels_f(int isa, int M, int K, const float *A, long lda, const float *P,
+                      long pstride, int np, float *C, long ldc);
+void fg_gemm_panels_d(int isa, int M, int K, const double *A, long lda, const double *P,
+                      long pstride, int np, double *C, long ldc);
+
+/* Elementwise activation (code = fastgru.activations.CODES) and its derivative, out may alias in.
+ * Return 0, or -1 for an unknown code. */
+int fg_act_f(int code, int n, const float *in, float *out);
+int fg_act_d(int code, int n, const double *in, double *out);
+int fg_dact_f(int code, int n, const float *in, float *out);
+int fg_dact_d(int code, int n, const double *in, double *out);
+
+/* One GRU layer forward. Pointers are float* or double* according to is_double.
+ * Shapes: x (B,T,D); kernel (D,3u); upk: packed recurrent kernel, per gate g the panels of
+ * columns [g*u,(g+1)*u) (3*npu panels of u x W, npu = ceil(u/W)); b_in (3u) and b_rec (3u, or
+ * NULL when !reset_after) are never NULL (zeros without bias); h0 (B,u); mask (B,T) uint8 in
+ * input time order or NULL; mx (B,D) or (3,B,D) (mx_per_gate) or NULL; mh (3,B,u) or NULL.
+ * out (B,T,u) in processing order or (B,u); h_last (B,u).
+ * Training record (all NULL in inference), processing order k: pre (B,T,3u) pre-activations
+ * of z, r, h; hprev (B,T,u) the state entering step k; rp (B,T,u): reset_after: h_g@Uh + bh_r,
+ * else r * h_g where the step is kept and 0 where it is masked.
+ * split_units: 1 = all threads share the rows and split the units (one barrier per step),
+ * 0 = threads take disjoint rows. chunk: time steps per input-projection GEMM.
+ * Returns 0, or -1 when memory ran out. */
+typedef struct {
+    int is_double;
+    int B, T, D, u;
+    int reset_after, go_backwards, return_sequences, zero_output_for_mask;
+    int act, rec_act;
+    const void *x, *kernel, *upk, *b_in, *b_rec, *h0;
+    const unsigned char *mask;
+    const void *mx, *mh;
+    int mx_per_gate;
+    void *out, *h_last;
+    void *pre, *hprev, *rp;
+    int n_threads, isa, chunk, split_units;
+    fg_sgemm_t sgemm;
+    fg_dgemm_t dgemm;
+} fg_fwd_args;
+
+int fg_forward(const fg_fwd_args *a);
+
+/* Backpropagation through the recorded steps (per-step work only; the weight and input
+ * gradients are GEMMs over all steps done by the caller).
+ * Inputs: pre, hprev, rp, mask, mh as recorded by fg_forward; utpk: packed U^T (3u x u), panels
+ * over u; dout (B,T,u) when return_sequences else (B,u), or NULL; dhl (B,u) or NULL.
+ * Outputs: dA (B,T,3u) pre-activation gradients (z, r, h) per processing step; dR (B,T,3u)
+ * gradients of the recurrent projections (reset_after only, else NULL); dh0 (B,u). */
+typedef struct {
+    int is_double;
+    int B, T, u;
+    int reset_after, go_backwards, return_sequences, zero_output_for_mask;
+    int act, rec_act;
+    const void *pre, *hprev, *rp;
+    const unsigned char *mask;
+    const void *mh, *utpk, *dout, *dhl;
+    void *dA, *dR, *dh0;
+    int n_threads, isa;
+} fg_bwd_args;
+
+int fg_backward(const fg_bwd_args *a);
+
+#endif

@@ -1,0 +1,139 @@
+/* Per-step product kernels over packed column panels, with runtime ISA dispatch.
+ *
+ * Every element is one chain of fused multiply-adds over k = 0..K-1 starting from zero, on
+ * every ISA: results are bit-identical across avx512 / avx2 / generic and independent of the
+ * number of rows or panels in a call (this is what makes a row's result independent of the
+ * thread count and of the other rows in its batch). No -march flags: the ISA variants are
+ * compiled with __attribute__((target(...))) and chosen at run time.
+ */
+#include <math.h>
+#include <string.h>
+#include "fastgru.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define FG_X86 1
+#endif
+
+int fg_isa_best(void)
+{
+#ifdef FG_X86
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f")) return FG_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return FG_ISA_AVX2;
+#endif
+    return FG_ISA_GENERIC;
+}
+
+#define FG_DEFINE_PACK(SUF, REAL, W)                                                          \
+    void fg_pack_##SUF(const REAL *src, long ld, int K, int col0, int ncols, REAL *dst)       \
+    {                                                                                         \
+        int np = (ncols + W - 1) / W;                                                         \
+        for (int p = 0; p < np; p++)                                                          \
+            for (int k = 0; k < K; k++) {                                                     \
+                REAL *d = dst + ((long)p * K + k) * W;                                        \
+                const REAL *s = src + (long)k * ld + col0;                                    \
+                for (int c = 0; c < W; c++) {                                                 \
+                    int col = p * W + c;                                                      \
+                    d[c] = col < ncols ? s[col] : (REAL)0;                                    \
+                }                                                                             \
+            }                                                                                 \
+    }
+FG_DEFINE_PACK(f, float, FG_WF)
+FG_DEFINE_PACK(d, double, FG_WD)
+
+/* Generic: fma() keeps the bits equal to the vector kernels (hardware FMA where it exists). */
+#define FG_DEFINE_GENERIC(SUF, REAL, W, FMA)                                                  \
+    static void gemm_generic_##SUF(int M, int K, const REAL *A, long lda, const REAL *P,     \
+                                   long pstride, int np, REAL *C, long ldc)                   \
+    {                                                                                         \
+        REAL acc[W];                                                                          \
+        for (int p = 0; p < np; p++)                                                          \
+            for (int i = 0; i < M; i++) {                                                     \
+                const REAL *a = A + (long)i * lda, *b = P + (long)p * pstride;                \
+                for (int c = 0; c < W; c++) acc[c] = 0;                                       \
+                for (int k = 0; k < K; k++, b += W) {                                         \
+                    REAL av = a[k];                                                           \
+                    for (int c = 0; c < W; c++) acc[c] = FMA(av, b[c], acc[c]);               \
+                }                                                                             \
+                memcpy(C + (long)i * ldc + (long)p * W, acc, sizeof acc);                     \
+            }                                                                                 \
+    }
+FG_DEFINE_GENERIC(f, float, FG_WF, fmaf)
+FG_DEFINE_GENERIC(d, double, FG_WD, fma)
+
+#ifdef FG_X86
+/* One register tile: MR rows x NV vectors starting at column vector cv0 of the panel. */
+#define FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, MR)    \
+    static inline __attribute__((always_inline, target(TGT))) void NAME##_##MR(              \
+        int K, const REAL *A, long lda, const REAL *P, int cv0, REAL *C, long ldc)           \
+    {                                                                                         \
+        VT acc[MR][NV];                                                                       \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < NV; v++) acc[r][v] = ZERO();                                  \
+        const REAL *b = P + cv0 * VW;                                                         \
+        for (int k = 0; k < K; k++, b += W) {                                                 \
+            VT bv[NV];                                                                        \
+            for (int v = 0; v < NV; v++) bv[v] = LOAD(b + v * VW);                            \
+            for (int r = 0; r < MR; r++) {                                                    \
+                VT av = SET1(A[(long)r * lda + k]);                                           \
+                for (int v = 0; v < NV; v++) acc[r][v] = FMADD(av, bv[v], acc[r][v]);         \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < NV; v++) STORE(C + (long)r * ldc + (cv0 + v) * VW, acc[r][v]); \
+    }
+
+#define FG_DEFINE_ISA(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD)          \
+    FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, 1)          \
+    FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, 2)          \
+    FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, 3)          \
+    FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, 4)          \
+    static __attribute__((target(TGT))) void NAME(int M, int K, const REAL *A, long lda,      \
+                                                  const REAL *P, long pstride, int np,        \
+                                                  REAL *C, long ldc)                          \
+    {                                                                                         \
+        for (int p = 0; p < np; p++) {                                                        \
+            const REAL *Pp = P + (long)p * pstride;                                           \
+            REAL *Cp = C + (long)p * W;                                                       \
+            for (int cv = 0; cv < W / VW; cv += NV) {                                         \
+                int i = 0;                                                                    \
+                for (; i + 4 <= M; i += 4)                                                    \
+                    NAME##_4(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc);     \
+                switch (M - i) {                                                              \
+                case 3: NAME##_3(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc); break; \
+                case 2: NAME##_2(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc); break; \
+                case 1: NAME##_1(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc); break; \
+                default: break;                                                               \
+                }                                                                             \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+FG_DEFINE_ISA(gemm_avx512_f, "avx512f,fma", __m512, float, FG_WF, 16, 4, _mm512_loadu_ps,
+              _mm512_storeu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_fmadd_ps)
+FG_DEFINE_ISA(gemm_avx512_d, "avx512f,fma", __m512d, double, FG_WD, 8, 4, _mm512_loadu_pd,
+              _mm512_storeu_pd, _mm512_set1_pd, _mm512_setzero_pd, _mm512_fmadd_pd)
+FG_DEFINE_ISA(gemm_avx2_f, "avx2,fma", __m256, float, FG_WF, 8, 2, _mm256_loadu_ps,
+              _mm256_storeu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_fmadd_ps)
+FG_DEFINE_ISA(gemm_avx2_d, "avx2,fma", __m256d, double, FG_WD, 4, 2, _mm256_loadu_pd,
+              _mm256_storeu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_fmadd_pd)
+#endif
+
+#define FG_DEFINE_DISPATCH(SUF, REAL)                                                         \
+    void fg_gemm_panels_##SUF(int isa, int M, int K, const REAL *A, long lda, const REAL *P, \
+                              long pstride, int np, REAL *C, long ldc)                        \
+    {                                                                                         \
+        if (M <= 0 || np <= 0) return;                                                        \
+        FG_X86_DISPATCH(SUF)                                                                  \
+        gemm_generic_##SUF(M, K, A, lda, P, pstride, np, C, ldc);                             \
+    }
+#ifdef FG_X86
+#define FG_X86_DISPATCH(SUF)                                                                  \
+    if (isa == FG_ISA_AVX512) { gemm_avx512_##SUF(M, K, A, lda, P, pstride, np, C, ldc); return; } \
+    if (isa == FG_ISA_AVX2) { gemm_avx2_##SUF(M, K, A, lda, P, pstride, np, C, ldc); return; }
+#else
+#define FG_X86_DISPATCH(SUF)
+#endif
+FG_DEFINE_DISPATCH(f, float)
+FG_DEFINE_DISPATCH(d, double)

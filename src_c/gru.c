@@ -1,0 +1,37 @@
+/* GRU forward/backward drivers for float and double (the code is in gru_impl.h). */
+#include <stdlib.h>
+#include <string.h>
+#include <omp.h>
+#include "fastgru.h"
+
+#define REAL float
+#define SUF f
+#define W FG_WF
+#define GEMMT fg_sgemm_t
+#define GEMMFIELD sgemm
+#define PANELS fg_gemm_panels_f
+#define ACT fg_act_f
+#define DACT fg_dact_f
+#include "gru_impl.h"
+#undef REAL
+#undef SUF
+#undef W
+#undef GEMMT
+#undef GEMMFIELD
+#undef PANELS
+#undef ACT
+#undef DACT
+
+#define REAL double
+#define SUF d
+#define W FG_WD
+#define GEMMT fg_dgemm_t
+#define GEMMFIELD dgemm
+#define PANELS fg_gemm_panels_d
+#define ACT fg_act_d
+#define DACT fg_dact_d
+#include "gru_impl.h"
+
+int fg_forward(const fg_fwd_args *a) { return a->is_double ? forward_d(a) : forward_f(a); }
+
+int fg_backward(const fg_bwd_args *a) { return a->is_double ? backward_d(a) : backward_f(a); }

@@ -1,0 +1,433 @@
+/* GRU forward/backward drivers, templated by gru.c on REAL (float / double).
+ * Required macros: REAL, SUF, W (panel width), GEMMT (BLAS gemm pointer type), GEMMFIELD (the
+ * fg_fwd_args member holding it), PANELS, ACT, DACT (the fg_* kernels for REAL). */
+
+#define FN_CAT2(a, b) a##_##b
+#define FN_CAT(a, b) FN_CAT2(a, b)
+#define FN(name) FN_CAT(name, SUF)
+
+/* Row-major C (M x N) = A (M x K) @ B (K x N) through column-major BLAS: C^T = B^T A^T. */
+static void FN(rgemm)(GEMMT gemm, int M, int N, int K, const REAL *A, int lda, const REAL *B,
+                      int ldb, REAL *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++) memset(C + (long)i * ldc, 0, (size_t)N * sizeof(REAL));
+        return;
+    }
+    char tr = 'N';
+    REAL one = 1, zero = 0;
+    gemm(&tr, &tr, &N, &M, &K, &one, (REAL *)B, &ldb, (REAL *)A, &lda, &zero, C, &ldc);
+}
+
+/* Input projection of chunk rows [i0, i1): row i is (step k0 + i / nr, batch row r0 + i % nr).
+ * gx[i] = (x[b, t_k] * input mask) @ kernel. xb: private (i1 - i0 + 2) x D scratch, pad:
+ * private 2 x 3u. A one-row product is padded to two rows so BLAS never takes its M == 1
+ * (gemv) route, whose rounding differs from the multi-row one. */
+static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, int i1, REAL *xb,
+                        REAL *pad, REAL *gx)
+{
+    const int T = a->T, D = a->D, u = a->u, u3 = 3 * u, B = a->B;
+    const REAL *x = (const REAL *)a->x, *kern = (const REAL *)a->kernel;
+    const REAL *mx = (const REAL *)a->mx;
+    int M = i1 - i0;
+    if (M <= 0) return;
+    int ngate = (mx && a->mx_per_gate) ? 3 : 1;
+    for (int g = 0; g < ngate; g++) {
+        for (int i = i0; i < i1; i++) {
+            int k = k0 + i / nr, b = r0 + i % nr, t = a->go_backwards ? T - 1 - k : k;
+            const REAL *src = x + ((long)b * T + t) * D;
+            REAL *dst = xb + (long)(i - i0) * D;
+            if (!mx) {
+                memcpy(dst, src, (size_t)D * sizeof(REAL));
+            } else {
+                const REAL *m = mx + ((long)g * B + b) * D;
+                for (int d = 0; d < D; d++) dst[d] = src[d] * m[d];
+            }
+        }
+        int N = ngate == 3 ? u : u3, ldk = u3;
+        const REAL *Bm = kern + (ngate == 3 ? g * u : 0);
+        if (M == 1) {
+            memset(xb + D, 0, (size_t)D * sizeof(REAL));
+            FN(rgemm)(a->GEMMFIELD, 2, N, D, xb, D > 0 ? D : 1, Bm, ldk, pad, u3);
+            memcpy(gx + (long)i0 * u3 + (ngate == 3 ? g * u : 0), pad, (size_t)N * sizeof(REAL));
+        } else {
+            FN(rgemm)(a->GEMMFIELD, M, N, D, xb, D > 0 ? D : 1, Bm, ldk,
+                      gx + (long)i0 * u3 + (ngate == 3 ? g * u : 0), u3);
+        }
+    }
+}
+
+typedef struct {
+    REAL *h[2], *y, *gh, *gx, *q, *zs;
+} FN(team_buf);
+
+typedef struct {
+    REAL *xb, *pad, *hg, *tmp;
+} FN(priv_buf);
+
+/* A team's buffers from one block of rows x (5u + 3up) + (chunk rows) x 3u elements. */
+static FN(team_buf) FN(carve)(REAL *q, int rows, int u, int up)
+{
+    FN(team_buf) tb;
+    tb.h[0] = q, q += (size_t)rows * u;
+    tb.h[1] = q, q += (size_t)rows * u;
+    tb.y = q, q += (size_t)rows * u;
+    tb.zs = q, q += (size_t)rows * u;
+    tb.q = q, q += (size_t)rows * u;
+    tb.gh = q, q += (size_t)rows * 3 * up;
+    tb.gx = q;
+    return tb;
+}
+
+/* Candidate, mix, mask select and writes for one row b over units [ulo, ulo + nu): ah holds
+ * the candidate pre-activations; hr, zr, hnr, yr point at the row's state, update gate, next
+ * state and emitted output (full width u, indexed by unit). */
+static inline void FN(finish)(const fg_fwd_args *a, const REAL *ah, REAL *hh, const REAL *hr,
+                              const REAL *zr, REAL *hnr, REAL *yr, int b, int k, int t, int ulo,
+                              int nu)
+{
+    const int T = a->T, u = a->u;
+    const long base = (long)b * T + k;
+    const int m = a->mask ? a->mask[(long)b * T + t] != 0 : 1;
+    ACT(a->act, nu, ah, hh);
+    if (a->pre) memcpy((REAL *)a->pre + base * 3 * u + 2 * u + ulo, ah, (size_t)nu * sizeof(REAL));
+    if (a->hprev) memcpy((REAL *)a->hprev + base * u + ulo, hr + ulo, (size_t)nu * sizeof(REAL));
+    hr += ulo, zr += ulo, hnr += ulo, yr += ulo;
+    if (m) {
+        for (int j = 0; j < nu; j++) {
+            REAL o = zr[j] * hr[j] + (1 - zr[j]) * hh[j];
+            hnr[j] = o;
+            yr[j] = o;
+        }
+    } else {
+        memcpy(hnr, hr, (size_t)nu * sizeof(REAL));
+        if (a->zero_output_for_mask) memset(yr, 0, (size_t)nu * sizeof(REAL));
+    }
+    if (a->return_sequences) memcpy((REAL *)a->out + base * u + ulo, yr, (size_t)nu * sizeof(REAL));
+}
+
+/* The time loop of one team over batch rows [r0, r0 + nr): thread tid of nteam owns the unit
+ * panels [p_lo, p_hi) of every gate (nteam == 1: all of them, no barriers). */
+static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(priv_buf) *pb,
+                         int r0, int nr, int tid, int nteam, int p_lo, int p_hi, int tc)
+{
+    const int B = a->B, T = a->T, u = a->u, u3 = 3 * u;
+    const int npu = (u + W - 1) / W, up = npu * W, ldgh = 3 * up;
+    const long pstride = (long)u * W;
+    const int ulo = p_lo * W < u ? p_lo * W : u, uhi = p_hi * W < u ? p_hi * W : u;
+    const int nu = uhi - ulo;
+    const REAL *upk = (const REAL *)a->upk, *h0 = (const REAL *)a->h0;
+    const REAL *bi = (const REAL *)a->b_in, *br = (const REAL *)a->b_rec;
+    const REAL *mh = (const REAL *)a->mh;
+    const unsigned char *mask = a->mask;
+    REAL *out = (REAL *)a->out, *hl = (REAL *)a->h_last;
+    REAL *pre = (REAL *)a->pre, *rpt = (REAL *)a->rp;
+    const int rs = a->return_sequences, ra = a->reset_after;
+    REAL *az = pb->tmp, *ar = az + u, *ah = ar + u, *zv = ah + u, *rv = zv + u, *hh = rv + u;
+
+    for (int i = 0; i < nr; i++)
+        for (int j = ulo; j < uhi; j++) {
+            tb->h[0][(long)i * u + j] = h0[(long)(r0 + i) * u + j];
+            tb->y[(long)i * u + j] = 0;
+        }
+    if (nteam > 1) {
+#pragma omp barrier
+    }
+    for (int k0 = 0; k0 < T; k0 += tc) {
+        int kc = T - k0 < tc ? T - k0 : tc, M = kc * nr;
+        FN(project)(a, r0, nr, k0, (int)((long)M * tid / nteam), (int)((long)M * (tid + 1) / nteam),
+                    pb->xb, pb->pad, tb->gx);
+        if (nteam > 1) {
+#pragma omp barrier
+        }
+        for (int kk = 0; kk < kc; kk++) {
+            const int k = k0 + kk, t = a->go_backwards ? T - 1 - k : k;
+            const REAL *hc = tb->h[k & 1];
+            REAL *hn = tb->h[(k + 1) & 1];
+            const REAL *Ag[3] = {hc, hc, hc};
+            if (mh) {
+                for (int g = 0; g < 3; g++) {
+                    REAL *hg = pb->hg + (long)g * nr * u;
+                    for (int i = 0; i < nr; i++) {
+                        const REAL *m = mh + ((long)g * B + r0 + i) * u;
+                        for (int j = 0; j < u; j++) hg[(long)i * u + j] = hc[(long)i * u + j] * m[j];
+                    }
+                    Ag[g] = hg;
+                }
+            }
+            for (int g = 0; g < (ra ? 3 : 2); g++)
+                PANELS(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride, pstride,
+                       p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
+            for (int i = 0; i < nr; i++) {
+                const REAL *gxr = tb->gx + ((long)kk * nr + i) * u3, *ghr = tb->gh + (long)i * ldgh;
+                for (int j = 0; j < nu; j++) {
+                    az[j] = (gxr[ulo + j] + bi[ulo + j]) + ghr[ulo + j];
+                    ar[j] = (gxr[u + ulo + j] + bi[u + ulo + j]) + ghr[up + ulo + j];
+                }
+                if (ra)
+                    for (int j = 0; j < nu; j++) {
+                        az[j] = az[j] + br[ulo + j];
+                        ar[j] = ar[j] + br[u + ulo + j];
+                    }
+                ACT(a->rec_act, nu, az, zv);
+                ACT(a->rec_act, nu, ar, rv);
+                long base = (long)(r0 + i) * T + k;
+                if (pre) {
+                    memcpy(pre + base * u3 + ulo, az, (size_t)nu * sizeof(REAL));
+                    memcpy(pre + base * u3 + u + ulo, ar, (size_t)nu * sizeof(REAL));
+                }
+                if (ra) {
+                    REAL *rpv = hh; /* reuse as scratch until act() overwrites it */
+                    for (int j = 0; j < nu; j++) {
+                        rpv[j] = ghr[2 * up + ulo + j] + br[2 * u + ulo + j];
+                        ah[j] = (gxr[2 * u + ulo + j] + bi[2 * u + ulo + j]) + rv[j] * rpv[j];
+                    }
+                    if (rpt) memcpy(rpt + base * u + ulo, rpv, (size_t)nu * sizeof(REAL));
+                    memcpy(tb->zs + (long)i * u + ulo, zv, (size_t)nu * sizeof(REAL));
+                } else {
+                    const REAL *h2 = Ag[2] + (long)i * u;
+                    int m = mask ? mask[(long)(r0 + i) * T + t] != 0 : 1;
+                    for (int j = 0; j < nu; j++) tb->q[(long)i * u + ulo + j] = rv[j] * h2[ulo + j];
+                    if (rpt)
+                        for (int j = 0; j < nu; j++)
+                            rpt[base * u + ulo + j] = m ? tb->q[(long)i * u + ulo + j] : 0;
+                    memcpy(tb->zs + (long)i * u + ulo, zv, (size_t)nu * sizeof(REAL));
+                    continue;
+                }
+                FN(finish)(a, ah, hh, hc + (long)i * u, tb->zs + (long)i * u, hn + (long)i * u,
+                           tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
+            }
+            if (!ra) {
+                if (nteam > 1) {
+#pragma omp barrier
+                }
+                PANELS(a->isa, nr, u, tb->q, u, upk + ((long)2 * npu + p_lo) * pstride, pstride,
+                       p_hi - p_lo, tb->gh + 2 * up + p_lo * W, ldgh);
+                for (int i = 0; i < nr; i++) {
+                    const REAL *gxr = tb->gx + ((long)kk * nr + i) * u3, *ghr = tb->gh + (long)i * ldgh;
+                    for (int j = 0; j < nu; j++)
+                        ah[j] = (gxr[2 * u + ulo + j] + bi[2 * u + ulo + j]) + ghr[2 * up + ulo + j];
+                    FN(finish)(a, ah, hh, hc + (long)i * u, tb->zs + (long)i * u, hn + (long)i * u,
+                               tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
+                }
+            }
+            if (nteam > 1) {
+#pragma omp barrier
+            }
+        }
+    }
+    const REAL *hf = tb->h[T & 1];
+    for (int i = 0; i < nr; i++) {
+        memcpy(hl + (long)(r0 + i) * u + ulo, hf + (long)i * u + ulo, (size_t)nu * sizeof(REAL));
+        if (!rs) memcpy(out + (long)(r0 + i) * u + ulo, tb->y + (long)i * u + ulo, (size_t)nu * sizeof(REAL));
+    }
+}
+
+static void *FN(alloc)(size_t n)
+{   /* 64-byte aligned, at least one element so that "empty" never yields NULL */
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(REAL))) return NULL;
+    return p;
+}
+
+static int FN(forward)(const fg_fwd_args *a)
+{
+    const int B = a->B, T = a->T, D = a->D, u = a->u, u3 = 3 * u;
+    const int npu = (u + W - 1) / W, up = npu * W;
+    if (B <= 0 || T <= 0) return 0;
+    int nthr = a->n_threads > 0 ? a->n_threads : 1;
+    int split = a->split_units && nthr > 1 && npu > 1;
+    int ngroups;
+    if (split) {
+        if (nthr > npu) nthr = npu;
+        ngroups = 1;
+    } else {
+        if (nthr > B) nthr = B;
+        ngroups = nthr;
+    }
+    int rows_max = (B + ngroups - 1) / ngroups;
+    int tc = a->chunk < 1 ? 1 : (a->chunk > T ? T : a->chunk);
+    int proj_rows = tc * rows_max;
+    /* team buffers: h[2], y, zs, q (rows x u), gh (rows x 3up), gx (tc*rows x 3u) */
+    size_t team_n = (size_t)rows_max * (5 * u + 3 * up) + (size_t)tc * rows_max * u3;
+    /* private: xb ((proj_rows + 2) x D), pad (2 x 3u), hg (3 x rows x u), tmp (6u) */
+    size_t priv_n = (size_t)(proj_rows + 2) * D + 2 * (size_t)u3 + (a->mh ? 3 * (size_t)rows_max * u : 0) + 6 * (size_t)u;
+    REAL *team_mem = FN(alloc)(team_n * ngroups);
+    REAL *priv_mem = FN(alloc)(priv_n * nthr);
+    if (!team_mem || !priv_mem) {
+        free(team_mem);
+        free(priv_mem);
+        return -1;
+    }
+#pragma omp parallel num_threads(nthr)
+    {
+        int tid = omp_get_thread_num(), nact = omp_get_num_threads();
+        FN(priv_buf) pb;
+        REAL *p = priv_mem + (size_t)tid * priv_n;
+        pb.xb = p, p += (size_t)(proj_rows + 2) * D;
+        pb.pad = p, p += 2 * (size_t)u3;
+        pb.hg = p, p += a->mh ? 3 * (size_t)rows_max * u : 0;
+        pb.tmp = p;
+        if (split) {
+            /* nact may be below nthr (OMP_THREAD_LIMIT): then one thread does it all, since the
+             * barriers need the whole planned team. */
+            int team = (nact == nthr) ? nact : 1;
+            if (tid < team) {
+                FN(team_buf) tb = FN(carve)(team_mem, rows_max, u, up);
+                int p_lo = (int)((long)npu * tid / team), p_hi = (int)((long)npu * (tid + 1) / team);
+                FN(team_run)(a, &tb, &pb, 0, B, tid, team, p_lo, p_hi, tc);
+            }
+        } else {
+            for (int g = tid; g < ngroups; g += nact) {
+                int r0 = (int)((long)B * g / ngroups), r1 = (int)((long)B * (g + 1) / ngroups);
+                FN(team_buf) tb = FN(carve)(team_mem + team_n * g, rows_max, u, up);
+                FN(team_run)(a, &tb, &pb, r0, r1 - r0, 0, 1, 0, npu, tc);
+            }
+        }
+    }
+    free(team_mem);
+    free(priv_mem);
+    return 0;
+}
+
+/* ---------------------------------------------------------------------------------------- */
+
+static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
+{
+    const int B = a->B, T = a->T, u = a->u, u3 = 3 * u;
+    const int npu = (u + W - 1) / W, up = npu * W;
+    const int ra = a->reset_after, rs = a->return_sequences, zofm = a->zero_output_for_mask;
+    const REAL *pre = (const REAL *)a->pre, *hprev = (const REAL *)a->hprev;
+    const REAL *rpt = (const REAL *)a->rp, *mh = (const REAL *)a->mh;
+    const REAL *utpk = (const REAL *)a->utpk, *dout = (const REAL *)a->dout;
+    const REAL *dhl = (const REAL *)a->dhl;
+    REAL *dA = (REAL *)a->dA, *dR = (REAL *)a->dR, *dh0 = (REAL *)a->dh0;
+    const long pstride = (long)u3 * W, lda = (long)T * u3;
+
+    REAL *gy = mem, *gs = gy + (size_t)nr * u, *dos = gs + (size_t)nr * u, *zs = dos + (size_t)nr * u;
+    REAL *dhh = zs + (size_t)nr * u, *P = dhh + (size_t)nr * u; /* P: 3 x nr x up */
+    REAL *tmp = P + 3 * (size_t)nr * up;
+    REAL *zv = tmp, *dz = zv + u, *hh = dz + u, *dhv = hh + u, *rv = dhv + u, *drv = rv + u;
+
+    for (int i = 0; i < nr; i++) {
+        long b = r0 + i;
+        for (int j = 0; j < u; j++) {
+            gy[(long)i * u + j] = (!rs && dout) ? dout[b * u + j] : 0;
+            gs[(long)i * u + j] = dhl ? dhl[b * u + j] : 0;
+        }
+    }
+    for (int k = T - 1; k >= 0; k--) {
+        const int t = a->go_backwards ? T - 1 - k : k;
+        for (int i = 0; i < nr; i++) {
+            const long b = r0 + i, base = b * T + k;
+            const REAL *pr = pre + base * u3, *hp = hprev + base * u;
+            REAL *gyr = gy + (long)i * u, *gsr = gs + (long)i * u;
+            REAL *dor = dos + (long)i * u, *zr = zs + (long)i * u, *dAr = dA + base * u3;
+            const int m = a->mask ? a->mask[b * T + t] != 0 : 1;
+            if (rs && dout)
+                for (int j = 0; j < u; j++) gyr[j] += dout[base * u + j];
+            ACT(a->rec_act, u, pr, zv);
+            DACT(a->rec_act, u, pr, dz);
+            ACT(a->act, u, pr + 2 * u, hh);
+            DACT(a->act, u, pr + 2 * u, dhv);
+            for (int j = 0; j < u; j++) {
+                REAL d = m ? gyr[j] + gsr[j] : 0;
+                dor[j] = d;
+                zr[j] = zv[j];
+                dAr[j] = m ? (hp[j] - hh[j]) * d * dz[j] : 0;
+                dAr[2 * u + j] = m ? (1 - zv[j]) * d * dhv[j] : 0;
+                gyr[j] = (m || zofm) ? 0 : gyr[j];
+                gsr[j] = m ? 0 : gsr[j];
+            }
+            if (ra) {
+                const REAL *rp = rpt + base * u;
+                REAL *dRr = dR + base * u3;
+                ACT(a->rec_act, u, pr + u, rv);
+                DACT(a->rec_act, u, pr + u, drv);
+                for (int j = 0; j < u; j++) {
+                    REAL dah = dAr[2 * u + j];
+                    REAL dar = m ? dah * rp[j] * drv[j] : 0;
+                    dAr[u + j] = dar;
+                    dRr[j] = dAr[j];
+                    dRr[u + j] = dar;
+                    dRr[2 * u + j] = m ? dah * rv[j] : 0;
+                }
+            }
+        }
+        const long row0 = (long)r0 * T + k;
+        if (!ra) {
+            /* dq = da_h @ Uh^T, then the reset gate and the candidate's state path */
+            PANELS(a->isa, nr, u, dA + row0 * u3 + 2 * u, lda, utpk + 2 * (long)u * W, pstride, npu, P, up);
+            for (int i = 0; i < nr; i++) {
+                const long b = r0 + i, base = b * T + k;
+                const REAL *pr = pre + base * u3, *hp = hprev + base * u, *dq = P + (long)i * up;
+                const REAL *m2 = mh ? mh + (2L * B + b) * u : NULL;
+                const int m = a->mask ? a->mask[b * T + t] != 0 : 1;
+                REAL *dAr = dA + base * u3, *dhr = dhh + (long)i * u;
+                ACT(a->rec_act, u, pr + u, rv);
+                DACT(a->rec_act, u, pr + u, drv);
+                for (int j = 0; j < u; j++) {
+                    REAL hg2 = m2 ? hp[j] * m2[j] : hp[j];
+                    dAr[u + j] = m ? dq[j] * hg2 * drv[j] : 0;
+                    dhr[j] = m ? dq[j] * rv[j] : 0;
+                }
+            }
+        }
+        const REAL *Asrc = ra ? dR : dA;
+        const int G = ra ? 3 : 2;
+        if (!mh) {
+            PANELS(a->isa, nr, G * u, Asrc + row0 * u3, lda, utpk, pstride, npu, P, up);
+        } else {
+            for (int g = 0; g < G; g++)
+                PANELS(a->isa, nr, u, Asrc + row0 * u3 + g * u, lda, utpk + (long)g * u * W, pstride,
+                       npu, P + (size_t)g * nr * up, up);
+        }
+        for (int i = 0; i < nr; i++) {
+            const long b = r0 + i;
+            const int m = a->mask ? a->mask[b * T + t] != 0 : 1;
+            const REAL *dor = dos + (long)i * u, *zr = zs + (long)i * u, *dhr = dhh + (long)i * u;
+            REAL *gsr = gs + (long)i * u;
+            for (int j = 0; j < u; j++) {
+                REAL dh = zr[j] * dor[j];
+                if (!mh) {
+                    dh = dh + P[(long)i * up + j];
+                    if (!ra) dh = dh + dhr[j];
+                } else {
+                    for (int g = 0; g < G; g++)
+                        dh = dh + P[((size_t)g * nr + i) * up + j] * mh[((long)g * B + b) * u + j];
+                    if (!ra) dh = dh + dhr[j] * mh[(2L * B + b) * u + j];
+                }
+                gsr[j] = m ? gsr[j] + dh : gsr[j];
+            }
+        }
+    }
+    for (int i = 0; i < nr; i++) memcpy(dh0 + (long)(r0 + i) * u, gs + (long)i * u, (size_t)u * sizeof(REAL));
+}
+
+static int FN(backward)(const fg_bwd_args *a)
+{
+    const int B = a->B, T = a->T, u = a->u;
+    const int npu = (u + W - 1) / W, up = npu * W;
+    if (B <= 0 || T <= 0) return 0;
+    int nthr = a->n_threads > 0 ? a->n_threads : 1;
+    if (nthr > B) nthr = B;
+    int rows_max = (B + nthr - 1) / nthr;
+    size_t per = (size_t)rows_max * (5 * (size_t)u + 3 * (size_t)up) + 6 * (size_t)u;
+    REAL *mem = FN(alloc)(per * nthr);
+    if (!mem) return -1;
+#pragma omp parallel num_threads(nthr)
+    {
+        int tid = omp_get_thread_num(), nact = omp_get_num_threads();
+        for (int g = tid; g < nthr; g += nact) {
+            int r0 = (int)((long)B * g / nthr), r1 = (int)((long)B * (g + 1) / nthr);
+            FN(bwd_rows)(a, r0, r1 - r0, mem + per * g);
+        }
+    }
+    free(mem);
+    return 0;
+}
+
+#undef FN
+#undef FN_CAT
+#undef FN_CAT2
