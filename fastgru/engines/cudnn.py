@@ -1,0 +1,493 @@
+"""The cuDNN engine: cuDNN 9's RNN API through ctypes, CuPy arrays, memory pool and stream.
+
+Same contract as every engine (:mod:`fastgru.engines.base`) for the configs cuDNN computes
+(:func:`eligible`): tanh/sigmoid, ``use_bias``, ``reset_after=True``, no recurrent dropout,
+mask absent or right-padded. Input dropout (one (B, D) mask) multiplies x before cuDNN and dx
+after it. Results follow Keras's generic loop, not Keras's cuDNN path (KERAS_GRU_SPEC.md
+section 0 item 3): see :mod:`._cudnn_seq` for the output and go_backwards gathers, and
+:mod:`._cudnn_layout` for the Keras <-> cuDNN weight layout.
+
+The library is loaded on the first GPU call, never at import (:mod:`._cudnn_api`).
+
+Split of the work: the glue here (validation, lengths, packing, gathers) is array-module
+generic and runs on NumPy in the CPU tests against an emulated backend; :class:`CudnnBackend`
+holds every cuDNN call (descriptors, weight-space queries, forward, backward data/weights).
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import os
+import threading
+from ctypes import byref, c_int, c_size_t, c_void_p
+
+import numpy as np
+
+from .._array import get_array_module, is_cupy
+from . import _cudnn_api as api
+from . import _cudnn_layout as layout
+from . import _cudnn_seq as seq
+from .base import DropoutMasks, Gradients, GRUSpec, Tape, Weights
+
+NAME = "cudnn"
+
+#: Allow TF32 tensor-core math for float32 (cuDNN's DEFAULT_MATH on Ampere and later). Off by
+#: default: float32 results then agree with the float64 reference to ~1e-5 instead of ~1e-3.
+ALLOW_TF32 = os.environ.get("FASTGRU_ALLOW_TF32", "0") == "1"
+
+_REQUIRED = ("cuDNN needs activation='tanh', recurrent_activation='sigmoid', use_bias=True, "
+             "reset_after=True, no recurrent_dropout and a mask that is absent or right-padded")
+
+
+# ---------------------------------------------------------------------------------------------
+# Eligibility
+
+
+def static_reason(spec: GRUSpec, dropout: DropoutMasks | None = None):
+    """The first rule (other than the mask's) that rules cuDNN out, as text; None if none."""
+    if spec.activation.name != "tanh":
+        return (f"activation is {spec.activation.name or spec.activation!r}, but cuDNN's GRU "
+                f"computes tanh")
+    if spec.recurrent_activation.name != "sigmoid":
+        return (f"recurrent_activation is "
+                f"{spec.recurrent_activation.name or spec.recurrent_activation!r}, but cuDNN's "
+                f"GRU computes sigmoid")
+    if not spec.use_bias:
+        return "use_bias=False, but cuDNN's GRU always adds input and recurrent biases"
+    if not spec.reset_after:
+        return "reset_after=False, but cuDNN's GRU applies the reset gate after the matmul"
+    if dropout is not None and dropout.recurrent is not None:
+        return "recurrent_dropout is active, but cuDNN has no recurrent dropout"
+    if dropout is not None and dropout.inputs is not None and dropout.inputs.ndim != 2:
+        return ("per-gate input dropout masks (implementation=1) are given, but cuDNN takes one "
+                "(batch, features) mask shared by the gates")
+    return None
+
+
+def _mask_reason(ok) -> str | None:
+    bad = np.nonzero(~ok)[0]
+    if bad.size:
+        return (f"mask is not right-padded (row {int(bad[0])} has a False before a True), but "
+                f"cuDNN takes one length per row")
+    return None
+
+
+def eligible(spec: GRUSpec, mask=None, dropout: DropoutMasks | None = None):
+    """``(True, why)`` if cuDNN can run this call, else ``(False, the failed rule)``.
+
+    The mask check is one reduction on the mask's device plus one tiny device -> host copy.
+    """
+    reason = static_reason(spec, dropout)
+    if reason is None and mask is not None:
+        if len(getattr(mask, "shape", ())) != 2:
+            return False, f"mask must be a 2-D (batch, timesteps) array, got {mask!r:.60}"
+        _, ok = seq.mask_lengths(get_array_module(mask), mask)
+        reason = _mask_reason(ok)
+    if reason is not None:
+        return False, reason
+    return True, ("cuDNN eligible: tanh/sigmoid, use_bias, reset_after, no recurrent dropout, "
+                  + ("right-padded mask" if mask is not None else "no mask"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The cuDNN backend (CuPy + ctypes). Everything that talks to the library is in this class.
+
+
+class _Owned:
+    """A cuDNN descriptor destroyed with its Python owner."""
+
+    __slots__ = ("ptr", "destroy")
+
+    def __init__(self, create: str, destroy: str):
+        self.ptr = c_void_p()
+        self.destroy = None
+        api.call(create, byref(self.ptr))
+        self.destroy = destroy
+
+    def __del__(self):
+        if self.destroy is not None and self.ptr:
+            try:
+                getattr(api.lib(), self.destroy)(self.ptr)
+            except Exception:  # interpreter shutdown: nothing sensible to do
+                pass
+
+
+class _Plan:
+    """Descriptors, weight layout and per-shape caches of one (device, dtype, D, u) config."""
+
+    def __init__(self, backend, handle, dtype, D: int, u: int):
+        import cupy
+
+        self.dtype = np.dtype(dtype)
+        self.D, self.u = D, u
+        self.dt_code = api.DATA_DOUBLE if self.dtype == np.float64 else api.DATA_FLOAT
+        math = api.DEFAULT_MATH
+        if self.dtype == np.float32 and not ALLOW_TF32:
+            math = api.FMA_MATH  # no TF32: exact fp32 FMAs
+        self.dropout = _Owned("cudnnCreateDropoutDescriptor", "cudnnDestroyDropoutDescriptor")
+        api.call("cudnnSetDropoutDescriptor", self.dropout.ptr, handle, ctypes.c_float(0.0),
+                 None, c_size_t(0), ctypes.c_ulonglong(0))
+        self.rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
+        api.call("cudnnSetRNNDescriptor_v8", self.rnn.ptr, api.RNN_ALGO_STANDARD,
+                 api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS, api.UNIDIRECTIONAL, api.LINEAR_INPUT,
+                 self.dt_code, self.dt_code, math, D, u, u, 1, self.dropout.ptr,
+                 api.RNN_PADDED_IO_ENABLED)
+        size = c_size_t()
+        api.call("cudnnGetRNNWeightSpaceSize", handle, self.rnn.ptr, byref(size))
+        self.weight_bytes = size.value
+        if self.weight_bytes % self.dtype.itemsize:
+            raise api.CudnnError("cudnnGetRNNWeightSpaceSize", -1, "unexpected size",
+                                 f"{self.weight_bytes} bytes is not a whole number of "
+                                 f"{self.dtype} elements")
+        self.n_elems = self.weight_bytes // self.dtype.itemsize
+        params = self._weight_params(handle, cupy)
+        idx = layout.pack_index(params, self.n_elems, D, u)
+        self.pack_idx = cupy.asarray(idx)
+        self.unpack_idx = cupy.asarray(layout.unpack_index(idx, D, u))
+        self.h_descs = {}
+        self.data = collections.OrderedDict()  # (B, T, lengths) -> (xd, yd, sizes, dev_len)
+
+    def _weight_params(self, handle, cupy):
+        """Ask cudnnGetRNNWeightParams where each matrix and bias lives (offsets in elements)."""
+        space = cupy.zeros(self.n_elems, self.dtype)
+        base = space.data.ptr
+        mdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
+        bdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
+        params = []
+        for lin in range(6):
+            maddr, baddr = c_void_p(), c_void_p()
+            api.call("cudnnGetRNNWeightParams", handle, self.rnn.ptr, 0,
+                     c_size_t(self.weight_bytes), c_void_p(base), lin, mdesc.ptr, byref(maddr),
+                     bdesc.ptr, byref(baddr))
+            for kind, desc, addr in (("W", mdesc, maddr), ("b", bdesc, baddr)):
+                if not addr.value:
+                    raise api.CudnnError("cudnnGetRNNWeightParams", -1, "missing parameter",
+                                         f"linLayerID {lin} has no {kind}")
+                dims = _nd_dims(desc.ptr)
+                shape = (dims[1], dims[2]) if kind == "W" else (dims[1],)
+                off = (addr.value - base) // self.dtype.itemsize
+                params.append(layout.Param(lin, kind, off, shape))
+        return params
+
+    def h_desc(self, B: int):
+        d = self.h_descs.get(B)
+        if d is None:
+            d = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
+            dims = api.int_array((1, B, self.u))
+            strides = api.int_array((B * self.u, self.u, 1))
+            api.call("cudnnSetTensorNdDescriptor", d.ptr, self.dt_code, 3, dims, strides)
+            self.h_descs[B] = d
+        return d
+
+    def data_descs(self, handle, B: int, T: int, lengths: np.ndarray, training: bool):
+        """(xDesc, yDesc, workspace bytes, reserve bytes, device lengths), cached (LRU 16)."""
+        import cupy
+
+        key = (B, T, lengths.tobytes(), training)
+        hit = self.data.get(key)
+        if hit is not None:
+            self.data.move_to_end(key)
+            return hit
+        seqlen = api.int_array(lengths)
+        fill = api.scalar(0.0, self.dt_code)
+        xd = _Owned("cudnnCreateRNNDataDescriptor", "cudnnDestroyRNNDataDescriptor")
+        yd = _Owned("cudnnCreateRNNDataDescriptor", "cudnnDestroyRNNDataDescriptor")
+        api.call("cudnnSetRNNDataDescriptor", xd.ptr, self.dt_code,
+                 api.RNN_DATA_BATCH_MAJOR_UNPACKED, T, B, self.D, seqlen, byref(fill))
+        api.call("cudnnSetRNNDataDescriptor", yd.ptr, self.dt_code,
+                 api.RNN_DATA_BATCH_MAJOR_UNPACKED, T, B, self.u, seqlen, byref(fill))
+        work, reserve = c_size_t(), c_size_t()
+        mode = api.FWD_MODE_TRAINING if training else api.FWD_MODE_INFERENCE
+        api.call("cudnnGetRNNTempSpaceSizes", handle, self.rnn.ptr, mode, xd.ptr, byref(work),
+                 byref(reserve))
+        entry = (xd, yd, work.value, reserve.value, cupy.asarray(lengths, dtype=cupy.int32))
+        self.data[key] = entry
+        if len(self.data) > 16:
+            self.data.popitem(last=False)
+        return entry
+
+
+def _nd_dims(desc) -> tuple:
+    dt, nb = c_int(), c_int()
+    dims, strides = (c_int * 3)(), (c_int * 3)()
+    api.call("cudnnGetTensorNdDescriptor", desc, 3, byref(dt), byref(nb), dims, strides)
+    return tuple(dims[: nb.value])
+
+
+def _ptr(a):
+    return c_void_p(a.data.ptr) if a is not None else None
+
+
+class CudnnBackend:
+    """cuDNN calls on CuPy arrays: one handle per (thread, device), plans per config."""
+
+    def __init__(self):
+        self._local = threading.local()
+        self._plans = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def accepts(x) -> bool:
+        return is_cupy(x)
+
+    def handle(self):
+        """This thread's handle on the current device, bound to CuPy's current stream."""
+        import cupy
+
+        dev = cupy.cuda.runtime.getDevice()
+        handles = getattr(self._local, "handles", None)
+        if handles is None:
+            handles = self._local.handles = {}
+        h = handles.get(dev)
+        if h is None:
+            h = c_void_p()
+            api.call("cudnnCreate", byref(h))
+            handles[dev] = h  # never destroyed at exit: cudnnDestroy synchronizes the device
+        api.call("cudnnSetStream", h, c_void_p(cupy.cuda.get_current_stream().ptr))
+        return h
+
+    def plan(self, dtype, D: int, u: int):
+        import cupy
+
+        key = (cupy.cuda.runtime.getDevice(), np.dtype(dtype).str, D, u, ALLOW_TF32)
+        with self._lock:
+            p = self._plans.get(key)
+            if p is None:
+                p = self._plans[key] = _Plan(self, self.handle(), dtype, D, u)
+        return p
+
+    def forward(self, plan, space, x_c, h0, lengths, training):
+        """cudnnRNNForward on (B, T, D) x_c with per-row ``lengths`` (host int32, >= 1).
+
+        Returns (y (B, T, u) zero-filled after each length, hy (B, u), ctx for backward)."""
+        import cupy
+
+        B, T, _ = x_c.shape
+        h = self.handle()
+        xd, yd, work_b, res_b, dev_len = plan.data_descs(h, B, T, lengths, training)
+        hd = plan.h_desc(B)
+        y = cupy.empty((B, T, plan.u), plan.dtype)
+        hy = cupy.empty((B, plan.u), plan.dtype)
+        work = cupy.empty(max(work_b, 1), cupy.uint8)
+        reserve = cupy.empty(max(res_b, 1), cupy.uint8) if training else None
+        mode = api.FWD_MODE_TRAINING if training else api.FWD_MODE_INFERENCE
+        api.call("cudnnRNNForward", h, plan.rnn.ptr, mode, _ptr(dev_len), xd.ptr, _ptr(x_c),
+                 yd.ptr, _ptr(y), hd.ptr, _ptr(h0), _ptr(hy), hd.ptr, None, None,
+                 c_size_t(plan.weight_bytes), _ptr(space), c_size_t(work_b), _ptr(work),
+                 c_size_t(res_b if training else 0), _ptr(reserve))
+        ctx = None
+        if training:
+            ctx = dict(x=x_c, h0=h0, y=y, reserve=reserve, res_b=res_b, lengths=lengths)
+        return y, hy, ctx
+
+    def backward(self, plan, space, ctx, dy, dhy):
+        """cudnnRNNBackwardData_v8 then cudnnRNNBackwardWeights_v8 (ADD into zeros).
+
+        Returns (dx (B, T, D), dh0 (B, u), d weight space (n_elems,))."""
+        import cupy
+
+        x_c, h0, y = ctx["x"], ctx["h0"], ctx["y"]
+        B, T, _ = x_c.shape
+        h = self.handle()
+        xd, yd, work_b, res_b, dev_len = plan.data_descs(h, B, T, ctx["lengths"], True)
+        hd = plan.h_desc(B)
+        reserve = ctx["reserve"]
+        dx = cupy.empty_like(x_c)
+        dhx = cupy.empty((B, plan.u), plan.dtype)
+        dw = cupy.zeros(plan.n_elems, plan.dtype)
+        work = cupy.empty(max(work_b, 1), cupy.uint8)
+        api.call("cudnnRNNBackwardData_v8", h, plan.rnn.ptr, _ptr(dev_len), yd.ptr, _ptr(y),
+                 _ptr(dy), xd.ptr, _ptr(dx), hd.ptr, _ptr(h0), _ptr(dhy), _ptr(dhx), hd.ptr,
+                 None, None, None, c_size_t(plan.weight_bytes), _ptr(space), c_size_t(work_b),
+                 _ptr(work), c_size_t(res_b), _ptr(reserve))
+        api.call("cudnnRNNBackwardWeights_v8", h, plan.rnn.ptr, api.WGRAD_MODE_ADD,
+                 _ptr(dev_len), xd.ptr, _ptr(x_c), hd.ptr, _ptr(h0), yd.ptr, _ptr(y),
+                 c_size_t(plan.weight_bytes), _ptr(dw), c_size_t(work_b), _ptr(work),
+                 c_size_t(res_b), _ptr(reserve))
+        return dx, dhx, dw
+
+
+_BACKEND = None
+_backend_lock = threading.Lock()
+
+
+def backend():
+    """The process-wide backend (created on first use; tests may replace ``_BACKEND``)."""
+    global _BACKEND
+    if _BACKEND is None:
+        with _backend_lock:
+            if _BACKEND is None:
+                _BACKEND = CudnnBackend()
+    return _BACKEND
+
+
+# ---------------------------------------------------------------------------------------------
+# Packed weights, cached per weight version
+
+
+_PACK_CACHE_SIZE = 4
+_pack_cache: collections.OrderedDict = collections.OrderedDict()
+_pack_lock = threading.Lock()
+
+
+def _weights_key(weights: Weights, weights_key):
+    """A cache key for the packed form, or None (pack on every call).
+
+    Array identity alone is not a safe key: optimizers update weights in place. Callers that
+    hold :class:`~fastgru.variable.Variable` objects pass ``(uid, version)`` tuples, or the
+    Variables themselves inside ``weights``."""
+    if weights_key is not None:
+        return weights_key
+    parts = []
+    for w in weights:
+        if w is None:
+            parts.append(None)
+        elif hasattr(w, "uid") and hasattr(w, "version"):
+            parts.append((w.uid, w.version))
+        else:
+            return None
+    return tuple(parts)
+
+
+def _values(weights: Weights) -> Weights:
+    return Weights(*(getattr(w, "value", w) if w is not None else None for w in weights))
+
+
+def packed_weights(plan, weights: Weights, xp, weights_key=None):
+    """The cuDNN weight space for ``weights`` (Keras layout), from the cache when keyed."""
+    key = _weights_key(weights, weights_key)
+    w = _values(weights)
+    if key is not None:
+        key = (id(plan), key)
+        with _pack_lock:
+            hit = _pack_cache.get(key)
+            if hit is not None:
+                _pack_cache.move_to_end(key)
+                return hit
+    space = layout.pack(xp, w.kernel, w.recurrent_kernel, w.bias, plan.pack_idx, plan.dtype)
+    if key is not None:
+        with _pack_lock:
+            _pack_cache[key] = space
+            while len(_pack_cache) > _PACK_CACHE_SIZE:
+                _pack_cache.popitem(last=False)
+    return space
+
+
+def clear_caches():
+    """Drop packed weights (descriptors and plans stay)."""
+    with _pack_lock:
+        _pack_cache.clear()
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine contract
+
+
+def _validate(x, w: Weights, h0, spec: GRUSpec, mask, dropout):
+    if getattr(x, "ndim", None) != 3:
+        raise ValueError(f"x must be a 3-D (batch, timesteps, features) array, got shape "
+                         f"{getattr(x, 'shape', None)}")
+    B, T, D = x.shape
+    u = spec.units
+    if x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"the cuDNN engine computes float32 or float64, got x of dtype {x.dtype}")
+    if T == 0:
+        raise ValueError("x must have at least one timestep (got T=0)")
+    for name, a, want in (("kernel", w.kernel, (D, 3 * u)),
+                          ("recurrent_kernel", w.recurrent_kernel, (u, 3 * u)),
+                          ("h0", h0, (B, u))):
+        if tuple(a.shape) != want:
+            raise ValueError(f"{name} must have shape {want}, got {tuple(a.shape)}")
+    if w.bias is not None and tuple(w.bias.shape) != (2, 3 * u):
+        raise ValueError(f"bias must have shape {(2, 3 * u)}, got {tuple(w.bias.shape)}")
+    if mask is not None and tuple(mask.shape) != (B, T):
+        raise ValueError(f"mask must have shape {(B, T)}, got {tuple(mask.shape)}")
+    if dropout is not None and dropout.inputs is not None and \
+            tuple(dropout.inputs.shape) != (B, D):
+        raise ValueError(f"dropout.inputs must have shape {(B, D)}, got "
+                         f"{tuple(dropout.inputs.shape)}")
+
+
+def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutMasks = None,
+            training: bool = False, *, weights_key=None):
+    """See :mod:`fastgru.engines.base`; ``weights_key``: a hashable version of the weights
+    (e.g. ``((uid, version), ...)`` of their Variables) to reuse the packed weight space.
+
+    Raises ValueError naming the failed rule for configs cuDNN cannot compute."""
+    be = backend()
+    if not be.accepts(x):
+        raise TypeError(f"the cuDNN engine runs on CuPy arrays, got {type(x).__module__}."
+                        f"{type(x).__name__} (use the xp or cpu engine for NumPy input)")
+    reason = static_reason(spec, dropout)
+    if reason is not None:
+        raise ValueError(f"cuDNN cannot run this GRU: {reason}. {_REQUIRED}.")
+    w = _values(weights)
+    _validate(x, w, h0, spec, mask, dropout)
+    xp = get_array_module(x)
+    B, T, D = x.shape
+    u = spec.units
+    dt = x.dtype
+    L_host = L = None
+    if mask is not None:
+        L_host, ok = seq.mask_lengths(xp, mask)
+        reason = _mask_reason(ok)
+        if reason is not None:
+            raise ValueError(f"cuDNN cannot run this GRU: {reason}. {_REQUIRED}.")
+        if (L_host == T).all():
+            L_host = None  # a mask that masks nothing
+        else:
+            L = xp.asarray(L_host)
+    h0 = xp.ascontiguousarray(xp.asarray(h0, dt))
+    mx = dropout.inputs if dropout is not None else None
+    if B == 0:
+        out = xp.zeros((0, T, u) if spec.return_sequences else (0, u), dt)
+        tape = Tape(NAME, spec, dict(empty=True, x_shape=x.shape), 0, T, dt) if training else None
+        return out, xp.zeros((0, u), dt), tape
+
+    plan = be.plan(dt, D, u)
+    space = packed_weights(plan, weights, xp, weights_key)
+    xin = x if mx is None else x * mx[:, None, :]
+    x_c = seq.input_gather(xp, xin, L, spec.go_backwards)
+    run_len = np.full(B, T, np.int32) if L_host is None else np.maximum(L_host, 1)
+    y_c, hy, ctx = be.forward(plan, space, x_c, h0, run_len.astype(np.int32), training)
+    out, h_last = seq.outputs(xp, y_c, hy, h0, L, spec)
+    tape = None
+    if training:
+        saved = dict(plan=plan, space=space, ctx=ctx, L=L, mx=mx, x_shape=x.shape,
+                     has_bias=w.bias is not None)
+        tape = Tape(NAME, spec, saved, batch=B, steps=T, dtype=dt)
+    return out, h_last, tape
+
+
+def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
+    """Gradients in Keras layout from a training :func:`forward`'s tape."""
+    if tape.engine != NAME:
+        raise ValueError(f"tape was recorded by engine {tape.engine!r}, not {NAME!r}")
+    spec, s = tape.spec, tape.saved
+    B, T, D = s["x_shape"]
+    u = spec.units
+    dt = tape.dtype
+    want = (B, T, u) if spec.return_sequences else (B, u)
+    if d_outputs is not None and tuple(d_outputs.shape) != want:
+        raise ValueError(f"d_outputs must have shape {want}, got {tuple(d_outputs.shape)}")
+    if d_h_last is not None and tuple(d_h_last.shape) != (B, u):
+        raise ValueError(f"d_h_last must have shape {(B, u)}, got {tuple(d_h_last.shape)}")
+    if s.get("empty"):
+        import cupy
+
+        z = cupy.zeros
+        return Gradients(z((0, T, D), dt), z((0, u), dt), z((D, 3 * u), dt),
+                         z((u, 3 * u), dt), z((2, 3 * u), dt))
+    plan, ctx, L, mx = s["plan"], s["ctx"], s["L"], s["mx"]
+    xp = get_array_module(s["space"])
+    dy, dhy, dh0_direct = seq.outputs_backward(xp, d_outputs, d_h_last, L, spec, (B, T, u), dt)
+    dx_c, dhx, dw = backend().backward(plan, s["space"], ctx, dy, dhy)
+    dx = seq.input_gather_backward(xp, dx_c, L, spec.go_backwards)
+    if mx is not None:
+        dx = dx * mx[:, None, :]
+    dh0 = dhx
+    if L is not None:
+        dh0 = xp.where((L == 0)[:, None], dh0_direct, dhx).astype(dt, copy=False)
+    dK, dR, db = layout.unpack(xp, dw, plan.unpack_idx, D, u)
+    return Gradients(dx, dh0, dK, dR, db if s["has_bias"] else None)
