@@ -182,9 +182,9 @@ class GRUCell(Layer):
             masks = self.dropout_masks(x.shape[0], x.shape[-1], training, xp)
         spec = self.spec()
         engine, _ = _dispatch.choose(spec, x, None, masks, use_cudnn=False)
-        out, h_new, _ = engine.forward(x[:, None, :], self.engine_weights(), h, spec,
-                                       dropout=masks)
-        return out, [h_new]
+        _, h_new, _ = engine.forward(x[:, None, :], self.engine_weights(), h, spec,
+                                     dropout=masks)
+        return h_new, [h_new]  # a GRU's output and state are the same tensor
 
     def __call__(self, inputs, states=None, training=False):
         if not self.built:
