@@ -124,8 +124,11 @@ def choose(spec: GRUSpec, x, mask=None, dropout: DropoutMasks | None = None,
         if not cpu.available():
             return reference, "the compiled CPU extension is not built"
         supports = getattr(cpu, "supports", None)
-        if supports is not None and not supports(spec):
-            return reference, "the compiled CPU engine does not support this configuration"
+        verdict = supports(spec) if supports is not None else True
+        ok, why = verdict if isinstance(verdict, tuple) else (bool(verdict), None)
+        if not ok:
+            return reference, (f"the compiled CPU engine does not support this configuration"
+                               + (f" ({why})" if why else ""))
         return cpu, "NumPy input and the compiled CPU kernels support this configuration"
 
     # CuPy input
@@ -153,19 +156,22 @@ def choose(spec: GRUSpec, x, mask=None, dropout: DropoutMasks | None = None,
     return xp_engine, f"CuPy input, cuDNN not used ({why_not})"
 
 
-def engine_kwargs(engine, n_threads) -> dict:
-    """Extra keywords for an engine call: only the CPU engine takes ``n_threads``."""
-    return {"n_threads": n_threads} if getattr(engine, "__name__", "") == "fastgru.engines.cpu" else {}
+def engine_kwargs(engine, n_threads=None, weights_key=None, backward=False) -> dict:
+    """Extra keywords for an engine call: ``n_threads`` for the CPU engine only; the cuDNN
+    forward takes ``weights_key`` (the Variables' (uid, version)) to reuse packed weights."""
+    name = getattr(engine, "__name__", "")
+    if name == "fastgru.engines.cpu":
+        return {"n_threads": n_threads}
+    if name == "fastgru.engines.cudnn" and not backward and weights_key is not None:
+        return {"weights_key": weights_key}
+    return {}
 
 
-def describe(engine, reason: str, spec: GRUSpec, x) -> str:
+def describe(engine, reason: str, spec: GRUSpec, x, n_threads=None) -> str:
     """One sentence naming the engine and why (plus the CPU kernel's own description)."""
     name = getattr(engine, "NAME", None) or engine.__name__.rsplit(".", 1)[-1]
     text = f"engine '{name}': {reason}"
     kernel = getattr(engine, "describe_kernel", None)
     if kernel is not None:
-        try:
-            text += f" ({kernel(spec, x)})"
-        except TypeError:
-            text += f" ({kernel(spec)})"
+        text += f"; {kernel(spec, tuple(x.shape), n_threads=n_threads).rstrip('.')}"
     return text + "."

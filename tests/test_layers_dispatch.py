@@ -62,12 +62,18 @@ def test_numpy_falls_back_to_reference_with_reason(engines):
     engines(cpu=fake_engine("cpu", [], available=lambda: True, supports=lambda s: False))
     eng, why = _dispatch.choose(spec(), np.zeros((1, 2, 3)))
     assert eng is reference and "does not support" in why
+    engines(cpu=fake_engine("cpu", [], available=lambda: True,
+                            supports=lambda s: (False, "no kernel for X")))
+    eng, why = _dispatch.choose(spec(), np.zeros((1, 2, 3)))
+    assert eng is reference and "no kernel for X" in why
 
 
 def test_numpy_picks_cpu_and_passes_n_threads_only_to_it(engines, rng):
     calls = []
-    cpu = fake_engine("cpu", calls, available=lambda: True, supports=lambda s: True,
-                      describe_kernel=lambda s, x: "fused kernel, 2 threads")
+    cpu = fake_engine("cpu", calls, available=lambda: True,
+                      supports=lambda s: (True, "built-in activations"),
+                      describe_kernel=lambda s, shape, n_threads=None:
+                      f"fused kernel on {shape}, {n_threads} threads")
     engines(cpu=cpu)
     eng, why = _dispatch.choose(spec(), np.zeros((1, 2, 3)))
     assert eng is cpu and "CPU" in why
@@ -78,7 +84,7 @@ def test_numpy_picks_cpu_and_passes_n_threads_only_to_it(engines, rng):
     layer.backward(tape, np.ones_like(y))
     assert calls == [("forward", {"n_threads": 2}), ("backward", {"n_threads": 2})]
     text = layer.explain(x)
-    assert "engine 'cpu'" in text and "fused kernel, 2 threads" in text
+    assert "engine 'cpu'" in text and "fused kernel on (2, 4, 3), 2 threads" in text
     # a user activation never goes to the compiled engine
     eng, why = _dispatch.choose(spec(activation=lambda a: a), np.zeros((1, 2, 3)))
     assert eng is reference and "user-supplied Python callable" in why
@@ -139,8 +145,16 @@ def test_invalid_use_cudnn_in_choose():
 
 def test_engine_kwargs():
     cpu = types.ModuleType("fastgru.engines.cpu")
-    assert _dispatch.engine_kwargs(cpu, 4) == {"n_threads": 4}
-    assert _dispatch.engine_kwargs(reference, 4) == {}
+    cudnn = types.ModuleType("fastgru.engines.cudnn")
+    assert _dispatch.engine_kwargs(cpu, 4, ((1, 0),)) == {"n_threads": 4}
+    assert _dispatch.engine_kwargs(reference, 4, ((1, 0),)) == {}
+    assert _dispatch.engine_kwargs(cudnn, 4, ((1, 0),)) == {"weights_key": ((1, 0),)}
+    assert _dispatch.engine_kwargs(cudnn, 4, ((1, 0),), backward=True) == {}
+    cell = GRUCell(2)
+    cell.build((1, 3))
+    key = cell.weights_key()
+    cell.kernel.bump()
+    assert cell.weights_key() != key
 
 
 def test_explain_stacked_and_custom(rng, engines):

@@ -132,6 +132,11 @@ class GRUCell(Layer):
         return Weights(self.kernel.value, self.recurrent_kernel.value,
                        self.bias.value if self.bias is not None else None)
 
+    def weights_key(self) -> tuple:
+        """Identifies the current weight values, for engines that cache a packed form."""
+        return tuple(None if v is None else (v.uid, v.version)
+                     for v in (self.kernel, self.recurrent_kernel, self.bias))
+
     def spec(self, go_backwards=False, return_sequences=False,
              zero_output_for_mask=False) -> GRUSpec:
         return GRUSpec(units=self.units, activation=self.activation,

@@ -427,7 +427,7 @@ class RNN(Layer):
             out, h_last, tape = engine.forward(
                 inp, cell.engine_weights(), xp.asarray(h0s[i], dtype=cell.dtype), spec,
                 mask=m, dropout=masks, training=record,
-                **_dispatch.engine_kwargs(engine, self.n_threads))
+                **_dispatch.engine_kwargs(engine, self.n_threads, cell.weights_key()))
             tapes.append(tape)
             engines.append(engine)
             reasons.append(reason)
@@ -537,8 +537,8 @@ class RNN(Layer):
             if dh is not None:
                 dh = self._state_array(dh, xp, B, cell.units, "d_state").astype(cell.dtype)
             engine = tape.engines[i]
-            grads[i] = engine.backward(tape.tapes[i], g, dh,
-                                       **_dispatch.engine_kwargs(engine, self.n_threads))
+            grads[i] = engine.backward(tape.tapes[i], g, dh, **_dispatch.engine_kwargs(
+                engine, self.n_threads, backward=True))
             g = grads[i].x
         dx = g.astype(self.dtype, copy=False)
         if self.time_major:
@@ -640,7 +640,7 @@ class RNN(Layer):
                              zero_output_for_mask=self.zero_output_for_mask and last)
             mi = m if (i == 0 or m is None or not self.go_backwards) else m[:, ::-1]
             engine, reason = self._choose(cell, spec, inp, mi, None)
-            text = _dispatch.describe(engine, reason, spec, inp)
+            text = _dispatch.describe(engine, reason, spec, inp, self.n_threads)
             parts.append(text if len(cells) == 1 else f"cell {i} ({cell.name}): {text}")
             inp = xp.zeros(inp.shape[:2] + (cell.units,), cell.dtype)
         return f"{self.name}: " + " ".join(parts)
