@@ -196,3 +196,34 @@ def test_real_library_symbols_and_no_gpu_error():
     h = ctypes.c_void_p()
     status = L.cudnnCreate(ctypes.byref(h))
     assert status == api.STATUS_NOT_INITIALIZED
+
+
+def test_real_library_host_side_descriptor_calls(monkeypatch):
+    """Descriptor set-up needs no GPU: checks the ctypes marshalling of the engine's calls
+    (int arrays, paddingFill pointer, enums) against the real library where it is installed."""
+    if _real_library() is None:
+        pytest.skip("libcudnn.so.9 not installed")
+    from fastgru.engines.cudnn import _nd_dims, _Owned
+
+    d = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
+    api.call("cudnnSetTensorNdDescriptor", d.ptr, api.DATA_DOUBLE, 3, api.int_array((1, 5, 7)),
+             api.int_array((35, 7, 1)))
+    assert _nd_dims(d.ptr) == (1, 5, 7)
+    drop = _Owned("cudnnCreateDropoutDescriptor", "cudnnDestroyDropoutDescriptor")
+    rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
+    args = [rnn.ptr, api.RNN_ALGO_STANDARD, api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS,
+            api.UNIDIRECTIONAL, api.LINEAR_INPUT, api.DATA_FLOAT, api.DATA_FLOAT, api.FMA_MATH,
+            64, 128, 128, 1, drop.ptr, api.RNN_PADDED_IO_ENABLED]
+    api.call("cudnnSetRNNDescriptor_v8", *args)
+    args[11] = 64  # projSize != hiddenSize is LSTM-only
+    with pytest.raises(api.CudnnError, match="NOT_SUPPORTED"):
+        api.call("cudnnSetRNNDescriptor_v8", *args)
+    dd = _Owned("cudnnCreateRNNDataDescriptor", "cudnnDestroyRNNDataDescriptor")
+    fill = api.scalar(0.0, api.DATA_FLOAT)
+    api.call("cudnnSetRNNDataDescriptor", dd.ptr, api.DATA_FLOAT,
+             api.RNN_DATA_BATCH_MAJOR_UNPACKED, 5, 3, 64,
+             api.int_array(np.array([5, 1, 3], np.int32)), ctypes.byref(fill))
+    with pytest.raises(api.CudnnError, match="currentSeqLength"):
+        api.call("cudnnSetRNNDataDescriptor", dd.ptr, api.DATA_FLOAT,
+                 api.RNN_DATA_BATCH_MAJOR_UNPACKED, 5, 3, 64, api.int_array([6, 1, 3]),
+                 ctypes.byref(fill))

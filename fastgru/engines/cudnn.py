@@ -29,6 +29,7 @@ from . import _cudnn_api as api
 from . import _cudnn_layout as layout
 from . import _cudnn_seq as seq
 from .base import DropoutMasks, Gradients, GRUSpec, Tape, Weights
+from .xp import check_upstream
 
 NAME = "cudnn"
 
@@ -468,11 +469,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
     B, T, D = s["x_shape"]
     u = spec.units
     dt = tape.dtype
-    want = (B, T, u) if spec.return_sequences else (B, u)
-    if d_outputs is not None and tuple(d_outputs.shape) != want:
-        raise ValueError(f"d_outputs must have shape {want}, got {tuple(d_outputs.shape)}")
-    if d_h_last is not None and tuple(d_h_last.shape) != (B, u):
-        raise ValueError(f"d_h_last must have shape {(B, u)}, got {tuple(d_h_last.shape)}")
+    check_upstream(spec, B, T, d_outputs, d_h_last)
     if s.get("empty"):
         import cupy
 
@@ -482,7 +479,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
     plan, ctx, L, mx = s["plan"], s["ctx"], s["L"], s["mx"]
     xp = get_array_module(s["space"])
     dy, dhy, dh0_direct = seq.outputs_backward(xp, d_outputs, d_h_last, L, spec, (B, T, u), dt)
-    dx_c, dhx, dw = backend().backward(plan, s["space"], ctx, dy, dhy)
+    dx_c, dhx, dw = backend().backward(plan, s["space"], ctx, dy, xp.ascontiguousarray(dhy))
     dx = seq.input_gather_backward(xp, dx_c, L, spec.go_backwards)
     if mx is not None:
         dx = dx * mx[:, None, :]

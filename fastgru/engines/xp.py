@@ -147,6 +147,16 @@ def _check(x, weights: Weights, h0, spec: GRUSpec, mask, dropout):
                              f"{tuple(mh.shape)}")
 
 
+def check_upstream(spec: GRUSpec, B: int, T: int, d_outputs, d_h_last) -> None:
+    """ValueError unless d_outputs / d_h_last (each may be None) match the forward's outputs."""
+    u = spec.units
+    want = (B, T, u) if spec.return_sequences else (B, u)
+    if d_outputs is not None and tuple(d_outputs.shape) != want:
+        raise ValueError(f"d_outputs must have shape {want}, got {tuple(d_outputs.shape)}")
+    if d_h_last is not None and tuple(d_h_last.shape) != (B, u):
+        raise ValueError(f"d_h_last must have shape {(B, u)}, got {tuple(d_h_last.shape)}")
+
+
 def _biases(xp, weights: Weights, spec: GRUSpec):
     """(input bias (3u,) or None, recurrent bias (3u,) or None)."""
     if not spec.use_bias or weights.bias is None:
@@ -333,14 +343,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
     Hs, Z, R, HH, RP = s["Hs"], s["Z"], s["R"], s["HH"], s["RP"]
     DZ, DR_, DH = s["DZ"], s["DR"], s["DH"]
 
-    if spec.return_sequences:
-        if d_outputs is not None and tuple(d_outputs.shape) != (B, T, u):
-            raise ValueError(f"d_outputs must have shape {(B, T, u)}, got "
-                             f"{tuple(d_outputs.shape)}")
-    elif d_outputs is not None and tuple(d_outputs.shape) != (B, u):
-        raise ValueError(f"d_outputs must have shape {(B, u)}, got {tuple(d_outputs.shape)}")
-    if d_h_last is not None and tuple(d_h_last.shape) != (B, u):
-        raise ValueError(f"d_h_last must have shape {(B, u)}, got {tuple(d_h_last.shape)}")
+    check_upstream(spec, B, T, d_outputs, d_h_last)
 
     # DA: d loss / d gate pre-activations (z, r, h) per step = the input-projection gradient.
     # reset_after: DRP holds (da_z, da_r, da_h * r), the gradient of h@U + b_rec; its h block is
