@@ -1,0 +1,441 @@
+"""Shared pieces of the CPU benchmarks: shapes, problems, timing, machine peaks, tables.
+
+The benchmarks are scripts, not part of the package. Every peer runs in its own child process
+(see ``_peers.py``) on the same problems, which the parent writes to a temporary directory
+together with the float64 reference results used to verify each peer before it is timed.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+TOLERANCE = 1e-4  # max |peer - ref| / max |ref| above which a peer is flagged as disagreeing
+
+
+@dataclass(frozen=True)
+class Shape:
+    B: int
+    T: int
+    I: int
+    H: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.B}x{self.T}x{self.I}x{self.H}"
+
+    @property
+    def flops(self) -> float:
+        """Multiply-adds of one forward pass counted as 2 flops: 2*B*T*3H*(I+H)."""
+        return 2.0 * self.B * self.T * 3 * self.H * (self.I + self.H)
+
+
+SHAPES = [Shape(1, 100, 64, 128), Shape(1, 1000, 128, 256), Shape(32, 100, 64, 128),
+          Shape(64, 200, 128, 256), Shape(256, 50, 256, 512), Shape(16, 500, 512, 1024)]
+
+
+def parse_shapes(text: str) -> list[Shape]:
+    """'1x100x64x128,32x100x64x128' (B x T x I x H) -> [Shape, ...]."""
+    shapes = []
+    for item in text.split(","):
+        parts = item.strip().lower().split("x")
+        if len(parts) != 4 or not all(p.isdigit() and int(p) > 0 for p in parts):
+            raise ValueError(f"--shapes: expected BxTxIxH with positive integers, got {item!r}")
+        shapes.append(Shape(*map(int, parts)))
+    return shapes
+
+
+def parse_ints(text: str, name: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{name}: expected comma-separated integers, got {text!r}") from None
+    if not vals or min(vals) < 1:
+        raise ValueError(f"{name}: expected positive integers, got {text!r}")
+    return vals
+
+
+def check_args(ap, args, default_shapes, allowed_peers):
+    """Parse --shapes, --threads and --peers in place (argparse errors on bad values)."""
+    try:
+        args.shapes = parse_shapes(args.shapes) if args.shapes else list(default_shapes)
+        args.threads = parse_ints(args.threads, "--threads")
+    except ValueError as e:
+        ap.error(str(e))
+    args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    unknown = [p for p in args.peers if p not in allowed_peers]
+    if unknown:
+        ap.error(f"--peers: unknown {unknown}; choose from {', '.join(allowed_peers)}")
+    return args
+
+
+# ----------------------------------------------------------------------------- problems
+
+def make_problem(shape: Shape, seed: int = 0) -> dict:
+    """Keras-layout float32 weights (reset_after=True, gates z, r, h) and inputs.
+
+    Kernel glorot-uniform, recurrent kernel with orthonormal rows (as Keras initialises them),
+    small non-zero biases in both rows and a non-zero initial state, so that every part of
+    each peer's weight mapping shows up in its result.
+    """
+    B, T, I, H = shape.B, shape.T, shape.I, shape.H
+    rng = np.random.default_rng(seed)
+    lim = np.sqrt(6.0 / (I + 3 * H))
+    kernel = rng.uniform(-lim, lim, (I, 3 * H))
+    q, _ = np.linalg.qr(rng.standard_normal((3 * H, H)))
+    recurrent = q.T  # (H, 3H), orthonormal rows
+    bias = rng.uniform(-0.1, 0.1, (2, 3 * H))
+    x = rng.standard_normal((B, T, I))
+    h0 = rng.uniform(-0.5, 0.5, (B, H))
+    f32 = lambda a: np.ascontiguousarray(a, dtype=np.float32)  # noqa: E731
+    return {"x": f32(x), "kernel": f32(kernel), "recurrent_kernel": f32(recurrent),
+            "bias": f32(bias), "h0": f32(h0)}
+
+
+def gru_spec(units: int, return_sequences: bool):
+    from fastgru import activations
+    from fastgru.engines.base import GRUSpec
+    return GRUSpec(units=units, activation=activations.get("tanh"),
+                   recurrent_activation=activations.get("sigmoid"), reset_after=True,
+                   return_sequences=return_sequences)
+
+
+def weights_of(p: dict, dtype=None):
+    from fastgru.engines.base import Weights
+    c = (lambda a: a) if dtype is None else (lambda a: a.astype(dtype))
+    return Weights(c(p["kernel"]), c(p["recurrent_kernel"]), c(p["bias"]))
+
+
+def reference_results(p: dict, return_sequences: bool, training: bool) -> dict:
+    """The float64 reference engine on the float32 problem's values: the oracle for all peers.
+
+    Inference: {'y'}; training (loss = sum of the sequence outputs): also {'dx', 'dkernel',
+    'drecurrent_kernel', 'dbias'}.
+    """
+    from fastgru.engines import reference
+    from fastgru.engines.base import Weights
+    f64 = np.float64
+    spec = gru_spec(p["kernel"].shape[1] // 3, return_sequences)
+    # Fortran order: the engine slices gate columns, which are then contiguous for BLAS.
+    w = Weights(*(np.asarray(p[k], f64, order="F") for k in ("kernel", "recurrent_kernel", "bias")))
+    y, _, tape = reference.forward(p["x"].astype(f64), w, p["h0"].astype(f64), spec,
+                                   training=training)
+    out = {"y": y}
+    if training:
+        g = reference.backward(tape, np.ones_like(y), None)
+        out.update(dx=g.x, dkernel=g.kernel, drecurrent_kernel=g.recurrent_kernel,
+                   dbias=g.bias)
+    return out
+
+
+GRAD_KEYS = ("dx", "dkernel", "drecurrent_kernel", "dbias")
+
+
+def rel_err(a, ref) -> float:
+    """max |a - ref| / max |ref| (normwise, so near-zero entries do not blow it up)."""
+    a = np.asarray(a, np.float64)
+    if a.shape != ref.shape:
+        raise ValueError(f"result shape {a.shape} != reference shape {ref.shape}")
+    if not np.all(np.isfinite(a)):
+        return float("inf")
+    return float(np.max(np.abs(a - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def _cache_key(shape: Shape, seed: int, return_sequences: bool, training: bool) -> str:
+    """Names a reference result by everything it depends on, the oracle's source included."""
+    import hashlib
+    import fastgru
+    h = hashlib.sha256()
+    pkg = Path(fastgru.__file__).parent
+    for src in (pkg / "engines" / "reference.py", pkg / "activations.py", BENCH_DIR / "_common.py"):
+        h.update(src.read_bytes())
+    h.update(f"{shape.label}|{seed}|{return_sequences}|{training}|{np.__version__}".encode())
+    return h.hexdigest()[:20]
+
+
+def cache_dir() -> Path:
+    """Where float64 reference results are kept between runs (they take minutes at the
+    largest shapes); FASTGRU_BENCH_CACHE overrides, an empty value disables."""
+    return Path(os.environ.get("FASTGRU_BENCH_CACHE",
+                               Path.home() / ".cache" / "fastgru-bench")).expanduser()
+
+
+def write_problems(shapes, return_sequences: bool, training: bool, seed: int = 0,
+                   log=print) -> tuple[tempfile.TemporaryDirectory, list[str]]:
+    """Problem + reference files, one .npz per shape, in a temporary directory."""
+    tmp = tempfile.TemporaryDirectory(prefix="fastgru_bench_")
+    use_cache = os.environ.get("FASTGRU_BENCH_CACHE", None) != ""
+    paths = []
+    for s in shapes:
+        t0 = time.perf_counter()
+        p = make_problem(s, seed)
+        cached = cache_dir() / f"ref-{_cache_key(s, seed, return_sequences, training)}.npz"
+        if use_cache and cached.exists():
+            with np.load(cached) as f:
+                ref = {k: f[k] for k in f.files}
+            how = "cached"
+        else:
+            ref = reference_results(p, return_sequences, training)
+            if use_cache:
+                try:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    part = cached.with_suffix(f".{os.getpid()}.npz")
+                    np.savez(part, **ref)
+                    part.replace(cached)
+                except OSError as e:
+                    log(f"  note: reference cache not written ({e})")
+            how = "computed"
+        path = os.path.join(tmp.name, f"{s.label}.npz")
+        np.savez(path, **p, **{"ref_" + k: v for k, v in ref.items()},
+                 return_sequences=return_sequences)
+        paths.append(path)
+        log(f"  reference (float64) for {s.label}: {how}, {time.perf_counter() - t0:.1f} s")
+    return tmp, paths
+
+
+# ----------------------------------------------------------------------------- timing
+
+def time_call(fn, budget_s: float, min_reps: int, max_reps: int = 1000,
+              warmup: int = 1) -> tuple[float, int]:
+    """Median wall time of ``fn()`` after ``warmup`` calls; repeats until ``budget_s`` is
+    spent (at least ``min_reps``, at most ``max_reps`` timed calls). Returns (median, reps)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_reps:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+        if len(times) >= min_reps and time.perf_counter() - start >= budget_s:
+            break
+    return statistics.median(times), len(times)
+
+
+# ----------------------------------------------------------------------------- machine
+
+def blas_info() -> list[dict]:
+    """The BLAS libraries loaded in this process (threadpoolctl), with their kernel choice."""
+    try:
+        import scipy.linalg  # noqa: F401  (load SciPy's BLAS too, the one fastgru links)
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return []
+    keep = ("internal_api", "prefix", "version", "architecture", "threading_layer",
+            "num_threads")
+    out = []
+    for d in threadpool_info():
+        if d.get("user_api") == "blas":
+            rec = {k: d.get(k) for k in keep}
+            path = Path(d.get("filepath", ""))
+            rec["library"] = f"{path.parent.name}/{path.name}"  # e.g. numpy.libs/... vs scipy.libs/...
+            out.append(rec)
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _compile_fma_peak(tmpdir: str):
+    src = BENCH_DIR / "_fma_peak.c"
+    lib = os.path.join(tmpdir, "fma_peak.so")
+    cmd = [os.environ.get("CC", "gcc"), "-O2", "-fopenmp", "-shared", "-fPIC", str(src), "-o", lib]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    so = ctypes.CDLL(lib)
+    so.fma_peak_run.restype = ctypes.c_double
+    so.fma_peak_run.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int]
+    return so
+
+
+def fma_peak(threads, seconds: float = 0.3) -> dict:
+    """{(width, n_threads): GFLOP/s} measured by bench/_fma_peak.c; {} without a compiler."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="fastgru_fma_") as tmp:
+        try:
+            so = _compile_fma_peak(tmp)
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            print(f"note: FMA peak not measured (compiling _fma_peak.c failed: {detail.strip()})")
+            return out
+        for width, lanes, nacc in ((512, 16, so.fma_peak_acc512()), (256, 8, so.fma_peak_acc256())):
+            for n in threads:
+                iters = 1 << 20
+                while True:  # grow until one run lasts long enough to time
+                    dt = so.fma_peak_run(width, iters, n)
+                    if dt < 0 or dt >= seconds:
+                        break
+                    iters = int(iters * min(16.0, max(2.0, 1.2 * seconds / max(dt, 1e-6))))
+                if dt < 0:
+                    break  # the CPU lacks this instruction set
+                best = min(dt, *(so.fma_peak_run(width, iters, n) for _ in range(2)))
+                out[(width, n)] = n * iters * nacc * lanes * 2 / best / 1e9
+    return out
+
+
+def sgemm_rate(threads, n: int = 2048, seconds: float = 0.5) -> dict:
+    """{n_threads: GFLOP/s} of a float32 n x n x n matmul by NumPy's BLAS."""
+    from threadpoolctl import threadpool_limits
+    rng = np.random.default_rng(1)
+    a = rng.standard_normal((n, n), dtype=np.float32)
+    b = rng.standard_normal((n, n), dtype=np.float32)
+    c = np.empty((n, n), np.float32)
+    out = {}
+    for t in threads:
+        times = []
+        with threadpool_limits(limits=t, user_api="blas"):
+            np.matmul(a, b, out=c)
+            start = time.perf_counter()
+            while len(times) < 3 or time.perf_counter() - start < seconds:
+                t0 = time.perf_counter()
+                np.matmul(a, b, out=c)
+                times.append(time.perf_counter() - t0)
+        out[t] = 2.0 * n ** 3 / min(times) / 1e9  # a peak: the best call, not the median
+    return out
+
+
+def machine_report(threads, quick: bool) -> dict:
+    """CPU, BLAS and the measured FMA / SGEMM rates, printed and returned."""
+    fma = fma_peak(threads, seconds=0.15 if quick else 0.3)
+    gemm = sgemm_rate(threads, n=1536 if quick else 2048, seconds=0.3 if quick else 1.0)
+    info = {"cpu": cpu_name(), "cores": os.cpu_count(), "python": platform.python_version(),
+            "numpy": np.__version__, "blas": blas_info(),
+            "fma_gflops": {f"avx{w}_{n}t": v for (w, n), v in fma.items()},
+            "sgemm_gflops": {f"{n}t": v for n, v in gemm.items()}}
+    print(f"CPU: {info['cpu']} ({info['cores']} logical cores), Python {info['python']}, "
+          f"NumPy {info['numpy']}")
+    for b in info["blas"]:
+        print(f"BLAS: {b['internal_api']} {b['version']} ({b['library']}), kernel "
+              f"{b['architecture']}, {b['threading_layer']}, {b['num_threads']} threads")
+    envs = {k: v for k, v in os.environ.items() if k.startswith("OPENBLAS_")}
+    if envs:
+        print("environment: " + ", ".join(f"{k}={v}" for k, v in sorted(envs.items())))
+    load = os.getloadavg()[0]
+    info["load_1min"] = load
+    print(f"load average (1 min) at start: {load:.2f}" + (
+        "  WARNING: other work is running; timings and peaks are disturbed" if load > 0.5 else ""))
+    for (w, n), v in sorted(fma.items()):
+        print(f"FMA peak avx{w} float32, {n} thread(s): {v:8.1f} GFLOP/s")
+    for n, v in sorted(gemm.items()):
+        print(f"SGEMM NumPy float32 {2048 if not quick else 1536}^3, {n} thread(s): "
+              f"{v:8.1f} GFLOP/s")
+    info["_fma"], info["_gemm"] = fma, gemm
+    return info
+
+
+def peak_for(info: dict, n: int) -> float | None:
+    """The best measured FMA rate for n threads (AVX-512 where available)."""
+    vals = [v for (w, t), v in info["_fma"].items() if t == n]
+    return max(vals) if vals else None
+
+
+# ----------------------------------------------------------------------------- tables
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows)]
+    fmt = lambda cells: "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
+    lines = [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
+    return "\n".join(lines + [fmt(r) for r in rows])
+
+
+def fmt_ms(t: float | None) -> str:
+    if t is None:
+        return "-"
+    ms = t * 1e3
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
+
+
+def save_json(path: str | None, payload: dict) -> None:
+    if path:
+        clean = {k: v for k, v in payload.items() if not k.startswith("_")}
+        if "machine" in clean:
+            clean["machine"] = {k: v for k, v in clean["machine"].items() if not k.startswith("_")}
+        Path(path).write_text(json.dumps(clean, indent=1, default=str))
+        print(f"results written to {path}")
+
+
+def results_table(shapes, threads, peers, results, machine, flops_factor: float = 1.0,
+                  ours=("fastgru", "fastgru.GRU", "reference")) -> str:
+    """Markdown table: one row per (shape, threads), times in ms per peer, fastgru's speed-up
+    over the fastest *verified* peer, and achieved GFLOP/s against the measured peaks.
+
+    ``results[peer][n]`` is what ``_peers.run_peer`` returned. A '!' after a time marks a
+    result that disagreed with the reference (excluded from the baseline); 'err' a failure.
+    """
+    shown = [p for p in peers if any(results.get(p, {}).get(n, {}).get("results")
+                                     for n in threads)]
+    header = ["B x T x I x H", "thr"] + [f"{p} ms" for p in shown] + [
+        "best peer", "speed-up", "fastgru GFLOP/s", "peer GFLOP/s", "% FMA peak", "% SGEMM"]
+    rows = []
+    for s in shapes:
+        for n in threads:
+            recs = {p: results.get(p, {}).get(n, {}).get("results", {}).get(s.label)
+                    for p in shown}
+            cells = []
+            for p in shown:
+                r = recs[p]
+                if r is None:
+                    cells.append("-")
+                elif "error" in r:
+                    cells.append("err")
+                else:
+                    cells.append(fmt_ms(r["median_s"]) + ("" if r["ok"] else "!"))
+            good = lambda r: r is not None and "error" not in r and r["ok"]  # noqa: E731
+            peer_t = {p: recs[p]["median_s"] for p in shown if p not in ours and good(recs[p])}
+            # the engine row when it ran, else the layer row
+            ours_t = [recs[p]["median_s"] for p in ("fastgru", "fastgru.GRU")
+                      if p in recs and good(recs[p])][:1]
+            best = min(peer_t, key=peer_t.get) if peer_t else None
+            flops = s.flops * flops_factor
+            mine = min(ours_t) if ours_t else None
+            gf = flops / mine / 1e9 if mine else None
+            peak, gemm = peak_for(machine, n), machine["_gemm"].get(n)
+            rows.append([s.label, n] + cells + [
+                best or "-",
+                f"{peer_t[best] / mine:.2f}x" if best and mine else "-",
+                f"{gf:.1f}" if gf else "-",
+                f"{flops / peer_t[best] / 1e9:.1f}" if best else "-",
+                f"{100 * gf / peak:.1f}" if gf and peak else "-",
+                f"{100 * gf / gemm:.1f}" if gf and gemm else "-"])
+    return markdown_table(header, rows)
+
+
+def error_summary(peers, threads, results) -> list[str]:
+    """One line per peer: its largest verification error and any failures."""
+    lines = []
+    for p in peers:
+        recs = [r for n in threads for r in results.get(p, {}).get(n, {}).get("results", {}).values()]
+        if not recs:
+            continue
+        errs = [r["err"] for r in recs if "err" in r]
+        fails = sorted({r["error"] for r in recs if "error" in r})
+        bad = [r["shape"] for r in recs if "err" in r and r["err"] > TOLERANCE]
+        line = f"- {p}: max rel. error vs float64 reference {max(errs):.2e}" if errs else f"- {p}:"
+        if bad:
+            line += f"  DISAGREES (> {TOLERANCE:g}) at {', '.join(sorted(set(bad)))}"
+        for f in fails:
+            line += f"; failed: {f}"
+        lines.append(line)
+    return lines

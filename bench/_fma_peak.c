@@ -1,0 +1,74 @@
+/* Measured float32 FMA peak of this CPU: register-blocked FMA chains, no memory traffic.
+ *
+ * Compiled at run time by bench/_common.py (gcc -O2 -fopenmp -shared) and called through
+ * ctypes. Each thread keeps NACC independent accumulators so the FMA latency (4 cycles) times
+ * the number of FMA ports (1 or 2) is covered; the chains never touch memory in the loop.
+ * Returns the wall time in seconds of `iters` iterations on `nthreads` OpenMP threads; the
+ * caller computes flops = nthreads * iters * NACC * lanes * 2.
+ */
+#include <immintrin.h>
+#include <omp.h>
+
+#define NACC512 16 /* of the 32 zmm registers; 2 ports x 4 cycles needs >= 8 */
+#define NACC256 12 /* of the 16 ymm registers */
+
+volatile float fma_peak_sink; /* keeps the results live so the loops are not removed */
+
+int fma_peak_has_avx512(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx512f"); }
+int fma_peak_has_avx2(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+int fma_peak_acc512(void) { return NACC512; }
+int fma_peak_acc256(void) { return NACC256; }
+
+__attribute__((target("avx512f"))) static float run512(long iters)
+{
+    __m512 acc[NACC512];
+    const __m512 a = _mm512_set1_ps(0.999999f), b = _mm512_set1_ps(1e-7f);
+    for (int k = 0; k < NACC512; k++) acc[k] = _mm512_set1_ps((float)k);
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 16
+        for (int k = 0; k < NACC512; k++) acc[k] = _mm512_fmadd_ps(acc[k], a, b);
+    }
+    __m512 s = acc[0];
+    for (int k = 1; k < NACC512; k++) s = _mm512_add_ps(s, acc[k]);
+    return _mm512_reduce_add_ps(s);
+}
+
+__attribute__((target("avx2,fma"))) static float run256(long iters)
+{
+    __m256 acc[NACC256];
+    const __m256 a = _mm256_set1_ps(0.999999f), b = _mm256_set1_ps(1e-7f);
+    for (int k = 0; k < NACC256; k++) acc[k] = _mm256_set1_ps((float)k);
+    for (long i = 0; i < iters; i++) {
+#pragma GCC unroll 12
+        for (int k = 0; k < NACC256; k++) acc[k] = _mm256_fmadd_ps(acc[k], a, b);
+    }
+    __m256 s = acc[0];
+    for (int k = 1; k < NACC256; k++) s = _mm256_add_ps(s, acc[k]);
+    float out[8];
+    _mm256_storeu_ps(out, s);
+    return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
+}
+
+/* width: 512 or 256. Returns wall seconds, or -1 when the CPU lacks the instructions. */
+double fma_peak_run(int width, long iters, int nthreads)
+{
+    if (width == 512 ? !fma_peak_has_avx512() : !fma_peak_has_avx2()) return -1.0;
+    double t0 = 0.0, t1 = 0.0;
+    float total = 0.0f;
+#pragma omp parallel num_threads(nthreads) reduction(+ : total)
+    {
+#pragma omp barrier
+#pragma omp master
+        t0 = omp_get_wtime();
+        total += (width == 512) ? run512(iters) : run256(iters);
+#pragma omp barrier
+#pragma omp master
+        t1 = omp_get_wtime();
+    }
+    fma_peak_sink = total;
+    return t1 - t0;
+}

@@ -1,0 +1,84 @@
+"""float32 GRU inference on the CPU: fastgru against PyTorch, ONNX Runtime, OpenVINO, Keras 3.
+
+    python bench/cpu_inference.py                 # full run (about 10 min on 2 cores)
+    python bench/cpu_inference.py --quick         # short time boxes, for a first look
+    python bench/cpu_inference.py --shapes 32x100x64x128 --threads 1 --peers fastgru,torch
+
+Every peer gets the same Keras-layout weights (reset_after=True) and inputs, is checked
+against fastgru's float64 reference engine before it is timed (a '!' in the table marks a peer
+off by more than 1e-4 relative), and is timed in a child process of its own at each thread
+count. Times are medians after a warm-up call. Speed-up = fastest verified peer / fastgru.
+GFLOP/s counts 2*B*T*3H*(I+H) flops per forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+import _peers as P  # noqa: E402
+
+REF_MAX_GFLOP = 10.0  # the reference engine is timed only up to this size (it is slow)
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="Shapes default to " +
+                                 ",".join(s.label for s in C.SHAPES))
+    ap.add_argument("--shapes", help="comma-separated BxTxIxH (batch x steps x input x units)")
+    ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
+    ap.add_argument("--peers", default=",".join(P.PEERS),
+                    help="comma-separated subset of: " + ", ".join(P.PEERS))
+    ap.add_argument("--quick", action="store_true",
+                    help="short time boxes (0.3 s, 1 timed call minimum) instead of 1.5 s / 3")
+    ap.add_argument("--return-sequences", action=argparse.BooleanOptionalAction, default=True,
+                    help="time return_sequences=True (default) or False (last output only)")
+    ap.add_argument("--budget", type=float, help="seconds of timed calls per measurement")
+    ap.add_argument("--ref-max-gflop", type=float, default=REF_MAX_GFLOP,
+                    help="largest problem (GFLOP) the slow reference engine is timed on")
+    ap.add_argument("--json", help="also write all results to this JSON file")
+    return C.check_args(ap, ap.parse_args(argv), C.SHAPES, P.PEERS)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    budget = args.budget if args.budget is not None else (0.3 if args.quick else 1.5)
+    min_reps = 1 if args.quick else 3
+    timeout = 150 if args.quick else 300
+    t_start = time.perf_counter()
+    print("# fastgru CPU inference benchmark (float32, return_sequences="
+          f"{args.return_sequences})\n")
+    machine = C.machine_report(args.threads, args.quick)
+    print("\nproblems and float64 reference results:")
+    tmp, files = C.write_problems(args.shapes, args.return_sequences, training=False)
+    by_label = dict(zip((s.label for s in args.shapes), files))
+
+    def files_for(peer):
+        if peer == "reference":
+            return [by_label[s.label] for s in args.shapes if s.flops / 1e9 <= args.ref_max_gflop]
+        return files
+
+    print("\npeers:")
+    with tmp:
+        results, versions, notes = P.run_matrix(args.peers, args.threads, files_for,
+                                                "inference", budget, min_reps, timeout)
+    print("\nversions: " + "; ".join(f"{p} {v}" for p, v in versions.items()))
+    print("\n" + C.results_table(args.shapes, args.threads, args.peers, results, machine))
+    print("\nverification (max |peer - ref| / max |ref|, float64 reference engine):")
+    print("\n".join(C.error_summary(args.peers, args.threads, results)))
+    print(f"\ntimes in ms (median); '!' = disagrees with the reference by > {C.TOLERANCE:g} "
+          "(not used as baseline); '-' = not run. "
+          f"total {time.perf_counter() - t_start:.0f} s")
+    C.save_json(args.json, {"kind": "cpu_inference", "return_sequences": args.return_sequences,
+                            "machine": machine, "versions": versions, "notes": notes,
+                            "results": results})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
