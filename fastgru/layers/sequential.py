@@ -23,12 +23,20 @@ from .base import Grads, Layer
 __all__ = ["Sequential", "compose"]
 
 
+_TAKES: dict = {}
+
+
 def _takes(fn, arg: str) -> bool:
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return arg in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
+    """Whether ``fn`` accepts the keyword ``arg`` (cached per function: called every step)."""
+    key = (getattr(fn, "__func__", fn), arg)
+    if key not in _TAKES:
+        try:
+            params = inspect.signature(fn).parameters
+            _TAKES[key] = arg in params or any(p.kind is p.VAR_KEYWORD
+                                               for p in params.values())
+        except (TypeError, ValueError):
+            _TAKES[key] = False
+    return _TAKES[key]
 
 
 def next_mask(layer, inputs, mask):
