@@ -2,8 +2,12 @@
 
 from ._stacked import StackedRNNCells
 from .base import Grads, Layer
+from .bidirectional import Bidirectional
 from .cell import GRUCell
+from .dense import Dense
 from .gru import GRU
 from .rnn import RNN
+from .sequential import Sequential
 
-__all__ = ["GRU", "GRUCell", "Grads", "Layer", "RNN", "StackedRNNCells"]
+__all__ = ["GRU", "Bidirectional", "Dense", "GRUCell", "Grads", "Layer", "RNN", "Sequential",
+           "StackedRNNCells"]
