@@ -1,0 +1,107 @@
+"""The Layer base and Grads (notes/LAYER_API.md)."""
+
+import numpy as np
+import pytest
+
+from fastgru import GRU, Grads, Layer
+from fastgru.layers.base import standardize_dtype
+
+
+class Affine(Layer):
+    def __init__(self, n, **kw):
+        super().__init__(**kw)
+        self.n = n
+
+    def build(self, shape):
+        self.w = self.add_weight("w", (shape[-1], self.n), "ones", regularizer="l2")
+        self.b = self.add_weight("b", (self.n,), "zeros", trainable=False)
+
+    def call(self, x):
+        return x @ self.w.value + self.b.value
+
+    def get_config(self):
+        return {**super().get_config(), "n": self.n}
+
+
+class Outer(Layer):
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.inner = self._track(Affine(2, name="inner"))
+
+    def build(self, shape):
+        self.own = self.add_weight("own", (1,), "ones")
+        self.inner.build(shape)
+
+    def call(self, x):
+        return self.inner(x) * self.own.value
+
+
+def test_build_on_first_call_names_and_scopes():
+    layer = Outer(name="outer")
+    assert not layer.built
+    y = layer(np.ones((2, 3), np.float32))
+    assert layer.built and layer.inner.built and y.shape == (2, 2)
+    assert [w.name for w in layer.weights] == ["outer/own", "outer/inner/w", "outer/inner/b"]
+    assert [w.name for w in layer.trainable_weights] == ["outer/own", "outer/inner/w"]
+    assert [w.name for w in layer.non_trainable_weights] == ["outer/inner/b"]
+    layer.trainable = False
+    assert layer.trainable_weights == [] and layer.inner.trainable is False
+    assert len(layer.non_trainable_weights) == 3
+    assert layer.losses == []  # regularizers apply to trainable weights only
+
+
+def test_auto_numbering_and_kwargs():
+    a, b = Affine(1), Affine(1)
+    assert a.name != b.name and a.name.startswith("affine")
+    with pytest.raises(ValueError, match=r"Unrecognized keyword arguments passed to Affine: "
+                                         r"\{'bogus': 3\}"):
+        Affine(1, bogus=3)
+    with pytest.raises(TypeError, match="`name`"):
+        Affine(1, name=3)
+    Affine(1, input_shape=(3,))  # Keras Layer kwargs are accepted
+
+
+def test_config_round_trip_and_dtype_policy():
+    layer = Affine(3, name="aff", dtype="float64", trainable=False)
+    cfg = layer.get_config()
+    assert cfg == {"name": "aff", "trainable": False,
+                   "dtype": {"module": "keras", "class_name": "DTypePolicy",
+                             "config": {"name": "float64"}, "registered_name": None}, "n": 3}
+    clone = Affine.from_config(cfg)
+    assert clone.dtype == np.float64 and clone.trainable is False
+    assert standardize_dtype(np.float32) == np.float32
+    with pytest.raises(ValueError, match="`dtype`"):
+        standardize_dtype("int32")
+    with pytest.raises(ValueError, match="`dtype`"):
+        standardize_dtype("mixed_float16")
+
+
+def test_grads_lookup():
+    g = Grads(inputs=np.zeros(1), initial_state=None,
+              weights=[np.ones(1), 2 * np.ones(1), 3 * np.ones(1)],
+              names=["kernel", "kernel", "bias"],
+              paths=["rnn/c0/kernel", "rnn/c1/kernel", "rnn/c1/bias"])
+    assert g["c1/kernel"][0] == 2 and g["rnn/c0/kernel"][0] == 1 and g.bias[0] == 3
+    assert g[0][0] == 1 and len(g) == 3 and [w[0] for w in g] == [1, 2, 3]
+    with pytest.raises(AttributeError, match="ambiguous"):
+        g.kernel
+    with pytest.raises(KeyError, match="no gradient named"):
+        g["nothing"]
+    with pytest.raises(ValueError, match="names"):
+        Grads(weights=[1, 2], names=["a"])
+    assert "rnn/c1/bias" in repr(g)
+
+
+def test_to_cpu_keeps_values_and_bumps_versions():
+    layer = GRU(2, stateful=True)
+    layer(np.ones((1, 2, 3), np.float32))
+    before = [w.version for w in layer.weights]
+    assert layer.to("cpu") is layer
+    assert all(w.version > v for w, v in zip(layer.weights, before))
+    assert isinstance(layer.states[0].value, np.ndarray)
+    with pytest.raises(ValueError, match="'cpu' or 'gpu'"):
+        layer.to("tpu")
+
+
+def test_explain_default():
+    assert "Affine" in Affine(1, name="x").explain(np.ones((1, 1)))
