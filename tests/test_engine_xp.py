@@ -254,3 +254,13 @@ def test_bad_arguments_raise_clear_errors():
     _, _, rtape = reference.forward(x, w, h0, spec, training=True)
     with pytest.raises(ValueError, match="recorded by engine"):
         xpe.backward(rtape)
+
+
+def test_float64_dropout_masks_do_not_promote_float32():
+    rng = np.random.default_rng(12)
+    x, w, h0, _, _ = make_case(rng, 2, 3, 3, 2, dtype=np.float32)
+    drop = DropoutMasks(np.ones((2, 3)), np.ones((3, 2, 2)))  # float64
+    spec = GRUSpec(2, activations.get("tanh"), activations.get("sigmoid"), return_sequences=True)
+    out, h, tape = xpe.forward(x, w, h0, spec, dropout=drop, training=True)
+    g = xpe.backward(tape, np.ones_like(out))
+    assert out.dtype == h.dtype == g.x.dtype == g.kernel.dtype == np.float32

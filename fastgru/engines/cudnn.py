@@ -148,6 +148,7 @@ class _Plan:
         self.unpack_idx = cupy.asarray(layout.unpack_index(idx, D, u))
         self.h_descs = {}
         self.data = collections.OrderedDict()  # (B, T, lengths) -> (xd, yd, sizes, dev_len)
+        self._lock = threading.Lock()  # the caches are shared by threads
 
     def _weight_params(self, handle, cupy):
         """Ask cudnnGetRNNWeightParams where each matrix and bias lives (offsets in elements)."""
@@ -172,6 +173,10 @@ class _Plan:
         return params
 
     def h_desc(self, B: int):
+        with self._lock:
+            return self._h_desc(B)
+
+    def _h_desc(self, B: int):
         d = self.h_descs.get(B)
         if d is None:
             d = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
@@ -183,6 +188,10 @@ class _Plan:
 
     def data_descs(self, handle, B: int, T: int, lengths: np.ndarray, training: bool):
         """(xDesc, yDesc, workspace bytes, reserve bytes, device lengths), cached (LRU 16)."""
+        with self._lock:
+            return self._data_descs(handle, B, T, lengths, training)
+
+    def _data_descs(self, handle, B, T, lengths, training):
         import cupy
 
         key = (B, T, lengths.tobytes(), training)
@@ -448,13 +457,17 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
 
     plan = be.plan(dt, D, u)
     space = packed_weights(plan, weights, xp, weights_key)
+    if mx is not None:
+        mx = xp.asarray(mx).astype(dt, copy=False)
     xin = x if mx is None else x * mx[:, None, :]
-    x_c = seq.input_gather(xp, xin, L, spec.go_backwards)
+    x_c = seq.input_gather(xp, xin, L, spec.go_backwards).astype(dt, copy=False)
     run_len = np.full(B, T, np.int32) if L_host is None else np.maximum(L_host, 1)
     y_c, hy, ctx = be.forward(plan, space, x_c, h0, run_len.astype(np.int32), training)
     out, h_last = seq.outputs(xp, y_c, hy, h0, L, spec)
     tape = None
     if training:
+        if L is None:  # out is (a view of) y_c, which backward needs untouched
+            out = out.copy()
         saved = dict(plan=plan, space=space, ctx=ctx, L=L, mx=mx, x_shape=x.shape,
                      has_bias=w.bias is not None)
         tape = Tape(NAME, spec, saved, batch=B, steps=T, dtype=dt)

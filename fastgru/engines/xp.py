@@ -157,6 +157,15 @@ def check_upstream(spec: GRUSpec, B: int, T: int, d_outputs, d_h_last) -> None:
         raise ValueError(f"d_h_last must have shape {(B, u)}, got {tuple(d_h_last.shape)}")
 
 
+def _masks(xp, dropout, dt):
+    """(input mask, recurrent mask) in the compute dtype (a float64 mask must not promote
+    float32 activations), None where absent."""
+    if dropout is None:
+        return None, None
+    return tuple(None if m is None else xp.asarray(m).astype(dt, copy=False)
+                 for m in (dropout.inputs, dropout.recurrent))
+
+
 def _biases(xp, weights: Weights, spec: GRUSpec):
     """(input bias (3u,) or None, recurrent bias (3u,) or None)."""
     if not spec.use_bias or weights.bias is None:
@@ -218,8 +227,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     dt = x.dtype
     K, U = weights.kernel, weights.recurrent_kernel
     b_in, b_rec = _biases(xp, weights, spec)
-    mx = dropout.inputs if dropout is not None else None
-    mh = dropout.recurrent if dropout is not None else None
+    mx, mh = _masks(xp, dropout, dt)
     act, rec_act = spec.activation, spec.recurrent_activation
     ks = _kernels(xp, spec)
     generic_rec = rec_act.name != "sigmoid"
@@ -336,8 +344,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
     dt = tape.dtype
     K, U = weights.kernel, weights.recurrent_kernel
     Uzr, Uh = U[:, : 2 * u], U[:, 2 * u:]
-    mx = dropout.inputs if dropout is not None else None
-    mh = dropout.recurrent if dropout is not None else None
+    mx, mh = _masks(xp, dropout, dt)
     act, rec_act = spec.activation, spec.recurrent_activation
     ks = _kernels(xp, spec)
     Hs, Z, R, HH, RP = s["Hs"], s["Z"], s["R"], s["HH"], s["RP"]
