@@ -246,3 +246,15 @@ def test_compose_like_the_r_interface():
     with pytest.raises(TypeError):
         compose(x, "gru")
     assert isinstance(model, Layer)
+
+
+def test_explain_and_to_cpu():
+    model = Sequential([GRU(2, return_sequences=True), Bidirectional(GRU(2)), Dense(1)])
+    x = rng.normal(size=(2, 3, 4)).astype(np.float32)
+    y = model(x)
+    text = model.explain(x)
+    assert len(text.splitlines()) == 3 and "forward" in text
+    assert model.to("cpu") is model
+    np.testing.assert_array_equal(model(x), y)
+    with pytest.raises(ValueError, match="device"):
+        Dense(1).to("tpu")

@@ -353,8 +353,9 @@ def to_onnx(model, path=None, *, sequence_lens: bool = False, opset: int = 17,
     ``time_major`` layers; ``(B, D)``/``(B, T, D)`` for a Dense model); with
     ``sequence_lens=True`` also ``sequence_lens`` int32 ``(B,)`` (see the module notes).
     Outputs: the model's outputs in order (``output``, then states when ``return_state``).
-    Inference only (dropout off, stateful states not carried). ``dtype``: "float32" (what ONNX
-    Runtime's GRU kernel takes) or "float64".
+    Inference only (dropout off, stateful states not carried; no initial-state input: the
+    graph starts from zeros). ``dtype``: "float32", or "float64" (a valid ONNX graph, but ONNX
+    Runtime 1.32's GRU kernel refuses double).
     """
     onnx, helper, _ = _onnx()
     g = _Graph(dtype)
