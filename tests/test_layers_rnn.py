@@ -105,6 +105,17 @@ def test_multi_state_cell_structure_and_shapes(rng):
         RNN(BadOut()).compute_output_shape((1, 2, 2))
 
 
+def test_one_cell_stack_of_multi_state_cell(rng):
+    x = rng.normal(size=(3, 4, 2))
+    mask = rng.random((3, 4)) > 0.3
+    out, a, b = RNN([TwoStateCell()], return_state=True, dtype="float64")(x, mask=mask)
+    want, (wa, wb) = keras_loop(TwoStateCell().call, x, [np.zeros((3, 2)), np.zeros((3, 3))],
+                                mask, return_sequences=False)
+    np.testing.assert_allclose(out, want)
+    np.testing.assert_allclose(a, wa)
+    np.testing.assert_allclose(b, wb)
+
+
 def test_custom_cell_stateful_and_reset(rng):
     cell = MinimalRNNCell(2, 1)
     layer = RNN(cell, stateful=True, dtype="float64")

@@ -74,12 +74,18 @@ def _accepts_training(fn) -> bool:
     return "training" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
 
 
-def call_cell(cell, x, states, training):
-    """One step of any cell (callable, else its ``call``), passing ``training`` only if the
-    cell's ``call`` takes it."""
+def cell_stepper(cell, training):
+    """``step(x, states)`` for any cell (callable, else its ``call``), passing ``training``
+    only if the cell's ``call`` takes it (inspected once, not per step)."""
     fn = cell if callable(cell) else cell.call
-    kwargs = {"training": training} if _accepts_training(getattr(cell, "call", fn)) else {}
-    return fn(x, states, **kwargs)
+    if _accepts_training(getattr(cell, "call", fn)):
+        return lambda x, states: fn(x, states, training=training)
+    return fn
+
+
+def call_cell(cell, x, states, training):
+    """One step of any cell."""
+    return cell_stepper(cell, training)(x, states)
 
 
 def _where(xp, keep, new, old):
@@ -171,6 +177,9 @@ class RNN(Layer):
         self._state_bare = None
 
     # ------------------------------------------------------------------ building
+    def _build_shape(self, inputs, *args, **kwargs):
+        return tuple(inputs.shape) if hasattr(inputs, "shape") else tuple(np.shape(inputs))
+
     def _batch_major_shape(self, shape):
         shape = tuple(shape)
         if self.time_major and len(shape) >= 2:
@@ -452,9 +461,13 @@ class RNN(Layer):
             c._step_masks = c.dropout_masks(B, c.input_dim, training, xp)
         try:
             outputs, y_prev = [], None
+            step = cell_stepper(self.cell, training)
+            single_stack = isinstance(self.cell, StackedRNNCells) and len(self.cell.cells) == 1
             for k in range(T):
                 t = T - 1 - k if self.go_backwards else k
-                o, new = call_cell(self.cell, x[:, t], states, training)
+                o, new = step(x[:, t], states)
+                if single_stack:  # a one-cell stack returns that cell's states: keep per-cell
+                    new = [new]
                 new = list(new) if _is_nested(new) else [new]
                 if y_prev is None:
                     y_prev = xp.zeros_like(o)
