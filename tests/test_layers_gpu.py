@@ -103,3 +103,12 @@ def test_gpu_stateful_stacked_and_dropout(cp):
     g = layer.backward(tape, cp.ones_like(y))
     assert all(isinstance(w, cp.ndarray) for w in g)
     assert isinstance(layer.to("cpu").states[0][0].value, np.ndarray)
+
+
+def test_first_call_on_gpu_places_weights_and_mismatch_is_explained(cp):
+    layer = GRU(2)
+    out = layer(cp.ones((1, 3, 2), cp.float32))
+    assert isinstance(out, cp.ndarray) and isinstance(layer.cell.kernel.value, cp.ndarray)
+    with pytest.raises(ValueError, match=r"layer.to\('cpu'\)"):
+        layer(np.ones((1, 3, 2), np.float32))
+    assert isinstance(layer.to("cpu")(np.ones((1, 3, 2), np.float32)), np.ndarray)

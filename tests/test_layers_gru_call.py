@@ -330,3 +330,10 @@ def test_same_seed_same_dropout_masks(rng):
     fastgru.set_seed(3)
     e = run(None)
     np.testing.assert_array_equal(d[0], e[0])
+
+
+def test_layer_moved_to_cpu_keeps_working(rng):
+    layer = GRU(2)
+    x = rng.random((1, 2, 3))
+    a = layer(x)
+    np.testing.assert_array_equal(layer.to("cpu")(x), a)

@@ -247,6 +247,7 @@ class RNN(Layer):
         self._check_rank(x.shape)
         if not self.built:
             self.build(tuple(x.shape))
+        self._match_device(xp)
         if x.dtype != self.dtype:
             x = x.astype(self.dtype)
         if self.time_major:
@@ -261,6 +262,22 @@ class RNN(Layer):
         mask = self._standardize_mask(mask, xp, B, T)
         states, bare = self._standardize_states(initial_state, xp, B)
         return x, mask, states, bare, xp
+
+    def _match_device(self, xp):
+        """Weights live where the layer was first called: a layer built on host that sees
+        its first CuPy input moves there; later mismatches ask for ``layer.to(...)``."""
+        weights = self.weights
+        if not weights or array_module(weights[0].value) is xp:
+            return
+        device = "cpu" if xp is np else "gpu"
+        if not getattr(self, "_called", False):
+            self.to(device)
+            return
+        held = "CuPy (GPU)" if device == "cpu" else "NumPy (CPU)"
+        raise ValueError(
+            f"Layer '{self.name}' holds its weights as {held} arrays but received a "
+            f"{'NumPy' if xp is np else 'CuPy'} array: call `layer.to('{device}')` first"
+        )
 
     def _check_features(self, shape):
         cells = self.cell.cells if isinstance(self.cell, StackedRNNCells) else [self.cell]
@@ -414,6 +431,7 @@ class RNN(Layer):
                                                     record, xp)
         if self.stateful:
             self._write_states(final, xp)
+        self._called = True
         return self._structure(output, final, bare), tape
 
     def _engine_path(self, cells, x, mask, states, bare, training, record, xp):
