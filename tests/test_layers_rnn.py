@@ -239,3 +239,36 @@ def test_gru_cell_direct_step_and_protocol(rng):
     gru.build((2, 1, 4))
     gru.set_weights(cell.get_weights())
     np.testing.assert_allclose(gru(x[:, None]), h, atol=1e-12)
+
+
+class IdentityCell:
+    """Passes its input through; one dummy state. Forces the generic per-step loop."""
+
+    def __init__(self, size):
+        self.state_size = 1
+        self.output_size = size
+
+    def call(self, x, states):
+        return x, [states[0]]
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 2**16), gb=st.booleans(), zo=st.booleans(), rs=st.booleans(),
+       training=st.booleans(), per_gate=st.booleans())
+def test_generic_loop_equals_engine_path(seed, gb, zo, rs, training, per_gate):
+    r = np.random.default_rng(seed)
+    x = r.normal(size=(3, 5, 4))
+    mask = r.random((3, 5)) > 0.4
+    kw = dict(dropout=0.4, recurrent_dropout=0.3 if per_gate else 0.0, seed=seed,
+              dtype="float64", bias_initializer="random_normal")
+    flags = dict(return_sequences=rs, go_backwards=gb, zero_output_for_mask=zo,
+                 dtype="float64")
+    a = GRUCell(3, **kw)
+    b = GRUCell(3, **kw)
+    fast = RNN(a, **flags)
+    slow = RNN([b, IdentityCell(3)], **flags)
+    fast.build(x.shape)
+    slow.build(x.shape)
+    b.set_weights(a.get_weights())
+    np.testing.assert_allclose(slow(x, mask=mask, training=training),
+                               fast(x, mask=mask, training=training), atol=1e-12)
