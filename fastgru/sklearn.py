@@ -76,6 +76,7 @@ __all__ = ["GRUClassifier", "GRURegressor"]
 
 _DTYPE = np.float32  # compute dtype of the network
 _PREDICT_CHUNK = 4096  # rows per inference call (results do not depend on it)
+_ROW_BLOCK = 16  # inference batches are padded to a multiple of this many rows
 _STATE_VERSION = 1
 
 
@@ -214,15 +215,20 @@ class _Net:
         gru_cls = _gru_class()
         seeds = iter(c["seeds"])
         self.layers, d = [], c["n_in"]
+        def gru(i, u, name, go_backwards=False):
+            return gru_cls(u, name=name, return_sequences=i < len(c["units"]) - 1,
+                           go_backwards=go_backwards, reset_after=c["reset_after"],
+                           dropout=c["dropout"], recurrent_dropout=c["recurrent_dropout"],
+                           kernel_initializer=init.GlorotUniform(seed=next(seeds)),
+                           recurrent_initializer=init.Orthogonal(seed=next(seeds)),
+                           seed=next(seeds), dtype=np.dtype(_DTYPE).name)
+
         for i, u in enumerate(c["units"]):
-            kw = dict(return_sequences=i < len(c["units"]) - 1, reset_after=c["reset_after"],
-                      dropout=c["dropout"], recurrent_dropout=c["recurrent_dropout"],
-                      kernel_initializer=init.GlorotUniform(seed=next(seeds)),
-                      recurrent_initializer=init.Orthogonal(seed=next(seeds)),
-                      seed=next(seeds), dtype=np.dtype(_DTYPE).name)
-            layer = gru_cls(u, name=f"gru_{i}", **kw)
-            if c["bidirectional"]:
-                layer = _bidirectional_class()(layer, name=f"bidirectional_{i}")
+            layer = gru(i, u, f"gru_{i}")
+            if c["bidirectional"]:  # own seeds for the backward direction
+                layer = _bidirectional_class()(
+                    layer, backward_layer=gru(i, u, f"backward_gru_{i}", go_backwards=True),
+                    name=f"bidirectional_{i}")
             layer.build((None, None, d))
             d = u * (2 if c["bidirectional"] else 1)
             self.layers.append(layer)
@@ -233,8 +239,8 @@ class _Net:
         self._is_kernel = [w.name.endswith("kernel") for w in self.params]
 
     @staticmethod
-    def n_seeds(n_layers: int) -> int:
-        return 3 * n_layers + 1
+    def n_seeds(n_layers: int, bidirectional: bool) -> int:
+        return 3 * n_layers * (2 if bidirectional else 1) + 1
 
     def signature(self):
         c = dict(self.config)
@@ -306,8 +312,11 @@ class _Net:
         out = []
         for sl in gen_batches(len(seqs), _PREDICT_CHUNK):
             idx = np.arange(sl.start, sl.stop)
-            if idx.size == 1:  # BLAS takes a GEMV path for one row: pad so rows match bits
-                idx = np.repeat(idx, 2)
+            # BLAS computes leftover rows (past a multiple of its block size, and any single
+            # row) with other kernels, whose rounding differs; padding the chunk to a multiple
+            # of _ROW_BLOCK by repeating its last row keeps each row's result independent of
+            # the other rows of the call.
+            idx = np.concatenate([idx, np.full(-idx.size % _ROW_BLOCK, idx[-1])])
             x, m = seqs.batch(idx)
             if xp is not np:
                 x, m = xp.asarray(x), (None if m is None else xp.asarray(m))
@@ -354,15 +363,14 @@ def _gru_class():
 
 
 def _bidirectional_class():
-    import fastgru
-
-    cls = getattr(fastgru, "Bidirectional", None)
-    if cls is None:
+    try:
+        from .layers.bidirectional import Bidirectional
+    except ImportError as e:
         raise ValueError(
-            "bidirectional=True is not supported yet: this fastgru has no Bidirectional layer. "
-            "Use bidirectional=False."
-        )
-    return cls
+            "bidirectional=True needs fastgru's Bidirectional layer, which this installation "
+            f"lacks ({e}). Use bidirectional=False."
+        ) from None
+    return Bidirectional
 
 
 # --------------------------------------------------------------------------- losses
@@ -609,7 +617,7 @@ class _BaseGRU(BaseEstimator):
         if fresh or not hasattr(self, "_rng"):
             self._rng = check_random_state(self.random_state)
         if fresh:
-            seeds = self._rng.randint(0, 2**31 - 1, size=_Net.n_seeds(len(units))).tolist()
+            seeds = self._rng.randint(0, 2**31 - 1, size=_Net.n_seeds(len(units), bool(self.bidirectional))).tolist()
             self._net = _Net(n_in, Y.shape[1], units, bool(self.reset_after),
                              float(self.dropout), float(self.recurrent_dropout),
                              bool(self.bidirectional), seeds)
@@ -927,7 +935,7 @@ class GRUClassifier(ClassifierMixin, _BaseGRU):
         if not self._multilabel and np.unique(y).size < 2:
             raise ValueError(
                 f"{type(self).__name__} needs samples of at least 2 classes in the data (with "
-                f"positive sample_weight), but the data contains only one class: {np.unique(y)[0]!r}"
+                f"positive sample_weight), but the data contains only one class: {np.unique(y)[0]}"
             )
 
     def _validation_score(self, seqs, y, sw) -> float:

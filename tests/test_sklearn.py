@@ -1,0 +1,401 @@
+"""GRUClassifier / GRURegressor: learning, input contract, determinism, persistence, errors,
+and scikit-learn tooling (Pipeline, GridSearchCV, cross_val_score)."""
+
+import io
+import pickle
+import warnings
+
+import joblib
+import numpy as np
+import pytest
+from sklearn.base import clone
+from sklearn.exceptions import NotFittedError
+from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from fastgru.sklearn import GRUClassifier, GRURegressor
+
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
+
+
+def marker_task(n, T=8, seed=0):
+    """Channel 1 marks one step; the label is the sign of channel 0 at that step. Linear
+    models on the flattened input cannot read it (it is a product of two inputs)."""
+    rng = np.random.default_rng(seed)
+    X = np.zeros((n, T, 2), np.float32)
+    X[:, :, 0] = rng.normal(size=(n, T))
+    pos = rng.integers(0, T, n)
+    X[np.arange(n), pos, 1] = 1.0
+    return X, (X[np.arange(n), pos, 0] > 0).astype(int)
+
+
+def small(n=60, T=5, F=3, seed=0, classes=3):
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, T, F))
+    s = X[:, :, 0].sum(1)
+    if not classes:
+        return X, s
+    return X, np.searchsorted(np.quantile(s, np.linspace(0, 1, classes + 1)[1:-1]), s)
+
+
+FAST = dict(max_iter=3, units=4, random_state=0)
+
+
+# ---------------------------------------------------------------------------------- learning
+def test_classifier_beats_majority_and_logistic_regression():
+    X, y = marker_task(400)
+    Xt, yt = marker_task(300, seed=1)
+    clf = GRUClassifier(random_state=0, max_iter=25, batch_size=32).fit(X, y)
+    acc = clf.score(Xt, yt)
+    majority = max(yt.mean(), 1 - yt.mean())
+    logreg = LogisticRegression(max_iter=1000).fit(X.reshape(len(X), -1), y)
+    lr_acc = logreg.score(Xt.reshape(len(Xt), -1), yt)
+    assert acc > 0.9, acc
+    assert acc > majority + 0.3 and acc > lr_acc + 0.2, (acc, majority, lr_acc)
+
+
+def test_regressor_reaches_r2_on_a_memory_task():
+    # y = value of channel 0 at the marked step, times 10, plus 3: needs the recurrence
+    X, lab = marker_task(400)
+    pos = X[:, :, 1].argmax(1)
+    y = 10 * X[np.arange(len(X)), pos, 0] + 3
+    Xt, _ = marker_task(300, seed=1)
+    yt = 10 * Xt[np.arange(len(Xt)), Xt[:, :, 1].argmax(1), 0] + 3
+    reg = GRURegressor(random_state=0, max_iter=25, batch_size=32).fit(X, y)
+    r2 = reg.score(Xt, yt)
+    lin = LinearRegression().fit(X.reshape(len(X), -1), y).score(Xt.reshape(len(Xt), -1), yt)
+    assert r2 > 0.8 and r2 > lin + 0.5, (r2, lin)
+    assert reg.predict(Xt).shape == (300,) and reg.predict(Xt).dtype == np.float64
+
+
+def test_multioutput_regression_shapes_and_fit():
+    X, _ = small(80)
+    Y = np.stack([X[:, :, 0].sum(1), X[:, -1, 1] * 5], axis=1)
+    reg = GRURegressor(random_state=0, max_iter=40).fit(X, Y)
+    assert reg.n_outputs_ == 2 and reg.predict(X).shape == (80, 2)
+    assert reg.score(X, Y) > 0.6
+    col = GRURegressor(**FAST).fit(X, Y[:, :1])
+    assert col.predict(X).shape == (80, 1)
+
+
+def test_multilabel():
+    X, _ = small(80)
+    Y = np.stack([X[:, :, 0].sum(1) > 0, X[:, :, 1].sum(1) > 0, X[:, 0, 2] > 0], 1).astype(int)
+    clf = GRUClassifier(random_state=0, max_iter=40).fit(X, Y)
+    assert clf.predict(X).shape == (80, 3) and set(np.unique(clf.predict(X))) <= {0, 1}
+    proba = clf.predict_proba(X)
+    assert proba.shape == (80, 3) and ((proba >= 0) & (proba <= 1)).all()
+    assert np.array_equal(clf.classes_, [0, 1, 2])
+    assert (clf.predict(X) == Y).mean() > 0.8
+
+
+def test_binary_multiclass_proba_and_string_labels():
+    X, y = small(60, classes=3)
+    labels = np.array(["a", "b", "c"])[y]
+    clf = GRUClassifier(**FAST).fit(X, labels)
+    assert list(clf.classes_) == ["a", "b", "c"]
+    p = clf.predict_proba(X)
+    assert p.shape == (60, 3) and np.allclose(p.sum(1), 1)
+    assert set(clf.predict(X)) <= set("abc")
+    np.testing.assert_array_equal(clf.predict(X), clf.classes_[p.argmax(1)])
+    yb = np.where(y == 0, "no", "yes")
+    pb = GRUClassifier(**FAST).fit(X, yb).predict_proba(X)
+    assert pb.shape == (60, 2) and np.allclose(pb.sum(1), 1)
+
+
+# ---------------------------------------------------------------------------------- inputs
+def test_n_features_in_is_the_feature_axis():
+    X, y = small(30, T=7, F=3)
+    clf = GRUClassifier(**FAST).fit(X, y)
+    assert clf.n_features_in_ == 3
+    assert clf.predict(X[:, :4]).shape == (30,)  # another number of time steps is fine
+    with pytest.raises(ValueError, match="X has 2 features, but GRUClassifier is expecting 3"):
+        clf.predict(X[:, :, :2])
+    with pytest.raises(ValueError, match="fitted on 3-D sequences"):
+        clf.predict(X[:, :, 0])
+
+
+def test_2d_input_is_a_univariate_series():
+    X, y = small(30, T=6, F=1)
+    clf2 = GRUClassifier(**FAST).fit(X[:, :, 0], y)
+    clf3 = GRUClassifier(**FAST).fit(X, y)
+    assert clf2.n_features_in_ == 6 and clf3.n_features_in_ == 1
+    np.testing.assert_array_equal(clf2.predict_proba(X[:, :, 0]), clf3.predict_proba(X))
+    # a 2-D fit predicts on 3-D univariate series of any length
+    np.testing.assert_array_equal(clf2.predict_proba(X), clf3.predict_proba(X))
+    assert clf2.predict(X[:, :3]).shape == (30,)
+    with pytest.raises(ValueError, match="X has 5 features"):
+        clf2.predict(X[:, :5, 0])
+    with pytest.raises(ValueError, match="must have 1 feature"):
+        clf2.predict(np.repeat(X, 2, axis=2))
+
+
+def test_ragged_lists_are_padded_and_masked():
+    rng = np.random.default_rng(0)
+    seqs = [rng.normal(size=(int(t), 2)) for t in rng.integers(1, 9, 40)]
+    y = np.array([int(s[:, 0].sum() > 0) for s in seqs])
+    clf = GRUClassifier(**FAST).fit(seqs, y)
+    assert clf.n_features_in_ == 2
+    p = clf.predict_proba(seqs)
+    for i in (0, 7, 21):  # alone, unpadded, gives the same answer as inside the padded batch
+        np.testing.assert_allclose(clf.predict_proba(seqs[i][None]), p[i:i + 1], rtol=1e-6)
+    # garbage in the padding region cannot leak: compare with explicitly padded arrays
+    uni = [s[:, 0] for s in seqs]  # 1-D items are univariate series
+    assert GRUClassifier(**FAST).fit(uni, y).n_features_in_ == 1
+    with pytest.raises(ValueError, match="same number of features"):
+        clf.predict([seqs[0], np.zeros((3, 3))])
+
+
+def test_pandas_input():
+    pd = pytest.importorskip("pandas")
+    X, y = small(40, T=5, F=1)
+    df = pd.DataFrame(X[:, :, 0], columns=[f"t{i}" for i in range(5)])
+    clf = GRUClassifier(**FAST).fit(df, pd.Series(y))
+    assert list(clf.feature_names_in_) == list(df.columns)
+    with pytest.warns(UserWarning, match="does not have valid feature names"):
+        np.testing.assert_array_equal(clf.predict(df), clf.predict(X[:, :, 0]))
+    reg = GRURegressor(**FAST).fit(df, pd.Series(X[:, :, 0].sum(1)))
+    assert reg.predict(df).shape == (40,)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_dtypes_accepted(dtype):
+    X, y = small(30)
+    X = (X * 3).astype(dtype)
+    assert GRUClassifier(**FAST).fit(X, y).predict(X).shape == (30,)
+
+
+# ---------------------------------------------------------------------------------- 3-D mirror of
+# the data checks of sklearn's estimator_checks (which only ever feed 2-D X)
+@pytest.mark.parametrize("Est", [GRUClassifier, GRURegressor])
+def test_3d_determinism_subset_order_and_pickle(Est):
+    X, y = small(40, T=6, F=3, classes=3 if Est is GRUClassifier else 0)
+    a = Est(**FAST, dropout=0.2, recurrent_dropout=0.1).fit(X, y)
+    b = Est(**FAST, dropout=0.2, recurrent_dropout=0.1).fit(X, y)
+    method = "predict_proba" if Est is GRUClassifier else "predict"
+    full = getattr(a, method)(X)
+    np.testing.assert_array_equal(full, getattr(b, method)(X))  # same seed: bit for bit
+    np.testing.assert_array_equal(a.loss_curve_, b.loss_curve_)
+    # a row's prediction does not depend on the other rows (sklearn's tolerance; exact with
+    # OpenBLAS since predict pads its batches to whole BLAS blocks)
+    one_by_one = np.concatenate([getattr(a, method)(X[i:i + 1]) for i in range(len(X))])
+    np.testing.assert_allclose(one_by_one, full, rtol=1e-7, atol=1e-7)
+    perm = np.random.default_rng(1).permutation(len(X))
+    np.testing.assert_allclose(getattr(a, method)(X[perm]), full[perm], rtol=1e-7, atol=1e-7)
+    c = pickle.loads(pickle.dumps(a))
+    np.testing.assert_array_equal(getattr(c, method)(X), full)
+    other = Est(**{**FAST, "random_state": 1}).fit(X, y)
+    assert not np.array_equal(getattr(other, method)(X), full)
+
+
+def test_random_state_none_and_instances():
+    X, y = small(30)
+    p1 = GRUClassifier(max_iter=2, units=4).fit(X, y).predict_proba(X)
+    p2 = GRUClassifier(max_iter=2, units=4).fit(X, y).predict_proba(X)
+    assert not np.array_equal(p1, p2)
+    r1 = GRUClassifier(max_iter=2, units=4, random_state=np.random.RandomState(3)).fit(X, y)
+    r2 = GRUClassifier(max_iter=2, units=4, random_state=3).fit(X, y)
+    np.testing.assert_array_equal(r1.predict_proba(X), r2.predict_proba(X))
+
+
+# ---------------------------------------------------------------------------------- persistence
+def test_pickle_and_joblib_round_trip_and_resume(tmp_path):
+    X, y = small(50)
+    a = GRUClassifier(**FAST).fit(X, y)
+    buf = io.BytesIO()
+    joblib.dump(a, buf)
+    buf.seek(0)
+    b = joblib.load(buf)
+    joblib.dump(a, tmp_path / "m.joblib")
+    c = joblib.load(tmp_path / "m.joblib")
+    for other in (b, c):
+        np.testing.assert_array_equal(other.predict_proba(X), a.predict_proba(X))
+        assert other.get_params() == a.get_params()
+    # the optimizer state and the shuffling stream travel too: training resumes identically
+    a.partial_fit(X, y)
+    b.partial_fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    # the pickle holds host NumPy weights and configuration, no layer objects
+    state = a.__getstate__()["_net"].__getstate__()
+    assert set(state) == {"version", "config", "weights", "optimizer"}
+    assert all(isinstance(w, np.ndarray) for ws in state["weights"] for w in ws)
+
+
+def test_clone_get_set_params():
+    est = GRURegressor(units=(8, 4), learning_rate=0.05)
+    c = clone(est)
+    assert c.get_params() == est.get_params() and c is not est
+    c.set_params(units=3, alpha=0.0)
+    assert c.units == 3 and est.units == (8, 4)
+
+
+# ---------------------------------------------------------------------------------- training API
+def test_partial_fit():
+    X, y = small(60)
+    clf = GRUClassifier(units=4, random_state=0)
+    with pytest.raises(ValueError, match="classes must be passed"):
+        clf.partial_fit(X, y)
+    clf.partial_fit(X[:30], y[:30], classes=[0, 1, 2])
+    for _ in range(4):
+        clf.partial_fit(X, y)
+    assert clf.n_iter_ == 5 and len(clf.loss_curve_) == 5
+    assert clf.loss_curve_[-1] < clf.loss_curve_[1]
+    with pytest.raises(ValueError, match="classes not in `self.classes_`"):
+        clf.partial_fit(X, y + 5)
+    with pytest.raises(ValueError, match="X has 2 features"):
+        clf.partial_fit(X[:, :, :2], y)
+    with pytest.raises(ValueError, match="not in `classes`"):
+        GRUClassifier().partial_fit(X, y, classes=[0, 1])
+    reg = GRURegressor(units=4, random_state=0)
+    reg.partial_fit(X, X[:, :, 0].sum(1))
+    reg.partial_fit(X, X[:, :, 0].sum(1))
+    assert reg.n_iter_ == 2
+
+
+def test_warm_start_continues():
+    X, y = small(60)
+    cold = GRUClassifier(**FAST).fit(X, y)
+    warm = GRUClassifier(**FAST, warm_start=True).fit(X, y)
+    w0 = [w.copy() for w in warm._net.get_weights()]
+    warm.fit(X, y)
+    assert warm.n_iter_ == 6 and warm.loss_curve_[3] < cold.loss_curve_[0]
+    assert any(not np.array_equal(a, b) for a, b in zip(w0, warm._net.get_weights()))
+    with pytest.raises(ValueError, match="warm_start can only be used"):
+        warm.fit(X, y + 1)
+    refit = clone(cold).set_params(warm_start=True, units=5).fit(X, y)  # new architecture
+    assert refit._net.config["units"] == (5,)
+
+
+def test_early_stopping_and_convergence():
+    X, y = marker_task(200)
+    clf = GRUClassifier(random_state=0, max_iter=40, early_stopping=True, n_iter_no_change=2,
+                        batch_size=32).fit(X, y)
+    assert clf.best_loss_ is None and len(clf.validation_scores_) == clf.n_iter_
+    assert clf.best_validation_score_ == max(clf.validation_scores_)
+    assert clf.n_iter_ < 40
+    reg = GRURegressor(random_state=0, max_iter=500, tol=1.0, n_iter_no_change=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        reg.fit(*small(30, classes=0))  # stops on tol well before max_iter: no warning
+    assert reg.n_iter_ == 3  # as MLPRegressor: more than n_iter_no_change epochs w/o progress
+    with pytest.warns(Warning, match="Maximum iterations"):
+        GRURegressor(random_state=0, max_iter=2, tol=0).fit(*small(30, classes=0))
+
+
+def test_sample_and_class_weight():
+    X, y = small(60, classes=2)
+    base = GRUClassifier(**FAST).fit(X, y).predict_proba(X)
+    ones = GRUClassifier(**FAST).fit(X, y, sample_weight=np.ones(60)).predict_proba(X)
+    np.testing.assert_array_equal(base, ones)
+    sw = np.r_[np.ones(50), np.zeros(10)]
+    np.testing.assert_array_equal(
+        GRUClassifier(**FAST).fit(X, y, sample_weight=sw).predict_proba(X),
+        GRUClassifier(**FAST).fit(X[:50], y[:50]).predict_proba(X))
+    heavy = GRUClassifier(**FAST, class_weight={0: 1.0, 1: 20.0}).fit(X, y).predict_proba(X)
+    assert heavy[:, 1].mean() > base[:, 1].mean()
+    bal = GRUClassifier(**FAST, class_weight="balanced").fit(X, y)
+    assert bal.predict(X).shape == (60,)
+    with pytest.raises(ValueError, match="Negative"):
+        GRUClassifier(**FAST).fit(X, y, sample_weight=-np.ones(60))
+    with pytest.raises(ValueError, match="only one class"):
+        GRUClassifier(**FAST).fit(X, y, sample_weight=(y == 1).astype(float))
+
+
+def test_verbose_progress_bar(capsys):
+    X, y = small(30)
+    GRUClassifier(**FAST, verbose=True).fit(X, y)
+    err = capsys.readouterr().err
+    assert "epoch" in err and "loss=" in err
+
+
+# ---------------------------------------------------------------------------------- errors
+def test_bad_input_errors():
+    X, y = small(30)
+    clf = GRUClassifier(**FAST)
+    with pytest.raises(NotFittedError):
+        clf.predict(X)
+    Xn = X.copy()
+    Xn[3, 2, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit(Xn, y)
+    with pytest.raises(ValueError, match="NaN"):
+        clf.fit([X[0], X[1, :3] * np.nan], y[:2])
+    with pytest.raises(ValueError, match="Expected 2D array, got 1D"):
+        clf.fit(X[:, 0, 0], y)
+    with pytest.raises(ValueError, match="2-D .* 3-D"):
+        clf.fit(X[..., None], y)
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        clf.fit(X, y[:-1])
+    with pytest.raises(ValueError, match="Unknown label type"):
+        clf.fit(X, y + 0.5)
+    with pytest.raises(ValueError, match="requires y to be passed"):
+        clf.fit(X, None)
+    with pytest.raises(ValueError, match="at least 1 time step"):
+        clf.fit(X[:, :0], y)
+    clf.fit(X, y)
+    with pytest.raises(ValueError, match="NaN"):
+        clf.predict(Xn)
+
+
+@pytest.mark.parametrize("params,match", [
+    ({"units": 0}, "units"), ({"units": (4, 0)}, "units"), ({"units": "8"}, "units"),
+    ({"dropout": 1.0}, "dropout"), ({"max_iter": 0}, "max_iter"),
+    ({"batch_size": "big"}, "batch_size"), ({"learning_rate": 0}, "learning_rate"),
+    ({"device": "tpu"}, "device"), ({"n_threads": 0}, "n_threads"),
+    ({"validation_fraction": 1.0}, "validation_fraction"), ({"shuffle": "yes"}, "shuffle"),
+])
+def test_bad_hyperparameters(params, match):
+    X, y = small(20)
+    with pytest.raises(ValueError, match=match):
+        GRUClassifier(**params).fit(X, y)
+
+
+# ---------------------------------------------------------------------------------- devices
+def test_device_auto_and_gpu():
+    from fastgru.sklearn import _gpu_available
+
+    X, y = small(20)
+    clf = GRUClassifier(**FAST, device="auto").fit(X, y)
+    assert clf.device_ == ("gpu" if _gpu_available() else "cpu")
+    if not _gpu_available():
+        with pytest.raises(RuntimeError, match="device='gpu' needs CuPy"):
+            GRUClassifier(**FAST, device="gpu").fit(X, y)
+        return
+    g = GRUClassifier(**FAST, device="gpu").fit(X, y)
+    c = GRUClassifier(**FAST, device="cpu").fit(X, y)
+    assert isinstance(g.predict_proba(X), np.ndarray)
+    np.testing.assert_allclose(g.predict_proba(X), c.predict_proba(X), atol=1e-4)
+    h = pickle.loads(pickle.dumps(g))  # pickles host weights, moves back on use
+    np.testing.assert_allclose(h.predict_proba(X), g.predict_proba(X), atol=1e-6)
+
+
+def test_n_threads_is_applied():
+    X, y = small(30)
+    a = GRUClassifier(**FAST, n_threads=1).fit(X, y)
+    assert all(layer.n_threads == 1 for layer in a._net.layers)
+    np.testing.assert_array_equal(a.predict_proba(X),
+                                  GRUClassifier(**FAST).fit(X, y).predict_proba(X))
+
+
+# ---------------------------------------------------------------------------------- tooling
+def test_pipeline_cross_val_and_grid_search_n_jobs():
+    X, y = marker_task(120)
+    X2 = X[:, :, 0] * X[:, :, 1]  # 2-D series, so StandardScaler can sit in front
+    pipe = make_pipeline(StandardScaler(), GRUClassifier(**FAST))
+    scores = cross_val_score(pipe, X2, y, cv=3)
+    assert scores.shape == (3,)
+    gs = GridSearchCV(GRUClassifier(max_iter=3, random_state=0),
+                      {"units": [2, 4], "learning_rate": [0.01, 0.05]}, cv=2, n_jobs=2)
+    gs.fit(X, y)
+    assert len(gs.cv_results_["params"]) == 4 and hasattr(gs.best_estimator_, "classes_")
+    assert gs.predict(X).shape == (120,)
+
+
+def test_bidirectional_and_stacked():
+    X, y = small(40)
+    clf = GRUClassifier(units=(4, 3), bidirectional=True, max_iter=2, random_state=0)
+    clf.fit(X, y)
+    assert len(clf._net.params) == 2 * 2 * 3 + 2
+    np.testing.assert_array_equal(clf.predict_proba(X), clone(clf).fit(X, y).predict_proba(X))
