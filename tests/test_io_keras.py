@@ -18,6 +18,7 @@ import pytest
 from fastgru.io import load_keras, load_keras_weights, model_from_keras_config
 from fastgru.layers import GRU
 from fastgru.layers.bidirectional import Bidirectional
+from fastgru.layers.dense import Dense
 from fastgru.layers.sequential import Sequential
 
 pytest.importorskip("h5py")
@@ -68,6 +69,7 @@ seq = keras.Sequential([
 randomize(seq)
 seq.save(os.path.join(out, "seq.keras"))
 seq.save_weights(os.path.join(out, "seq.weights.h5"))
+seq.save(os.path.join(out, "seq_legacy.h5"))  # Keras 3's legacy HDF5 export
 expected["seq"] = keras.ops.convert_to_numpy(seq(x))
 expected["seq_masked"] = keras.ops.convert_to_numpy(seq(x, mask=mask))
 
@@ -104,6 +106,31 @@ with open(os.path.join(out, "configs.json"), "w") as f:
 print("ok", keras.__version__, keras.backend.backend())
 '''
 
+# Keras 2 (tf_keras): legacy HDF5 model and weights files.
+KERAS2_SCRIPT = r'''
+import os
+import sys
+
+import numpy as np
+import tf_keras as k
+
+out = sys.argv[1]
+rng = np.random.default_rng(1)
+m = k.Sequential([
+    k.layers.GRU(4, return_sequences=True, input_shape=(5, 3)),
+    k.layers.Bidirectional(k.layers.GRU(2, reset_after=False, return_sequences=True),
+                           merge_mode="ave"),
+    k.layers.GRU(3, go_backwards=True),
+    k.layers.Dense(2, activation="tanh"),
+])
+m.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32") for w in m.get_weights()])
+x = rng.normal(size=(2, 5, 3)).astype("float32")
+m.save(os.path.join(out, "k2.h5"))
+m.save_weights(os.path.join(out, "k2.weights.h5"))
+np.savez(os.path.join(out, "k2.npz"), x=x, y=m(x).numpy())
+'''
+
+HAVE_KERAS2 = importlib.util.find_spec("tf_keras") is not None
 TOL = dict(rtol=2e-5, atol=2e-6)  # float32 rounding (different summation orders)
 
 
@@ -112,12 +139,20 @@ def kdir(tmp_path_factory):
     out = tmp_path_factory.mktemp("keras")
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3",
                CUDA_VISIBLE_DEVICES="")
-    res = subprocess.run([sys.executable, "-c", KERAS_SCRIPT, str(out)], env=env,
+    script = KERAS_SCRIPT + (KERAS2_SCRIPT if HAVE_KERAS2 else "")  # one process: one import
+    res = subprocess.run([sys.executable, "-c", script, str(out)], env=env,
                          capture_output=True,
                          text=True, timeout=300)
     if res.returncode != 0:
         pytest.fail(f"Keras fixture generation failed:\n{res.stderr[-3000:]}")
     return out
+
+
+@pytest.fixture(scope="module")
+def k2dir(kdir):
+    if not HAVE_KERAS2:
+        pytest.skip("tf_keras (Keras 2) is not installed")
+    return kdir
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +207,28 @@ def test_weight_count_mismatch_is_a_clear_error(kdir):
 def test_weights_h5_needs_load_keras_weights(kdir):
     with pytest.raises(ValueError, match="load_keras_weights"):
         load_keras(kdir / "seq.weights.h5")
+
+
+def test_keras3_legacy_h5(kdir, expected):
+    model = load_keras(kdir / "seq_legacy.h5")
+    np.testing.assert_allclose(model(expected["x"]), expected["seq"], **TOL)
+
+
+def test_keras2_h5_model_and_weights(k2dir):
+    with np.load(k2dir / "k2.npz") as f:
+        x, y = f["x"], f["y"]
+    model = load_keras(k2dir / "k2.h5")
+    assert [type(layer).__name__ for layer in model.layers] == [
+        "GRU", "Bidirectional", "GRU", "Dense"]
+    np.testing.assert_allclose(model(x), y, **TOL)
+    # weights-only legacy file into a model built by hand (layer names differ: by order)
+    fresh = Sequential([GRU(4, return_sequences=True),
+                        Bidirectional(GRU(2, reset_after=False, return_sequences=True),
+                                      merge_mode="ave"),
+                        GRU(3, go_backwards=True), Dense(2, activation="tanh")])
+    fresh.build((None, 5, 3))
+    load_keras_weights(fresh, k2dir / "k2.weights.h5")
+    np.testing.assert_allclose(fresh(x), y, **TOL)
 
 
 @pytest.mark.parametrize("mode", ["concat", "sum", "mul", "ave", None])

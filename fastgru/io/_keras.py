@@ -12,6 +12,12 @@ Keras 3.15):
 - Bidirectional: ``forward_layer/...`` and ``backward_layer/...`` (each as its GRU);
 - Dense: ``vars/{0: kernel, 1: bias}``.
 
+Legacy HDF5 files (``model.save("m.h5")`` / ``save_weights("w.h5")`` of Keras 2 / tf.keras,
+and Keras 3's legacy ``.h5`` export) are read too: the config is the ``model_config`` attribute,
+weights sit under ``model_weights`` (or the root for weight-only files), one group per layer
+named in the ``layer_names`` attribute, whose ``weight_names`` attribute lists its datasets in
+``layer.weights`` order.
+
 Only config classes fastgru implements are built (GRU, GRUCell/RNN, Bidirectional, Dense,
 Sequential, InputLayer, and Functional models that are a single chain of those); nothing named
 by the file is imported or executed.
@@ -211,6 +217,40 @@ def _assign(model, arrays, source):
     model.set_weights(arrays)
 
 
+def _text(a) -> str:
+    return a.decode("utf-8") if isinstance(a, bytes) else str(a)
+
+
+def _is_legacy(root) -> bool:
+    return "layer_names" in root.attrs or (
+        "model_weights" in root and "layer_names" in root["model_weights"].attrs)
+
+
+def _legacy_arrays(model, root, source) -> list[np.ndarray]:
+    """Weights from a legacy HDF5 file: layers matched by name, else in order."""
+    from ..layers.sequential import Sequential
+
+    group = root["model_weights"] if "model_weights" in root else root
+    names = [_text(n) for n in group.attrs["layer_names"]]
+    per_layer = {}
+    for name in names:
+        g = group[name]
+        per_layer[name] = [np.asarray(g[_text(w)]) for w in g.attrs.get("weight_names", [])]
+    weighted = [n for n in names if per_layer[n]]
+    layers = model.layers if isinstance(model, Sequential) else [model]
+    layers = [layer for layer in layers if layer.weights]
+    if all(layer.name in per_layer for layer in layers):
+        chosen = [layer.name for layer in layers]
+    elif len(layers) == len(weighted):
+        chosen = weighted
+    else:
+        raise ValueError(
+            f"{source}: the file has weights for layers {weighted}; the model's layers with "
+            f"weights are {[layer.name for layer in layers]}."
+        )
+    return [a for name in chosen for a in per_layer[name]]
+
+
 def load_keras_weights(model, path) -> None:
     """Set ``model``'s weights (a built fastgru model with the Keras model's structure) from a
     Keras 3 ``.weights.h5`` file, a ``.keras`` archive, or an open ``h5py`` file/group."""
@@ -231,7 +271,9 @@ def _load_from_group(model, root, source) -> None:
 
     if not model.built:
         raise ValueError(f"Build '{model.name}' before loading weights into it.")
-    if isinstance(model, Sequential):
+    if _is_legacy(root):
+        arrays = _legacy_arrays(model, root, source)
+    elif isinstance(model, Sequential):
         arrays = _container_arrays(model.layers, _child(root, "layers", source), "layers")
     elif "layers" in root:  # a bare layer loaded from a one-layer model file
         group = root["layers"]
@@ -254,13 +296,27 @@ def _has_arrays(group) -> bool:
 
 
 def load_keras(path):
-    """A fastgru model equal to the Keras 3 model saved in ``path`` (a ``.keras`` archive):
-    built from ``config.json`` and loaded with ``model.weights.h5``."""
+    """A fastgru model equal to the Keras model saved in ``path``: a Keras 3 ``.keras``
+    archive (``config.json`` + ``model.weights.h5``) or a legacy HDF5 model file (Keras 2 /
+    tf.keras ``model.save("m.h5")``)."""
     if not zipfile.is_zipfile(path):
-        raise ValueError(
-            f"{path}: not a .keras archive. For a .weights.h5 file build the model and call "
-            "fastgru.io.load_keras_weights(model, path)."
-        )
+        h5py = _h5py()
+        try:
+            f = h5py.File(path, "r")
+        except OSError as e:
+            raise ValueError(f"{path}: neither a .keras archive nor an HDF5 file ({e}).") from e
+        with f:
+            if "model_config" not in f.attrs:
+                raise ValueError(
+                    f"{path}: holds weights only (no model config). Build the model and call "
+                    "fastgru.io.load_keras_weights(model, path)."
+                )
+            model = model_from_keras_config(_text(f.attrs["model_config"]))
+            if not model.built:
+                raise ValueError(f"{path}: the config records no input shape; build "
+                                 "model_from_keras_config(...) and call load_keras_weights.")
+            _load_from_group(model, f, os.fspath(path))
+        return model
     with zipfile.ZipFile(path) as z:
         names = set(z.namelist())
         if "config.json" not in names or "model.weights.h5" not in names:

@@ -266,6 +266,9 @@ class Sequential(Layer):
                 c = entry.get("config", {})
                 shape = c.get("batch_shape") or c.get("batch_input_shape") or shape
                 continue
+            layer_cfg = entry.get("config", {})
+            if shape is None and not layers and layer_cfg.get("batch_input_shape"):
+                shape = layer_cfg["batch_input_shape"]  # Keras 2: on the first layer
             layers.append(_serialization.deserialize(entry, custom_objects))
         model = cls(layers, **config)
         if shape is not None:
