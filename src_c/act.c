@@ -43,7 +43,8 @@ static inline float fg_expf_neg(float x)
 static inline float fg_sigmoidf(float a)
 {   /* same branches as activations._sigmoid: exp of a non-positive argument only */
     float e = fg_expf_neg(-fabsf(a));
-    return a >= 0 ? 1.0f / (1.0f + e) : e / (1.0f + e);
+    float num = a >= 0 ? 1.0f : e; /* select, then one division: vectorises */
+    return num / (1.0f + e);
 }
 
 static inline float fg_tanhf(float a)
@@ -69,7 +70,8 @@ static inline float fg_tanhf(float a)
 static inline double fg_sigmoid(double a)
 {
     double e = exp(-fabs(a));
-    return a >= 0 ? 1.0 / (1.0 + e) : e / (1.0 + e);
+    double num = a >= 0 ? 1.0 : e;
+    return num / (1.0 + e);
 }
 
 #define REAL float

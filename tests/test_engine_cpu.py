@@ -1,0 +1,439 @@
+"""The compiled CPU engine's forward pass against the float64 reference engine, plus its C
+activations, per-step kernels (every ISA path), determinism, threads and input validation."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from fastgru import _threads, activations
+from fastgru.engines import cpu, reference
+from fastgru.engines.base import DropoutMasks, GRUSpec, Weights
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="CPU extension not built")
+
+TOL = {np.float64: 1e-10, np.float32: 2e-5}
+ISAS = ["generic", "avx2", "avx512"]
+
+
+def supported_isas():
+    if not cpu.available():
+        return []
+    from fastgru._cpu import _gru
+
+    return ISAS[: _gru.isa_best() + 1]
+
+
+def make_case(rng, B=3, T=5, D=4, u=6, *, reset_after=True, act="tanh", rec_act="sigmoid",
+              mask="none", go_backwards=False, return_sequences=False, h0=True,
+              dropout="none", zero_output_for_mask=False, use_bias=True, dtype=np.float64,
+              scale=0.5):
+    """Inputs for one layer call, already rounded to ``dtype`` (so the float64 reference sees
+    exactly the values the engine sees). Returns (args, kwargs) for engine.forward."""
+    spec = GRUSpec(u, activations.get(act), activations.get(rec_act), reset_after=reset_after,
+                   use_bias=use_bias, go_backwards=go_backwards,
+                   return_sequences=return_sequences,
+                   zero_output_for_mask=zero_output_for_mask)
+
+    def r(*shape, s=1.0):
+        return (rng.standard_normal(shape) * s).astype(dtype)
+
+    bias = r(*((2, 3 * u) if reset_after else (3 * u,)), s=0.3) if use_bias else None
+    weights = Weights(r(D, 3 * u, s=scale), r(u, 3 * u, s=scale), bias)
+    h = r(B, u) if h0 else np.zeros((B, u), dtype)
+    m = None
+    if mask == "right":
+        lengths = rng.integers(0, T + 1, size=B)
+        m = np.arange(T)[None, :] < lengths[:, None]
+    elif mask == "arbitrary":
+        m = rng.random((B, T)) < 0.6
+        if B > 1:
+            m[0] = False  # one all-masked row
+    drop = None
+    if dropout != "none":
+        keep = (lambda *s: ((rng.random(s) > 0.3) / 0.7).astype(dtype))
+        inputs = {"shared": keep(B, D), "per_gate": keep(3, B, D), "recurrent": None}[dropout]
+        rec = keep(3, B, u) if dropout in ("per_gate", "recurrent") else None
+        drop = DropoutMasks(inputs, rec)
+    return (r(B, T, D), weights, h, spec), {"mask": m, "dropout": drop}
+
+
+def as64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+def ref_forward(args, kw, training=False):
+    x, w, h0, spec = args
+    d = kw["dropout"]
+    d64 = None if d is None else DropoutMasks(as64(d.inputs), as64(d.recurrent))
+    return reference.forward(as64(x), Weights(*map(as64, w)), as64(h0), spec, kw["mask"], d64,
+                             training=training)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.size == 0:
+        return 0.0
+    return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
+
+
+def check_forward(args, kw, dtype, **engine_kw):
+    out, h, tape = cpu.forward(*args, **kw, **engine_kw)
+    ro, rh, _ = ref_forward(args, kw)
+    assert out.dtype == dtype and h.dtype == dtype
+    assert out.shape == ro.shape and h.shape == rh.shape
+    assert tape is None
+    tol = TOL[dtype]
+    assert rel_err(out, ro) < tol, rel_err(out, ro)
+    assert rel_err(h, rh) < tol, rel_err(h, rh)
+    return out, h
+
+
+# ---------------------------------------------------------------------------------------------
+# C activations vs activations.py
+
+
+def _grid(dtype):
+    kinks = [0.0, -0.0, 1.0, -1.0, 3.0, -3.0, 6.0, 0.5, -0.5, 1e-6, -1e-6, 1e-30]
+    big = [20.0, -20.0, 80.0, -80.0, 100.0, -100.0, 700.0, -700.0]
+    x = np.concatenate([np.linspace(-8, 8, 1601), kinks, big]).astype(dtype)
+    return x
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("name", activations.NAMES)
+def test_c_activation_matches_python(name, dtype):
+    from fastgru._cpu import _gru
+
+    act = activations.get(name)
+    x = _grid(dtype)
+    if dtype == np.float32 or name == "exponential":
+        x = x[np.abs(x) < 80]  # exp overflows differently in float32 libm near the limit
+    with np.errstate(all="ignore"):
+        for deriv in (False, True):
+            out = np.empty_like(x)
+            _gru.activation(act.code, x, out, deriv)
+            want = (act.derivative if deriv else act)(x.astype(np.float64))
+            err = np.abs(out - want) / np.maximum(1.0, np.abs(want))
+            tol = 1e-13 if dtype == np.float64 else 2e-6
+            assert np.all(np.isfinite(out) == np.isfinite(want)), (name, deriv)
+            fin = np.isfinite(want)
+            assert np.max(err[fin]) < tol, (name, deriv, float(np.max(err[fin])))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_c_activations_propagate_nan(dtype):
+    from fastgru._cpu import _gru
+
+    x = np.array([np.nan], dtype)
+    out = np.empty_like(x)
+    for name in activations.NAMES:
+        act = activations.get(name)
+        _gru.activation(act.code, x, out)
+        with np.errstate(all="ignore"):
+            want = act(x.astype(np.float64))
+        # same NaN-ness as the Python definition (sparse_plus/sparse_sigmoid map NaN to 0 there)
+        assert np.isnan(out[0]) == np.isnan(want[0]), name
+
+
+def test_c_activation_rejects_unknown_code():
+    from fastgru._cpu import _gru
+
+    x = np.zeros(3)
+    with pytest.raises(ValueError, match="unknown activation code"):
+        _gru.activation(99, x, np.empty_like(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# per-step kernel: every ISA path
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("isa", ISAS)
+def test_gemm_panels_every_isa(isa, dtype, rng):
+    from fastgru._cpu import _gru
+
+    if isa not in supported_isas():
+        pytest.skip(f"{isa} not supported by this CPU")
+    W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
+    code = ISAS.index(isa)
+    for M, K, N in [(1, 7, 5), (2, 33, 70), (3, 64, 130), (5, 16, 64), (9, 40, 200)]:
+        A = rng.standard_normal((M, K)).astype(dtype)
+        U = rng.standard_normal((K, N)).astype(dtype)
+        npn = -(-N // W)
+        P = np.empty(npn * K * W, dtype)
+        _gru.pack(U, 0, N, P)
+        C = np.empty((M, npn * W), dtype)
+        _gru.gemm_panels(code, A, P, K, npn, C)
+        want = A.astype(np.float64) @ U.astype(np.float64)
+        assert rel_err(C[:, :N], want) < (1e-13 if dtype == np.float64 else 1e-5)
+        assert np.all(C[:, N:] == 0)  # zero-padded columns
+        # bit-identical to the generic (fma) path, and row-by-row to single-row calls
+        G = np.empty_like(C)
+        _gru.gemm_panels(0, A, P, K, npn, G)
+        assert np.array_equal(C, G)
+        for i in range(M):
+            one = np.empty((1, npn * W), dtype)
+            _gru.gemm_panels(code, A[i : i + 1].copy(), P, K, npn, one)
+            assert np.array_equal(one[0], C[i])
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_forward_every_isa_bit_identical(reset_after, dtype, rng, monkeypatch):
+    args, kw = make_case(rng, 5, 6, 7, 70, reset_after=reset_after, mask="arbitrary",
+                         return_sequences=True, dropout="per_gate", dtype=dtype)
+    outs = {}
+    for isa in supported_isas():
+        outs[isa] = check_forward(args, kw, dtype, kernel=isa)
+    monkeypatch.setenv("FASTGRU_CPU_KERNEL", "generic")
+    outs["env"] = cpu.forward(*args, **kw)[:2]
+    for o, h in outs.values():
+        assert np.array_equal(o, outs["generic"][0]) and np.array_equal(h, outs["generic"][1])
+
+
+def test_kernel_argument_validation(rng):
+    args, kw = make_case(rng)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        cpu.forward(*args, **kw, kernel="sse9")
+
+
+# ---------------------------------------------------------------------------------------------
+# forward vs reference
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    B=st.sampled_from([1, 2, 5]),
+    T=st.sampled_from([1, 2, 7]),
+    D=st.sampled_from([1, 3, 8]),
+    u=st.sampled_from([1, 5, 33, 70]),
+    reset_after=st.booleans(),
+    act=st.sampled_from(["tanh", "relu", "linear", "softsign", "gelu", "hard_tanh", "elu"]),
+    rec_act=st.sampled_from(["sigmoid", "hard_sigmoid", "sparse_sigmoid"]),
+    mask=st.sampled_from(["none", "right", "arbitrary"]),
+    go_backwards=st.booleans(),
+    return_sequences=st.booleans(),
+    h0=st.booleans(),
+    dropout=st.sampled_from(["none", "shared", "per_gate", "recurrent"]),
+    zero_output_for_mask=st.booleans(),
+    use_bias=st.booleans(),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    n_threads=st.sampled_from([1, 2, 3]),
+    seed=st.integers(0, 2**31),
+)
+def test_forward_matches_reference(seed, dtype, n_threads, B, T, D, u, **cfg):
+    rng = np.random.default_rng(seed)
+    args, kw = make_case(rng, B, T, D, u, dtype=dtype, **cfg)
+    check_forward(args, kw, dtype, n_threads=n_threads)
+
+
+@pytest.mark.parametrize("name", activations.NAMES)
+def test_every_activation_in_both_slots(name, rng):
+    for dtype in (np.float64, np.float32):
+        args, kw = make_case(rng, 3, 4, 3, 5, act=name, mask="arbitrary", dtype=dtype,
+                             return_sequences=True, scale=0.3)
+        check_forward(args, kw, dtype)
+        # small weights and few steps: unbounded "gates" (exponential, relu...) stay finite
+        args, kw = make_case(rng, 3, 3, 3, 5, rec_act=name, reset_after=False, dtype=dtype,
+                             scale=0.1, h0=False)
+        check_forward(args, kw, dtype)
+
+
+def test_keras_measured_values():
+    """KERAS_GRU_SPEC 3.4: TF values for units=2, constant weights, masks and h0."""
+    u = 2
+    w = Weights(np.full((3, 3 * u), 0.01), np.full((u, 3 * u), 0.02), np.full((2, 3 * u), 0.03))
+    x = np.arange(24, dtype=np.float64).reshape(2, 4, 3)
+    spec = GRUSpec(u, activations.get("tanh"), activations.get("sigmoid"), return_sequences=True)
+    h0 = np.array([[1.0, 2], [3, 4]])
+    mask = np.array([[False, True, False, True], [False] * 4])
+    out, h, _ = cpu.forward(x, w, h0, spec, mask=mask)
+    np.testing.assert_allclose(out[0], [[0, 0], [0.6467736, 1.2064872], [0.6467736, 1.2064872],
+                                        [0.52910656, 0.8638054]], rtol=1e-6)
+    assert np.all(out[1] == 0)
+    np.testing.assert_allclose(h, [[0.52910656, 0.8638054], [3, 4]], rtol=1e-6)
+
+
+def test_empty_batch_returns_empty():
+    for rs in (True, False):
+        spec = GRUSpec(4, activations.get("tanh"), activations.get("sigmoid"),
+                       return_sequences=rs)
+        w = Weights(np.zeros((3, 12)), np.zeros((4, 12)), np.zeros((2, 12)))
+        out, h, tape = cpu.forward(np.zeros((0, 5, 3)), w, np.zeros((0, 4)), spec, training=True)
+        assert out.shape == ((0, 5, 4) if rs else (0, 4)) and h.shape == (0, 4)
+        g = cpu.backward(tape, np.zeros(out.shape))
+        assert g.x.shape == (0, 5, 3) and g.kernel.shape == (3, 12) and np.all(g.kernel == 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_strided_and_fortran_inputs(dtype, rng):
+    args, kw = make_case(rng, 4, 6, 5, 9, mask="arbitrary", return_sequences=True,
+                         dropout="shared", dtype=dtype)
+    x, w, h0, spec = args
+    want = cpu.forward(*args, **kw)
+    big = np.zeros((8, 12, 10), dtype)
+    big[::2, ::2, ::2] = x
+    xs = big[::2, ::2, ::2]
+    wf = Weights(np.asfortranarray(w.kernel), np.asfortranarray(w.recurrent_kernel),
+                 np.asfortranarray(w.bias))
+    mask = np.asfortranarray(kw["mask"])
+    got = cpu.forward(xs, wf, np.asfortranarray(h0), spec, mask=mask, dropout=kw["dropout"])
+    assert np.array_equal(got[0], want[0]) and np.array_equal(got[1], want[1])
+    got = cpu.forward(np.asfortranarray(x), w, h0[::-1][::-1], spec, mask=mask.astype(np.int8),
+                      dropout=kw["dropout"])
+    assert np.array_equal(got[0], want[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# determinism, threads, concurrency
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_rows_independent_of_threads_and_batch(dtype, reset_after, rng):
+    """A row's bits depend neither on n_threads nor on the other rows in its batch, on the
+    batch-split and on the unit-split paths (batch 1 with 2 threads, u large enough)."""
+    for u in (9, 200):
+        args, kw = make_case(rng, 7, 9, 6, u, reset_after=reset_after, mask="arbitrary",
+                             return_sequences=True, dropout="per_gate", dtype=dtype)
+        x, w, h0, spec = args
+        d = kw["dropout"]
+        base = cpu.forward(*args, **kw, n_threads=1)
+        for n in (2, 3, 4):
+            got = cpu.forward(*args, **kw, n_threads=n)
+            assert np.array_equal(got[0], base[0]) and np.array_equal(got[1], base[1])
+        for rows in ([3], [0, 6], [5, 1, 2], [4, 4, 4, 4, 4]):
+            sub = DropoutMasks(d.inputs[:, rows], d.recurrent[:, rows])
+            for n in (1, 2):
+                o, h, _ = cpu.forward(x[rows], w, h0[rows], spec, mask=kw["mask"][rows],
+                                      dropout=sub, n_threads=n)
+                assert np.array_equal(o, base[0][rows]) and np.array_equal(h, base[1][rows])
+
+
+def test_concurrent_calls_bit_identical(rng):
+    cases = [make_case(rng, 6, 20, 8, 40, mask="arbitrary", return_sequences=True,
+                       dtype=dt) for dt in (np.float32, np.float64)]
+    want = [cpu.forward(*a, **k)[0] for a, k in cases]
+    results, errors = [], []
+
+    def work(i):
+        try:
+            for _ in range(5):
+                a, k = cases[i % 2]
+                results.append((i % 2, cpu.forward(*a, **k, n_threads=2)[0]))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 20
+    assert all(np.array_equal(o, want[i]) for i, o in results)
+
+
+def test_thread_settings():
+    old = _threads.get_num_threads()
+    try:
+        _threads.set_num_threads(3)
+        assert _threads.get_num_threads() == 3
+        _threads.set_num_threads(None)
+        assert _threads.get_num_threads() >= 1
+        with pytest.raises(ValueError, match="n_threads"):
+            _threads.set_num_threads(0)
+        with pytest.raises(TypeError, match="n_threads"):
+            _threads.set_num_threads(1.5)
+    finally:
+        _threads.set_num_threads(old)
+
+
+# ---------------------------------------------------------------------------------------------
+# NaN handling
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nan_input_gives_nan_output_of_that_row(dtype, rng):
+    args, kw = make_case(rng, 3, 4, 3, 5, return_sequences=True, dtype=dtype)
+    x = args[0].copy()
+    x[1, 2, 0] = np.nan
+    out, h, _ = cpu.forward(x, *args[1:], **kw)
+    assert np.all(np.isnan(out[1, 2:])) and np.all(np.isfinite(out[1, :2]))
+    assert np.all(np.isfinite(out[[0, 2]]))
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_nan_at_masked_steps_does_not_leak(reset_after, rng):
+    args, kw = make_case(rng, 4, 6, 3, 5, reset_after=reset_after, mask="arbitrary",
+                         return_sequences=True)
+    x = args[0].copy()
+    x[~kw["mask"]] = np.nan
+    clean = args[0].copy()
+    clean[~kw["mask"]] = 0
+    out, h, _ = cpu.forward(x, *args[1:], **kw)
+    out0, h0, _ = cpu.forward(clean, *args[1:], **kw)
+    assert np.array_equal(out, out0) and np.array_equal(h, h0)
+
+
+# ---------------------------------------------------------------------------------------------
+# validation and introspection
+
+
+def test_bad_inputs_raise_clear_errors(rng):
+    (x, w, h0, spec), kw = make_case(rng, 3, 4, 5, 6)
+    f = cpu.forward
+    with pytest.raises(ValueError, match="x must have shape"):
+        f(x[0], w, h0, spec)
+    with pytest.raises(TypeError, match="x must be float32 or float64"):
+        f(x.astype(np.int64), w, h0, spec)
+    with pytest.raises(ValueError, match="0 timesteps"):
+        f(x[:, :0], w, h0, spec)
+    with pytest.raises(ValueError, match=r"kernel must have shape \(5, 18\)"):
+        f(x, w._replace(kernel=w.kernel[:-1]), h0, spec)
+    with pytest.raises(TypeError, match="kernel must have dtype float64"):
+        f(x, w._replace(kernel=w.kernel.astype(np.float32)), h0, spec)
+    with pytest.raises(ValueError, match="recurrent_kernel must have shape"):
+        f(x, w._replace(recurrent_kernel=w.recurrent_kernel.T), h0, spec)
+    with pytest.raises(ValueError, match="bias must have shape"):
+        f(x, w._replace(bias=w.bias[0]), h0, spec)
+    with pytest.raises(ValueError, match="h0 must have shape"):
+        f(x, w, h0[:2], spec)
+    with pytest.raises(ValueError, match="mask must have shape"):
+        f(x, w, h0, spec, mask=np.ones((3, 5), bool))
+    with pytest.raises(ValueError, match="dropout.recurrent must have shape"):
+        f(x, w, h0, spec, dropout=DropoutMasks(None, np.ones((2, 3, 6))))
+    with pytest.raises(ValueError, match="dropout.inputs must have shape"):
+        f(x, w, h0, spec, dropout=DropoutMasks(np.ones((3, 4)), None))
+    with pytest.raises(ValueError, match="n_threads"):
+        f(x, w, h0, spec, n_threads=0)
+    with pytest.raises(TypeError, match="spec must be a GRUSpec"):
+        f(x, w, h0, {"units": 6})
+    user = GRUSpec(6, activations.get(lambda a: a), activations.get("sigmoid"))
+    with pytest.raises(ValueError, match="Python callable"):
+        f(x, w, h0, user)
+
+
+def test_supports_and_describe():
+    tanh, sig = activations.get("tanh"), activations.get("sigmoid")
+    ok, why = cpu.supports(GRUSpec(4, tanh, sig))
+    assert ok and why
+    ok, why = cpu.supports(GRUSpec(4, activations.get(lambda a: a), sig))
+    assert not ok and "Python callable" in why
+    text = cpu.describe_kernel(GRUSpec(256, tanh, sig), (1, 100, 64), n_threads=2)
+    assert "split the 256 units" in text and "packed-panel" in text
+    text = cpu.describe_kernel(GRUSpec(8, tanh, sig, reset_after=False), (64, 10, 4), 2)
+    assert "2 thread(s)" in text and "two GEMMs" in text
+    assert cpu.NAME == "cpu"
+
+
+def test_training_tape_and_inference_tape_none(rng):
+    args, kw = make_case(rng)
+    assert cpu.forward(*args, **kw)[2] is None
+    tape = cpu.forward(*args, **kw, training=True)[2]
+    assert tape.engine == "cpu" and tape.batch == 3 and tape.steps == 5
