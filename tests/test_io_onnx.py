@@ -25,10 +25,11 @@ def _prepare(model, dim=D):
     return model
 
 
-def _run(model, x, lens=None, **kwargs):
-    proto = to_onnx(model, sequence_lens=lens is not None, **kwargs)
+def _run(model, x, lens=None, h0=None, **kwargs):
+    proto = to_onnx(model, sequence_lens=lens is not None, initial_state=h0 is not None,
+                    **kwargs)
     sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-    feeds = {"x": x}
+    feeds = {"x": x, **(h0 or {})}
     if lens is not None:
         feeds["sequence_lens"] = lens.astype(np.int32)
     return sess.run(None, feeds)
@@ -109,6 +110,29 @@ def test_zero_output_for_mask(rs):
     np.testing.assert_allclose(_run(model, x, lens)[0], model(x, mask=mask), **TOL)
 
 
+@pytest.mark.parametrize("case", ["gru_seq", "gru_back_seq", "gru_relu_state", "bi_concat",
+                                  "bi_sum_state", "bi_custom_backward", "rnn_stacked"])
+def test_initial_state_inputs(case):
+    model = _prepare(CASES[case]())
+    x = rng.normal(size=(B, T, D)).astype(np.float32)
+    lens = np.array([T, 3, 2])
+    mask = np.arange(T)[None, :] < lens[:, None]
+    if isinstance(model, Bidirectional):
+        names = ["forward_initial_state", "backward_initial_state"]
+        sizes = [model.forward_layer.units, model.backward_layer.units]
+    elif isinstance(model, GRU):
+        names, sizes = ["initial_state"], [model.units]
+    else:
+        names, sizes = ["initial_state_0", "initial_state_1"], [4, 3]
+    h0 = {n: rng.normal(size=(B, u)).astype(np.float32) for n, u in zip(names, sizes)}
+    states = list(h0.values())
+    expected = _as_list(model(x, initial_state=states if len(states) > 1 else states[0],
+                              mask=mask))
+    got = _run(model, x, lens, h0)
+    for e, g in zip(expected, got):
+        np.testing.assert_allclose(g, e, **TOL)
+
+
 def test_time_major_and_uses_standard_gru_node():
     model = _prepare(Bidirectional(GRU(4, return_sequences=True, time_major=True)))
     x = rng.normal(size=(T, B, D)).astype(np.float32)
@@ -133,5 +157,7 @@ def test_unsupported_raise():
         to_onnx(_prepare(GRU(2, activation="gelu")))
     with pytest.raises(ValueError, match="not built"):
         to_onnx(GRU(2))
+    with pytest.raises(ValueError, match="initial_state=True"):
+        to_onnx(_prepare(Sequential([GRU(2)])), initial_state=True)
     with pytest.raises(ValueError, match="must return one"):
         to_onnx(_prepare(Sequential([GRU(2, return_state=True), Dense(1)])))

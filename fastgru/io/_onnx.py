@@ -146,9 +146,10 @@ class _Cell:
         return names, alphas, betas
 
 
-def _gru_node(g: _Graph, x_tm, cells, direction: str, lens):
-    """One ONNX GRU over time-major ``x_tm`` (T, B, D); ``cells``: one per direction.
-    Returns (Y (T, dirs, B, u), Y_h (dirs, B, u))."""
+def _gru_node(g: _Graph, x_tm, cells, direction: str, lens, h0=None):
+    """One ONNX GRU over time-major ``x_tm`` (T, B, D); ``cells``: one per direction; ``h0``:
+    None or one (B, u) graph tensor per direction. Returns (Y (T, dirs, B, u), Y_h (dirs, B,
+    u))."""
     Ws, Rs, Bs = zip(*(c.wrb(g.dtype) for c in cells))
     names, alphas, betas = [], [], []
     for c in cells:
@@ -164,14 +165,18 @@ def _gru_node(g: _Graph, x_tm, cells, direction: str, lens):
         attrs["activation_beta"] = betas
     inputs = [x_tm, g.const("W", np.stack(Ws)), g.const("R", np.stack(Rs)),
               g.const("B", np.stack(Bs))]
-    if lens:
-        inputs.append(lens)
+    if lens or h0:
+        inputs.append(lens or "")
+    if h0:
+        parts = [g.unsqueeze(h, 0) for h in h0]
+        inputs.append(parts[0] if len(parts) == 1 else g.op("Concat", parts, axis=0))
     return g.op("GRU", inputs, n_out=2, **attrs)
 
 
 class _Exporter:
-    def __init__(self, g: _Graph):
+    def __init__(self, g: _Graph, initial_states=None):
         self.g = g
+        self.h0 = initial_states or {}  # id(layer) -> list of graph inputs (B, u)
 
     # -------------------------------------------------------------- masks
     def valid_steps(self, x_tm, lens):
@@ -264,8 +269,10 @@ class _Exporter:
         backwards = bool(cfg.get("go_backwards"))
         x_tm = self.to_tm(x, time_major)
         h, states = x_tm, []
-        for cell in cells:
-            Y, Yh = _gru_node(g, h, [cell], "reverse" if backwards else "forward", lens)
+        h0s = self.h0.get(id(layer), [None] * len(cells))
+        for cell, h0 in zip(cells, h0s):
+            Y, Yh = _gru_node(g, h, [cell], "reverse" if backwards else "forward", lens,
+                              [h0] if h0 else None)
             h = g.squeeze(Y, 1)
             states.append(g.squeeze(Yh, 0))
         last = states[-1]
@@ -296,13 +303,15 @@ class _Exporter:
             raise ValueError(f"Bidirectional '{layer.name}': expected a forward layer and a "
                              "go_backwards layer.")
         x_tm = self.to_tm(x, time_major)
+        h0f, h0b = self.h0.get(id(layer), (None, None))
         if fcells[0].same_op(bcells[0]):
-            Y, Yh = _gru_node(g, x_tm, [fcells[0], bcells[0]], "bidirectional", lens)
+            Y, Yh = _gru_node(g, x_tm, [fcells[0], bcells[0]], "bidirectional", lens,
+                              [h0f, h0b] if h0f else None)
             yf, yb = g.squeeze(g.gather(Y, [0], 1), 1), g.squeeze(g.gather(Y, [1], 1), 1)
             hf, hb = g.squeeze(g.gather(Yh, [0], 0), 0), g.squeeze(g.gather(Yh, [1], 0), 0)
         else:
-            Yf, Yhf = _gru_node(g, x_tm, fcells, "forward", lens)
-            Yb, Yhb = _gru_node(g, x_tm, bcells, "reverse", lens)
+            Yf, Yhf = _gru_node(g, x_tm, fcells, "forward", lens, [h0f] if h0f else None)
+            Yb, Yhb = _gru_node(g, x_tm, bcells, "reverse", lens, [h0b] if h0b else None)
             yf, yb = g.squeeze(Yf, 1), g.squeeze(Yb, 1)
             hf, hb = g.squeeze(Yhf, 0), g.squeeze(Yhb, 0)
         if layer.return_sequences:
@@ -343,17 +352,38 @@ def _input_shape(model):
     return shape
 
 
-def to_onnx(model, path=None, *, sequence_lens: bool = False, opset: int = 17,
-            dtype="float32", output_names=None):
+def _initial_state_inputs(model):
+    """(graph input names, {id(layer): per-cell/direction names}) for a recurrent model."""
+    from ..layers.bidirectional import Bidirectional
+
+    if isinstance(model, Bidirectional):
+        names = ["forward_initial_state", "backward_initial_state"]
+        units = [c.units for sub in (model.forward_layer, model.backward_layer)
+                 for c in _Exporter.cells_of(sub)[1]]
+        return list(zip(names, units)), {id(model): names}
+    if type(model).__name__ in ("GRU", "RNN"):
+        cells = _Exporter.cells_of(model)[1]
+        names = (["initial_state"] if len(cells) == 1 else
+                 [f"initial_state_{i}" for i in range(len(cells))])
+        return list(zip(names, [c.units for c in cells])), {id(model): names}
+    raise ValueError("initial_state=True needs a GRU, RNN or Bidirectional model (a Sequential "
+                     "starts from zero states, as in Keras).")
+
+
+def to_onnx(model, path=None, *, sequence_lens: bool = False, initial_state: bool = False,
+            opset: int = 17, dtype="float32", output_names=None):
     """Export ``model`` (GRU, RNN of GRUCells, Bidirectional(GRU), Dense, or a Sequential of
     those; built) as an ONNX graph and return the ``onnx.ModelProto``; also written to ``path``
     when given.
 
     Graph inputs: ``x`` with the model's layout (``(B, T, D)``, or ``(T, B, D)`` for
     ``time_major`` layers; ``(B, D)``/``(B, T, D)`` for a Dense model); with
-    ``sequence_lens=True`` also ``sequence_lens`` int32 ``(B,)`` (see the module notes).
+    ``sequence_lens=True`` also ``sequence_lens`` int32 ``(B,)`` (see the module notes); with
+    ``initial_state=True`` (GRU, RNN, Bidirectional) the initial states, ``(B, u)`` each:
+    ``initial_state`` (``initial_state_<i>`` per cell of a stacked RNN), or
+    ``forward_initial_state`` and ``backward_initial_state``.
     Outputs: the model's outputs in order (``output``, then states when ``return_state``).
-    Inference only (dropout off, stateful states not carried; no initial-state input: the
+    Inference only (dropout off, stateful states not carried; without ``initial_state`` the
     graph starts from zeros). ``dtype``: "float32", or "float64" (a valid ONNX graph, but ONNX
     Runtime 1.32's GRU kernel refuses double).
     """
@@ -375,7 +405,11 @@ def to_onnx(model, path=None, *, sequence_lens: bool = False, opset: int = 17,
         inputs.append(helper.make_tensor_value_info("sequence_lens", onnx.TensorProto.INT32,
                                                     ["batch"]))
         lens = "sequence_lens"
-    outs, _, _ = _Exporter(g).layer(model, "x", time_major, lens)
+    h0 = {}
+    if initial_state:
+        specs, h0 = _initial_state_inputs(model)
+        inputs += [helper.make_tensor_value_info(n, elem, ["batch", u]) for n, u in specs]
+    outs, _, _ = _Exporter(g, h0).layer(model, "x", time_major, lens)
     if output_names is None:
         output_names = ["output"] if len(outs) == 1 else [f"output_{i}" for i in range(len(outs))]
     if len(output_names) != len(outs):
