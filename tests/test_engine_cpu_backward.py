@@ -1,0 +1,171 @@
+"""The compiled CPU engine's backward pass: against reference.backward (float64 oracle), central
+finite differences, NaN at masked steps, determinism and validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_engine_cpu import as64, make_case, ref_forward, rel_err, supported_isas
+
+from fastgru.engines import cpu, reference
+from fastgru.engines.base import DropoutMasks, Weights
+
+pytestmark = pytest.mark.skipif(not cpu.available(), reason="CPU extension not built")
+
+GRAD_TOL = {np.float64: 1e-10, np.float32: 5e-5}
+NAMES = ("x", "h0", "kernel", "recurrent_kernel", "bias")
+
+
+def upstream(rng, out_shape, u, B, dtype, d_out=True, d_state=True):
+    dy = rng.standard_normal(out_shape).astype(dtype) if d_out else None
+    dh = rng.standard_normal((B, u)).astype(dtype) if d_state else None
+    return dy, dh
+
+
+def compare_backward(args, kw, dtype, rng, d_out=True, d_state=True, **engine_kw):
+    out, h, tape = cpu.forward(*args, **kw, training=True, **engine_kw)
+    _, _, rtape = ref_forward(args, kw, training=True)
+    dy, dh = upstream(rng, out.shape, args[3].units, out.shape[0], dtype, d_out, d_state)
+    got = cpu.backward(tape, dy, dh, **engine_kw)
+    want = reference.backward(rtape, as64(dy), as64(dh))
+    for name, g, w in zip(NAMES, got, want):
+        if w is None:
+            assert g is None, name
+            continue
+        assert g.dtype == dtype and g.shape == w.shape, name
+        assert rel_err(g, w) < GRAD_TOL[dtype], (name, rel_err(g, w))
+    return got
+
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    B=st.sampled_from([1, 2, 4]),
+    T=st.sampled_from([1, 3, 6]),
+    D=st.sampled_from([1, 4]),
+    u=st.sampled_from([1, 6, 35]),
+    reset_after=st.booleans(),
+    act=st.sampled_from(["tanh", "relu", "softsign", "gelu", "selu", "mish"]),
+    rec_act=st.sampled_from(["sigmoid", "hard_sigmoid", "softplus"]),
+    mask=st.sampled_from(["none", "right", "arbitrary"]),
+    go_backwards=st.booleans(),
+    return_sequences=st.booleans(),
+    dropout=st.sampled_from(["none", "shared", "per_gate", "recurrent"]),
+    zero_output_for_mask=st.booleans(),
+    use_bias=st.booleans(),
+    dtype=st.sampled_from([np.float64, np.float32]),
+    n_threads=st.sampled_from([1, 2]),
+    which=st.sampled_from(["both", "out", "state"]),
+    seed=st.integers(0, 2**31),
+)
+def test_backward_matches_reference(seed, dtype, n_threads, which, B, T, D, u, **cfg):
+    rng = np.random.default_rng(seed)
+    args, kw = make_case(rng, B, T, D, u, dtype=dtype, scale=0.3, **cfg)
+    compare_backward(args, kw, dtype, rng, d_out=which != "state", d_state=which != "out",
+                     n_threads=n_threads)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_backward_realistic_shape(reset_after, dtype, rng):
+    args, kw = make_case(rng, 16, 40, 24, 96, reset_after=reset_after, mask="right",
+                         return_sequences=True, dropout="per_gate", dtype=dtype, scale=0.15)
+    compare_backward(args, kw, dtype, rng, n_threads=2)
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+def test_backward_every_isa(isa, rng):
+    if isa not in supported_isas():
+        pytest.skip(f"{isa} not supported by this CPU")
+    for reset_after in (True, False):
+        args, kw = make_case(rng, 3, 5, 4, 70, reset_after=reset_after, mask="arbitrary",
+                             return_sequences=True, dropout="recurrent")
+        compare_backward(args, kw, np.float64, rng, kernel=isa)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_backward_finite_differences(reset_after, rng, fd):
+    """Tiny float64 case: every gradient against central differences of sum(dy*y) + sum(dh*h)."""
+    args, kw = make_case(rng, 2, 3, 2, 3, reset_after=reset_after, mask="arbitrary",
+                         return_sequences=True, dropout="per_gate", go_backwards=True)
+    x, w, h0, spec = args
+    x, h0 = x.copy(), h0.copy()
+    w = Weights(w.kernel.copy(), w.recurrent_kernel.copy(), w.bias.copy())
+    kw["mask"][0] = [True, False, True]  # keep some steps in every row
+    out, h, tape = cpu.forward(x, w, h0, spec, **kw, training=True)
+    dy, dh = upstream(rng, out.shape, 3, 2, np.float64)
+    g = cpu.backward(tape, dy, dh)
+
+    def loss():
+        o, s, _ = cpu.forward(x, w, h0, spec, **kw)
+        return float(np.sum(o * dy) + np.sum(s * dh))
+
+    for name, arr, grad in zip(NAMES, (x, h0, *w), g):
+        np.testing.assert_allclose(grad, fd(loss, arr), rtol=1e-6, atol=1e-8, err_msg=name)
+
+
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_nan_at_masked_steps_gives_finite_gradients(reset_after, rng):
+    """NaN inputs at masked steps change nothing: the gradients equal those with zeros there."""
+    args, kw = make_case(rng, 4, 6, 3, 5, reset_after=reset_after, mask="arbitrary",
+                         return_sequences=True, dropout="per_gate")
+    x, rest = args[0], args[1:]
+    nan_x, zero_x = x.copy(), x.copy()
+    nan_x[~kw["mask"]] = np.nan
+    zero_x[~kw["mask"]] = 0
+    dy, dh = upstream(rng, (4, 6, 5), 5, 4, np.float64)
+    g_nan = cpu.backward(cpu.forward(nan_x, *rest, **kw, training=True)[2], dy, dh)
+    g_zero = cpu.backward(cpu.forward(zero_x, *rest, **kw, training=True)[2], dy, dh)
+    for name, a, b in zip(NAMES, g_nan, g_zero):
+        assert np.all(np.isfinite(a)), name
+        assert np.array_equal(a, b), name
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_backward_rows_independent_of_threads(dtype, rng):
+    args, kw = make_case(rng, 7, 8, 5, 40, mask="arbitrary", return_sequences=True,
+                         dropout="recurrent", dtype=dtype)
+    out, _, tape = cpu.forward(*args, **kw, training=True)
+    dy, dh = upstream(rng, out.shape, 40, 7, dtype)
+    base = cpu.backward(tape, dy, dh, n_threads=1)
+    for n in (2, 3):
+        g = cpu.backward(tape, dy, dh, n_threads=n)
+        assert np.array_equal(g.x, base.x) and np.array_equal(g.h0, base.h0)
+        for a, b in zip(g[2:], base[2:]):
+            np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == np.float32 else 1e-12)
+    # the tape is not consumed: a second backward gives the same result
+    again = cpu.backward(tape, dy, dh, n_threads=1)
+    assert all(np.array_equal(a, b) for a, b in zip(again, base))
+
+
+def test_backward_without_upstream_is_zero(rng):
+    args, kw = make_case(rng, 2, 3, 2, 4, return_sequences=True)
+    tape = cpu.forward(*args, **kw, training=True)[2]
+    g = cpu.backward(tape)
+    assert all(np.all(a == 0) for a in g)
+
+
+def test_backward_bad_inputs(rng):
+    args, kw = make_case(rng, 2, 3, 2, 4, return_sequences=True)
+    out, _, tape = cpu.forward(*args, **kw, training=True)
+    with pytest.raises(ValueError, match=r"d_outputs must have shape \(2, 3, 4\)"):
+        cpu.backward(tape, np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="d_h_last must have shape"):
+        cpu.backward(tape, None, np.zeros((3, 4)))
+    with pytest.raises(TypeError, match="d_outputs must have dtype float64"):
+        cpu.backward(tape, out.astype(np.float32))
+    rtape = ref_forward(args, kw, training=True)[2]
+    with pytest.raises(ValueError, match="cpu engine's forward"):
+        cpu.backward(rtape, out)
+
+
+def test_dropout_masks_reach_the_right_gradients(rng):
+    """Zero input/recurrent keep-masks cut exactly the gradient paths they should."""
+    args, kw = make_case(rng, 2, 4, 3, 5, return_sequences=True)
+    x, w, h0, spec = args
+    drop = DropoutMasks(np.zeros((2, 3)), np.zeros((3, 2, 5)))
+    out, _, tape = cpu.forward(x, w, h0, spec, dropout=drop, training=True)
+    g = cpu.backward(tape, np.ones_like(out))
+    assert np.all(g.x == 0) and np.all(g.kernel == 0) and np.all(g.recurrent_kernel == 0)
+    assert np.any(g.h0 != 0) and np.any(g.bias != 0)
