@@ -80,6 +80,16 @@ def test_stateful_gru_keeps_its_batch_size(tmp_path):
         back(rng.normal(size=(3, 5, 2)))
 
 
+def test_stateful_time_major_gru(tmp_path):
+    model = GRU(2, stateful=True, time_major=True)
+    x = rng.normal(size=(5, 3, 2))
+    model(x)
+    save(model, tmp_path / "s.npz")
+    back = load(tmp_path / "s.npz")
+    assert back.states[0].shape == (3, 2)
+    np.testing.assert_array_equal(back.get_weights()[0], model.get_weights()[0])
+
+
 def test_unbuilt_model_saves_its_config(tmp_path):
     save(Sequential([GRU(2), Dense(1)]), tmp_path / "u.npz")
     back = load(tmp_path / "u.npz")

@@ -60,6 +60,8 @@ def build_input_shape(model):
         first = states[0] if isinstance(states, (list, tuple)) else states
         first = first[0] if isinstance(first, (list, tuple)) else first
         batch = int(first.shape[0])
+    if getattr(model, "time_major", False):
+        return [None, batch, int(kernel[0])]
     return [batch, None, int(kernel[0])]
 
 
