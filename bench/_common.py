@@ -71,6 +71,30 @@ def parse_ints(text: str, name: str) -> list[int]:
     return vals
 
 
+def add_common_args(ap, peers, default_peers=None):
+    """The options both benchmark scripts take."""
+    ap.add_argument("--shapes", help="comma-separated BxTxIxH (batch x steps x input x units)")
+    ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
+    ap.add_argument("--peers", default=",".join(default_peers or peers),
+                    help="comma-separated subset of: " + ", ".join(peers))
+    ap.add_argument("--quick", action="store_true",
+                    help="short time boxes (0.3 s, 1 timed call minimum) instead of 1.5 s / 3")
+    ap.add_argument("--budget", type=float, help="seconds of timed calls per measurement")
+    ap.add_argument("--stat", choices=("median", "min"), default="median",
+                    help="statistic of the timed calls in the table (default median; min is "
+                         "more robust on a machine shared with other work)")
+    ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
+                    help="before each peer process, wait up to this long for other work on "
+                         "the machine to drop below 15%% of the CPUs (default 0)")
+    ap.add_argument("--json", help="also write all results to this JSON file")
+
+
+def time_box(args) -> tuple[float, int, float]:
+    """(seconds of timed calls, minimum timed calls, child timeout) for the run mode."""
+    budget = args.budget if args.budget is not None else (0.3 if args.quick else 1.5)
+    return budget, (1 if args.quick else 3), (200 if args.quick else 400)
+
+
 def check_args(ap, args, default_shapes, allowed_peers):
     """Parse --shapes, --threads and --peers in place (argparse errors on bad values)."""
     try:
@@ -212,9 +236,9 @@ def write_problems(shapes, return_sequences: bool, training: bool, seed: int = 0
 # ----------------------------------------------------------------------------- timing
 
 def time_call(fn, budget_s: float, min_reps: int, max_reps: int = 1000,
-              warmup: int = 1) -> tuple[float, int]:
-    """Median wall time of ``fn()`` after ``warmup`` calls; repeats until ``budget_s`` is
-    spent (at least ``min_reps``, at most ``max_reps`` timed calls). Returns (median, reps)."""
+              warmup: int = 1) -> tuple[float, int, float]:
+    """Wall time of ``fn()`` after ``warmup`` calls; repeats until ``budget_s`` is spent (at
+    least ``min_reps``, at most ``max_reps`` timed calls). Returns (median, reps, min)."""
     for _ in range(warmup):
         fn()
     times = []
@@ -225,7 +249,7 @@ def time_call(fn, budget_s: float, min_reps: int, max_reps: int = 1000,
         times.append(time.perf_counter() - t0)
         if len(times) >= min_reps and time.perf_counter() - start >= budget_s:
             break
-    return statistics.median(times), len(times)
+    return statistics.median(times), len(times), min(times)
 
 
 # ----------------------------------------------------------------------------- machine
@@ -345,6 +369,35 @@ def machine_report(threads, quick: bool) -> dict:
     return info
 
 
+def _cpu_times():
+    with open("/proc/stat") as f:
+        vals = [int(v) for v in f.readline().split()[1:]]
+    idle = vals[3] + (vals[4] if len(vals) > 4 else 0)  # idle + iowait
+    return sum(vals), idle
+
+
+def busy_fraction(interval: float = 0.5) -> float | None:
+    """Fraction of all CPUs busy over ``interval`` s (while this process sleeps, i.e. the
+    share taken by other work); None where /proc/stat is missing."""
+    try:
+        t0, i0 = _cpu_times()
+        time.sleep(interval)
+        t1, i1 = _cpu_times()
+    except (OSError, ValueError, IndexError):
+        return None
+    return 1.0 - (i1 - i0) / max(t1 - t0, 1)
+
+
+def wait_quiet(max_wait: float, threshold: float = 0.15) -> float | None:
+    """Wait up to ``max_wait`` s for other work to drop below ``threshold`` of the CPUs;
+    returns the last busy fraction seen."""
+    deadline = time.perf_counter() + max_wait
+    busy = busy_fraction()
+    while busy is not None and busy > threshold and time.perf_counter() < deadline:
+        busy = busy_fraction(1.0)
+    return busy
+
+
 def peak_for(info: dict, n: int) -> float | None:
     """The best measured FMA rate for n threads (AVX-512 where available)."""
     vals = [v for (w, t), v in info["_fma"].items() if t == n]
@@ -377,17 +430,19 @@ def save_json(path: str | None, payload: dict) -> None:
 
 
 def results_table(shapes, threads, peers, results, machine, flops_factor: float = 1.0,
-                  ours=("fastgru", "fastgru.GRU", "reference")) -> str:
+                  ours=("fastgru", "fastgru.GRU", "reference"), stat: str = "median") -> str:
     """Markdown table: one row per (shape, threads), times in ms per peer, fastgru's speed-up
     over the fastest *verified* peer, and achieved GFLOP/s against the measured peaks.
 
-    ``results[peer][n]`` is what ``_peers.run_peer`` returned. A '!' after a time marks a
+    ``results[peer][n]`` is what ``_peers.run_peer`` returned; ``stat``: "median" or "min"
+    of the timed calls. A '!' after a time marks a
     result that disagreed with the reference (excluded from the baseline); 'err' a failure.
     """
     shown = [p for p in peers if any(results.get(p, {}).get(n, {}).get("results")
                                      for n in threads)]
     header = ["B x T x I x H", "thr"] + [f"{p} ms" for p in shown] + [
         "best peer", "speed-up", "fastgru GFLOP/s", "peer GFLOP/s", "% FMA peak", "% SGEMM"]
+    key = f"{stat}_s"
     rows = []
     for s in shapes:
         for n in threads:
@@ -401,11 +456,11 @@ def results_table(shapes, threads, peers, results, machine, flops_factor: float 
                 elif "error" in r:
                     cells.append("err")
                 else:
-                    cells.append(fmt_ms(r["median_s"]) + ("" if r["ok"] else "!"))
+                    cells.append(fmt_ms(r[key]) + ("" if r["ok"] else "!"))
             good = lambda r: r is not None and "error" not in r and r["ok"]  # noqa: E731
-            peer_t = {p: recs[p]["median_s"] for p in shown if p not in ours and good(recs[p])}
+            peer_t = {p: recs[p][key] for p in shown if p not in ours and good(recs[p])}
             # the engine row when it ran, else the layer row
-            ours_t = [recs[p]["median_s"] for p in ("fastgru", "fastgru.GRU")
+            ours_t = [recs[p][key] for p in ("fastgru", "fastgru.GRU")
                       if p in recs and good(recs[p])][:1]
             best = min(peer_t, key=peer_t.get) if peer_t else None
             flops = s.flops * flops_factor
@@ -439,3 +494,23 @@ def error_summary(peers, threads, results) -> list[str]:
             line += f"; failed: {f}"
         lines.append(line)
     return lines
+
+
+def print_report(args, kind: str, machine: dict, results: dict, versions: dict, notes: list,
+                 t_start: float, flops_factor: float = 1.0, extra: dict | None = None) -> None:
+    """Versions, the table, the verification summary and the footer; JSON when asked."""
+    print("\nversions: " + "; ".join(f"{p} {v}" for p, v in versions.items()))
+    print("\n" + results_table(args.shapes, args.threads, args.peers, results, machine,
+                               flops_factor=flops_factor, stat=args.stat))
+    what = "the gradients (max over dx, dkernel, drecurrent_kernel, dbias) of " \
+        if kind == "cpu_training" else ""
+    print(f"\nverification of {what}each peer: max |peer - ref| / max |ref| against the "
+          "float64 reference engine")
+    print("\n".join(error_summary(args.peers, args.threads, results)))
+    load = os.getloadavg()[0]
+    print(f"\ntimes in ms ({args.stat} of the timed calls); '!' = disagrees with the reference "
+          f"by > {TOLERANCE:g} (not used as baseline); 'err' = failed; '-' = not run. "
+          f"Load average {machine['load_1min']:.2f} at start, {load:.2f} at end; "
+          f"total {time.perf_counter() - t_start:.0f} s")
+    save_json(args.json, {"kind": kind, "machine": machine, "versions": versions,
+                          "notes": notes, "results": results, "load_end": load, **(extra or {})})

@@ -515,7 +515,8 @@ def _child(args) -> int:
                 rec["path"] = adapter.path
             rec["setup_s"] = time.perf_counter() - t0
             rec["ok"] = rec["err"] <= C.TOLERANCE
-            rec["median_s"], rec["reps"] = C.time_call(fn, args.budget, args.min_reps)
+            rec["median_s"], rec["reps"], rec["min_s"] = C.time_call(fn, args.budget,
+                                                                     args.min_reps)
         except Unavailable as e:
             emit("UNAVAILABLE", {"reason": str(e)})
             return 0
@@ -569,8 +570,9 @@ def run_peer(name: str, n_threads: int, mode: str, files, budget: float, min_rep
 
 
 def run_matrix(peers, threads, files_for, mode: str, budget: float, min_reps: int,
-               timeout: float, log=print) -> tuple[dict, dict, list]:
-    """Every available peer at every thread count. ``files_for(peer)`` lists its problems.
+               timeout: float, wait_quiet: float = 0.0, log=print) -> tuple[dict, dict, list]:
+    """Every available peer at every thread count. ``files_for(peer)`` lists its problems;
+    before each child, up to ``wait_quiet`` s are spent waiting for other work to calm down.
 
     Returns (results[peer][n] as from run_peer, versions {peer: str}, notes [str])."""
     results, versions, notes = {}, {}, []
@@ -584,8 +586,10 @@ def run_matrix(peers, threads, files_for, mode: str, budget: float, min_reps: in
         if not files:
             continue
         for n in threads:
+            busy = C.wait_quiet(wait_quiet)
             t0 = time.perf_counter()
             r = run_peer(peer, n, mode, files, budget, min_reps, timeout)
+            r["other_busy_before"] = busy
             if r["unavailable"]:
                 notes.append(f"{peer} skipped: {r['unavailable']}")
                 log(f"note: {notes[-1]}")
@@ -598,7 +602,9 @@ def run_matrix(peers, threads, files_for, mode: str, budget: float, min_reps: in
                     log(f"note: {note}")
             errs = [f"{k} {v['error']}" for k, v in r["results"].items() if "error" in v]
             log(f"  {peer:<12} {n} thread(s): {len(r['results'])}/{len(files)} shapes, "
-                f"{time.perf_counter() - t0:.0f} s" + (f"; errors: {errs}" if errs else ""))
+                f"{time.perf_counter() - t0:.0f} s"
+                + (f"; other work {100 * busy:.0f}% of CPUs before" if busy is not None else "")
+                + (f"; errors: {errs}" if errs else ""))
     return results, versions, notes
 
 

@@ -30,26 +30,17 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Shapes default to " +
                                  ",".join(s.label for s in C.SHAPES))
-    ap.add_argument("--shapes", help="comma-separated BxTxIxH (batch x steps x input x units)")
-    ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
-    ap.add_argument("--peers", default=",".join(P.PEERS),
-                    help="comma-separated subset of: " + ", ".join(P.PEERS))
-    ap.add_argument("--quick", action="store_true",
-                    help="short time boxes (0.3 s, 1 timed call minimum) instead of 1.5 s / 3")
+    C.add_common_args(ap, list(P.PEERS))
     ap.add_argument("--return-sequences", action=argparse.BooleanOptionalAction, default=True,
                     help="time return_sequences=True (default) or False (last output only)")
-    ap.add_argument("--budget", type=float, help="seconds of timed calls per measurement")
     ap.add_argument("--ref-max-gflop", type=float, default=REF_MAX_GFLOP,
                     help="largest problem (GFLOP) the slow reference engine is timed on")
-    ap.add_argument("--json", help="also write all results to this JSON file")
-    return C.check_args(ap, ap.parse_args(argv), C.SHAPES, P.PEERS)
+    return C.check_args(ap, ap.parse_args(argv), C.SHAPES, list(P.PEERS))
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    budget = args.budget if args.budget is not None else (0.3 if args.quick else 1.5)
-    min_reps = 1 if args.quick else 3
-    timeout = 150 if args.quick else 300
+    budget, min_reps, timeout = C.time_box(args)
     t_start = time.perf_counter()
     print("# fastgru CPU inference benchmark (float32, return_sequences="
           f"{args.return_sequences})\n")
@@ -66,17 +57,10 @@ def main(argv=None) -> int:
     print("\npeers:")
     with tmp:
         results, versions, notes = P.run_matrix(args.peers, args.threads, files_for,
-                                                "inference", budget, min_reps, timeout)
-    print("\nversions: " + "; ".join(f"{p} {v}" for p, v in versions.items()))
-    print("\n" + C.results_table(args.shapes, args.threads, args.peers, results, machine))
-    print("\nverification (max |peer - ref| / max |ref|, float64 reference engine):")
-    print("\n".join(C.error_summary(args.peers, args.threads, results)))
-    print(f"\ntimes in ms (median); '!' = disagrees with the reference by > {C.TOLERANCE:g} "
-          "(not used as baseline); '-' = not run. "
-          f"total {time.perf_counter() - t_start:.0f} s")
-    C.save_json(args.json, {"kind": "cpu_inference", "return_sequences": args.return_sequences,
-                            "machine": machine, "versions": versions, "notes": notes,
-                            "results": results})
+                                                "inference", budget, min_reps, timeout,
+                                                wait_quiet=args.wait_quiet)
+    C.print_report(args, "cpu_inference", machine, results, versions, notes, t_start,
+                   extra={"return_sequences": args.return_sequences})
     return 0
 
 

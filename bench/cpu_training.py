@@ -33,22 +33,13 @@ def parse_args(argv):
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="Shapes default to " +
                                  ",".join(s.label for s in C.SHAPES[:-1]))
-    ap.add_argument("--shapes", help="comma-separated BxTxIxH (batch x steps x input x units)")
-    ap.add_argument("--threads", default="1,2", help="thread counts (default 1,2)")
-    ap.add_argument("--peers", default=",".join(DEFAULT_PEERS),
-                    help="comma-separated subset of: " + ", ".join(TRAIN_PEERS))
-    ap.add_argument("--quick", action="store_true",
-                    help="short time boxes (0.3 s, 1 timed call minimum) instead of 1.5 s / 3")
-    ap.add_argument("--budget", type=float, help="seconds of timed calls per measurement")
-    ap.add_argument("--json", help="also write all results to this JSON file")
+    C.add_common_args(ap, list(TRAIN_PEERS), DEFAULT_PEERS)
     return C.check_args(ap, ap.parse_args(argv), C.SHAPES[:-1], TRAIN_PEERS)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    budget = args.budget if args.budget is not None else (0.3 if args.quick else 1.5)
-    min_reps = 1 if args.quick else 3
-    timeout = 200 if args.quick else 400
+    budget, min_reps, timeout = C.time_box(args)
     t_start = time.perf_counter()
     print("# fastgru CPU training-step benchmark (float32, forward + BPTT + Adam)\n")
     machine = C.machine_report(args.threads, args.quick)
@@ -64,23 +55,15 @@ def main(argv=None) -> int:
     print("\npeers:")
     with tmp:
         results, versions, notes = P.run_matrix(args.peers, args.threads, files_for,
-                                                "training", budget, min_reps, timeout)
+                                                "training", budget, min_reps, timeout,
+                                                wait_quiet=args.wait_quiet)
     engines = {r.get("engine") for n in args.threads
                for r in results.get("fastgru", {}).get(n, {}).get("results", {}).values()}
-    print("\nversions: " + "; ".join(f"{p} {v}" for p, v in versions.items()))
     if "reference" in engines:
         print("\nNOTE: the fastgru row below ran the REFERENCE engine (the CPU engine has no "
               "backward yet); its ratio is not the CPU engine's.")
-    print("\n" + C.results_table(args.shapes, args.threads, args.peers, results, machine,
-                                 flops_factor=3.0))
-    print("\nverification of the gradients (max over dx, dkernel, drecurrent_kernel, dbias of "
-          "max |peer - ref| / max |ref|):")
-    print("\n".join(C.error_summary(args.peers, args.threads, results)))
-    print(f"\ntimes in ms (median); '!' = disagrees with the reference by > {C.TOLERANCE:g} "
-          "(not used as baseline); '-' = not run. "
-          f"total {time.perf_counter() - t_start:.0f} s")
-    C.save_json(args.json, {"kind": "cpu_training", "machine": machine, "versions": versions,
-                            "notes": notes, "results": results})
+    C.print_report(args, "cpu_training", machine, results, versions, notes, t_start,
+                   flops_factor=3.0)
     return 0
 
 
