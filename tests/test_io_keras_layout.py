@@ -13,6 +13,12 @@ from fastgru.layers.bidirectional import Bidirectional
 from fastgru.layers.dense import Dense
 from fastgru.layers.sequential import Sequential
 
+try:
+    import h5py
+except ImportError:  # the ImportError test still runs
+    h5py = None
+needs_h5py = pytest.mark.skipif(h5py is None, reason="h5py is not installed")
+
 rng = np.random.default_rng(2)
 
 
@@ -24,9 +30,6 @@ def test_missing_h5py_is_a_clear_import_error(monkeypatch, tmp_path):
         load_keras_weights(model, tmp_path / "x.weights.h5")
 
 
-h5py = pytest.importorskip("h5py")
-
-
 def _vars(f, path, arrays, name):
     g = f.create_group(path + "/vars")
     g.attrs["name"] = name
@@ -34,6 +37,7 @@ def _vars(f, path, arrays, name):
         g.create_dataset(str(i), data=a)
 
 
+@needs_h5py
 def test_hand_written_sequential_layout(tmp_path):
     model = Sequential([GRU(3, return_sequences=True, name="enc"),
                         Bidirectional(GRU(2, return_sequences=True, reset_after=False)),
@@ -61,6 +65,7 @@ def test_hand_written_sequential_layout(tmp_path):
         np.testing.assert_array_equal(a, b)
 
 
+@needs_h5py
 def test_single_layer_from_a_one_layer_file(tmp_path):
     gru = GRU(2)
     gru.build((None, None, 3))

@@ -19,6 +19,12 @@ from fastgru.layers.bidirectional import Bidirectional
 from fastgru.layers.dense import Dense
 from fastgru.layers.sequential import Sequential
 
+try:
+    import torch
+except ImportError:  # the NumPy-only tests still run
+    torch = None
+needs_torch = pytest.mark.skipif(torch is None, reason="PyTorch is not installed")
+
 rng = np.random.default_rng(7)
 
 
@@ -88,9 +94,8 @@ def _built(model, dim=3):
 
 
 # --------------------------------------------------------------------------- against torch
-torch = pytest.importorskip("torch")
 
-
+@needs_torch
 @pytest.mark.parametrize("num_layers,bidirectional,bias,batch_first", [
     (1, False, True, True), (1, True, True, True), (2, False, False, True),
     (2, True, True, False), (3, True, False, True), (1, False, True, False)])
@@ -113,6 +118,7 @@ def test_from_torch_matches_torch(num_layers, bidirectional, bias, batch_first):
         np.testing.assert_allclose(last, h_n[-1].detach().numpy(), rtol=1e-10, atol=1e-12)
 
 
+@needs_torch
 def test_initial_state_maps_to_torch_h0():
     gru = torch.nn.GRU(3, 2, batch_first=True).double()
     x = rng.normal(size=(4, 5, 3))
@@ -123,6 +129,7 @@ def test_initial_state_maps_to_torch_h0():
                                rtol=1e-10, atol=1e-12)
 
 
+@needs_torch
 @pytest.mark.parametrize("model_fn", [
     lambda: GRU(3, return_sequences=True),
     lambda: Bidirectional(GRU(3, return_sequences=True)),
@@ -147,6 +154,7 @@ def test_to_torch_matches_fastgru(model_fn):
         np.testing.assert_array_equal(a, b)
 
 
+@needs_torch
 def test_prefixed_state_dict_of_a_larger_module():
     class Net(torch.nn.Module):
         def __init__(self):
