@@ -15,8 +15,8 @@ import sys
 import numpy as np
 import pytest
 
-from fastgru.io import load_keras, load_keras_weights, model_from_keras_config
-from fastgru.layers import GRU
+from fastgru.io import load_keras, load_keras_weights, model_from_keras_config, serialize_layer
+from fastgru.layers import GRU, RNN, GRUCell
 from fastgru.layers.bidirectional import Bidirectional
 from fastgru.layers.dense import Dense
 from fastgru.layers.sequential import Sequential
@@ -100,6 +100,13 @@ for mode in ("concat", "sum", "mul", "ave", None):
             expected[f"{name}/out{i}"] = keras.ops.convert_to_numpy(r)
         expected[name + "/n_out"] = np.array(len(res))
 
+# 4. fastgru -> Keras: a config written by fastgru, deserialised by Keras
+with open(os.path.join(out, "fastgru_config.json")) as f:
+    fg = keras.saving.deserialize_keras_object(json.load(f))
+with np.load(os.path.join(out, "fastgru.npz")) as f:
+    fg.set_weights([f[f"w{i}"] for i in range(len(fg.weights))])
+    expected["from_fastgru"] = keras.ops.convert_to_numpy(fg(f["x"], mask=f["mask"]))
+
 np.savez(os.path.join(out, "expected.npz"), **expected)
 with open(os.path.join(out, "configs.json"), "w") as f:
     json.dump(configs, f)
@@ -134,9 +141,28 @@ HAVE_KERAS2 = importlib.util.find_spec("tf_keras") is not None
 TOL = dict(rtol=2e-5, atol=2e-6)  # float32 rounding (different summation orders)
 
 
+def _fastgru_model():
+    return Sequential([GRU(4, return_sequences=True),
+                       Bidirectional(GRU(2, reset_after=False, return_sequences=True),
+                                     merge_mode="mul"),
+                       RNN([GRUCell(3), GRUCell(2)], return_sequences=True),
+                       GRU(2, go_backwards=True), Dense(2, activation="softmax")])
+
+
 @pytest.fixture(scope="module")
 def kdir(tmp_path_factory):
     out = tmp_path_factory.mktemp("keras")
+    # a fastgru model for Keras to read back (test_fastgru_config_loads_in_keras)
+    model = _fastgru_model()
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    mask = np.arange(5)[None, :] < np.array([5, 2, 4])[:, None]
+    model.build(x.shape)
+    weights = [rng.normal(scale=0.5, size=w.shape).astype(np.float32) for w in model.weights]
+    model.set_weights(weights)
+    (out / "fastgru_config.json").write_text(json.dumps(serialize_layer(model)))
+    np.savez(out / "fastgru.npz", x=x, mask=mask, y=model(x, mask=mask),
+             **{f"w{i}": w for i, w in enumerate(weights)})
     env = dict(os.environ, KERAS_BACKEND=BACKEND, TF_CPP_MIN_LOG_LEVEL="3",
                CUDA_VISIBLE_DEVICES="")
     script = KERAS_SCRIPT + (KERAS2_SCRIPT if HAVE_KERAS2 else "")  # one process: one import
@@ -207,6 +233,13 @@ def test_weight_count_mismatch_is_a_clear_error(kdir):
 def test_weights_h5_needs_load_keras_weights(kdir):
     with pytest.raises(ValueError, match="load_keras_weights"):
         load_keras(kdir / "seq.weights.h5")
+
+
+def test_fastgru_config_loads_in_keras(kdir, expected):
+    """The other direction: Keras deserialises fastgru's config and, given fastgru's
+    weights, computes fastgru's outputs (masks included)."""
+    with np.load(kdir / "fastgru.npz") as f:
+        np.testing.assert_allclose(expected["from_fastgru"], f["y"], **TOL)
 
 
 def test_keras3_legacy_h5(kdir, expected):
