@@ -117,7 +117,7 @@ class _Owned:
 class _Plan:
     """Descriptors, weight layout and per-shape caches of one (device, dtype, D, u) config."""
 
-    def __init__(self, backend, handle, dtype, D: int, u: int):
+    def __init__(self, handle, dtype, D: int, u: int):
         import cupy
 
         self.dtype = np.dtype(dtype)
@@ -264,7 +264,7 @@ class CudnnBackend:
         with self._lock:
             p = self._plans.get(key)
             if p is None:
-                p = self._plans[key] = _Plan(self, self.handle(), dtype, D, u)
+                p = self._plans[key] = _Plan(self.handle(), dtype, D, u)
         return p
 
     def forward(self, plan, space, x_c, h0, lengths, training):
