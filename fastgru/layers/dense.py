@@ -160,7 +160,7 @@ class Dense(Layer):
     def forward(self, inputs, mask=None, training: bool = True):
         """``(outputs, tape)`` for :meth:`backward`."""
         if not self.built:
-            self.build(tuple(np.shape(inputs)))
+            self.build(self._build_shape(inputs))
         x = self._check(inputs)
         a = self._affine(x)
         y = self.activation(a)
