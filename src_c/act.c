@@ -13,11 +13,6 @@
 #define SQRT2 1.4142135623730951
 #define INV_SQRT_2PI 0.3989422804014327
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define FG_CLONES
-#endif
 
 /* exp(x) for x <= 0 (Cephes polynomial, ~1 ulp), branch-free so loops vectorise.
  * Arguments below -87 give exp(-87) ~ 1.6e-38 (negligible where it is used); NaN stays NaN. */

@@ -14,6 +14,14 @@
 #define FG_WF 64
 #define FG_WD 32
 
+/* Elementwise loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time;
+ * with -ffp-contract=off every clone computes the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define FG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define FG_CLONES
+#endif
+
 enum { FG_ISA_GENERIC = 0, FG_ISA_AVX2 = 1, FG_ISA_AVX512 = 2 };
 
 /* scipy.linalg.cython_blas signatures (Fortran BLAS). */

@@ -110,10 +110,83 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
         }                                                                                     \
     }
 
-FG_DEFINE_ISA(gemm_avx512_f, "avx512f,fma", __m512, float, FG_WF, 16, 4, _mm512_loadu_ps,
-              _mm512_storeu_ps, _mm512_set1_ps, _mm512_setzero_ps, _mm512_fmadd_ps)
-FG_DEFINE_ISA(gemm_avx512_d, "avx512f,fma", __m512d, double, FG_WD, 8, 4, _mm512_loadu_pd,
-              _mm512_storeu_pd, _mm512_set1_pd, _mm512_setzero_pd, _mm512_fmadd_pd)
+/* AVX-512 (32 vector registers): a tile is MR rows x NP whole panels (4 vectors each).
+ * Large row counts use 6 x 1 tiles (24 accumulators, 4 loads + 6 broadcasts per 24 FMAs);
+ * one or two leftover rows take several panels at once (1 x 4, 2 x 2) so that enough
+ * independent FMA chains are in flight: the k order of every element stays the same. */
+#define FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP)          \
+    static inline __attribute__((always_inline, target("avx512f,fma"))) void                  \
+        NAME##_##MR##x##NP(int K, const REAL *A, long lda, const REAL *P, long pstride,       \
+                           REAL *C, long ldc)                                                 \
+    {                                                                                         \
+        VT acc[MR][NP * 4];                                                                   \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < NP * 4; v++) acc[r][v] = ZERO();                              \
+        for (int k = 0; k < K; k++) {                                                         \
+            VT a[MR];                                                                         \
+            for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                   \
+            for (int q = 0; q < NP; q++)                                                      \
+                for (int v = 0; v < 4; v++) {                                                 \
+                    VT b = LOAD(P + q * pstride + (long)k * W + v * VW);                      \
+                    for (int r = 0; r < MR; r++)                                              \
+                        acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]);               \
+                }                                                                             \
+        }                                                                                     \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < NP * 4; v++) STORE(C + (long)r * ldc + v * VW, acc[r][v]);    \
+    }
+
+#define FG_DEFINE_512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                   \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6, 1)                \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 5, 1)                \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 4, 1)                \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 3, 1)                \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2, 2)                \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2, 1)                \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 4)                \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2)                \
+    FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1)                \
+    static __attribute__((target("avx512f,fma"))) void NAME(int M, int K, const REAL *A,      \
+                                                            long lda, const REAL *P,          \
+                                                            long pstride, int np, REAL *C,    \
+                                                            long ldc)                         \
+    {                                                                                         \
+        int i0 = M - M % 6, rem = M % 6;                                                      \
+        for (int p = 0; p < np; p++) {                                                        \
+            const REAL *Pp = P + (long)p * pstride;                                           \
+            REAL *Cp = C + (long)p * W;                                                       \
+            for (int i = 0; i < i0; i += 6)                                                   \
+                NAME##_6x1(K, A + (long)i * lda, lda, Pp, pstride, Cp + (long)i * ldc, ldc);  \
+            const REAL *Ar = A + (long)i0 * lda;                                              \
+            REAL *Cr = Cp + (long)i0 * ldc;                                                   \
+            if (rem == 5) NAME##_5x1(K, Ar, lda, Pp, pstride, Cr, ldc);                        \
+            if (rem == 4) NAME##_4x1(K, Ar, lda, Pp, pstride, Cr, ldc);                        \
+            if (rem == 3) NAME##_3x1(K, Ar, lda, Pp, pstride, Cr, ldc);                        \
+        }                                                                                     \
+        if (rem == 1 || rem == 2) {                                                           \
+            const REAL *Ar = A + (long)i0 * lda;                                              \
+            REAL *Cr = C + (long)i0 * ldc;                                                    \
+            int p = 0;                                                                        \
+            if (rem == 1) {                                                                   \
+                for (; p + 4 <= np; p += 4)                                                   \
+                    NAME##_1x4(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc);        \
+                for (; p + 2 <= np; p += 2)                                                   \
+                    NAME##_1x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc);        \
+                for (; p < np; p++)                                                           \
+                    NAME##_1x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc);        \
+            } else {                                                                          \
+                for (; p + 2 <= np; p += 2)                                                   \
+                    NAME##_2x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc);        \
+                for (; p < np; p++)                                                           \
+                    NAME##_2x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc);        \
+            }                                                                                 \
+        }                                                                                     \
+    }
+
+FG_DEFINE_512(gemm_avx512_f, __m512, float, FG_WF, 16, _mm512_loadu_ps, _mm512_storeu_ps,
+              _mm512_set1_ps, _mm512_setzero_ps, _mm512_fmadd_ps)
+FG_DEFINE_512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _mm512_storeu_pd,
+              _mm512_set1_pd, _mm512_setzero_pd, _mm512_fmadd_pd)
 FG_DEFINE_ISA(gemm_avx2_f, "avx2,fma", __m256, float, FG_WF, 8, 2, _mm256_loadu_ps,
               _mm256_storeu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_fmadd_ps)
 FG_DEFINE_ISA(gemm_avx2_d, "avx2,fma", __m256d, double, FG_WD, 4, 2, _mm256_loadu_pd,

@@ -80,6 +80,42 @@ static FN(team_buf) FN(carve)(REAL *q, int rows, int u, int up)
     return tb;
 }
 
+/* Elementwise pieces of the gate pass; restrict + simd so they vectorise. */
+FG_CLONES static void FN(add3)(int n, const REAL *restrict gx, const REAL *restrict b,
+                            const REAL *restrict gh, const REAL *restrict br, REAL *restrict out)
+{   /* out = ((gx + b) + gh) (+ br): the reference's summation order */
+    if (br) {
+#pragma omp simd
+        for (int j = 0; j < n; j++) out[j] = ((gx[j] + b[j]) + gh[j]) + br[j];
+    } else {
+#pragma omp simd
+        for (int j = 0; j < n; j++) out[j] = (gx[j] + b[j]) + gh[j];
+    }
+}
+
+FG_CLONES static void FN(cand_after)(int n, const REAL *restrict gx, const REAL *restrict b,
+                                  const REAL *restrict gh, const REAL *restrict br,
+                                  const REAL *restrict r, REAL *restrict rp, REAL *restrict ah)
+{   /* reset_after candidate: rp = h@Uh + bh_r, ah = (x@Wh + bh_i) + r * rp */
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        REAL v = gh[j] + br[j];
+        rp[j] = v;
+        ah[j] = (gx[j] + b[j]) + r[j] * v;
+    }
+}
+
+FG_CLONES static void FN(mix)(int n, const REAL *restrict z, const REAL *restrict h,
+                           const REAL *restrict hh, REAL *restrict hn, REAL *restrict y)
+{
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        REAL o = z[j] * h[j] + (1 - z[j]) * hh[j];
+        hn[j] = o;
+        y[j] = o;
+    }
+}
+
 /* Candidate, mix, mask select and writes for one row b over units [ulo, ulo + nu): ah holds
  * the candidate pre-activations; hr, zr, hnr, yr point at the row's state, update gate, next
  * state and emitted output (full width u, indexed by unit). */
@@ -95,11 +131,7 @@ static inline void FN(finish)(const fg_fwd_args *a, const REAL *ah, REAL *hh, co
     if (a->hprev) memcpy((REAL *)a->hprev + base * u + ulo, hr + ulo, (size_t)nu * sizeof(REAL));
     hr += ulo, zr += ulo, hnr += ulo, yr += ulo;
     if (m) {
-        for (int j = 0; j < nu; j++) {
-            REAL o = zr[j] * hr[j] + (1 - zr[j]) * hh[j];
-            hnr[j] = o;
-            yr[j] = o;
-        }
+        FN(mix)(nu, zr, hr, hh, hnr, yr);
     } else {
         memcpy(hnr, hr, (size_t)nu * sizeof(REAL));
         if (a->zero_output_for_mask) memset(yr, 0, (size_t)nu * sizeof(REAL));
@@ -156,20 +188,16 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                     Ag[g] = hg;
                 }
             }
-            for (int g = 0; g < (ra ? 3 : 2); g++)
-                PANELS(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride, pstride,
-                       p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
+            if (!mh && p_lo == 0 && p_hi == npu) /* the gates' panels are adjacent: one call */
+                PANELS(a->isa, nr, u, hc, u, upk, pstride, (ra ? 3 : 2) * npu, tb->gh, ldgh);
+            else
+                for (int g = 0; g < (ra ? 3 : 2); g++)
+                    PANELS(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride,
+                           pstride, p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
             for (int i = 0; i < nr; i++) {
                 const REAL *gxr = tb->gx + ((long)kk * nr + i) * u3, *ghr = tb->gh + (long)i * ldgh;
-                for (int j = 0; j < nu; j++) {
-                    az[j] = (gxr[ulo + j] + bi[ulo + j]) + ghr[ulo + j];
-                    ar[j] = (gxr[u + ulo + j] + bi[u + ulo + j]) + ghr[up + ulo + j];
-                }
-                if (ra)
-                    for (int j = 0; j < nu; j++) {
-                        az[j] = az[j] + br[ulo + j];
-                        ar[j] = ar[j] + br[u + ulo + j];
-                    }
+                FN(add3)(nu, gxr + ulo, bi + ulo, ghr + ulo, ra ? br + ulo : NULL, az);
+                FN(add3)(nu, gxr + u + ulo, bi + u + ulo, ghr + up + ulo, ra ? br + u + ulo : NULL, ar);
                 ACT(a->rec_act, nu, az, zv);
                 ACT(a->rec_act, nu, ar, rv);
                 long base = (long)(r0 + i) * T + k;
@@ -179,10 +207,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 }
                 if (ra) {
                     REAL *rpv = hh; /* reuse as scratch until act() overwrites it */
-                    for (int j = 0; j < nu; j++) {
-                        rpv[j] = ghr[2 * up + ulo + j] + br[2 * u + ulo + j];
-                        ah[j] = (gxr[2 * u + ulo + j] + bi[2 * u + ulo + j]) + rv[j] * rpv[j];
-                    }
+                    FN(cand_after)(nu, gxr + 2 * u + ulo, bi + 2 * u + ulo, ghr + 2 * up + ulo,
+                                   br + 2 * u + ulo, rv, rpv, ah);
                     if (rpt) memcpy(rpt + base * u + ulo, rpv, (size_t)nu * sizeof(REAL));
                     memcpy(tb->zs + (long)i * u + ulo, zv, (size_t)nu * sizeof(REAL));
                 } else {
@@ -206,8 +232,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                        p_hi - p_lo, tb->gh + 2 * up + p_lo * W, ldgh);
                 for (int i = 0; i < nr; i++) {
                     const REAL *gxr = tb->gx + ((long)kk * nr + i) * u3, *ghr = tb->gh + (long)i * ldgh;
-                    for (int j = 0; j < nu; j++)
-                        ah[j] = (gxr[2 * u + ulo + j] + bi[2 * u + ulo + j]) + ghr[2 * up + ulo + j];
+                    FN(add3)(nu, gxr + 2 * u + ulo, bi + 2 * u + ulo, ghr + 2 * up + ulo, NULL, ah);
                     FN(finish)(a, ah, hh, hc + (long)i * u, tb->zs + (long)i * u, hn + (long)i * u,
                                tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
                 }

@@ -41,8 +41,12 @@ except ImportError as exc:  # source tree without a build: everything else still
 _ISA = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAME = {v: k for k, v in _ISA.items()}
 # Input-projection GEMMs aim at this many rows, and their output chunk at most this many bytes.
-_PROJ_ROWS = 256
-_CHUNK_BYTES = 4 << 20
+_PROJ_ROWS = 1024
+_CHUNK_BYTES = 8 << 20
+# Recurrent kernels bigger than this (bytes) do not stay in a core's L2: then threads split the
+# units even for large batches, so that each streams only its share of U every step.
+_U_L2_BYTES = 1 << 20
+_SPLIT_MAX_ROWS = 32
 # Below this much per-step work (B * u * 3u multiply-adds) a barrier per step costs more than
 # splitting the units gains, so a small batch stays on fewer threads.
 _SPLIT_MIN_WORK = 1 << 15
@@ -79,10 +83,17 @@ def _isa(kernel) -> int:
 
 
 def _plan(B: int, T: int, u: int, itemsize: int, n_threads: int):
-    """(threads, split_units, chunk steps, reason)."""
+    """(threads, split_units, chunk steps, reason). The result never changes any number: rows
+    are bit-identical on every plan."""
     panel = 256 // itemsize
     npu = -(-u // panel)
-    if B >= n_threads or n_threads == 1:
+    big_u = u * 3 * u * itemsize > _U_L2_BYTES and B / n_threads < _SPLIT_MAX_ROWS
+    if n_threads > 1 and npu >= n_threads and big_u:
+        nthr, split = n_threads, True
+        why = (f"{n_threads} threads split the {u} units (the recurrent kernel exceeds a core's "
+               f"L2 and the batch is small: each thread streams only its share; one barrier "
+               f"per step)")
+    elif B >= n_threads or n_threads == 1:
         nthr, split = min(n_threads, max(B, 1)), False
         why = (f"{nthr} thread(s), each running the whole time loop for its share of the "
                f"{B} batch rows (no synchronisation between steps)")
