@@ -227,3 +227,262 @@ def test_real_library_host_side_descriptor_calls(monkeypatch):
         api.call("cudnnSetRNNDataDescriptor", dd.ptr, api.DATA_FLOAT,
                  api.RNN_DATA_BATCH_MAJOR_UNPACKED, 5, 3, 64, api.int_array([6, 1, 3]),
                  ctypes.byref(fill))
+
+
+# --------------------------------------------------------------------------------------------
+# CudnnBackend end to end against a simulated libcudnn: every call goes through the real
+# ctypes prototypes' from_param conversions, and the simulated library reads and writes the
+# raw memory behind the pointers it is given, like cuDNN does.
+
+
+class SimulatedLibcudnn:
+    """The subset of libcudnn.so.9 the engine calls, computed with the reference engine."""
+
+    def __init__(self, shuffled=False, extra_elems=5):
+        from test_cudnn_packing import shuffled_layout
+
+        self.shuffled_layout, self.shuffled, self.extra = shuffled_layout, shuffled, extra_elems
+        self.next_id = 1000
+        self.tensors, self.data, self.rnn, self.calls, self.tapes = {}, {}, {}, [], {}
+
+    # -- plumbing: prototypes, arity, conversions
+    def __getattr__(self, name):
+        if name not in api.PROTOTYPES:
+            raise AttributeError(name)
+        argtypes = api.PROTOTYPES[name][1]
+        impl = getattr(self, "_" + name, None)
+
+        def fn(*args):
+            assert len(args) == len(argtypes), (name, len(args))
+            for t, a in zip(argtypes, args):
+                t.from_param(a)  # raises ctypes.ArgumentError-like TypeError if incompatible
+            self.calls.append(name)
+            return impl(*args) if impl else 0
+        return fn
+
+    def _new(self, out):
+        self.next_id += 1
+        out._obj.value = self.next_id
+        return 0
+
+    @staticmethod
+    def _val(p):
+        return p.value if isinstance(p, ctypes.c_void_p) else p
+
+    def _array(self, ptr, shape, dt):
+        n = int(np.prod(shape))
+        ctype = ctypes.c_double if dt == api.DATA_DOUBLE else ctypes.c_float
+        return np.ctypeslib.as_array((ctype * n).from_address(self._val(ptr))).reshape(shape)
+
+    def cudnnGetVersion(self):
+        return 92800
+
+    def cudnnGetErrorString(self, status):
+        return b"CUDNN_STATUS_SIMULATED"
+
+    def cudnnGetLastErrorString(self, buf, n):
+        pass
+
+    _cudnnCreate = _new
+    _cudnnCreateTensorDescriptor = _new
+    _cudnnCreateDropoutDescriptor = _new
+    _cudnnCreateRNNDescriptor = _new
+    _cudnnCreateRNNDataDescriptor = _new
+
+    def _cudnnSetTensorNdDescriptor(self, d, dt, nb, dims, strides):
+        self.tensors[self._val(d)] = (dt, tuple(dims[:nb]), tuple(strides[:nb]))
+        return 0
+
+    def _cudnnGetTensorNdDescriptor(self, d, nreq, dt, nb, dims, strides):
+        t, ds, _ = self.tensors[self._val(d)]
+        dt._obj.value, nb._obj.value = t, len(ds)
+        for i, v in enumerate(ds):
+            dims[i] = v
+        return 0
+
+    def _cudnnSetRNNDescriptor_v8(self, r, algo, mode, bias, dirm, inm, dt, prec, math, D, H,
+                                  proj, layers, drop, aux):
+        assert (mode, bias, dirm, inm, layers, aux) == (
+            api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS, api.UNIDIRECTIONAL, api.LINEAR_INPUT, 1,
+            api.RNN_PADDED_IO_ENABLED)
+        assert dt == prec and proj == H
+        self.rnn[self._val(r)] = dict(dt=dt, D=D, H=H, math=math)
+        return 0
+
+    def _cfg(self, r):
+        return self.rnn[self._val(r)]
+
+    def _layout(self, c):
+        from fastgru.engines import _cudnn_layout as layout
+
+        if self.shuffled:
+            return self.shuffled_layout(c["D"], c["H"])
+        return layout.documented_layout(c["D"], c["H"]), layout.keras_size(c["D"], c["H"])
+
+    def _itemsize(self, c):
+        return 8 if c["dt"] == api.DATA_DOUBLE else 4
+
+    def _cudnnGetRNNWeightSpaceSize(self, h, r, size):
+        c = self._cfg(r)
+        size._obj.value = (self._layout(c)[1] + self.extra) * self._itemsize(c)
+        return 0
+
+    def _cudnnGetRNNWeightParams(self, h, r, pseudo, wsize, wspace, lin, mdesc, maddr, bdesc,
+                                 baddr):
+        c = self._cfg(r)
+        assert pseudo == 0 and wsize.value == (self._layout(c)[1] + self.extra) * \
+            self._itemsize(c)
+        for p in self._layout(c)[0]:
+            if p.lin == lin:
+                addr, desc = (maddr, mdesc) if p.kind == "W" else (baddr, bdesc)
+                addr._obj.value = self._val(wspace) + p.offset * self._itemsize(c)
+                dims = (1,) + tuple(p.shape) + ((1,) if p.kind == "b" else ())
+                self.tensors[self._val(desc)] = (c["dt"], dims, ())
+        return 0
+
+    def _cudnnSetRNNDataDescriptor(self, d, dt, lay, T, B, V, lens, fill):
+        assert lay == api.RNN_DATA_BATCH_MAJOR_UNPACKED
+        lengths = [lens[i] for i in range(B)]
+        assert all(1 <= v <= T for v in lengths)
+        fill_val = ctypes.cast(fill, ctypes.POINTER(
+            ctypes.c_double if dt == api.DATA_DOUBLE else ctypes.c_float)).contents.value
+        assert fill_val == 0.0
+        self.data[self._val(d)] = dict(dt=dt, T=T, B=B, V=V, lengths=np.array(lengths))
+        return 0
+
+    def _cudnnGetRNNTempSpaceSizes(self, h, r, mode, xd, work, reserve):
+        work._obj.value = 256
+        reserve._obj.value = 512 if mode == api.FWD_MODE_TRAINING else 0
+        return 0
+
+    def _weights(self, r, wspace):
+        from test_cudnn_packing import fake_read
+
+        c = self._cfg(r)
+        params, n = self._layout(c)
+        space = self._array(wspace, (n + self.extra,), c["dt"]).astype(np.float64)
+        return Weights(*fake_read(space, params, c["D"], c["H"])), params, n
+
+    def _cudnnRNNForward(self, h, r, mode, devlen, xd, x, yd, y, hd, hx, hy, cd, cx, cy,
+                         wsize, w, worksize, work, ressize, res):
+        from fastgru.engines import reference
+
+        c, xdd = self._cfg(r), self.data[self._val(xd)]
+        B, T, D, H = xdd["B"], xdd["T"], c["D"], c["H"]
+        assert self.tensors[self._val(hd)][1] == (1, B, H) and cx is None and cy is None
+        assert worksize.value == 256 and work is not None
+        dev = np.ctypeslib.as_array((ctypes.c_int32 * B).from_address(self._val(devlen)))
+        np.testing.assert_array_equal(dev, xdd["lengths"])
+        wts, _, _ = self._weights(r, w)
+        xs = self._array(x, (B, T, D), c["dt"]).astype(np.float64)
+        h0 = self._array(hx, (B, H), c["dt"]).astype(np.float64)
+        mask = np.arange(T)[None, :] < xdd["lengths"][:, None]
+        spec = GRUSpec(H, return_sequences=True, zero_output_for_mask=True, **TANH_SIGMOID)
+        training = mode == api.FWD_MODE_TRAINING
+        assert (ressize.value > 0) == training
+        out, hl, tape = reference.forward(xs, wts, h0, spec, mask, training=training)
+        self._array(y, (B, T, H), c["dt"])[...] = out
+        self._array(hy, (B, H), c["dt"])[...] = hl
+        if training:
+            self.tapes[self._val(res)] = dict(tape=tape, grads=None)
+        return 0
+
+    def _cudnnRNNBackwardData_v8(self, h, r, devlen, yd, y, dy, xd, dx, hd, hx, dhy, dhx, cd,
+                                 cx, dcy, dcx, wsize, w, worksize, work, ressize, res):
+        from fastgru.engines import reference
+
+        c, xdd = self._cfg(r), self.data[self._val(xd)]
+        B, T, D, H = xdd["B"], xdd["T"], c["D"], c["H"]
+        rec = self.tapes[self._val(res)]
+        assert rec["grads"] is None, "BackwardData must run exactly once per forward"
+        d_y = self._array(dy, (B, T, H), c["dt"]).astype(np.float64)
+        d_h = self._array(dhy, (B, H), c["dt"]).astype(np.float64)
+        g = reference.backward(rec["tape"], d_y, d_h)
+        self._array(dx, (B, T, D), c["dt"])[...] = g.x
+        self._array(dhx, (B, H), c["dt"])[...] = g.h0
+        rec["grads"] = g
+        return 0
+
+    def _cudnnRNNBackwardWeights_v8(self, h, r, add, devlen, xd, x, hd, hx, yd, y, wsize, dw,
+                                    worksize, work, ressize, res):
+        from test_cudnn_packing import fake_write
+
+        assert add == api.WGRAD_MODE_ADD
+        c = self._cfg(r)
+        rec = self.tapes.pop(self._val(res))
+        assert rec["grads"] is not None, "BackwardWeights must follow BackwardData"
+        _, params, n = self._weights(r, dw)
+        buf = self._array(dw, (n + self.extra,), c["dt"])
+        assert not buf.any(), "dweightSpace must be zeroed for WGRAD_MODE_ADD"
+        g = rec["grads"]
+        buf[:n] += fake_write(n, params, g.kernel, g.recurrent_kernel, g.bias)
+        return 0
+
+
+@pytest.fixture
+def simulated(monkeypatch):
+    """The real CudnnBackend with NumPy arrays for CuPy's and SimulatedLibcudnn for cuDNN."""
+    import types
+
+    lib = SimulatedLibcudnn(shuffled=True)
+    fake_cupy = types.ModuleType("cupy")
+    for name in ("empty", "zeros", "asarray", "empty_like", "uint8", "int32"):
+        setattr(fake_cupy, name, getattr(np, name))
+    fake_cupy.cuda = types.SimpleNamespace(
+        runtime=types.SimpleNamespace(getDevice=lambda: 0),
+        get_current_stream=lambda: types.SimpleNamespace(ptr=0))
+    monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+    monkeypatch.setattr(api, "_lib", lib)
+    monkeypatch.setattr(cudnn, "_addr", lambda a: a.ctypes.data)
+    monkeypatch.setattr(cudnn.CudnnBackend, "accepts", staticmethod(lambda x: True))
+    monkeypatch.setattr(cudnn, "_BACKEND", cudnn.CudnnBackend())
+    cudnn.clear_caches()
+    yield lib
+    cudnn.clear_caches()
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_backend_call_sequence_against_simulated_library(simulated, dtype, go_backwards):
+    from fastgru.engines import reference
+
+    rng = np.random.default_rng(13)
+    B, T, D, u = 4, 5, 3, 2
+    x = rng.normal(size=(B, T, D))
+    w = Weights(rng.normal(size=(D, 3 * u)) * 0.5, rng.normal(size=(u, 3 * u)) * 0.5,
+                rng.normal(size=(2, 3 * u)) * 0.5)
+    h0 = rng.normal(size=(B, u))
+    mask = np.arange(T)[None, :] < np.array([5, 0, 2, 3])[:, None]
+    sp = spec(units=u, return_sequences=True, go_backwards=go_backwards)
+    cast = [a.astype(dtype) for a in (x, *w, h0)]
+    out, h, tape = cudnn.forward(cast[0], Weights(*cast[1:4]), cast[4], sp, mask, training=True)
+    assert out.dtype == dtype
+    d_out, d_h = rng.normal(size=out.shape), rng.normal(size=h.shape)
+    g = cudnn.backward(tape, d_out.astype(dtype), d_h.astype(dtype))
+    r_out, r_h, r_tape = reference.forward(x, w, h0, sp, mask, training=True)
+    gr = reference.backward(r_tape, d_out, d_h)
+    tol = 1e-10 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(out, r_out, rtol=tol, atol=tol)
+    np.testing.assert_allclose(h, r_h, rtol=tol, atol=tol)
+    for name in ("x", "h0", "kernel", "recurrent_kernel", "bias"):
+        np.testing.assert_allclose(getattr(g, name), getattr(gr, name), rtol=tol * 10,
+                                   atol=tol * 10, err_msg=name)
+    calls = simulated.calls
+    assert calls.index("cudnnRNNBackwardData_v8") < calls.index("cudnnRNNBackwardWeights_v8")
+    assert calls.count("cudnnGetRNNWeightParams") == 6
+    assert calls.count("cudnnSetStream") >= 3  # before every forward/backward
+    math = next(iter(simulated.rnn.values()))["math"]
+    assert math == (api.FMA_MATH if dtype == np.float32 else api.DEFAULT_MATH)
+
+
+def test_backend_caches_descriptors_per_lengths(simulated):
+    rng = np.random.default_rng(14)
+    x = rng.normal(size=(2, 3, 2))
+    w = Weights(rng.normal(size=(2, 6)), rng.normal(size=(2, 6)), rng.normal(size=(2, 6)))
+    h0 = np.zeros((2, 2))
+    for _ in range(3):
+        cudnn.forward(x, w, h0, spec())
+    assert simulated.calls.count("cudnnSetRNNDataDescriptor") == 2  # x and y, once
+    assert simulated.calls.count("cudnnSetRNNDescriptor_v8") == 1
+    cudnn.forward(x, w, h0, spec(), mask=np.array([[True, True, False], [True] * 3]))
+    assert simulated.calls.count("cudnnSetRNNDataDescriptor") == 4

@@ -153,7 +153,7 @@ class _Plan:
     def _weight_params(self, handle, cupy):
         """Ask cudnnGetRNNWeightParams where each matrix and bias lives (offsets in elements)."""
         space = cupy.zeros(self.n_elems, self.dtype)
-        base = space.data.ptr
+        base = _addr(space)
         mdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
         bdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
         params = []
@@ -225,8 +225,13 @@ def _nd_dims(desc) -> tuple:
     return tuple(dims[: nb.value])
 
 
+def _addr(a) -> int:
+    """Device address of a CuPy array."""
+    return a.data.ptr
+
+
 def _ptr(a):
-    return c_void_p(a.data.ptr) if a is not None else None
+    return c_void_p(_addr(a)) if a is not None else None
 
 
 class CudnnBackend:
