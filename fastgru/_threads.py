@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import threading
-from contextlib import contextmanager
 
 _default: int | None = None
 
@@ -87,25 +86,39 @@ def _blas_controllers() -> list:
     return _controllers
 
 
-@contextmanager
-def blas_threads(n: int):
-    """Pin every loaded BLAS to ``n`` threads inside the block (re-entrant and thread-safe:
-    the original counts come back when the last concurrent user leaves)."""
-    global _depth, _saved
-    ctl = _blas_controllers()
-    with _lock:
-        if _depth == 0:
-            _saved = [get() for get, _ in ctl]
-        _depth += 1
-        for get, set_ in ctl:
-            if get() != n:
-                set_(n)
-    try:
-        yield
-    finally:
+class blas_threads:
+    """``with blas_threads(n):`` pins every loaded BLAS to ``n`` threads inside the block.
+    Re-entrant and thread-safe: the original counts come back when the last concurrent user
+    leaves. (A class, not a generator: this runs around every engine call.)"""
+
+    __slots__ = ("n",)
+
+    def __init__(self, n: int):
+        self.n = n
+
+    def __enter__(self):
+        global _depth, _saved
+        ctl = _controllers if _controllers is not None else _blas_controllers()
+        with _lock:
+            if _depth == 0:
+                _saved = [get() for get, _ in ctl]
+                for (_, set_), k in zip(ctl, _saved):
+                    if k != self.n:
+                        set_(self.n)
+            else:
+                for get, set_ in ctl:
+                    if get() != self.n:
+                        set_(self.n)
+            _depth += 1
+        return self
+
+    def __exit__(self, *exc):
+        global _depth, _saved
         with _lock:
             _depth -= 1
             if _depth == 0:
-                for (_, set_), k in zip(ctl, _saved):
-                    set_(k)
+                for (get, set_), k in zip(_controllers, _saved):
+                    if get() != k:
+                        set_(k)
                 _saved = None
+        return False

@@ -63,9 +63,11 @@ FG_DEFINE_GENERIC(f, float, FG_WF, fmaf)
 FG_DEFINE_GENERIC(d, double, FG_WD, fma)
 
 #ifdef FG_X86
-/* One register tile: MR rows x NV vectors starting at column vector cv0 of the panel. */
-#define FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, MR)    \
-    static inline __attribute__((always_inline, target(TGT))) void NAME##_##MR(              \
+/* AVX2 (16 vector registers): a tile is MR rows x NV vectors starting at vector cv0 of one
+ * panel (8 vectors). Rows go in blocks of 3 x 4 vectors (12 accumulators); one or two
+ * leftover rows take 1 x 8 / 2 x 4 so that eight independent FMA chains are in flight. */
+#define FG_DEFINE_TILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NV)         \
+    static inline __attribute__((always_inline, target("avx2,fma"))) void NAME##_##MR##x##NV( \
         int K, const REAL *A, long lda, const REAL *P, int cv0, REAL *C, long ldc)           \
     {                                                                                         \
         VT acc[MR][NV];                                                                       \
@@ -73,40 +75,36 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
             for (int v = 0; v < NV; v++) acc[r][v] = ZERO();                                  \
         const REAL *b = P + cv0 * VW;                                                         \
         for (int k = 0; k < K; k++, b += W) {                                                 \
-            VT bv[NV];                                                                        \
-            for (int v = 0; v < NV; v++) bv[v] = LOAD(b + v * VW);                            \
-            for (int r = 0; r < MR; r++) {                                                    \
-                VT av = SET1(A[(long)r * lda + k]);                                           \
-                for (int v = 0; v < NV; v++) acc[r][v] = FMADD(av, bv[v], acc[r][v]);         \
+            VT a[MR];                                                                         \
+            for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                   \
+            for (int v = 0; v < NV; v++) {                                                    \
+                VT bv = LOAD(b + v * VW);                                                     \
+                for (int r = 0; r < MR; r++) acc[r][v] = FMADD(a[r], bv, acc[r][v]);          \
             }                                                                                 \
         }                                                                                     \
         for (int r = 0; r < MR; r++)                                                          \
             for (int v = 0; v < NV; v++) STORE(C + (long)r * ldc + (cv0 + v) * VW, acc[r][v]); \
     }
 
-#define FG_DEFINE_ISA(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD)          \
-    FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, 1)          \
-    FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, 2)          \
-    FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, 3)          \
-    FG_DEFINE_TILE(NAME, TGT, VT, REAL, W, VW, NV, LOAD, STORE, SET1, ZERO, FMADD, 4)          \
-    static __attribute__((target(TGT))) void NAME(int M, int K, const REAL *A, long lda,      \
-                                                  const REAL *P, long pstride, int np,        \
-                                                  REAL *C, long ldc)                          \
+#define FG_DEFINE_AVX2(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                  \
+    FG_DEFINE_TILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 3, 4)                \
+    FG_DEFINE_TILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2, 4)                \
+    FG_DEFINE_TILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 8)                \
+    static __attribute__((target("avx2,fma"))) void NAME(int M, int K, const REAL *A,         \
+                                                         long lda, const REAL *P, long pstride, \
+                                                         int np, REAL *C, long ldc)           \
     {                                                                                         \
+        int i0 = M - M % 3, rem = M % 3;                                                      \
         for (int p = 0; p < np; p++) {                                                        \
             const REAL *Pp = P + (long)p * pstride;                                           \
             REAL *Cp = C + (long)p * W;                                                       \
-            for (int cv = 0; cv < W / VW; cv += NV) {                                         \
-                int i = 0;                                                                    \
-                for (; i + 4 <= M; i += 4)                                                    \
-                    NAME##_4(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc);     \
-                switch (M - i) {                                                              \
-                case 3: NAME##_3(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc); break; \
-                case 2: NAME##_2(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc); break; \
-                case 1: NAME##_1(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc); break; \
-                default: break;                                                               \
-                }                                                                             \
-            }                                                                                 \
+            for (int cv = 0; cv < 8; cv += 4)                                                 \
+                for (int i = 0; i < i0; i += 3)                                               \
+                    NAME##_3x4(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc);   \
+            if (rem == 2)                                                                     \
+                for (int cv = 0; cv < 8; cv += 4)                                             \
+                    NAME##_2x4(K, A + (long)i0 * lda, lda, Pp, cv, Cp + (long)i0 * ldc, ldc); \
+            if (rem == 1) NAME##_1x8(K, A + (long)i0 * lda, lda, Pp, 0, Cp + (long)i0 * ldc, ldc); \
         }                                                                                     \
     }
 
@@ -187,10 +185,10 @@ FG_DEFINE_512(gemm_avx512_f, __m512, float, FG_WF, 16, _mm512_loadu_ps, _mm512_s
               _mm512_set1_ps, _mm512_setzero_ps, _mm512_fmadd_ps)
 FG_DEFINE_512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _mm512_storeu_pd,
               _mm512_set1_pd, _mm512_setzero_pd, _mm512_fmadd_pd)
-FG_DEFINE_ISA(gemm_avx2_f, "avx2,fma", __m256, float, FG_WF, 8, 2, _mm256_loadu_ps,
-              _mm256_storeu_ps, _mm256_set1_ps, _mm256_setzero_ps, _mm256_fmadd_ps)
-FG_DEFINE_ISA(gemm_avx2_d, "avx2,fma", __m256d, double, FG_WD, 4, 2, _mm256_loadu_pd,
-              _mm256_storeu_pd, _mm256_set1_pd, _mm256_setzero_pd, _mm256_fmadd_pd)
+FG_DEFINE_AVX2(gemm_avx2_f, __m256, float, FG_WF, 8, _mm256_loadu_ps, _mm256_storeu_ps,
+               _mm256_set1_ps, _mm256_setzero_ps, _mm256_fmadd_ps)
+FG_DEFINE_AVX2(gemm_avx2_d, __m256d, double, FG_WD, 4, _mm256_loadu_pd, _mm256_storeu_pd,
+               _mm256_set1_pd, _mm256_setzero_pd, _mm256_fmadd_pd)
 #endif
 
 #define FG_DEFINE_DISPATCH(SUF, REAL)                                                         \

@@ -437,3 +437,17 @@ def test_training_tape_and_inference_tape_none(rng):
     assert cpu.forward(*args, **kw)[2] is None
     tape = cpu.forward(*args, **kw, training=True)[2]
     assert tape.engine == "cpu" and tape.batch == 3 and tape.steps == 5
+
+
+def test_packed_weights_cache_by_caller_key(rng):
+    """With weights_key the packed recurrent kernel is reused; a new key repacks."""
+    args, kw = make_case(rng, 2, 4, 3, 70, return_sequences=True)
+    x, w, h0, spec = args
+    first = cpu.forward(*args, **kw, weights_key=("gru", 1))[0]
+    assert np.array_equal(cpu.forward(*args, **kw, weights_key=("gru", 1))[0], first)
+    w.recurrent_kernel[:] *= 0.5  # in-place change, as an optimizer step does
+    stale = cpu.forward(*args, **kw, weights_key=("gru", 1))[0]
+    assert np.array_equal(stale, first)  # same key: the caller promised nothing changed
+    fresh = cpu.forward(*args, **kw, weights_key=("gru", 2))[0]
+    assert np.array_equal(fresh, cpu.forward(*args, **kw)[0])
+    assert rel_err(fresh, ref_forward(args, kw)[0]) < TOL[np.float64]

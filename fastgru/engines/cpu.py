@@ -23,6 +23,8 @@ environment variable, one of "auto", "avx512", "avx2", "generic".
 from __future__ import annotations
 
 import os
+import threading
+from collections import OrderedDict
 
 import numpy as np
 
@@ -131,6 +133,9 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None) -> str:
 # validation helpers
 
 def _array(a, name, dtype, shape):
+    if type(a) is np.ndarray and a.dtype == dtype and a.shape == shape \
+            and a.flags.c_contiguous:
+        return a  # the common case, without the checks below
     if hasattr(a, "__cuda_array_interface__"):
         raise TypeError(f"{name}: the cpu engine takes NumPy arrays, got {type(a).__module__}."
                         f"{type(a).__name__} (use the GPU engines for device arrays)")
@@ -179,6 +184,31 @@ def _pack_recurrent(U, u):
     return np.concatenate([_pack(U, g * u, u, U.itemsize) for g in range(3)])
 
 
+_PACK_CACHE: OrderedDict = OrderedDict()
+_PACK_CACHE_SIZE = 16
+_pack_lock = threading.Lock()
+
+
+def _packed(U, u, key):
+    """Packed recurrent kernel; cached under the caller's ``key`` (which must change whenever
+    the values do, e.g. ``(variable.uid, variable.version)``). Without a key it is packed on
+    every call: arrays can change in place, so identity alone proves nothing."""
+    if key is None:
+        return _pack_recurrent(U, u)
+    full = (key, U.dtype.str, U.shape)
+    with _pack_lock:
+        hit = _PACK_CACHE.get(full)
+        if hit is not None:
+            _PACK_CACHE.move_to_end(full)
+            return hit
+    packed = _pack_recurrent(U, u)
+    with _pack_lock:
+        _PACK_CACHE[full] = packed
+        while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
+            _PACK_CACHE.popitem(last=False)
+    return packed
+
+
 def _biases(weights, spec, dtype, u):
     u3 = 3 * u
     b = weights.bias
@@ -191,12 +221,15 @@ def _biases(weights, spec, dtype, u):
 
 
 def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutMasks = None,
-            training: bool = False, *, n_threads: int | None = None, kernel: str | None = None):
+            training: bool = False, *, n_threads: int | None = None, kernel: str | None = None,
+            weights_key=None):
     """One GRU layer: ``(outputs, h_last, tape | None)``; see engines/base.py.
 
     x (B, T, D) float32 or float64 (any strides); weights in Keras layout of x's dtype;
     h0 (B, u) or None (zeros); mask (B, T) bool or None; dropout per DropoutMasks.
     ``n_threads``: None = fastgru's default (``fastgru._threads.set_num_threads``).
+    ``weights_key``: optional hashable naming this version of the recurrent kernel (e.g.
+    ``(variable.uid, variable.version)``): its packed form is then cached across calls.
     """
     _check_spec(spec)
     if _gru is None:
@@ -244,7 +277,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     if B > 0:
         n = _threads.resolve(n_threads)
         nthr, split, chunk, _ = _plan(B, T, u, dtype.itemsize, n)
-        upk = _pack_recurrent(U, u)
+        upk = _packed(U, u, weights_key)
         with _threads.blas_threads(1):
             _gru.forward(xc, W, upk, b_in, b_rec, h0, m8, mx,
                          mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev, rp, u,
