@@ -7,6 +7,7 @@ fastgru classes are found by their Keras class names; anything else must be pass
 
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 __all__ = ["register", "serialize", "deserialize"]
@@ -56,7 +57,14 @@ def deserialize(config: Any, custom_objects: dict | None = None):
             "fastgru._serialization.register."
         )
     cfg = config.get("config", {})
-    try:
+    if _takes_custom_objects(cls.from_config):
         return cls.from_config(cfg, custom_objects=custom_objects)
-    except TypeError:
-        return cls.from_config(cfg)
+    return cls.from_config(cfg)
+
+
+def _takes_custom_objects(fn) -> bool:
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return False
+    return "custom_objects" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())

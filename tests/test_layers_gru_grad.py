@@ -33,6 +33,7 @@ def _cells(layer):
 
 def _check(layer, x, h0, mask, fd, training=False, tol=1e-6):
     r = np.random.default_rng(1)
+    layer.n_threads = 1  # hundreds of tiny calls: threads only add latency on a busy machine
     if training:  # create the cells' RNGs so the FD calls can replay their state
         for c in _cells(layer):
             c._rng = np.random.default_rng(42)
