@@ -103,5 +103,17 @@ def test_to_cpu_keeps_values_and_bumps_versions():
         layer.to("tpu")
 
 
+def test_to_moves_states_of_nested_sublayers():
+    gru = GRU(2, stateful=True)
+    gru(np.ones((1, 2, 3), np.float32))
+    moved = []
+    gru._move_state = lambda move: moved.append(move)
+    outer = Layer(name="outer")
+    mid = outer._track(Layer(name="mid"))
+    mid._track(gru)
+    outer.to("cpu")
+    assert len(moved) == 1
+
+
 def test_explain_default():
     assert "Affine" in Affine(1, name="x").explain(np.ones((1, 1)))

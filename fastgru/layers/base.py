@@ -380,10 +380,20 @@ class Layer:
         for w in self._all_variables():
             w.value = move(w.value)
             w.bump()
-        self._move_state(move)
-        for s in self._sublayers:
-            s._move_state(move)
+        for layer in self._layer_tree():
+            layer._move_state(move)
         return self
+
+    def _layer_tree(self) -> list["Layer"]:
+        """This layer and every sublayer below it, each once."""
+        out, stack, seen = [], [self], set()
+        while stack:
+            layer = stack.pop()
+            if id(layer) not in seen:
+                seen.add(id(layer))
+                out.append(layer)
+                stack.extend(layer._sublayers)
+        return out
 
     def _all_variables(self) -> list[Variable]:
         return self.weights
