@@ -175,6 +175,9 @@ def test_stacked_return_structures(rng):
     assert s.shape == (2, 3)
     assert layer.compute_output_shape((None, 3, 4)) == ((None, 2), (None, 3), (None, 2))
     assert layer.state_size == [3, 2] and layer.cell.output_size == 2
+    init = layer.get_initial_state(5)
+    assert [s[0].shape for s in init] == [(5, 3), (5, 2)]
+    assert GRU(4).get_initial_state(2)[0].shape == (2, 4)
 
 
 def test_stacked_weights_order_names_and_dtype(rng):

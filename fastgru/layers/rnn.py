@@ -222,6 +222,10 @@ class RNN(Layer):
                     for c in self.cell.cells]
         return [xp.asarray(s) for s in initial_cell_state(self.cell, batch, self.dtype)]
 
+    def get_initial_state(self, batch_size: int):
+        """Zero states for ``batch_size`` rows, in the cell's structure (Keras RNN API)."""
+        return self._default_states(batch_size, np)
+
     def reset_state(self):
         """Zero the stored states of a stateful layer (no-op otherwise); also for stacks."""
         if self.states is None:
