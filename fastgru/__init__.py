@@ -8,8 +8,17 @@ io (save/load, Keras/PyTorch/ONNX), sklearn (estimators; needs scikit-learn).
 
 from . import activations, constraints, initializers, regularizers
 from ._random import set_seed
-from .layers import (GRU, RNN, Bidirectional, Dense, Grads, GRUCell, Layer, Sequential,
-                     StackedRNNCells)
+from .layers import (
+    GRU,
+    RNN,
+    Bidirectional,
+    Dense,
+    Grads,
+    GRUCell,
+    Layer,
+    Sequential,
+    StackedRNNCells,
+)
 from .variable import Variable
 
 __version__ = "0.1.0"

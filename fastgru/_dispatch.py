@@ -17,8 +17,6 @@ from __future__ import annotations
 import importlib
 import types
 
-import numpy as np
-
 from .engines import reference
 from .engines.base import DropoutMasks, GRUSpec
 
@@ -127,7 +125,7 @@ def choose(spec: GRUSpec, x, mask=None, dropout: DropoutMasks | None = None,
         verdict = supports(spec) if supports is not None else True
         ok, why = verdict if isinstance(verdict, tuple) else (bool(verdict), None)
         if not ok:
-            return reference, (f"the compiled CPU engine does not support this configuration"
+            return reference, ("the compiled CPU engine does not support this configuration"
                                + (f" ({why})" if why else ""))
         return cpu, "NumPy input and the compiled CPU kernels support this configuration"
 

@@ -199,7 +199,8 @@ def _preset(name, scale, mode, distribution):
                     "output_axes": self.output_axes}
 
     _Preset.__name__ = _Preset.__qualname__ = name
-    _Preset.__doc__ = f"VarianceScaling(scale={scale}, mode={mode!r}, distribution={distribution!r})."
+    _Preset.__doc__ = (f"VarianceScaling(scale={scale}, mode={mode!r}, "
+                       f"distribution={distribution!r}).")
     return _Preset
 
 

@@ -84,7 +84,7 @@ def test_grads_lookup():
     assert g["c1/kernel"][0] == 2 and g["rnn/c0/kernel"][0] == 1 and g.bias[0] == 3
     assert g[0][0] == 1 and len(g) == 3 and [w[0] for w in g] == [1, 2, 3]
     with pytest.raises(AttributeError, match="ambiguous"):
-        g.kernel
+        _ = g.kernel
     with pytest.raises(KeyError, match="no gradient named"):
         g["nothing"]
     with pytest.raises(ValueError, match="names"):

@@ -3,7 +3,8 @@ time_major, dtypes, dropout and agreement with the reference engine."""
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import fastgru
 from fastgru import GRU

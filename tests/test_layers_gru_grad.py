@@ -138,7 +138,7 @@ def test_backward_forms_and_errors():
     with pytest.raises(TypeError, match="tape"):
         layer.backward("nope", y)
     with pytest.raises(AttributeError):
-        g1.nothing
+        _ = g1.nothing
     frozen = GRU(2, trainable=False)
     yy, t2 = frozen.forward(x)
     assert frozen.backward(t2, np.ones_like(yy)).weights == []

@@ -3,7 +3,8 @@ on the engines), checked against a plain per-step Python loop implementing spec 
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fastgru import GRU, RNN, GRUCell, StackedRNNCells
 

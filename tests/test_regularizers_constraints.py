@@ -11,7 +11,7 @@ def test_defaults_values_and_gradients(rng, fd):
                        (R.get("l2"), 0.01 * (w * w).sum()),
                        (R.L1L2(0.3, 0.2), 0.3 * np.abs(w).sum() + 0.2 * (w * w).sum())):
         assert reg(w) == pytest.approx(value)
-        np.testing.assert_allclose(reg.gradient(w), fd(lambda: reg(w), w), rtol=1e-6,
+        np.testing.assert_allclose(reg.gradient(w), fd(lambda reg=reg: reg(w), w), rtol=1e-6,
                                    atol=1e-8)
     assert R.L1L2().get_config() == {"l1": 0.0, "l2": 0.0}
     assert R.get("l1_l2").get_config() == {"l1": 0.0, "l2": 0.0}

@@ -16,7 +16,7 @@ import functools
 import re
 import threading
 from collections import defaultdict
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -232,7 +232,7 @@ class Layer:
         for layer in self._sublayers:
             layer.trainable = value
 
-    def _track(self, layer: "Layer") -> "Layer":
+    def _track(self, layer: Layer) -> Layer:
         """Register a sublayer whose weights belong to this layer (after its own)."""
         if not any(layer is s for s in self._sublayers):
             self._sublayers.append(layer)
@@ -365,7 +365,7 @@ class Layer:
         return f"{self.name} ({type(self).__name__}) computes with NumPy/CuPy array operations."
 
     # ------------------------------------------------------------------ devices
-    def to(self, device: str) -> "Layer":
+    def to(self, device: str) -> Layer:
         """Move every Variable (and state) to ``"cpu"`` (NumPy) or ``"gpu"`` (CuPy)."""
         if device not in ("cpu", "gpu"):
             raise ValueError(f"Argument `device` must be 'cpu' or 'gpu'. Received: {device!r}")
@@ -384,7 +384,7 @@ class Layer:
             layer._move_state(move)
         return self
 
-    def _layer_tree(self) -> list["Layer"]:
+    def _layer_tree(self) -> list[Layer]:
         """This layer and every sublayer below it, each once."""
         out, stack, seen = [], [self], set()
         while stack:
