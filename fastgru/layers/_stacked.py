@@ -74,7 +74,7 @@ class StackedRNNCells(Layer):
 
         new_states = []
         x = inputs
-        for cell, s in zip(self.cells, states):
+        for cell, s in zip(self.cells, states, strict=False):
             bare = not isinstance(s, (list, tuple))
             s_list = [s] if bare else list(s)
             x, ns = call_cell(cell, x, s_list, training)

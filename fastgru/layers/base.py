@@ -179,7 +179,8 @@ class Grads:
 
     def __repr__(self):
         shapes = ", ".join(
-            f"{p}={None if w is None else tuple(w.shape)}" for p, w in zip(self.paths, self.weights)
+            f"{p}={None if w is None else tuple(w.shape)}"
+            for p, w in zip(self.paths, self.weights, strict=True)
         )
         return f"Grads({shapes})"
 
@@ -290,14 +291,14 @@ class Layer:
                 f"You called `set_weights(weights)` on layer '{self.name}' with a weight list "
                 f"of length {len(weights)}, but the layer was expecting {len(own)} weights."
             )
-        for var, value in zip(own, weights):
+        for var, value in zip(own, weights, strict=True):
             shape = tuple(np.shape(value))
             if shape != tuple(var.shape):
                 raise ValueError(
                     f"Layer {self.name} weight shape {tuple(var.shape)} is not compatible "
                     f"with provided weight shape {shape}."
                 )
-        for var, value in zip(own, weights):
+        for var, value in zip(own, weights, strict=True):
             xp = array_module(var.value)
             if xp is np:
                 value = to_numpy(value)

@@ -339,7 +339,7 @@ class RNN(Layer):
                 )
             # Keras uses as many leading states as the cell has (GRU: only element 0).
             states = [self._state_array(g, xp, B, d, "initial_state")
-                      for g, d in zip(given, expected)]
+                      for g, d in zip(given, expected, strict=False)]
             return states, [not _is_nested(initial_state)]
         cells = self.cell.cells
         given = list(initial_state) if _is_nested(initial_state) else [initial_state]
@@ -351,7 +351,7 @@ class RNN(Layer):
                 f"cell ({len(cells)}); received {len(given)}"
             )
         states, bare = [], []
-        for i, (cell, g) in enumerate(zip(cells, given)):
+        for i, (cell, g) in enumerate(zip(cells, given, strict=True)):
             leaves = list(g) if _is_nested(g) else [g]
             sizes = _state_sizes(cell)
             if len(leaves) < len(sizes):
@@ -360,7 +360,7 @@ class RNN(Layer):
                     f"'{getattr(cell, 'name', i)}'; received {len(leaves)}"
                 )
             states.append([self._state_array(leaf, xp, B, d, f"initial_state[{i}]")
-                           for leaf, d in zip(leaves, sizes)])
+                           for leaf, d in zip(leaves, sizes, strict=False)])
             bare.append(not _is_nested(g))
         return states, bare
 
@@ -512,7 +512,7 @@ class RNN(Layer):
         return output, states
 
     def _write_states(self, final, xp):
-        for var, value in zip(_flatten(self.states), _flatten(final)):
+        for var, value in zip(_flatten(self.states), _flatten(final), strict=True):
             var.value = xp.array(value, dtype=var.value.dtype, copy=True) \
                 if array_module(var.value) is xp else xp.asarray(value).astype(var.value.dtype)
             var.bump()
@@ -528,7 +528,7 @@ class RNN(Layer):
         cast = lambda s: s.astype(self.dtype, copy=False)  # noqa: E731
         if isinstance(self.cell, StackedRNNCells):
             per_cell = []
-            for s, b in zip(final, bare):
+            for s, b in zip(final, bare, strict=True):
                 s = list(s) if _is_nested(s) else [s]
                 s = [_pack_like(leaf, iter([cast(v) for v in _flatten(leaf)])) for leaf in s]
                 per_cell.append(s[0] if b and len(s) == 1 else s)
@@ -580,7 +580,7 @@ class RNN(Layer):
             dx = dx.swapaxes(0, 1)
         trainable = {w.uid for w in self.trainable_weights}
         weights, names, paths = [], [], []
-        for cell, gr in zip(cells, grads):
+        for cell, gr in zip(cells, grads, strict=True):
             for var, short, value in ((cell.kernel, "kernel", gr.kernel),
                                       (cell.recurrent_kernel, "recurrent_kernel",
                                        gr.recurrent_kernel),
