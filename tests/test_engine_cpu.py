@@ -451,3 +451,21 @@ def test_packed_weights_cache_by_caller_key(rng):
     fresh = cpu.forward(*args, **kw, weights_key=("gru", 2))[0]
     assert np.array_equal(fresh, cpu.forward(*args, **kw)[0])
     assert rel_err(fresh, ref_forward(args, kw)[0]) < TOL[np.float64]
+
+
+def _fork_child_forward(case):
+    args, kw = case
+    return cpu.forward(*args, **kw, n_threads=2)[0]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_forked_child_after_threaded_parent(rng):
+    """GNU OpenMP hangs a fork()ed child that starts a thread team after its parent did: the
+    engine runs such children on one thread (same bits)."""
+    import multiprocessing
+
+    case = make_case(rng, 4, 3, 2, 70, return_sequences=True)
+    want = cpu.forward(*case[0], **case[1], n_threads=2)[0]
+    with multiprocessing.get_context("fork").Pool(1) as pool:
+        got = pool.apply_async(_fork_child_forward, (case,)).get(timeout=60)
+    assert np.array_equal(got, want)

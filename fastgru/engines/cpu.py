@@ -54,6 +54,30 @@ _SPLIT_MAX_ROWS = 32
 _SPLIT_MIN_WORK = 1 << 15
 
 
+# GNU OpenMP cannot run a multi-threaded region in a fork()ed child once the parent has run one
+# (the child hangs): such children run the kernels on one thread.
+_omp_team_used = False
+_forked_child = False
+
+
+def _after_fork_in_child():
+    global _forked_child
+    _forked_child = _forked_child or _omp_team_used
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _max_threads(n: int) -> int:
+    global _omp_team_used
+    if _forked_child:
+        return 1
+    if n > 1:
+        _omp_team_used = True
+    return n
+
+
 def available() -> bool:
     """True when the compiled extension is importable."""
     return _gru is not None
@@ -122,6 +146,9 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None) -> str:
     B, T, D = x_shape
     n = _threads.resolve(n_threads)
     nthr, split, chunk, how = _plan(B, T, spec.units, 4, n)
+    if _forked_child and nthr > 1:
+        how = ("1 thread: this process was fork()ed after its parent ran OpenMP threads, and "
+               "GNU OpenMP cannot start a thread team in such a child")
     isa = _ISA_NAME[_isa(kernel)]
     gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
     return (f"cpu engine (compiled Cython/OpenMP): input projection by BLAS GEMMs over chunks of "
@@ -277,6 +304,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     if B > 0:
         n = _threads.resolve(n_threads)
         nthr, split, chunk, _ = _plan(B, T, u, dtype.itemsize, n)
+        nthr = _max_threads(nthr)
         upk = _packed(U, u, weights_key)
         with _threads.blas_threads(1):
             _gru.forward(xc, W, upk, b_in, b_rec, h0, m8, mx,
@@ -318,7 +346,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
         _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
                       spec.reset_after, spec.go_backwards, spec.return_sequences,
                       spec.zero_output_for_mask, spec.activation.code,
-                      spec.recurrent_activation.code, min(n, B), _isa(kernel))
+                      spec.recurrent_activation.code, _max_threads(min(n, B)), _isa(kernel))
 
     with _threads.blas_threads(n):
         return _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype)
