@@ -52,6 +52,7 @@ Pin ``n_threads`` (or ``OMP_NUM_THREADS``) per worker so workers x threads <= co
 
 from __future__ import annotations
 
+import functools
 import numbers
 import warnings
 from typing import Any
@@ -81,6 +82,7 @@ _STATE_VERSION = 1
 
 
 # --------------------------------------------------------------------------- devices
+@functools.lru_cache(maxsize=1)
 def _gpu_available() -> bool:
     try:
         import cupy
@@ -215,6 +217,7 @@ class _Net:
         gru_cls = _gru_class()
         seeds = iter(c["seeds"])
         self.layers, d = [], c["n_in"]
+
         def gru(i, u, name, go_backwards=False):
             return gru_cls(u, name=name, return_sequences=i < len(c["units"]) - 1,
                            go_backwards=go_backwards, reset_after=c["reset_after"],
@@ -609,6 +612,7 @@ class _BaseGRU(BaseEstimator):
             seqs, Y, sw, y_raw = seqs.take(keep), Y[keep], sw[keep], y_raw[keep]
         if not incremental:
             self._check_enough_classes(y_raw)
+        Y = self._scale_targets(Y, fresh)
 
         units = self._units()
         n_in = seqs.x.shape[2]
@@ -924,6 +928,9 @@ class GRUClassifier(ClassifierMixin, _BaseGRU):
             Y = np.ones((n, 1))
         return Y, y
 
+    def _scale_targets(self, Y, fresh: bool):
+        return Y
+
     def _class_weights(self, y):
         if self.class_weight is None:
             return 1.0
@@ -1010,15 +1017,20 @@ class GRURegressor(RegressorMixin, _BaseGRU):
         if fresh:
             self._y_1d = y.ndim == 1
             self.n_outputs_ = Y.shape[1]
-            self._y_mean = Y.mean(axis=0)
-            std = Y.std(axis=0)
-            self._y_scale = np.where(std > 0, std, 1.0)
         elif Y.shape[1] != self.n_outputs_:
             raise ValueError(
                 f"y has {Y.shape[1]} outputs, but {type(self).__name__} was fitted with "
                 f"{self.n_outputs_}."
             )
-        return (Y - self._y_mean) / self._y_scale, y
+        return Y, y
+
+    def _scale_targets(self, Y, fresh: bool):
+        """Standardise with the mean/std of the first fit's rows (positive weight only)."""
+        if fresh:
+            self._y_mean = Y.mean(axis=0)
+            std = Y.std(axis=0)
+            self._y_scale = np.where(std > 0, std, 1.0)
+        return (Y - self._y_mean) / self._y_scale
 
     def _class_weights(self, y):
         return 1.0

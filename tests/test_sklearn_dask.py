@@ -31,7 +31,7 @@ def client():
 def test_grid_search_on_dask_backend(client):
     X, y = data()
     grid = {"units": [3, 5], "learning_rate": [0.01, 0.05]}
-    est = GRUClassifier(max_iter=3, random_state=0)
+    est = GRUClassifier(max_iter=3, random_state=0, n_threads=1)
     with joblib.parallel_config(backend="dask"):
         gs = GridSearchCV(est, grid, cv=2, n_jobs=-1).fit(X, y)
     local = GridSearchCV(est, grid, cv=2, n_jobs=1).fit(X, y)
@@ -44,7 +44,7 @@ def test_grid_search_on_dask_backend(client):
 
 def test_predict_on_dask_array_with_map_blocks(client):
     X, y = data(100)
-    clf = GRUClassifier(max_iter=3, random_state=0).fit(X, y)
+    clf = GRUClassifier(max_iter=3, random_state=0, n_threads=1).fit(X, y)
     Xd = da.from_array(X, chunks=(30, -1, -1))
     labels = Xd.map_blocks(clf.predict, drop_axis=[1, 2], dtype=clf.classes_.dtype)
     proba = Xd.map_blocks(clf.predict_proba, drop_axis=[1, 2], new_axis=1,
@@ -53,6 +53,6 @@ def test_predict_on_dask_array_with_map_blocks(client):
     np.testing.assert_array_equal(lab, clf.predict(X))
     np.testing.assert_allclose(pr, clf.predict_proba(X), rtol=1e-7, atol=1e-7)
 
-    reg = GRURegressor(max_iter=3, random_state=0).fit(X, X[:, :, 0].sum(1))
+    reg = GRURegressor(max_iter=3, random_state=0, n_threads=1).fit(X, X[:, :, 0].sum(1))
     out = Xd.map_blocks(reg.predict, drop_axis=[1, 2], dtype="float64").compute()
     np.testing.assert_allclose(out, reg.predict(X), rtol=1e-6)
