@@ -155,14 +155,17 @@ def choose(spec: GRUSpec, x, mask=None, dropout: DropoutMasks | None = None,
 
 
 def engine_kwargs(engine, n_threads=None, weights_key=None, backward=False) -> dict:
-    """Extra keywords for an engine call: ``n_threads`` for the CPU engine only; the cuDNN
-    forward takes ``weights_key`` (the Variables' (uid, version)) to reuse packed weights."""
+    """Extra keywords for an engine call: ``n_threads`` for the CPU engine only; the CPU and
+    cuDNN forwards take ``weights_key`` (the Variables' (uid, version)) to reuse their packed
+    weights across calls."""
     name = getattr(engine, "__name__", "")
+    kw = {}
     if name == "fastgru.engines.cpu":
-        return {"n_threads": n_threads}
-    if name == "fastgru.engines.cudnn" and not backward and weights_key is not None:
-        return {"weights_key": weights_key}
-    return {}
+        kw["n_threads"] = n_threads
+    if name in ("fastgru.engines.cpu", "fastgru.engines.cudnn") and not backward \
+            and weights_key is not None:
+        kw["weights_key"] = weights_key
+    return kw
 
 
 def describe(engine, reason: str, spec: GRUSpec, x, n_threads=None) -> str:

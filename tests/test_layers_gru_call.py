@@ -338,3 +338,19 @@ def test_layer_moved_to_cpu_keeps_working(rng):
     x = rng.random((1, 2, 3))
     a = layer(x)
     np.testing.assert_array_equal(layer.to("cpu")(x), a)
+
+
+def test_weight_updates_reach_the_engine(rng):
+    """Engines cache packed weights by Variable version: every sanctioned update is seen."""
+    x = rng.normal(size=(2, 4, 3))
+    layer = GRU(3, dtype="float64")
+    first = layer(x)
+    new = [w * 1.5 for w in layer.get_weights()]
+    layer.set_weights(new)
+    np.testing.assert_allclose(layer(x), ref_run(layer, x)[0], atol=1e-12)
+    layer.cell.recurrent_kernel.assign(new[1] * 0.5)
+    np.testing.assert_allclose(layer(x), ref_run(layer, x)[0], atol=1e-12)
+    layer.cell.recurrent_kernel.value[...] = 0.0
+    layer.cell.recurrent_kernel.bump()
+    np.testing.assert_allclose(layer(x), ref_run(layer, x)[0], atol=1e-12)
+    assert not np.allclose(layer(x), first)

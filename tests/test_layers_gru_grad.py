@@ -11,6 +11,8 @@ def _loss_fn(layer, x, h0, mask, dy, ds, training=False):
     rngs = [c._rng.bit_generator.state if c._rng is not None else None for c in _cells(layer)]
 
     def loss():
+        for w in layer.weights:  # finite differences edit values in place: invalidate caches
+            w.bump()
         for c, s in zip(_cells(layer), rngs):  # replay the same dropout masks
             if s is not None:
                 c._rng.bit_generator.state = s

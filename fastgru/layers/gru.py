@@ -37,6 +37,10 @@ class GRU(RNN):
     ``gru.regularization_gradients()`` (aligned with ``trainable_weights``) yourself if you
     train with regularizers; ``gru.losses`` gives their values.
 
+    Weights are :class:`~fastgru.variable.Variable` s; engines cache packed copies keyed on
+    their version, so change them with ``set_weights``/``Variable.assign`` (or call
+    ``variable.bump()`` after editing ``variable.value`` in place).
+
     ``gru.explain(x, mask=None)`` says which engine a call would run and why.
     """
 
