@@ -17,6 +17,7 @@ Input contract
 - A **list** of arrays of different lengths, each ``(T_i, n_features)`` (or ``(T_i,)`` for
   univariate series), is right-padded with zeros and masked, so padding never changes a
   result.
+- CuPy arrays are accepted and validated on the host; results are NumPy arrays.
 
 Training is minibatch Adam on the mean (sample- and class-weighted) loss: softmax
 cross-entropy (multiclass), sigmoid binary cross-entropy (binary and multilabel; the sum over
@@ -521,6 +522,8 @@ class _BaseGRU(BaseEstimator):
     # ---------------------------------------------------------------- X validation
     def _validate_X(self, X, reset: bool) -> _Seqs:
         """X -> _Seqs; sets (reset) or checks n_features_in_ and the input layout."""
+        if type(X).__module__.split(".")[0] == "cupy":  # validated (and batched) on the host
+            X = X.get()
         if _is_ragged(X):
             seqs = _ragged(X, "X")
             layout = "seq"

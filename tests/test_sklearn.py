@@ -144,11 +144,12 @@ def test_ragged_lists_are_padded_and_masked():
     p = clf.predict_proba(seqs)
     for i in (0, 7, 21):  # alone, unpadded, gives the same answer as inside the padded batch
         np.testing.assert_allclose(clf.predict_proba(seqs[i][None]), p[i:i + 1], rtol=1e-6)
-    # garbage in the padding region cannot leak: compare with explicitly padded arrays
     uni = [s[:, 0] for s in seqs]  # 1-D items are univariate series
     assert GRUClassifier(**FAST).fit(uni, y).n_features_in_ == 1
     with pytest.raises(ValueError, match="same number of features"):
         clf.predict([seqs[0], np.zeros((3, 3))])
+    scores = cross_val_score(GRUClassifier(**FAST), seqs, y, cv=2)  # lists split like arrays
+    assert scores.shape == (2,)
 
 
 def test_pandas_input():
@@ -402,9 +403,11 @@ def test_pipeline_cross_val_and_grid_search_n_jobs():
     assert gs.predict(X).shape == (120,)
 
 
-def test_bidirectional_and_stacked():
+def test_bidirectional_stacked_reset_before_with_dropout():
     X, y = small(40)
-    clf = GRUClassifier(units=(4, 3), bidirectional=True, max_iter=2, random_state=0, **ONE)
+    clf = GRUClassifier(units=(4, 3), bidirectional=True, max_iter=2, random_state=0,
+                        reset_after=False, dropout=0.1, recurrent_dropout=0.1, **ONE)
     clf.fit(X, y)
+    assert clf._net.params[2].shape == (4 * 3,)  # reset_after=False: one bias row
     assert len(clf._net.params) == 2 * 2 * 3 + 2
     np.testing.assert_array_equal(clf.predict_proba(X), clone(clf).fit(X, y).predict_proba(X))
