@@ -82,9 +82,7 @@ def test_numpy_picks_cpu_and_passes_n_threads_only_to_it(engines, rng):
     x = rng.normal(size=(2, 4, 3)).astype(np.float32)
     y, tape = layer.forward(x)
     layer.backward(tape, np.ones_like(y))
-    key = layer.cell.weights_key()
-    assert calls == [("forward", {"n_threads": 2, "weights_key": key}),
-                     ("backward", {"n_threads": 2})]
+    assert calls == [("forward", {"n_threads": 2}), ("backward", {"n_threads": 2})]
     text = layer.explain(x)
     assert "engine 'cpu'" in text and "fused kernel on (2, 4, 3), 2 threads" in text
     # a user activation never goes to the compiled engine
@@ -145,12 +143,15 @@ def test_invalid_use_cudnn_in_choose():
         _dispatch.choose(spec(), np.zeros((1, 1, 1)), use_cudnn="x")
 
 
-def test_engine_kwargs():
+def test_engine_kwargs(monkeypatch):
     cpu = types.ModuleType("fastgru.engines.cpu")
     cudnn = types.ModuleType("fastgru.engines.cudnn")
+    monkeypatch.setattr(_dispatch, "CPU_WEIGHTS_KEY", True)
     assert _dispatch.engine_kwargs(cpu, 4, ((1, 0),)) == {"n_threads": 4,
                                                           "weights_key": ((1, 0),)}
     assert _dispatch.engine_kwargs(cpu, 4, ((1, 0),), backward=True) == {"n_threads": 4}
+    monkeypatch.setattr(_dispatch, "CPU_WEIGHTS_KEY", False)
+    assert _dispatch.engine_kwargs(cpu, 4, ((1, 0),)) == {"n_threads": 4}
     assert _dispatch.engine_kwargs(reference, 4, ((1, 0),)) == {}
     assert _dispatch.engine_kwargs(cudnn, 4, ((1, 0),)) == {"weights_key": ((1, 0),)}
     assert _dispatch.engine_kwargs(cudnn, 4, ((1, 0),), backward=True) == {}

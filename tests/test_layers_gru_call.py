@@ -340,8 +340,10 @@ def test_layer_moved_to_cpu_keeps_working(rng):
     np.testing.assert_array_equal(layer.to("cpu")(x), a)
 
 
-def test_weight_updates_reach_the_engine(rng):
+@pytest.mark.parametrize("cpu_cache", [False, True])
+def test_weight_updates_reach_the_engine(rng, monkeypatch, cpu_cache):
     """Engines cache packed weights by Variable version: every sanctioned update is seen."""
+    monkeypatch.setattr(fastgru._dispatch, "CPU_WEIGHTS_KEY", cpu_cache)
     x = rng.normal(size=(2, 4, 3))
     layer = GRU(3, dtype="float64")
     first = layer(x)
