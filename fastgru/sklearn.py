@@ -246,10 +246,9 @@ class _Net:
     def n_seeds(n_layers: int, bidirectional: bool) -> int:
         return 3 * n_layers * (2 if bidirectional else 1) + 1
 
-    def signature(self):
-        c = dict(self.config)
-        c.pop("seeds")
-        return c
+    def architecture(self) -> dict:
+        """The hyper-parameters that shape the network (not the data sizes or seeds)."""
+        return {k: v for k, v in self.config.items() if k not in ("n_in", "n_out", "seeds")}
 
     # ---------------------------------------------------------------- device / optimizer
     def set_threads(self, n_threads) -> None:
@@ -600,7 +599,10 @@ class _BaseGRU(BaseEstimator):
     # ---------------------------------------------------------------- fitting
     def _fit(self, X, y, sample_weight, incremental: bool, classes=None):
         self._check_params()
-        fresh = not hasattr(self, "_net") or not (incremental or self.warm_start)
+        units = self._units()
+        # Start over unless continuing (partial_fit / warm_start) the same architecture.
+        fresh = (not hasattr(self, "_net") or not (incremental or self.warm_start)
+                 or self._net.architecture() != self._architecture(units))
         seqs = self._validate_X(X, reset=fresh)
         if y is None:
             raise ValueError(
@@ -617,17 +619,12 @@ class _BaseGRU(BaseEstimator):
             self._check_enough_classes(y_raw)
         Y = self._scale_targets(Y, fresh)
 
-        units = self._units()
-        n_in = seqs.x.shape[2]
-        if not fresh and self._net.signature() != self._signature(n_in, Y.shape[1], units):
-            fresh = True  # warm start after an architecture change: start over
-        if fresh or not hasattr(self, "_rng"):
-            self._rng = check_random_state(self.random_state)
         if fresh:
-            seeds = self._rng.randint(0, 2**31 - 1, size=_Net.n_seeds(len(units), bool(self.bidirectional))).tolist()
-            self._net = _Net(n_in, Y.shape[1], units, bool(self.reset_after),
-                             float(self.dropout), float(self.recurrent_dropout),
-                             bool(self.bidirectional), seeds)
+            self._rng = check_random_state(self.random_state)
+            n_seeds = _Net.n_seeds(len(units), bool(self.bidirectional))
+            seeds = self._rng.randint(0, 2**31 - 1, size=n_seeds).tolist()
+            self._net = _Net(seqs.x.shape[2], Y.shape[1], seeds=seeds,
+                             **self._architecture(units))
             self.n_iter_, self.t_ = 0, 0
             self.loss_curve_ = []
             self.best_loss_ = np.inf
@@ -644,9 +641,9 @@ class _BaseGRU(BaseEstimator):
             self._run_epochs(seqs, Y, sw, y_raw, incremental)
         return self
 
-    def _signature(self, n_in, n_out, units):
-        return dict(n_in=n_in, n_out=n_out, units=units, reset_after=bool(self.reset_after),
-                    dropout=float(self.dropout), recurrent_dropout=float(self.recurrent_dropout),
+    def _architecture(self, units) -> dict:
+        return dict(units=units, reset_after=bool(self.reset_after), dropout=float(self.dropout),
+                    recurrent_dropout=float(self.recurrent_dropout),
                     bidirectional=bool(self.bidirectional))
 
     def _run_epochs(self, seqs: _Seqs, Y, sw, y_raw, incremental: bool):
@@ -861,8 +858,10 @@ class GRUClassifier(ClassifierMixin, _BaseGRU):
     def partial_fit(self, X, y, classes=None, sample_weight=None) -> "GRUClassifier":
         """One epoch over ``X, y``, keeping weights and optimizer state. ``classes`` (all the
         labels of the stream) is required on the first call for binary/multiclass y."""
-        if not hasattr(self, "_net") and classes is None and not self._is_multilabel(y):
-            raise ValueError("classes must be passed on the first call to partial_fit.")
+        if classes is None and not self._is_multilabel(y):
+            if not hasattr(self, "_net"):
+                raise ValueError("classes must be passed on the first call to partial_fit.")
+            classes = self.classes_  # kept if an architecture change restarts the model
         return self._fit(X, y, sample_weight, incremental=True, classes=classes)
 
     @staticmethod

@@ -269,8 +269,11 @@ def test_warm_start_continues():
     assert any(not np.array_equal(a, b) for a, b in zip(w0, warm._net.get_weights()))
     with pytest.raises(ValueError, match="warm_start can only be used"):
         warm.fit(X, y + 1)
-    refit = clone(cold).set_params(warm_start=True, units=5).fit(X, y)  # new architecture
-    assert refit._net.config["units"] == (5,)
+    warm.set_params(units=5).fit(X, y)  # a new architecture starts over
+    assert warm._net.config["units"] == (5,) and warm.n_iter_ == 3
+    clf = GRUClassifier(**FAST).partial_fit(X, y, classes=[0, 1, 2, 3])
+    clf.set_params(units=2).partial_fit(X, y)
+    assert clf._net.config["units"] == (2,) and list(clf.classes_) == [0, 1, 2, 3]
 
 
 def test_early_stopping_and_convergence():
