@@ -302,3 +302,30 @@ def test_cupy_values_updated_in_place():
         opt.step([cp.asarray(g)])
     assert w.value is buf
     np.testing.assert_allclose(w.value.get(), keras_adam(W0, GRADS, lr=0.01), rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", ["adam_amsgrad_clipnorm", "adamw_global_clipnorm",
+                                  "sgd_nesterov_clipvalue"])
+def test_matches_real_keras(case, monkeypatch):
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "3")
+    keras = pytest.importorskip("keras")
+    kw = {
+        "adam_amsgrad_clipnorm": ("Adam", dict(learning_rate=0.01, amsgrad=True, clipnorm=1.0)),
+        "adamw_global_clipnorm": ("AdamW", dict(learning_rate=0.01, weight_decay=0.1,
+                                                global_clipnorm=2.0)),
+        "sgd_nesterov_clipvalue": ("SGD", dict(learning_rate=0.05, momentum=0.9,
+                                               nesterov=True, clipvalue=0.5)),
+    }[case]
+    ours = {"Adam": Adam, "AdamW": AdamW, "SGD": SGD}[kw[0]]
+    rng = np.random.default_rng(0)
+    w0 = [rng.normal(size=(3, 4)).astype(np.float32), rng.normal(size=(4,)).astype(np.float32)]
+    kv = [keras.Variable(w.copy()) for w in w0]
+    fv = [Variable(w.copy(), f"w{i}") for i, w in enumerate(w0)]
+    ko, fo = getattr(keras.optimizers, kw[0])(**kw[1]), ours(fv, **kw[1])
+    for scale in (1, 3, 0.1, 0.01, 2):
+        g = [rng.normal(size=w.shape).astype(np.float32) * scale for w in w0]
+        ko.apply([keras.ops.convert_to_tensor(x) for x in g], kv)
+        fo.step(g)
+    for a, b in zip(kv, fv):
+        np.testing.assert_allclose(b.value, keras.ops.convert_to_numpy(a.value), rtol=1e-6,
+                                   atol=1e-7)
