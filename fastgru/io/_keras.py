@@ -43,7 +43,7 @@ def _h5py():
         import h5py
     except ImportError as e:
         raise ImportError(
-            "Reading Keras weight files needs h5py: pip install h5py (or fastgru[keras])."
+            "Reading Keras weight files needs h5py: pip install h5py (or fastgru[io])."
         ) from e
     return h5py
 
