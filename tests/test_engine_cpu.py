@@ -297,8 +297,9 @@ def test_strided_and_fortran_inputs(dtype, rng):
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_rows_independent_of_threads_and_batch(dtype, reset_after, rng):
     """A row's bits depend neither on n_threads nor on the other rows in its batch, on the
-    batch-split and on the unit-split paths (batch 1 with 2 threads, u large enough)."""
-    for u in (9, 200):
+    batch-split and on both unit-split paths (batch smaller than the thread count; recurrent
+    kernel beyond L2 with a small batch: u=300)."""
+    for u in (9, 200, 300):
         args, kw = make_case(rng, 7, 9, 6, u, reset_after=reset_after, mask="arbitrary",
                              return_sequences=True, dropout="per_gate", dtype=dtype)
         x, w, h0, spec = args
@@ -440,17 +441,23 @@ def test_training_tape_and_inference_tape_none(rng):
 
 
 def test_packed_weights_cache_by_caller_key(rng):
-    """With weights_key the packed recurrent kernel is reused; a new key repacks."""
+    """With weights_key the packed recurrent kernel is reused; in-place edits under the same key
+    (no version bump) are caught by the fingerprint and repacked."""
+    from fastgru._cpu import _gru
+
     args, kw = make_case(rng, 2, 4, 3, 70, return_sequences=True)
     x, w, h0, spec = args
     first = cpu.forward(*args, **kw, weights_key=("gru", 1))[0]
     assert np.array_equal(cpu.forward(*args, **kw, weights_key=("gru", 1))[0], first)
-    w.recurrent_kernel[:] *= 0.5  # in-place change, as an optimizer step does
-    stale = cpu.forward(*args, **kw, weights_key=("gru", 1))[0]
-    assert np.array_equal(stale, first)  # same key: the caller promised nothing changed
-    fresh = cpu.forward(*args, **kw, weights_key=("gru", 2))[0]
-    assert np.array_equal(fresh, cpu.forward(*args, **kw)[0])
-    assert rel_err(fresh, ref_forward(args, kw)[0]) < TOL[np.float64]
+    w.recurrent_kernel[3, 5] += 1e-7  # in place, as a finite-difference check does
+    edited = cpu.forward(*args, **kw, weights_key=("gru", 1))[0]
+    assert np.array_equal(edited, cpu.forward(*args, **kw)[0])
+    assert not np.array_equal(edited, first)
+    assert rel_err(edited, ref_forward(args, kw)[0]) < TOL[np.float64]
+    u = w.recurrent_kernel
+    swapped = u.copy()
+    swapped[[0, 1]] = swapped[[1, 0]]
+    assert _gru.fingerprint(swapped) != _gru.fingerprint(u)
 
 
 def _fork_child_forward(case):

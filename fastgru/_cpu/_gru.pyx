@@ -67,6 +67,20 @@ def pack(src, int col0, int ncols, dst):
             fg_pack_f(<float *>s, ld, K, col0, ncols, <float *>d)
 
 
+def fingerprint(x):
+    """Position-weighted float64 sum of a C-contiguous array (see fg_fingerprint)."""
+    cdef int t = _typenum(x)
+    cdef Py_ssize_t n = x.size
+    cdef void *p = _p(x, t, n, "x")
+    cdef double r
+    with nogil:
+        if t == cnp.NPY_FLOAT64:
+            r = fg_fingerprint_d(<double *>p, n)
+        else:
+            r = fg_fingerprint_f(<float *>p, n)
+    return r
+
+
 def gemm_panels(int isa, A, P, int K, int npanels, C):
     """C (M, npanels*W) = A (M, K) @ the packed panels P (npanels panels of K x W)."""
     cdef int t = _typenum(A)

@@ -217,20 +217,23 @@ _pack_lock = threading.Lock()
 
 
 def _packed(U, u, key):
-    """Packed recurrent kernel; cached under the caller's ``key`` (which must change whenever
-    the values do, e.g. ``(variable.uid, variable.version)``). Without a key it is packed on
-    every call: arrays can change in place, so identity alone proves nothing."""
+    """Packed recurrent kernel, cached under the caller's ``key`` (e.g. the Variable's
+    ``(uid, version)``). A hit is trusted only if U's fingerprint (a position-weighted float64
+    sum, ~5x cheaper than packing) still matches, so in-place edits that skip a version bump
+    (finite-difference checks, direct writes into ``Variable.value``) repack instead of
+    reusing stale weights. Without a key it is packed on every call."""
     if key is None:
         return _pack_recurrent(U, u)
     full = (key, U.dtype.str, U.shape)
+    fp = _gru.fingerprint(U)
     with _pack_lock:
         hit = _PACK_CACHE.get(full)
-        if hit is not None:
+        if hit is not None and hit[0] == fp:
             _PACK_CACHE.move_to_end(full)
-            return hit
+            return hit[1]
     packed = _pack_recurrent(U, u)
     with _pack_lock:
-        _PACK_CACHE[full] = packed
+        _PACK_CACHE[full] = (fp, packed)
         while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
             _PACK_CACHE.popitem(last=False)
     return packed
