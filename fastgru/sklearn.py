@@ -327,6 +327,14 @@ class _Net:
             out.append(_host(z)[: sl.stop - sl.start].astype(np.float64))
         return np.concatenate(out, axis=0)
 
+    def explain(self, x, mask) -> str:
+        """One line per GRU layer: the engine it runs on this input, and why."""
+        lines, h = [], x
+        for layer in self.layers:
+            lines.append(layer.explain(h, mask))
+            h = layer(h, mask=mask, training=False)
+        return "\n".join(lines)
+
     # ---------------------------------------------------------------- weights / pickling
     def get_weights(self) -> list:
         return [_host(p.value).copy() for p in self.params]
@@ -724,13 +732,28 @@ class _BaseGRU(BaseEstimator):
                 "optimization hasn't converged yet.", ConvergenceWarning)
 
     # ---------------------------------------------------------------- predicting
-    def _raw(self, X) -> np.ndarray:
+    def _ready(self, X) -> _Seqs:
         check_is_fitted(self)
         seqs = self._validate_X(X, reset=False)
         self._net.to(_resolve_device(self.device))
         self._net.set_threads(self.n_threads)
+        return seqs
+
+    def _raw(self, X) -> np.ndarray:
+        seqs = self._ready(X)
         with _threads(self.n_threads):
             return self._net.predict_raw(seqs)
+
+    def explain(self, X) -> str:
+        """Which engine each GRU layer runs for ``X`` at predict time (its first chunk of
+        rows), and why, as text: fastgru never falls back to a slower path silently."""
+        seqs = self._ready(X)
+        x, m = seqs.batch(np.arange(min(len(seqs), _PREDICT_CHUNK)))
+        if self._net.device == "gpu":
+            xp = _xp("gpu")
+            x, m = xp.asarray(x), (None if m is None else xp.asarray(m))
+        with _threads(self.n_threads):
+            return self._net.explain(x, m)
 
 
 class _progress:

@@ -383,6 +383,15 @@ def test_device_auto_and_gpu():
     np.testing.assert_allclose(h.predict_proba(X), g.predict_proba(X), atol=1e-6)
 
 
+def test_explain_names_the_engines():
+    X, y = small(20)
+    clf = GRUClassifier(**{**FAST, "units": (3, 2)}).fit(X, y)
+    text = clf.explain(X)
+    lines = text.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("gru_0") and lines[1].startswith("gru_1")
+    assert all("engine '" in line for line in lines)
+
+
 def test_n_threads_is_applied():
     X, y = small(30)
     one = GRUClassifier(**FAST).fit(X, y)
