@@ -54,7 +54,7 @@ def test_matches_two_gru_composition(merge_mode, rs):
               None: lambda: (yf, yb)}[merge_mode]()
     expected = (*merged, hf, hb) if merge_mode is None else (merged, hf, hb)
     assert len(out) == len(expected)
-    for a, b in zip(out, expected):
+    for a, b in zip(out, expected, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-13, atol=1e-15)
     shapes = layer.compute_output_shape((B, T, D))
     assert [tuple(s) for s in shapes] == [a.shape for a in out]
@@ -145,14 +145,14 @@ def test_gradients_match_finite_differences(merge_mode, rs, state):
 
     def loss():
         out = layer(x, initial_state=h0, mask=mask)
-        return float(sum(np.sum(a * r) for a, r in zip(_leaves(out), R)))
+        return float(sum(np.sum(a * r) for a, r in zip(_leaves(out), R, strict=True)))
 
     tol = dict(rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(g.inputs, numeric_grad(loss, x), **tol)
     for i in range(2):
         np.testing.assert_allclose(g.initial_state[i], numeric_grad(loss, h0[i]), **tol)
     assert g.paths == [w.name for w in layer.trainable_weights]
-    for var, gw in zip(layer.trainable_weights, g.weights):
+    for var, gw in zip(layer.trainable_weights, g.weights, strict=True):
         num = numeric_grad(loss, var.value, entries=3)
         ok = ~np.isnan(num)
         np.testing.assert_allclose(gw[ok], num[ok], err_msg=var.name, **tol)

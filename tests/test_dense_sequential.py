@@ -45,7 +45,7 @@ def check_grads(model, x, call_kwargs=None, forward_kwargs=None, rtol=1e-6, atol
 
     np.testing.assert_allclose(grads.inputs, numeric_grad(loss, x), rtol=rtol, atol=atol)
     assert len(grads.weights) == len(model.trainable_weights)
-    for var, g in zip(model.trainable_weights, grads.weights):
+    for var, g in zip(model.trainable_weights, grads.weights, strict=True):
         num = numeric_grad(loss, var.value, entries=entries)
         checked = ~np.isnan(num)
         np.testing.assert_allclose(g[checked], num[checked], rtol=rtol, atol=atol,
@@ -148,7 +148,7 @@ def test_sequential_is_the_chain_of_its_layers():
     np.testing.assert_array_equal(y, h)
     assert model.built and model.compute_output_shape((None, 4, 3)) == (None, 2)
     assert len(model.weights) == 3 + 6 + 3 + 2
-    assert model.trainable_weights == [w for l in model.layers for w in l.trainable_weights]
+    assert model.trainable_weights == [w for lay in model.layers for w in lay.trainable_weights]
 
 
 def test_sequential_mask_propagation():

@@ -61,7 +61,7 @@ def test_hand_written_sequential_layout(tmp_path):
         _vars(f, "layers/gru_1/cell", ws[15:18], "gru_cell")
         _vars(f, "layers/dense", ws[18:20], "dense")
     load_keras_weights(model, path)
-    for a, b in zip(model.get_weights(), ws):
+    for a, b in zip(model.get_weights(), ws, strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -76,7 +76,7 @@ def test_single_layer_from_a_one_layer_file(tmp_path):
         _vars(f, "layers/gru", [], "gru")
         _vars(f, "layers/gru/cell", ws, "gru_cell")
     load_keras_weights(gru, path)
-    for a, b in zip(gru.get_weights(), ws):
+    for a, b in zip(gru.get_weights(), ws, strict=True):
         np.testing.assert_array_equal(a, b)
     wrong = GRU(3)
     wrong.build((None, None, 3))

@@ -59,11 +59,11 @@ def test_round_trip_is_bit_for_bit(name, tmp_path):
     back = load(path)
     assert type(back) is type(model)
     assert back.get_config() == model.get_config()
-    for a, b in zip(back.get_weights(), model.get_weights()):
+    for a, b in zip(back.get_weights(), model.get_weights(), strict=True):
         assert a.dtype == b.dtype and a.tobytes() == b.tobytes()
     assert [w.name.rsplit("/", 1)[1] for w in back.weights] == \
         [w.name.rsplit("/", 1)[1] for w in model.weights]
-    for a, b in zip(_flat(back(x)), _flat(model(x))):
+    for a, b in zip(_flat(back(x)), _flat(model(x)), strict=True):
         assert a.tobytes() == b.tobytes()
 
 
@@ -93,7 +93,7 @@ def test_stateful_time_major_gru(tmp_path):
 def test_unbuilt_model_saves_its_config(tmp_path):
     save(Sequential([GRU(2), Dense(1)]), tmp_path / "u.npz")
     back = load(tmp_path / "u.npz")
-    assert not back.built and [type(l).__name__ for l in back.layers] == ["GRU", "Dense"]
+    assert not back.built and [type(lay).__name__ for lay in back.layers] == ["GRU", "Dense"]
 
 
 def test_file_objects(tmp_path):

@@ -76,7 +76,7 @@ def test_onnx_matches_fastgru(case, tmp_path):
     expected = _as_list(model(x))
     got = _run(model, x, output_names=None)
     assert len(got) == len(expected)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         np.testing.assert_allclose(g, e, **TOL)
     # the graph is also written to disk and loads back
     to_onnx(model, tmp_path / "m.onnx")
@@ -97,7 +97,7 @@ def test_onnx_sequence_lens_match_right_padded_masks(case):
     x[~mask] = 1e3  # padded values must not matter
     expected = _as_list(model(x, mask=mask))
     got = _run(model, x, lens)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         np.testing.assert_allclose(g, e, **TOL)
 
 
@@ -124,12 +124,12 @@ def test_initial_state_inputs(case):
         names, sizes = ["initial_state"], [model.units]
     else:
         names, sizes = ["initial_state_0", "initial_state_1"], [4, 3]
-    h0 = {n: rng.normal(size=(B, u)).astype(np.float32) for n, u in zip(names, sizes)}
+    h0 = {n: rng.normal(size=(B, u)).astype(np.float32) for n, u in zip(names, sizes, strict=True)}
     states = list(h0.values())
     expected = _as_list(model(x, initial_state=states if len(states) > 1 else states[0],
                               mask=mask))
     got = _run(model, x, lens, h0)
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         np.testing.assert_allclose(g, e, **TOL)
 
 

@@ -48,7 +48,7 @@ def test_gate_mapping_by_hand():
     np.testing.assert_array_equal(b_ih, [1002, 1003, 1000, 1001, 1004, 1005])
     np.testing.assert_array_equal(b_hh, [1008, 1009, 1006, 1007, 1010, 1011])
     back = torch_to_keras_gru(w_ih, w_hh, b_ih, b_hh)
-    for a, b in zip(back, (kernel, rec, bias)):
+    for a, b in zip(back, (kernel, rec, bias), strict=True):
         np.testing.assert_array_equal(a, b)
 
 
@@ -63,7 +63,7 @@ def test_numpy_state_dict_round_trip_is_exact():
     assert sd["weight_ih_l1"].shape == (9, 6)
     back = from_torch_state_dict(sd, dtype="float64")
     assert isinstance(back, Sequential) and len(back.layers) == 2
-    for a, b in zip(back.get_weights(), model.get_weights()):
+    for a, b in zip(back.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b.astype(np.float64))
 
 
@@ -150,7 +150,7 @@ def test_to_torch_matches_fastgru(model_fn):
     np.testing.assert_allclose(ours_in_torch.detach().numpy(), expected, rtol=2e-5, atol=2e-6)
     # state dict of tensors round-trips bit-for-bit
     back = from_torch_state_dict(gru.state_dict())
-    for a, b in zip(back.get_weights(), model.get_weights()):
+    for a, b in zip(back.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
 

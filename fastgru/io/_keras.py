@@ -209,7 +209,7 @@ def _assign(model, arrays, source):
             f"{source}: found {len(arrays)} weight arrays for '{model.name}', which has "
             f"{len(weights)} weights."
         )
-    for w, a in zip(weights, arrays):
+    for w, a in zip(weights, arrays, strict=True):
         if tuple(w.shape) != a.shape:
             raise ValueError(
                 f"{source}: weight {w.name} has shape {tuple(w.shape)}, the file has {a.shape}."

@@ -77,7 +77,7 @@ def save(model, path) -> None:
         "model": config,
         "build_input_shape": build_input_shape(model) if model.built else None,
         "weights": [{"name": w.name, "dtype": a.dtype.str, "shape": list(a.shape)}
-                    for w, a in zip(model.weights, arrays)],
+                    for w, a in zip(model.weights, arrays, strict=True)],
     }
     try:
         meta_bytes = json.dumps(meta, sort_keys=False, allow_nan=False).encode("utf-8")
@@ -141,7 +141,7 @@ def load(path):
                              f"version {VERSION}")
     if _digest(meta_bytes, arrays) != digest:
         raise _corrupt(path, "SHA-256 digest mismatch: the file was modified or corrupted")
-    for spec, a in zip(meta["weights"], arrays):
+    for spec, a in zip(meta["weights"], arrays, strict=True):
         if a.dtype.str != spec["dtype"] or list(a.shape) != spec["shape"]:
             raise _corrupt(path, f"weight {spec['name']} does not match its header")
 
@@ -152,7 +152,7 @@ def load(path):
         if len(model.weights) != len(arrays):
             raise _corrupt(path, f"{len(arrays)} weights stored, the model has "
                                  f"{len(model.weights)}")
-        for var, a in zip(model.weights, arrays):
+        for var, a in zip(model.weights, arrays, strict=True):
             if tuple(var.shape) != a.shape or var.dtype != a.dtype:
                 raise _corrupt(path, f"weight {var.name} is {var.dtype}{tuple(var.shape)} in "
                                      f"the model, {a.dtype}{a.shape} in the file")

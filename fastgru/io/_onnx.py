@@ -118,7 +118,7 @@ class _Cell:
         self.kernel, self.recurrent = weights[0], weights[1]
         self.bias = weights[2] if self.use_bias else None
 
-    def same_op(self, other: "_Cell") -> bool:
+    def same_op(self, other: _Cell) -> bool:
         return (self.units, self.reset_after, self.use_bias, self.act, self.rec_act) == (
             other.units, other.reset_after, other.use_bias, other.act, other.rec_act)
 
@@ -150,7 +150,7 @@ def _gru_node(g: _Graph, x_tm, cells, direction: str, lens, h0=None):
     """One ONNX GRU over time-major ``x_tm`` (T, B, D); ``cells``: one per direction; ``h0``:
     None or one (B, u) graph tensor per direction. Returns (Y (T, dirs, B, u), Y_h (dirs, B,
     u))."""
-    Ws, Rs, Bs = zip(*(c.wrb(g.dtype) for c in cells))
+    Ws, Rs, Bs = zip(*(c.wrb(g.dtype) for c in cells), strict=True)
     names, alphas, betas = [], [], []
     for c in cells:
         n, a, b = c.acts()
@@ -270,7 +270,7 @@ class _Exporter:
         x_tm = self.to_tm(x, time_major)
         h, states = x_tm, []
         h0s = self.h0.get(id(layer), [None] * len(cells))
-        for cell, h0 in zip(cells, h0s):
+        for cell, h0 in zip(cells, h0s, strict=True):
             Y, Yh = _gru_node(g, h, [cell], "reverse" if backwards else "forward", lens,
                               [h0] if h0 else None)
             h = g.squeeze(Y, 1)
@@ -360,12 +360,12 @@ def _initial_state_inputs(model):
         names = ["forward_initial_state", "backward_initial_state"]
         units = [c.units for sub in (model.forward_layer, model.backward_layer)
                  for c in _Exporter.cells_of(sub)[1]]
-        return list(zip(names, units)), {id(model): names}
+        return list(zip(names, units, strict=True)), {id(model): names}
     if type(model).__name__ in ("GRU", "RNN"):
         cells = _Exporter.cells_of(model)[1]
         names = (["initial_state"] if len(cells) == 1 else
                  [f"initial_state_{i}" for i in range(len(cells))])
-        return list(zip(names, [c.units for c in cells])), {id(model): names}
+        return list(zip(names, [c.units for c in cells], strict=True)), {id(model): names}
     raise ValueError("initial_state=True needs a GRU, RNN or Bidirectional model (a Sequential "
                      "starts from zero states, as in Keras).")
 
@@ -415,10 +415,11 @@ def to_onnx(model, path=None, *, sequence_lens: bool = False, initial_state: boo
     if len(output_names) != len(outs):
         raise ValueError(f"output_names has {len(output_names)} names; the model has "
                          f"{len(outs)} outputs.")
-    for src, dst in zip(outs, output_names):
+    for src, dst in zip(outs, output_names, strict=True):
         g.nodes.append(helper.make_node("Identity", [src], [dst], name=g.name("out")))
     out_shapes = _output_shapes(model, shape, len(outs))
-    outputs = [helper.make_tensor_value_info(n, elem, s) for n, s in zip(output_names, out_shapes)]
+    outputs = [helper.make_tensor_value_info(n, elem, s)
+               for n, s in zip(output_names, out_shapes, strict=True)]
     graph = helper.make_graph(g.nodes, model.name, inputs, outputs, initializer=g.inits)
     proto = helper.make_model(graph, producer_name="fastgru",
                               opset_imports=[helper.make_opsetid("", opset)])

@@ -262,7 +262,7 @@ def _torch_layers_plain(layer, weights=None, allow_backwards: bool = False) -> l
     return out
 
 
-def to_torch_state_dict(model, *, tensors: bool = True) -> "OrderedDict":
+def to_torch_state_dict(model, *, tensors: bool = True) -> OrderedDict:
     """An ``nn.GRU`` state dict (keys ``weight_ih_l0``, ... in PyTorch's order) for ``model``:
     a GRU, an RNN of GRUCells, a ``Bidirectional(GRU, merge_mode="concat")``, or a Sequential
     of those (all with the same units, tanh/sigmoid, reset_after=True, same use_bias).

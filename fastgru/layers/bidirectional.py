@@ -319,7 +319,7 @@ class Bidirectional(Layer):
     def reset_states(self):
         self.reset_state()
 
-    def to(self, device: str) -> "Bidirectional":
+    def to(self, device: str) -> Bidirectional:
         self.forward_layer.to(device)
         self.backward_layer.to(device)
         return self

@@ -15,7 +15,7 @@ to every layer whose ``call`` takes a ``mask``; a layer's ``compute_mask`` gives
 from __future__ import annotations
 
 import inspect
-from typing import Callable, Iterable
+from collections.abc import Callable, Iterable
 
 from .. import _serialization
 from .base import Grads, Layer
@@ -107,7 +107,7 @@ class Sequential(Layer):
     def layers(self) -> list[Layer]:
         return list(self._layers)
 
-    def add(self, layer: Layer) -> "Sequential":
+    def add(self, layer: Layer) -> Sequential:
         """Append ``layer`` (built right away when the model already is)."""
         if not isinstance(layer, Layer):
             raise TypeError(
@@ -192,9 +192,9 @@ class Sequential(Layer):
             raise TypeError("Sequential.backward needs the tape returned by its forward().")
         acc: dict[int, object] = {}
         d = d_outputs
-        for layer, t in zip(reversed(self._layers), reversed(tape)):
+        for layer, t in zip(reversed(self._layers), reversed(tape), strict=True):
             g = layer.backward(t, d)
-            for var, gw in zip(layer.trainable_weights, g.weights):
+            for var, gw in zip(layer.trainable_weights, g.weights, strict=True):
                 acc[var.uid] = gw if var.uid not in acc else acc[var.uid] + gw
             d = g.inputs
         params = self.trainable_weights
@@ -208,7 +208,7 @@ class Sequential(Layer):
         """The layers' regularization losses (weights, then activity), layer by layer."""
         return [v for layer in _unique(self._layers) for v in layer.losses]
 
-    def to(self, device: str) -> "Sequential":
+    def to(self, device: str) -> Sequential:
         for layer in _unique(self._layers):
             layer.to(device)
         return self
@@ -237,8 +237,8 @@ class Sequential(Layer):
         widths = [max(len(r[i]) for r in rows + [head]) + 2 for i in range(3)]
         rule = "-" * sum(widths)
         lines = [f'Model: "{self.name}"', rule,
-                 "".join(h.ljust(w) for h, w in zip(head, widths)), rule]
-        lines += ["".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+                 "".join(h.ljust(w) for h, w in zip(head, widths, strict=True)), rule]
+        lines += ["".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
         total = sum(int(_size(w.shape)) for w in self.weights)
         trainable = sum(int(_size(w.shape)) for w in self.trainable_weights)
         lines += [rule, f"Total params: {total}", f"Trainable params: {trainable}",
