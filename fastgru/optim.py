@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Any, Callable, Iterable, Sequence, Union
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from .variable import Variable
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
 
-LearningRate = Union[float, Callable[[int], float]]
+LearningRate = float | Callable[[int], float]
 
 
 def _xp(a):
@@ -203,7 +204,7 @@ class Optimizer:
                     v = self.params[i].value
                     t = v.dtype.type
                     v -= v * t(self.weight_decay) * t(lr)
-        for i, g in zip(idx, gs):
+        for i, g in zip(idx, gs, strict=True):
             self._update(i, self.params[i].value, g, lr)
         self.iterations += 1
         for i in idx:
@@ -252,7 +253,7 @@ class Optimizer:
                 raise ValueError(
                     f"state_dict has {len(values)} {k!r} slots for {len(self.params)} params"
                 )
-            for p, s in zip(self.params, values):
+            for p, s in zip(self.params, values, strict=True):
                 if s is not None and tuple(s.shape) != tuple(p.shape):
                     raise ValueError(
                         f"state_dict slot {k!r} for {p.name!r} has shape {tuple(s.shape)}, "
@@ -260,7 +261,7 @@ class Optimizer:
                     )
         for k, values in slots.items():
             self._slots[k] = [None if s is None else _like(np.array(s, copy=True), p.value)
-                              for p, s in zip(self.params, values)]
+                              for p, s in zip(self.params, values, strict=True)]
         self.iterations = int(state["iterations"])
         cfg = dict(state.get("config", {}))
         cfg.pop("name", None)

@@ -56,7 +56,6 @@ from __future__ import annotations
 import functools
 import numbers
 import warnings
-from typing import Any
 
 import numpy as np
 from scipy import sparse
@@ -257,7 +256,7 @@ class _Net:
             if hasattr(layer, "n_threads"):
                 layer.n_threads = n_threads
 
-    def to(self, device: str) -> "_Net":
+    def to(self, device: str) -> _Net:
         if device != self.device:
             for layer in self.layers + [self.head]:
                 layer.to(device)
@@ -288,7 +287,7 @@ class _Net:
         g = self.head.backward(tapes[-1], dz)
         grads.append(list(g.weights))
         d = g.inputs
-        for layer, tape in zip(reversed(self.layers), reversed(tapes[:-1])):
+        for layer, tape in zip(reversed(self.layers), reversed(tapes[:-1]), strict=True):
             g = layer.backward(tape, d)
             grads.append(list(g.weights))
             d = g.inputs
@@ -341,7 +340,7 @@ class _Net:
 
     def set_weights(self, weights) -> None:
         xp = _xp(self.device)
-        for p, w in zip(self.params, weights):
+        for p, w in zip(self.params, weights, strict=True):
             p.assign(xp.asarray(w, dtype=p.dtype))
 
     def __getstate__(self):
@@ -359,7 +358,7 @@ class _Net:
         self.config = state["config"]
         self.device = "cpu"
         self._build()
-        for layer, w in zip(self.layers + [self.head], state["weights"]):
+        for layer, w in zip(self.layers + [self.head], state["weights"], strict=True):
             layer.set_weights(w)
         self.optimizer = None
         if state["optimizer"] is not None:
@@ -601,7 +600,7 @@ class _BaseGRU(BaseEstimator):
             return min(200, n)
         if self.batch_size > n:
             warnings.warn("Got `batch_size` less than 1 or larger than sample size. "
-                          "It is going to be clipped")
+                          "It is going to be clipped", stacklevel=2)
         return max(1, min(self.batch_size, n))
 
     # ---------------------------------------------------------------- fitting
@@ -729,7 +728,7 @@ class _BaseGRU(BaseEstimator):
         if not incremental and not converged:
             warnings.warn(
                 f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the "
-                "optimization hasn't converged yet.", ConvergenceWarning)
+                "optimization hasn't converged yet.", ConvergenceWarning, stacklevel=2)
 
     # ---------------------------------------------------------------- predicting
     def _ready(self, X) -> _Seqs:
@@ -873,12 +872,12 @@ class GRUClassifier(ClassifierMixin, _BaseGRU):
         tags.classifier_tags.multi_label = True
         return tags
 
-    def fit(self, X, y, sample_weight=None) -> "GRUClassifier":
+    def fit(self, X, y, sample_weight=None) -> GRUClassifier:
         """Fit on ``X`` (see the module docstring for shapes) and labels ``y``: (n,) for
         binary/multiclass, an (n, n_labels) indicator matrix for multilabel."""
         return self._fit(X, y, sample_weight, incremental=False)
 
-    def partial_fit(self, X, y, classes=None, sample_weight=None) -> "GRUClassifier":
+    def partial_fit(self, X, y, classes=None, sample_weight=None) -> GRUClassifier:
         """One epoch over ``X, y``, keeping weights and optimizer state. ``classes`` (all the
         labels of the stream) is required on the first call for binary/multiclass y."""
         if classes is None and not self._is_multilabel(y):
@@ -1019,11 +1018,11 @@ class GRURegressor(RegressorMixin, _BaseGRU):
 
     _out_activation = "identity"
 
-    def fit(self, X, y, sample_weight=None) -> "GRURegressor":
+    def fit(self, X, y, sample_weight=None) -> GRURegressor:
         """Fit on ``X`` (see the module docstring for shapes) and targets ``y`` (n,) or (n, k)."""
         return self._fit(X, y, sample_weight, incremental=False)
 
-    def partial_fit(self, X, y, sample_weight=None) -> "GRURegressor":
+    def partial_fit(self, X, y, sample_weight=None) -> GRURegressor:
         """One epoch over ``X, y``, keeping weights and optimizer state."""
         return self._fit(X, y, sample_weight, incremental=True)
 

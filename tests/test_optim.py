@@ -326,6 +326,6 @@ def test_matches_real_keras(case, monkeypatch):
         g = [rng.normal(size=w.shape).astype(np.float32) * scale for w in w0]
         ko.apply([keras.ops.convert_to_tensor(x) for x in g], kv)
         fo.step(g)
-    for a, b in zip(kv, fv):
+    for a, b in zip(kv, fv, strict=True):
         np.testing.assert_allclose(b.value, keras.ops.convert_to_numpy(a.value), rtol=1e-6,
                                    atol=1e-7)

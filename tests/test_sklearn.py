@@ -266,7 +266,7 @@ def test_warm_start_continues():
     w0 = [w.copy() for w in warm._net.get_weights()]
     warm.fit(X, y)
     assert warm.n_iter_ == 6 and warm.loss_curve_[3] < cold.loss_curve_[0]
-    assert any(not np.array_equal(a, b) for a, b in zip(w0, warm._net.get_weights()))
+    assert any(not np.array_equal(a, b) for a, b in zip(w0, warm._net.get_weights(), strict=True))
     with pytest.raises(ValueError, match="warm_start can only be used"):
         warm.fit(X, y + 1)
     warm.set_params(units=5).fit(X, y)  # a new architecture starts over
