@@ -30,9 +30,9 @@ CUDNN_REFUSED = (
 _cache: dict = {}
 
 #: Let the CPU engine cache its packed recurrent kernel by Variable version (10-25% faster
-#: small-batch calls). Off until every caller bumps versions after editing weights in place:
-#: tests/test_bidirectional.py's finite differences do not yet.
-CPU_WEIGHTS_KEY = False
+#: small-batch calls). Safe with in-place edits that skip ``bump()``: the engine checks a
+#: fingerprint of the kernel on every hit.
+CPU_WEIGHTS_KEY = True
 
 
 def load(name: str):

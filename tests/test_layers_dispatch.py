@@ -82,7 +82,9 @@ def test_numpy_picks_cpu_and_passes_n_threads_only_to_it(engines, rng):
     x = rng.normal(size=(2, 4, 3)).astype(np.float32)
     y, tape = layer.forward(x)
     layer.backward(tape, np.ones_like(y))
-    assert calls == [("forward", {"n_threads": 2}), ("backward", {"n_threads": 2})]
+    key = layer.cell.weights_key()
+    assert calls == [("forward", {"n_threads": 2, "weights_key": key}),
+                     ("backward", {"n_threads": 2})]
     text = layer.explain(x)
     assert "engine 'cpu'" in text and "fused kernel on (2, 4, 3), 2 threads" in text
     # a user activation never goes to the compiled engine

@@ -355,4 +355,6 @@ def test_weight_updates_reach_the_engine(rng, monkeypatch, cpu_cache):
     layer.cell.recurrent_kernel.value[...] = 0.0
     layer.cell.recurrent_kernel.bump()
     np.testing.assert_allclose(layer(x), ref_run(layer, x)[0], atol=1e-12)
+    layer.cell.recurrent_kernel.value[0, 0] = 0.25  # in place, no bump: still seen
+    np.testing.assert_allclose(layer(x), ref_run(layer, x)[0], atol=1e-12)
     assert not np.allclose(layer(x), first)
