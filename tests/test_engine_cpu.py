@@ -88,6 +88,12 @@ def check_forward(args, kw, dtype, **engine_kw):
     assert out.shape == ro.shape and h.shape == rh.shape
     assert tape is None
     tol = TOL[dtype]
+    if dtype == np.float32:
+        # Unbounded activations amplify float32 rounding over the steps: allow a few times the
+        # float32 reference's own error against float64.
+        x, w, h0, spec = args
+        r32 = reference.forward(x, w, h0, spec, kw["mask"], kw["dropout"])
+        tol = max(tol, 4 * rel_err(r32[0], ro), 4 * rel_err(r32[1], rh))
     assert rel_err(out, ro) < tol, rel_err(out, ro)
     assert rel_err(h, rh) < tol, rel_err(h, rh)
     return out, h

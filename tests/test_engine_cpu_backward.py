@@ -30,12 +30,18 @@ def compare_backward(args, kw, dtype, rng, d_out=True, d_state=True, **engine_kw
     dy, dh = upstream(rng, out.shape, args[3].units, out.shape[0], dtype, d_out, d_state)
     got = cpu.backward(tape, dy, dh, **engine_kw)
     want = reference.backward(rtape, as64(dy), as64(dh))
-    for name, g, w in zip(NAMES, got, want):
+    same = [None] * len(NAMES)
+    if dtype == np.float32:  # the float32 reference's own error sets the scale
+        x, w, h0, spec = args
+        t32 = reference.forward(x, w, h0, spec, kw["mask"], kw["dropout"], training=True)[2]
+        same = reference.backward(t32, dy, dh)
+    for name, g, w, w32 in zip(NAMES, got, want, same):
         if w is None:
             assert g is None, name
             continue
         assert g.dtype == dtype and g.shape == w.shape, name
-        assert rel_err(g, w) < GRAD_TOL[dtype], (name, rel_err(g, w))
+        tol = GRAD_TOL[dtype] if w32 is None else max(GRAD_TOL[dtype], 4 * rel_err(w32, w))
+        assert rel_err(g, w) < tol, (name, rel_err(g, w))
     return got
 
 
