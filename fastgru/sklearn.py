@@ -49,6 +49,8 @@ and ``predict`` is row-wise, so a 3-D Dask array chunked along axis 0 only is pr
                           chunks=(Xd.chunks[0], (len(est.classes_),)), dtype="float64")
 
 Pin ``n_threads`` (or ``OMP_NUM_THREADS``) per worker so workers x threads <= cores.
+
+Requires scikit-learn >= 1.6 (its ``__sklearn_tags__`` API); tqdm for ``verbose``.
 """
 
 from __future__ import annotations
@@ -66,12 +68,7 @@ from sklearn.preprocessing import LabelBinarizer
 from sklearn.utils import check_random_state, compute_sample_weight, gen_batches
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_array, check_is_fitted, column_or_1d
-
-try:  # scikit-learn >= 1.6
-    from sklearn.utils.validation import validate_data as _validate_data
-except ImportError:  # pragma: no cover - older scikit-learn
-    def _validate_data(est, X, **kw):
-        return est._validate_data(X, **kw)
+from sklearn.utils.validation import validate_data as _validate_data  # scikit-learn >= 1.6
 
 __all__ = ["GRUClassifier", "GRURegressor"]
 
