@@ -53,7 +53,7 @@ def compare_backward(args, kw, dtype, rng, d_out=True, d_state=True, **engine_kw
     u=st.sampled_from([1, 6, 35]),
     reset_after=st.booleans(),
     act=st.sampled_from(["tanh", "relu", "softsign", "gelu", "selu", "mish"]),
-    rec_act=st.sampled_from(["sigmoid", "hard_sigmoid", "softplus"]),
+    rec_act=st.sampled_from(["sigmoid", "hard_sigmoid", "sparse_sigmoid"]),  # bounded gates
     mask=st.sampled_from(["none", "right", "arbitrary"]),
     go_backwards=st.booleans(),
     return_sequences=st.booleans(),
