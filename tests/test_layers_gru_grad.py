@@ -180,11 +180,6 @@ def test_masked_nan_inputs_keep_gradients_finite():
     assert np.isfinite(y).all()
     g = layer.backward(tape, np.ones_like(y))
     assert np.isfinite(g.inputs).all() and np.isfinite(g.kernel).all()
-    if tape.engines[0].__name__ == "fastgru.engines.reference" and not all(
-            np.isfinite(w).all() for w in g):
-        # Known bug, reported to the lead: reference.backward multiplies `da_h * r` for the
-        # recurrent projection without `_kept`, so NaN at masked steps reaches dU_h / db_rec.
-        pytest.xfail("engines/reference.py backward leaks NaN into dU_h at masked steps")
     assert all(np.isfinite(w).all() for w in g)
 
 

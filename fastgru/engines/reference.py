@@ -167,7 +167,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
         if spec.reset_after:
             rp_h = s["rp_h"][k]
             da_r = _kept(da_h * rp_h * rec_act.derivative(a_r), m)
-            d_rp = (da_z, da_r, da_h * r)
+            d_rp = (da_z, da_r, _kept(da_h * r, m))
             for g in range(3):
                 dU[g] += hg[g].T @ d_rp[g]
                 db_rec[g] += d_rp[g].sum(axis=0)
