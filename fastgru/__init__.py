@@ -6,8 +6,9 @@ io (save/load, Keras/PyTorch/ONNX), sklearn (estimators; needs scikit-learn).
 ``set_seed(n)`` restarts the global random stream used by unseeded initializers and dropout.
 """
 
-from . import activations, constraints, initializers, regularizers
+from . import activations, constraints, initializers, optim, regularizers
 from ._random import set_seed
+from ._threads import get_num_threads, set_num_threads
 from .layers import (
     GRU,
     RNN,
@@ -18,6 +19,7 @@ from .layers import (
     Layer,
     Sequential,
     StackedRNNCells,
+    compose,
 )
 from .variable import Variable
 
@@ -38,5 +40,26 @@ __all__ = [
     "constraints",
     "initializers",
     "regularizers",
+    "compose",
+    "explain",
+    "get_num_threads",
+    "optim",
+    "set_num_threads",
     "set_seed",
 ]
+
+
+def explain(layer, x, mask=None) -> str:
+    """Which engine (and CPU kernel) ``layer`` would run on ``x``, and why."""
+    return layer.explain(x, mask=mask)
+
+
+def __getattr__(name):
+    # Optional-dependency submodules load on first use so `import fastgru` stays light.
+    import importlib
+
+    if name in ("io", "sklearn"):
+        return importlib.import_module(f".{name}", __name__)
+    if name in ("GRUClassifier", "GRURegressor"):
+        return getattr(importlib.import_module(".sklearn", __name__), name)
+    raise AttributeError(f"module 'fastgru' has no attribute {name!r}")

@@ -7,7 +7,7 @@ from .cell import GRUCell
 from .dense import Dense
 from .gru import GRU
 from .rnn import RNN
-from .sequential import Sequential
+from .sequential import Sequential, compose
 
 __all__ = ["GRU", "Bidirectional", "Dense", "GRUCell", "Grads", "Layer", "RNN", "Sequential",
-           "StackedRNNCells"]
+           "StackedRNNCells", "compose"]
