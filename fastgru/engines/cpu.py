@@ -18,6 +18,11 @@ is row-independent by construction).
 
 Kernel selection for tests and diagnosis: ``kernel=`` argument or the ``FASTGRU_CPU_KERNEL``
 environment variable, one of "auto", "avx512", "avx2", "generic".
+
+Packed recurrent weights are cached across calls when the caller names their version with
+``weights_key`` (a hit is re-checked by a cheap fingerprint). Threads: ``n_threads`` per call,
+default ``fastgru._threads.get_num_threads()``; a process fork()ed from a parent that ran
+OpenMP threads runs on one thread (GNU OpenMP would hang it).
 """
 
 from __future__ import annotations
