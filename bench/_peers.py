@@ -515,8 +515,7 @@ def _child(args) -> int:
                 rec["path"] = adapter.path
             rec["setup_s"] = time.perf_counter() - t0
             rec["ok"] = rec["err"] <= C.TOLERANCE
-            rec["median_s"], rec["reps"], rec["min_s"] = C.time_call(fn, args.budget,
-                                                                     args.min_reps)
+            rec.update(C.measure(fn, args.budget, args.min_reps))
         except Unavailable as e:
             emit("UNAVAILABLE", {"reason": str(e)})
             return 0

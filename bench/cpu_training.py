@@ -39,6 +39,9 @@ def parse_args(argv):
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.from_json:
+        C.render_saved(args.from_json, args.stat)
+        return 0
     budget, min_reps, timeout = C.time_box(args)
     t_start = time.perf_counter()
     print("# fastgru CPU training-step benchmark (float32, forward + BPTT + Adam)\n")
