@@ -55,7 +55,9 @@ def make_case(rng, B=3, T=5, D=4, u=6, *, reset_after=True, act="tanh", rec_act=
             m[0] = False  # one all-masked row
     drop = None
     if dropout != "none":
-        keep = (lambda *s: ((rng.random(s) > 0.3) / 0.7).astype(dtype))
+        def keep(*s):
+            return ((rng.random(s) > 0.3) / 0.7).astype(dtype)
+
         inputs = {"shared": keep(B, D), "per_gate": keep(3, B, D), "recurrent": None}[dropout]
         rec = keep(3, B, u) if dropout in ("per_gate", "recurrent") else None
         drop = DropoutMasks(inputs, rec)
@@ -212,7 +214,8 @@ def test_kernel_argument_validation(rng):
 # forward vs reference
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=60, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     B=st.sampled_from([1, 2, 5]),
     T=st.sampled_from([1, 2, 7]),

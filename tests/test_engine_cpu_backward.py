@@ -45,7 +45,8 @@ def compare_backward(args, kw, dtype, rng, d_out=True, d_state=True, **engine_kw
     return got
 
 
-@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=50, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     B=st.sampled_from([1, 2, 4]),
     T=st.sampled_from([1, 3, 6]),
