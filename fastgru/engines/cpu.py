@@ -143,14 +143,15 @@ def _plan(B: int, T: int, u: int, itemsize: int, n_threads: int):
     return nthr, split, chunk, why
 
 
-def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None) -> str:
+def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
+                    dtype=np.float32) -> str:
     """Which kernels and threading a call with input shape ``x_shape`` would use, and why."""
     ok, why = supports(spec)
     if not ok:
         return f"cpu engine unavailable: {why}"
     B, T, D = x_shape
     n = _threads.resolve(n_threads)
-    nthr, split, chunk, how = _plan(B, T, spec.units, 4, n)
+    nthr, split, chunk, how = _plan(B, T, spec.units, np.dtype(dtype).itemsize, n)
     if _forked_child and nthr > 1:
         how = ("1 thread: this process was fork()ed after its parent ran OpenMP threads, and "
                "GNU OpenMP cannot start a thread team in such a child")
