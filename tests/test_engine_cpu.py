@@ -308,7 +308,7 @@ def test_rows_independent_of_threads_and_batch(dtype, reset_after, rng):
     """A row's bits depend neither on n_threads nor on the other rows in its batch, on the
     batch-split and on both unit-split paths (batch smaller than the thread count; recurrent
     kernel beyond L2 with a small batch: u=300)."""
-    for u in (9, 200, 300):
+    for u in (9, 240, 300):
         args, kw = make_case(rng, 7, 9, 6, u, reset_after=reset_after, mask="arbitrary",
                              return_sequences=True, dropout="per_gate", dtype=dtype)
         x, w, h0, spec = args

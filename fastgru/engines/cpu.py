@@ -56,7 +56,7 @@ _U_L2_BYTES = 1 << 20
 _SPLIT_MAX_ROWS = 32
 # Below this much per-step work (B * u * 3u multiply-adds) a barrier per step costs more than
 # splitting the units gains, so a small batch stays on fewer threads.
-_SPLIT_MIN_WORK = 1 << 15
+_SPLIT_MIN_WORK = 1 << 17
 
 
 # GNU OpenMP cannot run a multi-threaded region in a fork()ed child once the parent has run one
