@@ -13,6 +13,8 @@ from setuptools import Extension, setup
 
 openmp = os.environ.get("FASTGRU_NO_OPENMP", "") not in ("1", "true", "yes")
 omp_flags = ["-fopenmp"] if openmp else []
+# without the runtime: keep the simd pragmas, ignore the thread ones
+simd_flags = [] if openmp else ["-fopenmp-simd", "-Wno-unknown-pragmas"]
 
 ext = Extension(
     "fastgru._cpu._gru",
@@ -24,7 +26,7 @@ ext = Extension(
     # fp-contract=off: every ISA clone of the gate loops computes the same bits; no-trapping-math
     # lets the branch-free activation loops vectorise (values unchanged).
     extra_compile_args=["-O3", "-std=gnu11", "-ffp-contract=off", "-fno-trapping-math",
-                        "-fno-math-errno", *omp_flags],
+                        "-fno-math-errno", *omp_flags, *simd_flags],
     extra_link_args=omp_flags,
 )
 

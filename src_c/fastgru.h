@@ -30,6 +30,9 @@ typedef void (*fg_sgemm_t)(char *, char *, int *, int *, int *, float *, float *
 typedef void (*fg_dgemm_t)(char *, char *, int *, int *, int *, double *, double *, int *,
                            double *, int *, double *, double *, int *);
 
+/* 1 when built with OpenMP (threads), 0 for a single-threaded build. */
+int fg_openmp(void);
+
 /* Best per-step product kernel this CPU runs (FG_ISA_*). */
 int fg_isa_best(void);
 

@@ -1,7 +1,12 @@
 /* GRU forward/backward drivers for float and double (the code is in gru_impl.h). */
 #include <stdlib.h>
 #include <string.h>
+#ifdef _OPENMP
 #include <omp.h>
+#else /* built without OpenMP (FASTGRU_NO_OPENMP=1): one thread */
+static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_num_threads(void) { return 1; }
+#endif
 #include "fastgru.h"
 
 #define REAL float
@@ -31,6 +36,15 @@
 #define ACT fg_act_d
 #define DACT fg_dact_d
 #include "gru_impl.h"
+
+int fg_openmp(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
 
 int fg_forward(const fg_fwd_args *a) { return a->is_double ? forward_d(a) : forward_f(a); }
 

@@ -18,6 +18,11 @@ PANEL_D = FG_WD
 ISA_NAMES = {FG_ISA_GENERIC: "generic", FG_ISA_AVX2: "avx2", FG_ISA_AVX512: "avx512"}
 
 
+def openmp():
+    """True when the kernels were built with OpenMP (else they run on one thread)."""
+    return bool(fg_openmp())
+
+
 def isa_best():
     """The fastest per-step product kernel this CPU runs: 0 generic, 1 avx2, 2 avx512."""
     return fg_isa_best()

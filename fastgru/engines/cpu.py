@@ -76,7 +76,7 @@ if hasattr(os, "register_at_fork"):
 
 def _max_threads(n: int) -> int:
     global _omp_team_used
-    if _forked_child:
+    if _forked_child or not _gru.openmp():
         return 1
     if n > 1:
         _omp_team_used = True
@@ -155,6 +155,8 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     if _forked_child and nthr > 1:
         how = ("1 thread: this process was fork()ed after its parent ran OpenMP threads, and "
                "GNU OpenMP cannot start a thread team in such a child")
+    elif not _gru.openmp() and nthr > 1:
+        how = "1 thread: the extension was built without OpenMP (FASTGRU_NO_OPENMP)"
     isa = _ISA_NAME[_isa(kernel)]
     gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
     return (f"cpu engine (compiled Cython/OpenMP): input projection by BLAS GEMMs over chunks of "
