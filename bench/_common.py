@@ -8,6 +8,7 @@ together with the float64 reference results used to verify each peer before it i
 from __future__ import annotations
 
 import ctypes
+import inspect
 import json
 import os
 import platform
@@ -87,6 +88,10 @@ def add_common_args(ap, peers, default_peers=None):
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each peer process, wait up to this long for other work on "
                          "the machine to drop below 15%% of the CPUs (default 0)")
+    ap.add_argument("--retry-busy", type=int, metavar="N",
+                    help="run a peer process again (up to N times, default 1; --quick: 0) when "
+                         "other work used more than 25%% of the CPUs while it ran; the run with "
+                         "the least other work is kept")
     ap.add_argument("--json", help="also write all results to this JSON file")
     ap.add_argument("--from-json", metavar="FILE",
                     help="print the table of a run saved with --json (e.g. with --stat min), "
@@ -94,7 +99,10 @@ def add_common_args(ap, peers, default_peers=None):
 
 
 def time_box(args) -> tuple[float, int, float]:
-    """(seconds of timed calls, minimum timed calls, child timeout) for the run mode."""
+    """(seconds of timed calls, minimum timed calls, child timeout) for the run mode; also
+    settles --retry-busy."""
+    if args.retry_busy is None:
+        args.retry_busy = 0 if args.quick else 1
     budget = args.budget if args.budget is not None else (0.3 if args.quick else 1.5)
     return budget, (1 if args.quick else 3), (200 if args.quick else 400)
 
@@ -191,8 +199,10 @@ def _cache_key(shape: Shape, seed: int, return_sequences: bool, training: bool) 
     import fastgru
     h = hashlib.sha256()
     pkg = Path(fastgru.__file__).parent
-    for src in (pkg / "engines" / "reference.py", pkg / "activations.py", BENCH_DIR / "_common.py"):
+    for src in (pkg / "engines" / "reference.py", pkg / "activations.py"):
         h.update(src.read_bytes())
+    for fn in (make_problem, reference_results, gru_spec):  # not the whole of this file
+        h.update(inspect.getsource(fn).encode())
     h.update(f"{shape.label}|{seed}|{return_sequences}|{training}|{np.__version__}".encode())
     return h.hexdigest()[:20]
 
@@ -411,6 +421,36 @@ def busy_fraction(interval: float = 0.5) -> float | None:
     return 1.0 - (i1 - i0) / max(t1 - t0, 1)
 
 
+class OtherWork:
+    """Share of all CPUs that work other than this process and its children used between
+    ``start()`` and ``stop()`` (from /proc/stat and getrusage); None where unavailable."""
+
+    def _sample(self):
+        import resource
+        total, idle = _cpu_times()
+        ch = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return total, idle, ch.ru_utime + ch.ru_stime + time.process_time()
+
+    def start(self):
+        try:
+            self._s0 = self._sample()
+        except (OSError, ValueError, IndexError, ImportError):
+            self._s0 = None
+        return self
+
+    def stop(self) -> float | None:
+        if self._s0 is None:
+            return None
+        t1, i1, m1 = self._sample()
+        t0, i0, m0 = self._s0
+        hz = os.sysconf("SC_CLK_TCK")
+        total_s = (t1 - t0) / hz
+        if total_s <= 0:
+            return None
+        busy_s = ((t1 - t0) - (i1 - i0)) / hz
+        return min(1.0, max(0.0, (busy_s - (m1 - m0)) / total_s))
+
+
 def wait_quiet(max_wait: float, threshold: float = 0.15) -> float | None:
     """Wait up to ``max_wait`` s for other work to drop below ``threshold`` of the CPUs;
     returns the last busy fraction seen."""
@@ -533,9 +573,14 @@ def error_summary(peers, threads, results) -> list[str]:
                     if "cpu_per_wall" in r] for n in threads if n in results.get(p, {})}
         line = f"- {p}: max rel. error vs float64 reference {max(errs):.2e}" if errs else f"- {p}:"
         used = {n: sorted(v)[len(v) // 2] for n, v in used.items() if v}
+        other = {n: results[p][n].get("other_busy_during") for n in threads
+                 if n in results.get(p, {})}
         if used:
             line += "; CPU s per wall s (median over shapes): " + ", ".join(
                 f"{v:.2f} at {n}t" for n, v in used.items())
+        if any(v is not None for v in other.values()):
+            line += "; other work during: " + ", ".join(
+                f"{100 * v:.0f}% at {n}t" for n, v in other.items() if v is not None)
         if bad:
             line += f"  DISAGREES (> {TOLERANCE:g}) at {', '.join(sorted(set(bad)))}"
         for f in fails:

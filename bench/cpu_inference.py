@@ -61,7 +61,8 @@ def main(argv=None) -> int:
     with tmp:
         results, versions, notes = P.run_matrix(args.peers, args.threads, files_for,
                                                 "inference", budget, min_reps, timeout,
-                                                wait_quiet=args.wait_quiet)
+                                                wait_quiet=args.wait_quiet,
+                                                retry_busy=args.retry_busy)
     C.print_report(args, "cpu_inference", machine, results, versions, notes, t_start,
                    extra={"return_sequences": args.return_sequences})
     return 0

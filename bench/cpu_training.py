@@ -59,7 +59,8 @@ def main(argv=None) -> int:
     with tmp:
         results, versions, notes = P.run_matrix(args.peers, args.threads, files_for,
                                                 "training", budget, min_reps, timeout,
-                                                wait_quiet=args.wait_quiet)
+                                                wait_quiet=args.wait_quiet,
+                                                retry_busy=args.retry_busy)
     engines = {r.get("engine") for n in args.threads
                for r in results.get("fastgru", {}).get(n, {}).get("results", {}).values()}
     if "reference" in engines:
