@@ -16,6 +16,13 @@ from fastgru.engines.base import DropoutMasks, GRUSpec, Weights
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="CPU extension not built")
 
+
+@pytest.fixture(autouse=True)
+def threads_even_for_small_work(monkeypatch):
+    """The tests' problems are tiny: without this the work cap would run them all on one
+    thread and the threaded paths would go untested."""
+    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
+
 TOL = {np.float64: 1e-10, np.float32: 2e-5}
 ISAS = ["generic", "avx2", "avx512"]
 
@@ -446,6 +453,25 @@ def test_supports_and_describe():
     text = cpu.describe_kernel(GRUSpec(8, tanh, sig, reset_after=False), (64, 10, 4), 2)
     assert "2 thread(s)" in text and "two GEMMs" in text
     assert cpu.NAME == "cpu"
+
+
+def test_small_work_runs_on_one_thread(monkeypatch):
+    """Threads are capped by the work (one per _MIN_THREAD_WORK multiply-adds), and
+    describe_kernel says so; the cap never changes a number (the tests above run uncapped)."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 1 << 23)
+    tanh, sig = activations.get("tanh"), activations.get("sigmoid")
+    tiny = cpu.describe_kernel(GRUSpec(3, tanh, sig), (2, 10, 4), n_threads=2)
+    assert "capped at 1 by the work" in tiny and "1 thread(s)" in tiny
+    assert "weight-gradient GEMMs on 1" in tiny
+    assert cpu._plan(2, 10, 4, 3, 4, 2)[0] == 1
+    big = cpu.describe_kernel(GRUSpec(128, tanh, sig), (32, 100, 64), n_threads=2)
+    assert "capped" not in big
+    if _gru.openmp():
+        assert cpu._plan(32, 100, 64, 128, 4, 2)[0] == 2 and "GEMMs on 2" in big
+    # 3 threads asked, work for 2
+    assert cpu._plan(64, 14, 64, 64, 4, 3)[0] == 2
 
 
 def test_training_tape_and_inference_tape_none(rng):

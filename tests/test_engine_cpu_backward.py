@@ -7,12 +7,14 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_engine_cpu import as64, make_case, ref_forward, rel_err, supported_isas
+from test_engine_cpu import (  # noqa: F401 (an autouse fixture)
+    as64, make_case, ref_forward, rel_err, supported_isas, threads_even_for_small_work)
 
 from fastgru.engines import cpu, reference
 from fastgru.engines.base import DropoutMasks, Weights
 
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="CPU extension not built")
+
 
 GRAD_TOL = {np.float64: 1e-10, np.float32: 5e-5}
 NAMES = ("x", "h0", "kernel", "recurrent_kernel", "bias")

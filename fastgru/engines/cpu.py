@@ -57,6 +57,13 @@ _SPLIT_MAX_ROWS = 32
 # Below this much per-step work (B * u * 3u multiply-adds) a barrier per step costs more than
 # splitting the units gains, so a small batch stays on fewer threads.
 _SPLIT_MIN_WORK = 1 << 17
+# A call uses one more thread only per this many multiply-adds of work (B*T*3u*(D+u) forward;
+# the backward and the weight-gradient GEMMs each do about as much). 2^23 is ~0.1-0.3 ms of one
+# core. Starting a second thread costs a few microseconds on an idle machine, but on a busy one
+# the woken thread may wait a whole scheduler time slice (milliseconds) for a core, and the
+# call waits with it: a tiny problem (B=2, u=3) took 5-12 ms on 2 threads against 0.02-0.2 ms
+# on one. Below the threshold the loss from a delayed thread exceeds the best-case gain.
+_MIN_THREAD_WORK = 1 << 23
 
 
 # GNU OpenMP cannot run a multi-threaded region in a fork()ed child once the parent has run one
@@ -113,9 +120,20 @@ def _isa(kernel) -> int:
     return isa
 
 
-def _plan(B: int, T: int, u: int, itemsize: int, n_threads: int):
+def _work_threads(work: int, n_threads: int) -> int:
+    """Threads worth starting for ``work`` multiply-adds: at most one per _MIN_THREAD_WORK."""
+    return max(1, min(n_threads, work // _MIN_THREAD_WORK)) if _MIN_THREAD_WORK else n_threads
+
+
+def _plan(B: int, T: int, D: int, u: int, itemsize: int, n_threads: int):
     """(threads, split_units, chunk steps, reason). The result never changes any number: rows
     are bit-identical on every plan."""
+    capped = ""
+    work = B * T * 3 * u * (D + u)
+    if _work_threads(work, n_threads) < n_threads:
+        n_threads = _work_threads(work, n_threads)
+        capped = (f"capped at {n_threads} by the work ({work} multiply-adds; one thread per "
+                  f"{_MIN_THREAD_WORK}): ")
     panel = 256 // itemsize
     npu = -(-u // panel)
     big_u = u * 3 * u * itemsize > _U_L2_BYTES and B / n_threads < _SPLIT_MAX_ROWS
@@ -136,6 +154,7 @@ def _plan(B: int, T: int, u: int, itemsize: int, n_threads: int):
         nthr, split = max(B, 1), False
         why = (f"batch {B} and {u} units are too small to split across {n_threads} threads: "
                f"{nthr} thread(s)")
+    why = capped + why
     groups = 1 if split else nthr
     rows = -(-max(B, 1) // groups)
     chunk = -(-_PROJ_ROWS // rows)
@@ -151,17 +170,21 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
         return f"cpu engine unavailable: {why}"
     B, T, D = x_shape
     n = _threads.resolve(n_threads)
-    nthr, split, chunk, how = _plan(B, T, spec.units, np.dtype(dtype).itemsize, n)
+    nthr, split, chunk, how = _plan(B, T, D, spec.units, np.dtype(dtype).itemsize, n)
     if _forked_child and nthr > 1:
         how = ("1 thread: this process was fork()ed after its parent ran OpenMP threads, and "
                "GNU OpenMP cannot start a thread team in such a child")
     elif not _gru.openmp() and nthr > 1:
         how = "1 thread: the extension was built without OpenMP (FASTGRU_NO_OPENMP)"
+    nbwd = _work_threads(B * T * 3 * spec.units * (D + spec.units), n)
+    if _forked_child or not _gru.openmp():
+        nbwd = 1
     isa = _ISA_NAME[_isa(kernel)]
     gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
     return (f"cpu engine (compiled Cython/OpenMP): input projection by BLAS GEMMs over chunks of "
             f"{chunk} steps; per step {gemms} by the {isa} packed-panel FMA kernel then one fused "
-            f"gate/mask/output pass; threads: {how}.")
+            f"gate/mask/output pass; threads: {how}; training: per-step backward on "
+            f"{min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on {nbwd}.")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -314,7 +337,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         rp = np.empty((B, T, u), dtype)
     if B > 0:
         n = _threads.resolve(n_threads)
-        nthr, split, chunk, _ = _plan(B, T, u, dtype.itemsize, n)
+        nthr, split, chunk, _ = _plan(B, T, D, u, dtype.itemsize, n)
         nthr = _max_threads(nthr)
         upk = _packed(U, u, weights_key)
         with _threads.blas_threads(1):
@@ -351,7 +374,8 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
     dA = np.empty((B, T, u3), dtype)
     dR = np.empty((B, T, u3), dtype) if spec.reset_after else None
     dh0 = np.empty((B, u), dtype)
-    n = _threads.resolve(n_threads)
+    # the per-step backward and the weight-gradient GEMMs each do about the forward's work
+    n = _work_threads(B * T * u3 * (D + u), _threads.resolve(n_threads))
     if B > 0:
         utpk = _pack(np.ascontiguousarray(U.T), 0, u, dtype.itemsize)
         _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
