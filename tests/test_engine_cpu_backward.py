@@ -8,7 +8,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_cpu import (  # noqa: F401 (an autouse fixture)
-    as64, make_case, ref_forward, rel_err, supported_isas, threads_even_for_small_work)
+    as64,
+    make_case,
+    ref_forward,
+    rel_err,
+    supported_isas,
+    threads_even_for_small_work,
+)
 
 from fastgru.engines import cpu, reference
 from fastgru.engines.base import DropoutMasks, Weights
