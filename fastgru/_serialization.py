@@ -10,7 +10,29 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-__all__ = ["register", "serialize", "deserialize"]
+__all__ = ["ConfigObject", "register", "serialize", "deserialize"]
+
+class ConfigObject:
+    """Keras-style small objects (initializers, regularizers, constraints): rebuilt from
+    ``get_config()``, equal when type and config are equal, printed as their constructor."""
+
+    def get_config(self) -> dict:
+        return {}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.get_config() == other.get_config()
+
+    def __hash__(self):
+        return hash(type(self).__name__)
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
+        return f"{type(self).__name__}({args})"
+
 
 _REGISTRY: dict[str, type] = {}
 

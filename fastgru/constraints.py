@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .regularizers import _xp
+from ._array import get_array_module as _xp
+from ._serialization import ConfigObject
 
 __all__ = ["Constraint", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "get", "serialize",
            "deserialize"]
@@ -22,26 +23,9 @@ def _norms(w, axis):
     return xp.sqrt((w * w).sum(axis=axis, keepdims=True))
 
 
-class Constraint:
+class Constraint(ConfigObject):
     def __call__(self, w):
         return w
-
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash(type(self).__name__)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class MaxNorm(Constraint):

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _random
+from ._serialization import ConfigObject
 
 __all__ = [
     "Initializer", "Zeros", "Ones", "Constant", "RandomUniform", "RandomNormal",
@@ -42,28 +43,11 @@ def compute_fans(shape) -> tuple[float, float]:
     return float(shape[-2] * receptive), float(shape[-1] * receptive)
 
 
-class Initializer:
+class Initializer(ConfigObject):
     """Base: ``__call__(shape, dtype)``, ``get_config()``, ``from_config(config)``."""
 
     def __call__(self, shape, dtype=None) -> np.ndarray:
         raise NotImplementedError
-
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config: dict):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash(type(self).__name__)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class _Seeded(Initializer):

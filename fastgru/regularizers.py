@@ -12,17 +12,12 @@ import math
 import numbers
 from typing import Any
 
+from ._array import get_array_module as _xp
+from ._serialization import ConfigObject
+
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "deserialize"]
 
 
-def _xp(w):
-    if type(w).__module__.split(".")[0] == "cupy":
-        import cupy
-
-        return cupy
-    import numpy
-
-    return numpy
 
 
 def _validate(value, name):
@@ -35,29 +30,12 @@ def _validate(value, name):
     )
 
 
-class Regularizer:
+class Regularizer(ConfigObject):
     def __call__(self, w) -> float:
         raise NotImplementedError
 
     def gradient(self, w):
         raise NotImplementedError
-
-    def get_config(self) -> dict:
-        return {}
-
-    @classmethod
-    def from_config(cls, config):
-        return cls(**config)
-
-    def __eq__(self, other):
-        return type(self) is type(other) and self.get_config() == other.get_config()
-
-    def __hash__(self):
-        return hash(type(self).__name__)
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
-        return f"{type(self).__name__}({args})"
 
 
 class L1L2(Regularizer):
