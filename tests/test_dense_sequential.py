@@ -3,6 +3,7 @@ gradients against central finite differences (float64)."""
 
 import numpy as np
 import pytest
+from conftest import central_diff
 
 from fastgru.layers import GRU, Layer
 from fastgru.layers.bidirectional import Bidirectional
@@ -13,21 +14,7 @@ rng = np.random.default_rng(5)
 
 
 def numeric_grad(loss, arr, eps=1e-6, entries=None):
-    """Central differences of ``loss()`` w.r.t. the entries of ``arr`` (modified in place):
-    all of them, or ``entries`` randomly chosen ones (the others are left NaN)."""
-    idx = list(np.ndindex(arr.shape))
-    if entries is not None and entries < len(idx):
-        idx = [idx[i] for i in rng.choice(len(idx), entries, replace=False)]
-    g = np.full(arr.shape, np.nan)
-    for i in idx:
-        old = arr[i]
-        arr[i] = old + eps
-        up = loss()
-        arr[i] = old - eps
-        down = loss()
-        arr[i] = old
-        g[i] = (up - down) / (2 * eps)
-    return g
+    return central_diff(loss, arr, eps, entries, rng)
 
 
 def check_grads(model, x, call_kwargs=None, forward_kwargs=None, rtol=1e-6, atol=1e-8,
