@@ -9,7 +9,9 @@ zero-fills outputs after them. The engine contract wants Keras's generic-loop se
 * ``go_backwards``: each row is reversed within its length before cuDNN; in processing order
   the first ``T - L`` outputs are zeros, then cuDNN's outputs;
 * rows with ``L == 0`` (fully masked) run with length 1 on zero input and are then overridden:
-  outputs 0, final state = h0, no gradient into the weights.
+  outputs 0, final state = h0, no gradient into the weights;
+* BIDIRECTIONAL: the backward half of cuDNN's output is time-aligned; :func:`reverse_within_length`
+  turns it into the go_backwards layer's processing order, after which the same gathers apply.
 
 ``L`` is a device int array (B,); ``t`` indexes the padded time axis. Each backward function
 is the transpose of its forward gather.
@@ -129,3 +131,13 @@ def outputs_backward(xp, d_out, d_h_last, L, spec, shape, dtype):
         dy = xp.where((t < Lc - 1)[:, :, None], d_out,
                       xp.where((t == Lc - 1)[:, :, None], tail, 0))
     return xp.ascontiguousarray(dy.astype(dtype, copy=False)), dhy, dh0_direct
+
+
+def reverse_within_length(xp, a, L):
+    """``a[b, L-1-t]`` for t < L, 0 beyond (a plain time flip when ``L`` is None); its own
+    transpose.
+
+    Converts cuDNN's BIDIRECTIONAL backward half (time-aligned: the value at input step t is
+    the state after the reverse pass has read steps L-1 .. t) into what a unidirectional run
+    over the row reversed within its length emits at processing step t, and back."""
+    return input_gather(xp, a, L, True)

@@ -12,6 +12,11 @@ The library is loaded on the first GPU call, never at import (:mod:`._cudnn_api`
 Split of the work: the glue here (validation, lengths, packing, gathers) is array-module
 generic and runs on NumPy in the CPU tests against an emulated backend; :class:`CudnnBackend`
 holds every cuDNN call (descriptors, weight-space queries, forward, backward data/weights).
+
+Bidirectional (:func:`forward_bidirectional` / :func:`backward_bidirectional`): one
+CUDNN_BIDIRECTIONAL call runs a Keras ``Bidirectional`` pair of GRU layers (the forward layer
+as pseudo-layer 0, the go_backwards layer as pseudo-layer 1, both in one weight space) and
+returns exactly what the two unidirectional calls return.
 """
 
 from __future__ import annotations
@@ -32,6 +37,11 @@ from .base import DropoutMasks, Gradients, GRUSpec, Tape, Weights
 from .xp import check_upstream
 
 NAME = "cudnn"
+NAME_BIDIRECTIONAL = "cudnn-bidirectional"
+
+#: cudnnDirectionMode_t CUDNN_BIDIRECTIONAL (cudnn_adv.h; CUDNN_NOTES.md enum table). Kept here
+#: because _cudnn_api.py (another owner's file) defines only UNIDIRECTIONAL.
+BIDIRECTIONAL = getattr(api, "BIDIRECTIONAL", 1)
 
 #: Allow TF32 tensor-core math for float32 (cuDNN's DEFAULT_MATH on Ampere and later). Off by
 #: default: float32 results then agree with the float64 reference to ~1e-5 instead of ~1e-3.
@@ -115,13 +125,14 @@ class _Owned:
 
 
 class _Plan:
-    """Descriptors, weight layout and per-shape caches of one (device, dtype, D, u) config."""
+    """Descriptors, weight layout and per-shape caches of one (device, dtype, D, u, dirs)
+    config; ``dirs`` 2 is CUDNN_BIDIRECTIONAL (h is (2, B, u), y (B, T, 2u))."""
 
-    def __init__(self, handle, dtype, D: int, u: int):
+    def __init__(self, handle, dtype, D: int, u: int, dirs: int = 1):
         import cupy
 
         self.dtype = np.dtype(dtype)
-        self.D, self.u = D, u
+        self.D, self.u, self.dirs = D, u, dirs
         self.dt_code = api.DATA_DOUBLE if self.dtype == np.float64 else api.DATA_FLOAT
         math = api.DEFAULT_MATH
         if self.dtype == np.float32 and not ALLOW_TF32:
@@ -131,7 +142,8 @@ class _Plan:
                  None, c_size_t(0), ctypes.c_ulonglong(0))
         self.rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
         api.call("cudnnSetRNNDescriptor_v8", self.rnn.ptr, api.RNN_ALGO_STANDARD,
-                 api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS, api.UNIDIRECTIONAL, api.LINEAR_INPUT,
+                 api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS,
+                 BIDIRECTIONAL if dirs == 2 else api.UNIDIRECTIONAL, api.LINEAR_INPUT,
                  self.dt_code, self.dt_code, math, D, u, u, 1, self.dropout.ptr,
                  api.RNN_PADDED_IO_ENABLED)
         size = c_size_t()
@@ -143,9 +155,9 @@ class _Plan:
                                  f"{self.dtype} elements")
         self.n_elems = self.weight_bytes // self.dtype.itemsize
         params = self._weight_params(handle, cupy)
-        idx = layout.pack_index(params, self.n_elems, D, u)
+        idx = layout.pack_index(params, self.n_elems, D, u, dirs)
         self.pack_idx = cupy.asarray(idx)
-        self.unpack_idx = cupy.asarray(layout.unpack_index(idx, D, u))
+        self.unpack_idx = cupy.asarray(layout.unpack_index(idx, D, u, dirs))
         self.h_descs = {}
         self.data = collections.OrderedDict()  # (B, T, lengths) -> (xd, yd, sizes, dev_len)
         self._lock = threading.Lock()  # the caches are shared by threads
@@ -157,19 +169,21 @@ class _Plan:
         mdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
         bdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
         params = []
-        for lin in range(6):
-            maddr, baddr = c_void_p(), c_void_p()
-            api.call("cudnnGetRNNWeightParams", handle, self.rnn.ptr, 0,
-                     c_size_t(self.weight_bytes), c_void_p(base), lin, mdesc.ptr, byref(maddr),
-                     bdesc.ptr, byref(baddr))
-            for kind, desc, addr in (("W", mdesc, maddr), ("b", bdesc, baddr)):
-                if not addr.value:
-                    raise api.CudnnError("cudnnGetRNNWeightParams", -1, "missing parameter",
-                                         f"linLayerID {lin} has no {kind}")
-                dims = _nd_dims(desc.ptr)
-                shape = (dims[1], dims[2]) if kind == "W" else (dims[1],)
-                off = (addr.value - base) // self.dtype.itemsize
-                params.append(layout.Param(lin, kind, off, shape))
+        for pseudo in range(self.dirs):  # 0 forward, 1 backward direction (BIDIRECTIONAL)
+            for lin in range(6):
+                maddr, baddr = c_void_p(), c_void_p()
+                api.call("cudnnGetRNNWeightParams", handle, self.rnn.ptr, pseudo,
+                         c_size_t(self.weight_bytes), c_void_p(base), lin, mdesc.ptr,
+                         byref(maddr), bdesc.ptr, byref(baddr))
+                for kind, desc, addr in (("W", mdesc, maddr), ("b", bdesc, baddr)):
+                    if not addr.value:
+                        raise api.CudnnError("cudnnGetRNNWeightParams", -1, "missing parameter",
+                                             f"pseudoLayer {pseudo} linLayerID {lin} has no "
+                                             f"{kind}")
+                    dims = _nd_dims(desc.ptr)
+                    shape = (dims[1], dims[2]) if kind == "W" else (dims[1],)
+                    off = (addr.value - base) // self.dtype.itemsize
+                    params.append(layout.Param(lin, kind, off, shape, pseudo))
         return params
 
     def h_desc(self, B: int):
@@ -180,7 +194,8 @@ class _Plan:
         d = self.h_descs.get(B)
         if d is None:
             d = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
-            dims = api.int_array((1, B, self.u))
+            # (numLayers * dirs, B, u): cudnnRNNForward's hDesc reference
+            dims = api.int_array((self.dirs, B, self.u))
             strides = api.int_array((B * self.u, self.u, 1))
             api.call("cudnnSetTensorNdDescriptor", d.ptr, self.dt_code, 3, dims, strides)
             self.h_descs[B] = d
@@ -205,8 +220,9 @@ class _Plan:
         yd = _Owned("cudnnCreateRNNDataDescriptor", "cudnnDestroyRNNDataDescriptor")
         api.call("cudnnSetRNNDataDescriptor", xd.ptr, self.dt_code,
                  api.RNN_DATA_BATCH_MAJOR_UNPACKED, T, B, self.D, seqlen, byref(fill))
-        api.call("cudnnSetRNNDataDescriptor", yd.ptr, self.dt_code,
-                 api.RNN_DATA_BATCH_MAJOR_UNPACKED, T, B, self.u, seqlen, byref(fill))
+        api.call("cudnnSetRNNDataDescriptor", yd.ptr, self.dt_code,  # y: vectorSize u * dirs
+                 api.RNN_DATA_BATCH_MAJOR_UNPACKED, T, B, self.u * self.dirs, seqlen,
+                 byref(fill))
         work, reserve = c_size_t(), c_size_t()
         mode = api.FWD_MODE_TRAINING if training else api.FWD_MODE_INFERENCE
         api.call("cudnnGetRNNTempSpaceSizes", handle, self.rnn.ptr, mode, xd.ptr, byref(work),
@@ -262,28 +278,29 @@ class CudnnBackend:
         api.call("cudnnSetStream", h, c_void_p(cupy.cuda.get_current_stream().ptr))
         return h
 
-    def plan(self, dtype, D: int, u: int):
+    def plan(self, dtype, D: int, u: int, dirs: int = 1):
         import cupy
 
-        key = (cupy.cuda.runtime.getDevice(), np.dtype(dtype).str, D, u, ALLOW_TF32)
+        key = (cupy.cuda.runtime.getDevice(), np.dtype(dtype).str, D, u, dirs, ALLOW_TF32)
         with self._lock:
             p = self._plans.get(key)
             if p is None:
-                p = self._plans[key] = _Plan(self.handle(), dtype, D, u)
+                p = self._plans[key] = _Plan(self.handle(), dtype, D, u, dirs)
         return p
 
     def forward(self, plan, space, x_c, h0, lengths, training):
         """cudnnRNNForward on (B, T, D) x_c with per-row ``lengths`` (host int32, >= 1).
 
-        Returns (y (B, T, u) zero-filled after each length, hy (B, u), ctx for backward)."""
+        ``h0``: (B, u), or (2, B, u) for a bidirectional plan. Returns (y (B, T, u * dirs)
+        zero-filled after each length, hy shaped like h0, ctx for backward)."""
         import cupy
 
         B, T, _ = x_c.shape
         h = self.handle()
         xd, yd, work_b, res_b, dev_len = plan.data_descs(h, B, T, lengths, training)
         hd = plan.h_desc(B)
-        y = cupy.empty((B, T, plan.u), plan.dtype)
-        hy = cupy.empty((B, plan.u), plan.dtype)
+        y = cupy.empty((B, T, plan.u * plan.dirs), plan.dtype)
+        hy = cupy.empty(h0.shape, plan.dtype)
         work = cupy.empty(max(work_b, 1), cupy.uint8)
         reserve = cupy.empty(max(res_b, 1), cupy.uint8) if training else None
         mode = api.FWD_MODE_TRAINING if training else api.FWD_MODE_INFERENCE
@@ -299,7 +316,7 @@ class CudnnBackend:
     def backward(self, plan, space, ctx, dy, dhy):
         """cudnnRNNBackwardData_v8 then cudnnRNNBackwardWeights_v8 (ADD into zeros).
 
-        Returns (dx (B, T, D), dh0 (B, u), d weight space (n_elems,))."""
+        Returns (dx (B, T, D), dh0 shaped like the forward's h0, d weight space (n_elems,))."""
         import cupy
 
         x_c, h0, y = ctx["x"], ctx["h0"], ctx["y"]
@@ -309,7 +326,7 @@ class CudnnBackend:
         hd = plan.h_desc(B)
         reserve = ctx["reserve"]
         dx = cupy.empty_like(x_c)
-        dhx = cupy.empty((B, plan.u), plan.dtype)
+        dhx = cupy.empty(h0.shape, plan.dtype)
         dw = cupy.zeros(plan.n_elems, plan.dtype)
         work = cupy.empty(max(work_b, 1), cupy.uint8)
         api.call("cudnnRNNBackwardData_v8", h, plan.rnn.ptr, _ptr(dev_len), yd.ptr, _ptr(y),
@@ -369,10 +386,16 @@ def _values(weights: Weights) -> Weights:
     return Weights(*(getattr(w, "value", w) if w is not None else None for w in weights))
 
 
-def packed_weights(plan, weights: Weights, xp, weights_key=None):
-    """The cuDNN weight space for ``weights`` (Keras layout), from the cache when keyed."""
-    key = _weights_key(weights, weights_key)
-    w = _values(weights)
+def packed_weights(plan, weights, xp, weights_key=None):
+    """The cuDNN weight space for ``weights`` (Keras layout), from the cache when keyed.
+
+    ``weights``: one :class:`Weights`, or a tuple of them (one per pseudo-layer: forward,
+    backward) for a bidirectional plan."""
+    per_dir = [weights] if isinstance(weights, Weights) else list(weights)
+    key = weights_key
+    if key is None:
+        keys = [_weights_key(w, None) for w in per_dir]
+        key = None if None in keys else (keys[0] if len(keys) == 1 else tuple(keys))
     if key is not None:
         key = (id(plan), key)
         with _pack_lock:
@@ -380,7 +403,8 @@ def packed_weights(plan, weights: Weights, xp, weights_key=None):
             if hit is not None:
                 _pack_cache.move_to_end(key)
                 return hit
-    space = layout.pack(xp, w.kernel, w.recurrent_kernel, w.bias, plan.pack_idx, plan.dtype)
+    space = layout.pack_dirs(xp, [tuple(_values(w)) for w in per_dir], plan.pack_idx,
+                             plan.dtype)
     if key is not None:
         with _pack_lock:
             _pack_cache[key] = space
@@ -424,16 +448,43 @@ def _validate(x, w: Weights, h0, spec: GRUSpec, mask, dropout):
                          f"{tuple(dropout.inputs.shape)}")
 
 
+def _backend_for(x):
+    """The backend, or TypeError unless it takes ``x`` (a CuPy array)."""
+    be = backend()
+    if not be.accepts(x):
+        raise TypeError(f"the cuDNN engine runs on CuPy arrays, got {type(x).__module__}."
+                        f"{type(x).__name__} (use the xp or cpu engine for NumPy input)")
+    return be
+
+
+def _lengths(xp, mask, T):
+    """(host lengths or None, device lengths or None); None when nothing is masked.
+
+    Raises ValueError unless the mask is right-padded."""
+    if mask is None:
+        return None, None
+    L_host, ok = seq.mask_lengths(xp, mask)
+    reason = _mask_reason(ok)
+    if reason is not None:
+        raise ValueError(f"cuDNN cannot run this GRU: {reason}. {_REQUIRED}.")
+    if (L_host == T).all():
+        return None, None  # a mask that masks nothing
+    return L_host, xp.asarray(L_host)
+
+
+def _run_lengths(L_host, B, T):
+    """cuDNN's seqLengthArray: fully masked rows run one step (cuDNN fails on length 0)."""
+    run = np.full(B, T, np.int32) if L_host is None else np.maximum(L_host, 1)
+    return run.astype(np.int32)
+
+
 def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutMasks = None,
             training: bool = False, *, weights_key=None):
     """See :mod:`fastgru.engines.base`; ``weights_key``: a hashable version of the weights
     (e.g. ``((uid, version), ...)`` of their Variables) to reuse the packed weight space.
 
     Raises ValueError naming the failed rule for configs cuDNN cannot compute."""
-    be = backend()
-    if not be.accepts(x):
-        raise TypeError(f"the cuDNN engine runs on CuPy arrays, got {type(x).__module__}."
-                        f"{type(x).__name__} (use the xp or cpu engine for NumPy input)")
+    be = _backend_for(x)
     reason = static_reason(spec, dropout)
     if reason is not None:
         raise ValueError(f"cuDNN cannot run this GRU: {reason}. {_REQUIRED}.")
@@ -443,16 +494,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     B, T, D = x.shape
     u = spec.units
     dt = x.dtype
-    L_host = L = None
-    if mask is not None:
-        L_host, ok = seq.mask_lengths(xp, mask)
-        reason = _mask_reason(ok)
-        if reason is not None:
-            raise ValueError(f"cuDNN cannot run this GRU: {reason}. {_REQUIRED}.")
-        if (L_host == T).all():
-            L_host = None  # a mask that masks nothing
-        else:
-            L = xp.asarray(L_host)
+    L_host, L = _lengths(xp, mask, T)
     h0 = xp.ascontiguousarray(xp.asarray(h0, dt))
     mx = dropout.inputs if dropout is not None else None
     if B == 0:
@@ -466,8 +508,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         mx = xp.asarray(mx).astype(dt, copy=False)
     xin = x if mx is None else x * mx[:, None, :]
     x_c = seq.input_gather(xp, xin, L, spec.go_backwards).astype(dt, copy=False)
-    run_len = np.full(B, T, np.int32) if L_host is None else np.maximum(L_host, 1)
-    y_c, hy, ctx = be.forward(plan, space, x_c, h0, run_len.astype(np.int32), training)
+    y_c, hy, ctx = be.forward(plan, space, x_c, h0, _run_lengths(L_host, B, T), training)
     out, h_last = seq.outputs(xp, y_c, hy, h0, L, spec)
     tape = None
     if training:
@@ -506,3 +547,140 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
         dh0 = xp.where((L == 0)[:, None], dh0_direct, dhx).astype(dt, copy=False)
     dK, dR, db = layout.unpack(xp, dw, plan.unpack_idx, D, u)
     return Gradients(dx, dh0, dK, dR, db if s["has_bias"] else None)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bidirectional: a Keras Bidirectional pair of GRU layers in one CUDNN_BIDIRECTIONAL call
+
+
+def bidirectional_reason(spec_f: GRUSpec, spec_b: GRUSpec, dropout_f: DropoutMasks = None,
+                         dropout_b: DropoutMasks = None):
+    """The first rule (other than the mask's) that rules the fused call out; None if none.
+
+    ``spec_f`` is the layer reading the sequence forwards, ``spec_b`` the go_backwards one."""
+    for name, spec, drop in (("forward", spec_f, dropout_f), ("backward", spec_b, dropout_b)):
+        reason = static_reason(spec, drop)
+        if reason is not None:
+            return f"the {name} layer: {reason}"
+        if drop is not None and drop.inputs is not None:
+            return (f"the {name} layer has active input dropout (each direction draws its own "
+                    f"mask, but one bidirectional call reads one input)")
+    if spec_f.go_backwards or not spec_b.go_backwards:
+        return "the layers must read the sequence in opposite directions (forward, go_backwards)"
+    if spec_f.units != spec_b.units:
+        return f"the layers have different units ({spec_f.units} and {spec_b.units})"
+    if spec_f.return_sequences != spec_b.return_sequences:
+        return "the layers differ in return_sequences"
+    return None
+
+
+def eligible_bidirectional(spec_f: GRUSpec, spec_b: GRUSpec, mask=None,
+                           dropout_f: DropoutMasks = None, dropout_b: DropoutMasks = None):
+    """``(True, why)`` if :func:`forward_bidirectional` can run this pair, else
+    ``(False, the failed rule)``."""
+    reason = bidirectional_reason(spec_f, spec_b, dropout_f, dropout_b)
+    if reason is None and mask is not None:
+        ok, why = eligible(spec_f, mask)
+        reason = None if ok else why
+    if reason is not None:
+        return False, reason
+    return True, ("one CUDNN_BIDIRECTIONAL call: both layers tanh/sigmoid, use_bias, "
+                  "reset_after, same units, no dropout, "
+                  + ("right-padded mask" if mask is not None else "no mask"))
+
+
+def forward_bidirectional(x, weights_f: Weights, weights_b: Weights, h0_f, h0_b,
+                          spec_f: GRUSpec, spec_b: GRUSpec, mask=None, training: bool = False,
+                          *, weights_key=None):
+    """Both directions of a Keras Bidirectional GRU pair in one cuDNN call.
+
+    ``x`` (B, T, D); ``weights_f``/``h0_f`` (B, u)/``spec_f`` of the layer that reads the
+    sequence forwards (cuDNN pseudo-layer 0), ``..._b`` of the go_backwards layer (pseudo-layer
+    1); ``mask`` (B, T) right-padded or None. ``weights_key``: a hashable version of both
+    weight sets (e.g. ``(key_f, key_b)``) to reuse the packed weight space.
+
+    Returns ``(out_f, h_f, out_b, h_b, tape)``: each direction's outputs and final state
+    exactly as :func:`forward` of that layer alone returns them (so ``out_b`` is in the
+    go_backwards layer's processing order); ``tape`` is None unless ``training``."""
+    be = _backend_for(x)
+    reason = bidirectional_reason(spec_f, spec_b)
+    if reason is not None:
+        raise ValueError(f"cuDNN cannot run this bidirectional GRU in one call: {reason}. "
+                         f"{_REQUIRED}.")
+    wf, wb = _values(weights_f), _values(weights_b)
+    _validate(x, wf, h0_f, spec_f, mask, None)
+    _validate(x, wb, h0_b, spec_b, None, None)
+    xp = get_array_module(x)
+    B, T, D = x.shape
+    u = spec_f.units
+    dt = x.dtype
+    L_host, L = _lengths(xp, mask, T)
+    h0 = xp.ascontiguousarray(xp.stack([xp.asarray(h0_f, dt), xp.asarray(h0_b, dt)]))
+    if B == 0:
+        out = xp.zeros((0, T, u) if spec_f.return_sequences else (0, u), dt)
+        tape = None
+        if training:
+            tape = Tape(NAME_BIDIRECTIONAL, spec_f, dict(empty=True, x_shape=x.shape,
+                                                         spec_b=spec_b), 0, T, dt)
+        return out, h0[0], out.copy(), h0[1], tape
+    plan = be.plan(dt, D, u, dirs=2)
+    space = packed_weights(plan, (weights_f, weights_b), xp, weights_key)
+    x_c = seq.input_gather(xp, x, L, False).astype(dt, copy=False)
+    y, hy, ctx = be.forward(plan, space, x_c, h0, _run_lengths(L_host, B, T), training)
+    # y (B, T, 2u): forward half then backward half, both time-aligned with x; hy (2, B, u).
+    out_f, h_f = seq.outputs(xp, y[..., :u], hy[0], h0[0], L, spec_f)
+    yb_c = seq.reverse_within_length(xp, y[..., u:], L)
+    out_b, h_b = seq.outputs(xp, yb_c, hy[1], h0[1], L, spec_b)
+    if L is None:  # out_f is a view of y (which backward needs untouched): a contiguous copy
+        out_f = out_f.copy()
+    tape = None
+    if training:
+        saved = dict(plan=plan, space=space, ctx=ctx, L=L, x_shape=x.shape, spec_b=spec_b,
+                     has_bias=(wf.bias is not None, wb.bias is not None))
+        tape = Tape(NAME_BIDIRECTIONAL, spec_f, saved, batch=B, steps=T, dtype=dt)
+    return out_f, h_f, out_b, h_b, tape
+
+
+def backward_bidirectional(tape: Tape, d_out_f=None, d_h_f=None, d_out_b=None, d_h_b=None):
+    """Gradients of :func:`forward_bidirectional`: ``(dx, grads_f, grads_b)``.
+
+    ``d_out_*``/``d_h_*`` mirror each direction's outputs and final state (None = zeros).
+    ``dx`` (B, T, D) sums both directions; ``grads_f``/``grads_b`` are :class:`Gradients` in
+    each layer's Keras layout with ``x`` None (the input is shared)."""
+    if tape.engine != NAME_BIDIRECTIONAL:
+        raise ValueError(f"tape was recorded by engine {tape.engine!r}, not "
+                         f"{NAME_BIDIRECTIONAL!r}")
+    spec_f, s = tape.spec, tape.saved
+    spec_b = s["spec_b"]
+    B, T, D = s["x_shape"]
+    u = spec_f.units
+    dt = tape.dtype
+    check_upstream(spec_f, B, T, d_out_f, d_h_f)
+    check_upstream(spec_b, B, T, d_out_b, d_h_b)
+    if s.get("empty"):
+        import cupy
+
+        z = cupy.zeros
+
+        def empty():
+            return Gradients(None, z((0, u), dt), z((D, 3 * u), dt), z((u, 3 * u), dt),
+                             z((2, 3 * u), dt))
+        return z((0, T, D), dt), empty(), empty()
+    plan, ctx, L = s["plan"], s["ctx"], s["L"]
+    xp = get_array_module(s["space"])
+    shape = (B, T, u)
+    dyf, dhyf, direct_f = seq.outputs_backward(xp, d_out_f, d_h_f, L, spec_f, shape, dt)
+    dyb_c, dhyb, direct_b = seq.outputs_backward(xp, d_out_b, d_h_b, L, spec_b, shape, dt)
+    dy = xp.ascontiguousarray(
+        xp.concatenate([dyf, seq.reverse_within_length(xp, dyb_c, L)], axis=-1).astype(dt))
+    dhy = xp.ascontiguousarray(xp.stack([dhyf, dhyb]).astype(dt, copy=False))
+    dx_c, dhx, dw = backend().backward(plan, s["space"], ctx, dy, dhy)
+    dx = seq.input_gather_backward(xp, dx_c, L, False)
+    grads = []
+    for d, direct, (dK, dR, db) in zip((0, 1), (direct_f, direct_b),
+                                       layout.unpack_dirs(xp, dw, plan.unpack_idx, D, u)):
+        dh0 = dhx[d]
+        if L is not None:
+            dh0 = xp.where((L == 0)[:, None], direct, dh0).astype(dt, copy=False)
+        grads.append(Gradients(None, dh0, dK, dR, db if s["has_bias"][d] else None))
+    return dx, grads[0], grads[1]

@@ -10,14 +10,20 @@ goes to the forward layer, the second half to the backward one; ``return_state``
 ``(output, *forward_states, *backward_states)``.
 
 The two directions run as two calls of the wrapped layer (every engine the layer can use
-applies). One fused bidirectional cuDNN call would save a launch per step on GPUs; it is a
-possible later optimisation, not done here.
+applies), except on CuPy input when both layers are single GRU cells that cuDNN can run with
+the same configuration (tanh/sigmoid, use_bias, reset_after, same units and dtype, no active
+dropout, no unroll, ``use_cudnn`` not False, mask absent or right-padded): then one
+CUDNN_BIDIRECTIONAL call (:func:`fastgru.engines.cudnn.forward_bidirectional`) computes both
+directions, with the same results, states, tape/backward API and gradients as the two calls.
+``explain()`` says which path a call takes and why.
 """
 
 from __future__ import annotations
 
-from .. import _serialization
+from .. import _dispatch, _serialization
 from .base import Grads, Layer, array_module
+from .cell import _dropout_active
+from .rnn import _gru_cells
 
 __all__ = ["Bidirectional"]
 
@@ -215,8 +221,143 @@ class Bidirectional(Layer):
             return result[0], list(result[1:])
         return result, []
 
+    # ------------------------------------------------------------------ fused cuDNN call
+    def _fused_rule(self, x, mask, training):
+        """``(cudnn module, why)`` if one bidirectional cuDNN call can run this call (``x``
+        batch-major in the cells' dtype, ``mask`` (B, T) bool or None), else ``(None, why
+        not)``."""
+        cudnn, err = _dispatch.load("cudnn")
+        if cudnn is None:
+            return None, f"the cuDNN engine could not be imported ({err})"
+        if not cudnn.backend().accepts(x):
+            return None, "the input is not a CuPy array"
+        reason = self._static_fused_reason(training)
+        if reason is not None:
+            return None, reason
+        if x.shape[0] == 0:
+            return None, "empty batch (B == 0)"
+        ok, why = cudnn.eligible_bidirectional(*self._fused_specs(), mask)
+        return (cudnn, why) if ok else (None, why)
+
+    def _static_fused_reason(self, training):
+        """Why the wrapped layers' configuration rules the fused call out, or None."""
+        fl, bl = self.forward_layer, self.backward_layer
+        for sub in (fl, bl):
+            cells = _gru_cells(getattr(sub, "cell", None))
+            if cells is None or len(cells) != 1:
+                return f"layer '{sub.name}' is not a single GRU cell"
+            if getattr(sub, "use_cudnn", "auto") == False:  # noqa: E712 - Keras: 0 too
+                return f"layer '{sub.name}' has use_cudnn=False"
+            blockers = sub._blockers(cells[0])
+            if blockers:
+                return f"layer '{sub.name}': {'; '.join(blockers)}"
+            if _dropout_active(cells[0].dropout, training):
+                return (f"layer '{sub.name}' applies input dropout (each direction draws "
+                        f"its own mask; one call reads one input)")
+        if fl.cell.dtype != bl.cell.dtype or fl.dtype != bl.dtype:
+            return "the two layers compute in different dtypes"
+        return None
+
+    def _fused_pair(self):
+        """(layer reading forwards, go_backwards layer): cuDNN pseudo-layers 0 and 1."""
+        fl, bl = self.forward_layer, self.backward_layer
+        return (bl, fl) if fl.go_backwards else (fl, bl)
+
+    def _fused_specs(self):
+        first, second = self._fused_pair()
+        return tuple(sub.cell.spec(go_backwards=sub.go_backwards,
+                                   return_sequences=sub.return_sequences,
+                                   zero_output_for_mask=sub.zero_output_for_mask)
+                     for sub in (first, second))
+
+    def _fused_run(self, sequences, f0, b0, mask, training, record):
+        """``(forward layer's result, backward layer's result, engine tape)`` of one fused
+        call, each result as that layer's own call returns it; None when not eligible."""
+        cudnn, _ = _dispatch.load("cudnn")
+        if (cudnn is None or not cudnn.backend().accepts(sequences)
+                or self._static_fused_reason(training) is not None):
+            return None
+        fl, bl = self.forward_layer, self.backward_layer
+        x, m, st_f, bare_f, xp = fl._prepare(sequences, f0, mask)
+        _, _, st_b, bare_b, _ = bl._prepare(sequences, b0, mask)
+        x = x.astype(fl.cell.dtype, copy=False)
+        if self._fused_rule(x, m, training)[0] is None:
+            return None
+        states = {id(fl): (st_f, bare_f), id(bl): (st_b, bare_b)}
+        first, second = self._fused_pair()
+        dt = first.cell.dtype
+        spec_a, spec_b = self._fused_specs()
+        out_a, h_a, out_b, h_b, etape = cudnn.forward_bidirectional(
+            x, first.cell.engine_weights(), second.cell.engine_weights(),
+            xp.asarray(states[id(first)][0][0], dtype=dt),
+            xp.asarray(states[id(second)][0][0], dtype=dt), spec_a, spec_b, m,
+            training=record, weights_key=(first.cell.weights_key(), second.cell.weights_key()))
+        results = {}
+        for sub, out, h in ((first, out_a, h_a), (second, out_b, h_b)):
+            if sub.stateful:
+                sub._write_states([h], xp)
+            sub._called = True
+            results[id(sub)] = sub._structure(out, [h], states[id(sub)][1])
+            sub._record_activity(results[id(sub)])
+        return results[id(fl)], results[id(bl)], etape
+
+    def _fused_backward(self, tape, dy, dy_rev, d_states_f, d_states_b) -> Grads:
+        etape = tape["fused"]
+        fl, bl = self.forward_layer, self.backward_layer
+        xp = tape["module"]
+        B, T = etape.batch, etape.steps
+        up = {id(fl): self._engine_upstream(fl, dy, d_states_f, xp, B, T),
+              id(bl): self._engine_upstream(bl, dy_rev, d_states_b, xp, B, T)}
+        first, second = self._fused_pair()
+        dx, ga, gb = _dispatch.load("cudnn")[0].backward_bidirectional(
+            etape, *up[id(first)], *up[id(second)])
+        g = {id(first): ga, id(second): gb}
+        dx = dx.astype(self.dtype, copy=False)
+        if self.time_major:
+            dx = dx.swapaxes(0, 1)
+        weights, names, paths = [], [], []
+        for sub in (fl, bl):
+            trainable = {w.uid for w in sub.trainable_weights}
+            gr = g[id(sub)]
+            cell = sub.cell
+            for var, short, value in ((cell.kernel, "kernel", gr.kernel),
+                                      (cell.recurrent_kernel, "recurrent_kernel",
+                                       gr.recurrent_kernel), (cell.bias, "bias", gr.bias)):
+                if var is not None and var.uid in trainable:
+                    weights.append(value)
+                    names.append(short)
+                    paths.append(var.name)
+        return Grads(inputs=dx, initial_state=[g[id(fl)].h0, g[id(bl)].h0], weights=weights,
+                     names=names, paths=paths)
+
+    def _engine_upstream(self, sub, dy, d_states, xp, B, T):
+        """(d_outputs, d_h_last) of one direction in the engine contract's form, validated as
+        the layer's own ``backward`` does."""
+        d = (dy, *d_states) if self.return_state else dy
+        d_out, (dh,) = sub._split_d_outputs(d, None, 1, False)
+        cell = sub.cell
+        if d_out is not None:
+            d_out = sub._to(xp, d_out)
+            if self.return_sequences and self.time_major:
+                d_out = d_out.swapaxes(0, 1)
+            expected = (B, T, cell.units) if self.return_sequences else (B, cell.units)
+            if tuple(d_out.shape) != expected:
+                raise ValueError(
+                    f"`d_outputs` must have the shape of the outputs "
+                    f"{sub._out_shape(B, T, cell.units)}; received {tuple(d_out.shape)}")
+            d_out = xp.asarray(d_out, dtype=cell.dtype)
+        if dh is not None:
+            dh = sub._state_array(dh, xp, B, cell.units, "d_state").astype(cell.dtype)
+        return d_out, dh
+
+    # ------------------------------------------------------------------ calling
     def call(self, sequences, initial_state=None, mask=None, training: bool = False):
         f0, b0 = self._split_state(initial_state)
+        fused = self._fused_run(sequences, f0, b0, mask, training, record=False)
+        if fused is not None:
+            (y, fs), (y_rev, bs) = (self._parts(r, self.return_state) for r in fused[:2])
+            merged, _, _ = self._merge(y, y_rev)
+            return self._structure(merged, fs, bs)
         kw = {"mask": mask, "training": training}
         y, fs = self._parts(self.forward_layer(sequences, initial_state=f0, **kw),
                             self.return_state)
@@ -230,16 +371,22 @@ class Bidirectional(Layer):
         if not self.built:
             self.build(self._build_shape(sequences))
         f0, b0 = self._split_state(initial_state)
-        kw = {"mask": mask, "training": training}
-        yf, tf = self.forward_layer.forward(sequences, initial_state=f0, **kw)
-        yb, tb = self.backward_layer.forward(sequences, initial_state=b0, **kw)
+        fused = self._fused_run(sequences, f0, b0, mask, training, record=True)
+        if fused is not None:
+            yf, yb, etape = fused
+            tf = tb = None
+        else:
+            kw = {"mask": mask, "training": training}
+            yf, tf = self.forward_layer.forward(sequences, initial_state=f0, **kw)
+            yb, tb = self.backward_layer.forward(sequences, initial_state=b0, **kw)
+            etape = None
         y, fs = self._parts(yf, self.return_state)
         y_rev, bs = self._parts(yb, self.return_state)
         merged, y_c, y_rev_c = self._merge(y, y_rev)
         outputs = self._structure(merged, fs, bs)
         self._record_activity(outputs)
-        tape = {"forward": tf, "backward": tb, "y": y_c, "y_rev": y_rev_c,
-                "n_states": (len(fs), len(bs))}
+        tape = {"forward": tf, "backward": tb, "fused": etape, "module": array_module(y_c),
+                "y": y_c, "y_rev": y_rev_c, "n_states": (len(fs), len(bs))}
         return outputs, tape
 
     def backward(self, tape, d_outputs) -> Grads:
@@ -263,6 +410,8 @@ class Bidirectional(Layer):
         dy, dy_rev = self._split_merge(d, tape)
         if dy_rev is not None and self.return_sequences:
             dy_rev = array_module(dy_rev).flip(dy_rev, axis=self._time_axis)
+        if tape.get("fused") is not None:
+            return self._fused_backward(tape, dy, dy_rev, d_states_f, d_states_b)
         gf = self._sub_backward(self.forward_layer, tape["forward"], dy, d_states_f)
         gb = self._sub_backward(self.backward_layer, tape["backward"], dy_rev, d_states_b)
         dx = gf.inputs + gb.inputs
@@ -325,8 +474,22 @@ class Bidirectional(Layer):
         return self
 
     def explain(self, x, mask=None) -> str:
-        return (f"{self.name}: forward: {self.forward_layer.explain(x, mask)} | backward: "
-                f"{self.backward_layer.explain(x, mask)}")
+        """Which path a call on ``x`` (with ``mask``) would take, and why (inference)."""
+        fl = self.forward_layer
+        xp = array_module(x)
+        xb = xp.asarray(x)
+        if self.time_major:
+            xb = xb.swapaxes(0, 1)
+        m = None
+        if mask is not None and getattr(fl, "_standardize_mask", None) is not None:
+            m = fl._standardize_mask(mask, xp, xb.shape[0], xb.shape[1])
+        if getattr(fl, "cell", None) is not None and hasattr(fl.cell, "dtype"):
+            xb = xb.astype(fl.cell.dtype, copy=False)
+        cudnn, why = self._fused_rule(xb, m, training=False)
+        if cudnn is not None:
+            return f"{self.name}: engine 'cudnn' (fused bidirectional): {why}."
+        return (f"{self.name}: two calls (no fused bidirectional cuDNN call: {why}); forward: "
+                f"{fl.explain(x, mask)} | backward: {self.backward_layer.explain(x, mask)}")
 
     # ------------------------------------------------------------------ config
     def get_config(self) -> dict:
