@@ -1,22 +1,22 @@
 """The fused bidirectional cuDNN call on the CPU, against a simulated CUDNN_BIDIRECTIONAL.
 
-No GPU here. What the simulation computes is NVIDIA's documented behaviour, cited where used:
+No GPU here. What the simulation computes is NVIDIA's documented behaviour:
 
-* ``cudnnDirectionMode_t`` (cuDNN API reference): "CUDNN_BIDIRECTIONAL: Each layer of the
-  network iterates recurrently from the first input to the last and separately from the last
-  input to the first. The outputs of the two are concatenated at each iteration." So y is
-  (B, T, 2u), forward half first, both halves time-aligned with x.
-* ``cudnnRNNForward`` hDesc: the first dimension is numLayers for UNIDIRECTIONAL and
-  "double the numLayers" for BIDIRECTIONAL; yDesc vectorSize is 2 * hiddenSize with
-  BIDIRECTIONAL. hy[0] is the forward direction's final state, hy[1] the backward one's
-  (its state after step 0).
-* ``cudnnGetRNNWeightParams`` pseudoLayer: "pseudoLayer=0 refers to the forward direction
-  sub-layer of the physical input layer, pseudoLayer=1 refers to the backward direction
-  sub-layer"; both take the layer's input (size D).
+* ``cudnn_adv.h`` (cuDNN 9.28 headers, checked): ``CUDNN_BIDIRECTIONAL = 1, /**< Both directions,
+  outputs concatenated at each layer. */`` and ``pseudoLayer: Pseudo-layer index (physical
+  layer and direction)``.
+* The cuDNN API reference (paraphrased, not re-checked here): ``cudnnDirectionMode_t``
+  BIDIRECTIONAL iterates "from the first input to the last and separately from the last input
+  to the first", outputs concatenated at each step, so y is (B, T, 2u), forward half first,
+  both halves time-aligned with x; ``cudnnRNNForward``'s hDesc has first dimension
+  2 * numLayers for BIDIRECTIONAL and yDesc vectorSize 2 * hiddenSize; for
+  ``cudnnGetRNNWeightParams`` pseudoLayer 0 is the forward and 1 the backward direction of the
+  first physical layer (both read the layer input, size D). hy[0] is the forward direction's
+  final state, hy[1] the backward one's (its state after step 0).
 * Padded IO with per-row lengths: the reverse direction of a row starts at that row's own last
   valid step (CUDNN_NOTES.md section 3: JAX's reference "reverse sequence while keeping padding
   at the end", TF/Keras rely on the same) and outputs after the length are paddingFill (0).
-  This is the one semantic that is **[GPU: verify]**.
+  This is **[GPU: verify]**, as are the layout and everything numeric.
 
 The simulation reverses rows with its own loop (not the engine's gathers) and runs the float64
 reference engine per direction; weights are read with the independent gate table of
@@ -623,3 +623,48 @@ def test_ctypes_argument_types_for_the_bidirectional_descriptor():
     args = api.PROTOTYPES["cudnnSetRNNDescriptor_v8"][1]
     assert args[4] is ctypes.c_int
     args[4].from_param(cudnn.BIDIRECTIONAL)
+
+
+def test_layer_rnn_of_one_gru_cell_fuses_and_a_stack_does_not(monkeypatch):
+    from fastgru.layers import RNN, GRUCell
+
+    rng = np.random.default_rng(13)
+    x = rng.normal(size=(2, 4, 3))
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], bool)
+    single = Bidirectional(RNN(GRUCell(2, dtype="float64"), return_sequences=True,
+                               dtype="float64"))
+    single.build((None, None, 3))
+    single.set_weights([rng.normal(size=w.shape) for w in single.get_weights()])
+    want = single(x, mask=mask)
+    monkeypatch.setattr(cudnn, "_BACKEND", FakeBiBackend())
+    cudnn.clear_caches()
+    assert "fused bidirectional" in single.explain(x, mask)
+    np.testing.assert_allclose(single(x, mask=mask), want, rtol=1e-10, atol=1e-12)
+    stacked = Bidirectional(RNN([GRUCell(2, dtype="float64"), GRUCell(2, dtype="float64")],
+                                return_sequences=True, dtype="float64"))
+    text = stacked.explain(x, mask)
+    assert "two calls" in text and "not a single GRU cell" in text
+    _, tape = stacked.forward(x, mask=mask)
+    assert tape["fused"] is None
+    cudnn.clear_caches()
+
+
+def test_real_library_accepts_a_bidirectional_gru_descriptor():
+    """Host-side only (no GPU needed): the descriptor the bidirectional plan sets is accepted
+    by the real library, where one is installed (a cuDNN wheel, or FASTGRU_CUDNN_PATH)."""
+    from test_cudnn_rules import _real_library
+
+    if _real_library() is None:
+        pytest.skip("libcudnn.so.9 not installed")
+    from fastgru.engines.cudnn import _Owned
+
+    drop = _Owned("cudnnCreateDropoutDescriptor", "cudnnDestroyDropoutDescriptor")
+    rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
+    for dt, math in ((api.DATA_FLOAT, api.FMA_MATH), (api.DATA_DOUBLE, api.DEFAULT_MATH)):
+        api.call("cudnnSetRNNDescriptor_v8", rnn.ptr, api.RNN_ALGO_STANDARD, api.RNN_MODE_GRU,
+                 api.RNN_DOUBLE_BIAS, cudnn.BIDIRECTIONAL, api.LINEAR_INPUT, dt, dt, math, 16,
+                 32, 32, 1, drop.ptr, api.RNN_PADDED_IO_ENABLED)
+    with pytest.raises(api.CudnnError, match="BAD_PARAM|NOT_SUPPORTED"):
+        api.call("cudnnSetRNNDescriptor_v8", rnn.ptr, api.RNN_ALGO_STANDARD, api.RNN_MODE_GRU,
+                 api.RNN_DOUBLE_BIAS, 7, api.LINEAR_INPUT, api.DATA_FLOAT, api.DATA_FLOAT,
+                 api.FMA_MATH, 16, 32, 32, 1, drop.ptr, api.RNN_PADDED_IO_ENABLED)

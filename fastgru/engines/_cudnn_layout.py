@@ -14,13 +14,12 @@ shape) entries that the library reports into one gather index, so packing is a s
 from the concatenated Keras arrays and unpacking gradients is a single ``take`` with the inverse
 index. Pure NumPy; the index arrays are copied to the device once per layout.
 
-Bidirectional (``dirs=2``): cuDNN's weight space holds two "pseudo-layers" (the v8 reference
-of ``cudnnGetRNNWeightParams``: "in bidirectional RNNs, there are twice as many pseudo-layers
-in comparison to physical layers: pseudoLayer=0 refers to the forward direction sub-layer of
-the physical input layer, pseudoLayer=1 refers to the backward direction sub-layer"), each with
-the same six matrices and six biases, all of input size D for one physical layer. The Keras
-arrays of direction d are concatenated in pseudo-layer order, so direction d's flat Keras
-weights start at ``d * keras_size(D, u)``.
+Bidirectional (``dirs=2``): cuDNN's weight space holds two "pseudo-layers" (``cudnn_adv.h``:
+"Pseudo-layer index (physical layer and direction)"; the API reference of
+``cudnnGetRNNWeightParams``: pseudo-layer 0 is the forward and 1 the backward direction of the
+first physical layer), each with the same six matrices and six biases, all of input size D for
+one physical layer. The Keras arrays of direction d are concatenated in pseudo-layer order, so
+direction d's flat Keras weights start at ``d * keras_size(D, u)``.
 """
 
 from __future__ import annotations

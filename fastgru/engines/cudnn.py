@@ -39,7 +39,8 @@ from .xp import check_upstream
 NAME = "cudnn"
 NAME_BIDIRECTIONAL = "cudnn-bidirectional"
 
-#: cudnnDirectionMode_t CUDNN_BIDIRECTIONAL (cudnn_adv.h; CUDNN_NOTES.md enum table). Kept here
+#: cudnnDirectionMode_t CUDNN_BIDIRECTIONAL (cudnn_adv.h of 9.28: "Both directions, outputs
+#: concatenated at each layer"; CUDNN_NOTES.md enum table). Kept here
 #: because _cudnn_api.py (another owner's file) defines only UNIDIRECTIONAL.
 BIDIRECTIONAL = getattr(api, "BIDIRECTIONAL", 1)
 
@@ -671,8 +672,8 @@ def backward_bidirectional(tape: Tape, d_out_f=None, d_h_f=None, d_out_b=None, d
     shape = (B, T, u)
     dyf, dhyf, direct_f = seq.outputs_backward(xp, d_out_f, d_h_f, L, spec_f, shape, dt)
     dyb_c, dhyb, direct_b = seq.outputs_backward(xp, d_out_b, d_h_b, L, spec_b, shape, dt)
-    dy = xp.ascontiguousarray(
-        xp.concatenate([dyf, seq.reverse_within_length(xp, dyb_c, L)], axis=-1).astype(dt))
+    dy = xp.ascontiguousarray(xp.concatenate(
+        [dyf, seq.reverse_within_length(xp, dyb_c, L)], axis=-1).astype(dt, copy=False))
     dhy = xp.ascontiguousarray(xp.stack([dhyf, dhyb]).astype(dt, copy=False))
     dx_c, dhx, dw = backend().backward(plan, s["space"], ctx, dy, dhy)
     dx = seq.input_gather_backward(xp, dx_c, L, False)

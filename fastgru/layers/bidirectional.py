@@ -22,8 +22,7 @@ from __future__ import annotations
 
 from .. import _dispatch, _serialization
 from .base import Grads, Layer, array_module
-from .cell import _dropout_active
-from .rnn import _gru_cells
+from .cell import GRUCell, _dropout_active
 
 __all__ = ["Bidirectional"]
 
@@ -69,7 +68,8 @@ class Bidirectional(Layer):
     ``grads = layer.backward(tape, dy)`` where ``dy`` mirrors ``y`` (tuples with
     return_state / merge_mode None; None entries allowed). ``grads.weights`` follows
     ``trainable_weights`` (forward, then backward); ``grads.initial_state`` is
-    ``[d_forward_h0, d_backward_h0]``.
+    ``[d_forward_h0, d_backward_h0]``. On CuPy input an eligible pair runs as one
+    bidirectional cuDNN call with the same results (module docstring; ``explain()``).
     """
 
     def __init__(self, layer: Layer, merge_mode: str | None = "concat", weights=None,
@@ -243,15 +243,15 @@ class Bidirectional(Layer):
         """Why the wrapped layers' configuration rules the fused call out, or None."""
         fl, bl = self.forward_layer, self.backward_layer
         for sub in (fl, bl):
-            cells = _gru_cells(getattr(sub, "cell", None))
-            if cells is None or len(cells) != 1:
+            cell = getattr(sub, "cell", None)
+            if not isinstance(cell, GRUCell):  # a stack of cells is several cuDNN layers
                 return f"layer '{sub.name}' is not a single GRU cell"
             if getattr(sub, "use_cudnn", "auto") == False:  # noqa: E712 - Keras: 0 too
                 return f"layer '{sub.name}' has use_cudnn=False"
-            blockers = sub._blockers(cells[0])
+            blockers = sub._blockers(cell)
             if blockers:
                 return f"layer '{sub.name}': {'; '.join(blockers)}"
-            if _dropout_active(cells[0].dropout, training):
+            if _dropout_active(cell.dropout, training):
                 return (f"layer '{sub.name}' applies input dropout (each direction draws "
                         f"its own mask; one call reads one input)")
         if fl.cell.dtype != bl.cell.dtype or fl.dtype != bl.dtype:
