@@ -63,7 +63,9 @@ int fg_dact_d(int code, int n, const double *in, double *out);
 
 /* One GRU layer forward. Pointers are float* or double* according to is_double.
  * Shapes: x (B,T,D); kernel (D,3u); upk: packed recurrent kernel, per gate g the panels of
- * columns [g*u,(g+1)*u) (3*npu panels of u x W, npu = ceil(u/W)); b_in (3u) and b_rec (3u, or
+ * columns [g*u,(g+1)*u) (3*npu panels of u x W, npu = ceil(u/W)); wpk: the kernel packed the
+ * same way (3*npu panels of D x W), or NULL: the input projection then runs through BLAS
+ * (sgemm/dgemm) instead of the packed-panel kernel; b_in (3u) and b_rec (3u, or
  * NULL when !reset_after) are never NULL (zeros without bias); h0 (B,u); mask (B,T) uint8 in
  * input time order or NULL; mx (B,D) or (3,B,D) (mx_per_gate) or NULL; mh (3,B,u) or NULL.
  * out (B,T,u) in processing order or (B,u); h_last (B,u).
@@ -78,7 +80,7 @@ typedef struct {
     int B, T, D, u;
     int reset_after, go_backwards, return_sequences, zero_output_for_mask;
     int act, rec_act;
-    const void *x, *kernel, *upk, *b_in, *b_rec, *h0;
+    const void *x, *kernel, *wpk, *upk, *b_in, *b_rec, *h0;
     const unsigned char *mask;
     const void *mx, *mh;
     int mx_per_gate;

@@ -21,13 +21,18 @@ static void FN(rgemm)(GEMMT gemm, int M, int N, int K, const REAL *A, int lda, c
 }
 
 /* Input projection of chunk rows [i0, i1): row i is (step k0 + i / nr, batch row r0 + i % nr).
- * gx[i] = (x[b, t_k] * input mask) @ kernel. xb: private (i1 - i0 + 2) x D scratch, pad:
- * private 2 x 3u. A one-row product is padded to two rows so BLAS never takes its M == 1
- * (gemv) route, whose rounding differs from the multi-row one. */
+ * gx[i] = (x[b, t_k] * input mask) @ kernel, gate g at column g * gs of a row of 3 * gs
+ * (gs = up with the packed kernel a->wpk, whose panels write whole widths; else u). The packed
+ * kernel gives every element one FMA chain over d = 0..D-1, whatever the rows of the call.
+ * BLAS path: xb: private (i1 - i0 + 2) x D scratch, pad: private 2 x 3u. A one-row product is
+ * padded to two rows so BLAS never takes its M == 1 (gemv) route, whose rounding differs from
+ * the multi-row one. */
 static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, int i1, REAL *xb,
                         REAL *pad, REAL *gx)
 {
     const int T = a->T, D = a->D, u = a->u, u3 = 3 * u, B = a->B;
+    const int npu = (u + W - 1) / W, up = npu * W;
+    const REAL *wpk = (const REAL *)a->wpk;
     const REAL *x = (const REAL *)a->x, *kern = (const REAL *)a->kernel;
     const REAL *mx = (const REAL *)a->mx;
     int M = i1 - i0;
@@ -44,6 +49,13 @@ static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, in
                 const REAL *m = mx + ((long)g * B + b) * D;
                 for (int d = 0; d < D; d++) dst[d] = src[d] * m[d];
             }
+        }
+        if (wpk) {
+            const long pstride = (long)D * W;
+            REAL *gr = gx + (long)i0 * 3 * up + (ngate == 3 ? g * up : 0);
+            PANELS(a->isa, M, D, xb, D, wpk + (ngate == 3 ? (long)g * npu * pstride : 0), pstride,
+                   ngate == 3 ? npu : 3 * npu, gr, 3 * up);
+            continue;
         }
         int N = ngate == 3 ? u : u3, ldk = u3;
         const REAL *Bm = kern + (ngate == 3 ? g * u : 0);
@@ -149,6 +161,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     const long pstride = (long)u * W;
     const int ulo = p_lo * W < u ? p_lo * W : u, uhi = p_hi * W < u ? p_hi * W : u;
     const int nu = uhi - ulo;
+    const int gs = a->wpk ? up : u, ldgx = 3 * gs; /* gx layout, see project() */
     const REAL *upk = (const REAL *)a->upk, *h0 = (const REAL *)a->h0;
     const REAL *bi = (const REAL *)a->b_in, *br = (const REAL *)a->b_rec;
     const REAL *mh = (const REAL *)a->mh;
@@ -195,9 +208,9 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                     PANELS(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride,
                            pstride, p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
             for (int i = 0; i < nr; i++) {
-                const REAL *gxr = tb->gx + ((long)kk * nr + i) * u3, *ghr = tb->gh + (long)i * ldgh;
+                const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx, *ghr = tb->gh + (long)i * ldgh;
                 FN(add3)(nu, gxr + ulo, bi + ulo, ghr + ulo, ra ? br + ulo : NULL, az);
-                FN(add3)(nu, gxr + u + ulo, bi + u + ulo, ghr + up + ulo, ra ? br + u + ulo : NULL, ar);
+                FN(add3)(nu, gxr + gs + ulo, bi + u + ulo, ghr + up + ulo, ra ? br + u + ulo : NULL, ar);
                 ACT(a->rec_act, nu, az, zv);
                 ACT(a->rec_act, nu, ar, rv);
                 long base = (long)(r0 + i) * T + k;
@@ -207,7 +220,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 }
                 if (ra) {
                     REAL *rpv = hh; /* reuse as scratch until act() overwrites it */
-                    FN(cand_after)(nu, gxr + 2 * u + ulo, bi + 2 * u + ulo, ghr + 2 * up + ulo,
+                    FN(cand_after)(nu, gxr + 2 * gs + ulo, bi + 2 * u + ulo, ghr + 2 * up + ulo,
                                    br + 2 * u + ulo, rv, rpv, ah);
                     if (rpt) memcpy(rpt + base * u + ulo, rpv, (size_t)nu * sizeof(REAL));
                     memcpy(tb->zs + (long)i * u + ulo, zv, (size_t)nu * sizeof(REAL));
@@ -231,8 +244,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 PANELS(a->isa, nr, u, tb->q, u, upk + ((long)2 * npu + p_lo) * pstride, pstride,
                        p_hi - p_lo, tb->gh + 2 * up + p_lo * W, ldgh);
                 for (int i = 0; i < nr; i++) {
-                    const REAL *gxr = tb->gx + ((long)kk * nr + i) * u3, *ghr = tb->gh + (long)i * ldgh;
-                    FN(add3)(nu, gxr + 2 * u + ulo, bi + 2 * u + ulo, ghr + 2 * up + ulo, NULL, ah);
+                    const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx, *ghr = tb->gh + (long)i * ldgh;
+                    FN(add3)(nu, gxr + 2 * gs + ulo, bi + 2 * u + ulo, ghr + 2 * up + ulo, NULL, ah);
                     FN(finish)(a, ah, hh, hc + (long)i * u, tb->zs + (long)i * u, hn + (long)i * u,
                                tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
                 }
@@ -274,8 +287,8 @@ static int FN(forward)(const fg_fwd_args *a)
     int rows_max = (B + ngroups - 1) / ngroups;
     int tc = a->chunk < 1 ? 1 : (a->chunk > T ? T : a->chunk);
     int proj_rows = tc * rows_max;
-    /* team buffers: h[2], y, zs, q (rows x u), gh (rows x 3up), gx (tc*rows x 3u) */
-    size_t team_n = (size_t)rows_max * (5 * u + 3 * up) + (size_t)tc * rows_max * u3;
+    /* team buffers: h[2], y, zs, q (rows x u), gh (rows x 3up), gx (tc*rows x 3up or 3u) */
+    size_t team_n = (size_t)rows_max * (5 * u + 3 * up) + (size_t)tc * rows_max * (a->wpk ? 3 * up : u3);
     /* private: xb ((proj_rows + 2) x D), pad (2 x 3u), hg (3 x rows x u), tmp (6u) */
     size_t priv_n = (size_t)(proj_rows + 2) * D + 2 * (size_t)u3 + (a->mh ? 3 * (size_t)rows_max * u : 0) + 6 * (size_t)u;
     REAL *team_mem = FN(alloc)(team_n * ngroups);

@@ -177,7 +177,9 @@ def test_gemm_panels_every_isa(isa, dtype, rng):
         pytest.skip(f"{isa} not supported by this CPU")
     W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
     code = ISAS.index(isa)
-    for M, K, N in [(1, 7, 5), (2, 33, 70), (3, 64, 130), (5, 16, 64), (9, 40, 200)]:
+    # row counts beyond one tile: several full tiles plus the leftover rows
+    for M, K, N in [(1, 7, 5), (2, 33, 70), (3, 64, 130), (5, 16, 64), (9, 40, 200),
+                    (14, 20, 64), (16, 9, 130), (29, 5, 70), (31, 3, 200)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         U = rng.standard_normal((K, N)).astype(dtype)
         npn = -(-N // W)
@@ -198,9 +200,12 @@ def test_gemm_panels_every_isa(isa, dtype, rng):
             assert np.array_equal(one[0], C[i])
 
 
+@pytest.mark.parametrize("proj", ["panels", "blas"])
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_forward_every_isa_bit_identical(reset_after, dtype, rng, monkeypatch):
+def test_forward_every_isa_bit_identical(reset_after, dtype, proj, rng, monkeypatch):
+    """Per input-projection path (packed panels, or BLAS), every ISA gives the same bits."""
+    monkeypatch.setenv("FASTGRU_CPU_PROJ", proj)
     args, kw = make_case(rng, 5, 6, 7, 70, reset_after=reset_after, mask="arbitrary",
                          return_sequences=True, dropout="per_gate", dtype=dtype)
     outs = {}
@@ -212,10 +217,28 @@ def test_forward_every_isa_bit_identical(reset_after, dtype, rng, monkeypatch):
         assert np.array_equal(o, outs["generic"][0]) and np.array_equal(h, outs["generic"][1])
 
 
-def test_kernel_argument_validation(rng):
+def test_kernel_argument_validation(rng, monkeypatch):
     args, kw = make_case(rng)
     with pytest.raises(ValueError, match="kernel must be one of"):
         cpu.forward(*args, **kw, kernel="sse9")
+    monkeypatch.setenv("FASTGRU_CPU_PROJ", "mkl")
+    with pytest.raises(ValueError, match="FASTGRU_CPU_PROJ must be"):
+        cpu.forward(*args, **kw)
+
+
+def test_projection_paths_agree(rng, monkeypatch):
+    """The packed-panel and BLAS input projections both match the reference (different
+    summation, so not the same bits); auto picks panels except for the generic kernel."""
+    args, kw = make_case(rng, 4, 7, 33, 70, return_sequences=True, dtype=np.float32)
+    for proj in ("panels", "blas"):
+        monkeypatch.setenv("FASTGRU_CPU_PROJ", proj)
+        check_forward(args, kw, np.float32)
+    monkeypatch.setenv("FASTGRU_CPU_PROJ", "auto")
+    text = cpu.describe_kernel(args[3], (4, 7, 33), kernel="generic")
+    assert "projection by BLAS" in text
+    if "avx2" in supported_isas():
+        text = cpu.describe_kernel(args[3], (4, 7, 33), kernel="avx2")
+        assert "projection by the avx2 packed-panel" in text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,12 +333,14 @@ def test_strided_and_fortran_inputs(dtype, rng):
 # determinism, threads, concurrency
 
 
+@pytest.mark.parametrize("proj", ["panels", "blas"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("reset_after", [True, False])
-def test_rows_independent_of_threads_and_batch(dtype, reset_after, rng):
+def test_rows_independent_of_threads_and_batch(dtype, reset_after, proj, rng, monkeypatch):
     """A row's bits depend neither on n_threads nor on the other rows in its batch, on the
     batch-split and on both unit-split paths (batch smaller than the thread count; recurrent
-    kernel beyond L2 with a small batch: u=300)."""
+    kernel beyond L2 with a small batch: u=300), with either input projection."""
+    monkeypatch.setenv("FASTGRU_CPU_PROJ", proj)
     for u in (9, 240, 300):
         args, kw = make_case(rng, 7, 9, 6, u, reset_after=reset_after, mask="arbitrary",
                              return_sequences=True, dropout="per_gate", dtype=dtype)

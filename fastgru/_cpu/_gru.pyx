@@ -124,7 +124,7 @@ def activation(int code, x, out, bint derivative=False):
         raise ValueError(f"unknown activation code {code}")
 
 
-def forward(x, kernel, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh, out, h_last,
+def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh, out, h_last,
             pre, hprev, rp, int units, bint reset_after, bint go_backwards,
             bint return_sequences, bint zero_output_for_mask, int act, int rec_act,
             int n_threads, int isa, int chunk, bint split_units):
@@ -142,6 +142,7 @@ def forward(x, kernel, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh, out
     a.act, a.rec_act = act, rec_act
     a.x = _p(x, t, BT * D, "x")
     a.kernel = _p(kernel, t, <Py_ssize_t>D * 3 * u, "kernel")
+    a.wpk = _p(wpk, t, 3 * npu * D * W, "packed kernel")
     a.upk = _p(upk, t, 3 * npu * u * W, "packed recurrent kernel")
     a.b_in = _p(b_in, t, 3 * u, "input bias")
     if reset_after and b_rec is None:

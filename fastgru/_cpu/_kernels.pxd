@@ -34,6 +34,7 @@ cdef extern from "fastgru.h" nogil:
         int act, rec_act
         const void *x
         const void *kernel
+        const void *wpk
         const void *upk
         const void *b_in
         const void *b_rec

@@ -3,9 +3,10 @@
 Same contract as ``engines/base.py`` (see reference.py for the maths). Everything is checked
 and made C-contiguous here, then ``fastgru._cpu._gru`` runs the whole layer without the GIL:
 
-- input projection ``x @ kernel`` as BLAS GEMMs (scipy.linalg.cython_blas) over chunks of
-  time steps (bounded workspace), inside the engine's OpenMP threads with BLAS pinned to one
-  thread per call;
+- input projection ``x @ kernel`` over chunks of time steps (bounded workspace) by the same
+  packed-panel FMA kernel as the per-step product (kernel packed once per weight version), or
+  as BLAS GEMMs (scipy.linalg.cython_blas, pinned to one thread per call) with the generic
+  kernel or ``FASTGRU_CPU_PROJ=blas`` (the portable path and a cross-check);
 - per step, the recurrent product by a fixed-order FMA kernel over packed column panels
   (AVX-512 / AVX2 / generic chosen at run time; every variant gives the same bits), then one
   fused C pass for the gates, mask select and output write;
@@ -19,10 +20,11 @@ is row-independent by construction).
 Kernel selection for tests and diagnosis: ``kernel=`` argument or the ``FASTGRU_CPU_KERNEL``
 environment variable, one of "auto", "avx512", "avx2", "generic".
 
-Packed recurrent weights are cached across calls when the caller names their version with
-``weights_key`` (a hit is re-checked by a cheap fingerprint). Threads: ``n_threads`` per call,
-default ``fastgru._threads.get_num_threads()``; a process fork()ed from a parent that ran
-OpenMP threads runs on one thread (GNU OpenMP would hang it).
+Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
+their version with ``weights_key`` (a hit is re-checked by a cheap fingerprint). Threads:
+``n_threads`` per call, default ``fastgru._threads.get_num_threads()``, capped by the work; a
+process fork()ed from a parent that ran OpenMP threads runs on one thread (GNU OpenMP would
+hang it).
 """
 
 from __future__ import annotations
@@ -128,6 +130,17 @@ def _work_threads(work: int, n_threads: int) -> int:
     return max(1, min(n_threads, work // _MIN_THREAD_WORK)) if _MIN_THREAD_WORK else n_threads
 
 
+def _packed_projection(isa: int) -> bool:
+    """Whether the input projection runs on the packed-panel kernel (else BLAS):
+    ``FASTGRU_CPU_PROJ`` = "panels" / "blas", or "auto": panels with AVX2 or AVX-512 (as fast as
+    the wheels' OpenBLAS at large chunks, ~10-60% faster at small D or few rows, and no BLAS
+    call per chunk); BLAS for the generic kernel, which has no vector FMA."""
+    name = os.environ.get("FASTGRU_CPU_PROJ", "auto")
+    if name not in ("auto", "panels", "blas", ""):
+        raise ValueError(f"FASTGRU_CPU_PROJ must be 'auto', 'panels' or 'blas'; got {name!r}")
+    return name == "panels" or (name in ("auto", "") and isa != _ISA["generic"])
+
+
 def _plan(B: int, T: int, D: int, u: int, itemsize: int, n_threads: int):
     """(threads, split_units, chunk steps, reason). The result never changes any number: rows
     are bit-identical on every plan."""
@@ -184,7 +197,9 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
         nbwd = 1
     isa = _ISA_NAME[_isa(kernel)]
     gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
-    return (f"cpu engine (compiled Cython/OpenMP): input projection by BLAS GEMMs over chunks of "
+    proj = (f"the {isa} packed-panel FMA kernel (kernel packed once per weight version)"
+            if _packed_projection(_isa(kernel)) else "BLAS GEMMs")
+    return (f"cpu engine (compiled Cython/OpenMP): input projection by {proj} over chunks of "
             f"{chunk} steps; per step {gemms} by the {isa} packed-panel FMA kernel then one fused "
             f"gate/mask/output pass; threads: {how}; training: per-step backward on "
             f"{min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on {nbwd}.")
@@ -251,11 +266,11 @@ _pack_lock = threading.Lock()
 
 
 def _packed(U, u, key):
-    """Packed recurrent kernel, cached under the caller's ``key`` (e.g. the Variable's
-    ``(uid, version)``). A hit is trusted only if U's fingerprint (a position-weighted float64
-    sum, ~5x cheaper than packing) still matches, so in-place edits that skip a version bump
-    (finite-difference checks, direct writes into ``Variable.value``) repack instead of
-    reusing stale weights. Without a key it is packed on every call."""
+    """Packed (recurrent) kernel, cached under the caller's ``key`` (e.g. the Variables'
+    ``(uid, version)`` plus which matrix). A hit is trusted only if U's fingerprint (a
+    position-weighted float64 sum, ~5x cheaper than packing) still matches, so in-place edits
+    that skip a version bump (finite-difference checks, direct writes into ``Variable.value``)
+    repack instead of reusing stale weights. Without a key it is packed on every call."""
     if key is None:
         return _pack_recurrent(U, u)
     full = (key, U.dtype.str, U.shape)
@@ -342,13 +357,17 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         n = _threads.resolve(n_threads)
         nthr, split, chunk, _ = _plan(B, T, D, u, dtype.itemsize, n)
         nthr = _max_threads(nthr)
-        upk = _packed(U, u, weights_key)
+        upk = _packed(U, u, None if weights_key is None else (weights_key, "U"))
+        isa = _isa(kernel)
+        wpk = None
+        if _packed_projection(isa):
+            wpk = _packed(W, u, None if weights_key is None else (weights_key, "W"))
         with _threads.blas_threads(1):
-            _gru.forward(xc, W, upk, b_in, b_rec, h0, m8, mx,
+            _gru.forward(xc, W, wpk, upk, b_in, b_rec, h0, m8, mx,
                          mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev, rp, u,
                          spec.reset_after, spec.go_backwards, spec.return_sequences,
                          spec.zero_output_for_mask, spec.activation.code,
-                         spec.recurrent_activation.code, nthr, _isa(kernel), chunk, split)
+                         spec.recurrent_activation.code, nthr, isa, chunk, split)
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
