@@ -72,7 +72,8 @@ def require_gpu():
         import cupy
     except ImportError:
         raise SystemExit("bench/gpu.py needs CuPy and an NVIDIA GPU: CuPy is not installed "
-                         "(pip install cupy-cuda12x or cupy-cuda13x). Nothing was timed.")
+                         "(pip install cupy-cuda12x or cupy-cuda13x). Nothing was timed."
+                         ) from None
     try:
         n = cupy.cuda.runtime.getDeviceCount()
     except Exception as e:  # no driver

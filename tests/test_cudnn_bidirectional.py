@@ -356,7 +356,7 @@ class BiSimulatedLibcudnn(SimulatedLibcudnn):
                                                     math, D, H, proj, layers, drop, aux)
             self.rnn[self._val(r)]["dirs"] = 1
             return out
-        assert dirm == 1 == cudnn.BIDIRECTIONAL  # cudnnDirectionMode_t in cudnn_adv.h
+        assert dirm == 1 == cudnn.api.BIDIRECTIONAL  # cudnnDirectionMode_t in cudnn_adv.h
         assert (mode, bias, inm, layers, aux) == (api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS,
                                                   api.LINEAR_INPUT, 1,
                                                   api.RNN_PADDED_IO_ENABLED)
@@ -622,7 +622,7 @@ def test_ctypes_argument_types_for_the_bidirectional_descriptor():
     """BIDIRECTIONAL travels as a C int through the declared prototype."""
     args = api.PROTOTYPES["cudnnSetRNNDescriptor_v8"][1]
     assert args[4] is ctypes.c_int
-    args[4].from_param(cudnn.BIDIRECTIONAL)
+    args[4].from_param(cudnn.api.BIDIRECTIONAL)
 
 
 def test_layer_rnn_of_one_gru_cell_fuses_and_a_stack_does_not(monkeypatch):
@@ -662,7 +662,7 @@ def test_real_library_accepts_a_bidirectional_gru_descriptor():
     rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
     for dt, math in ((api.DATA_FLOAT, api.FMA_MATH), (api.DATA_DOUBLE, api.DEFAULT_MATH)):
         api.call("cudnnSetRNNDescriptor_v8", rnn.ptr, api.RNN_ALGO_STANDARD, api.RNN_MODE_GRU,
-                 api.RNN_DOUBLE_BIAS, cudnn.BIDIRECTIONAL, api.LINEAR_INPUT, dt, dt, math, 16,
+                 api.RNN_DOUBLE_BIAS, cudnn.api.BIDIRECTIONAL, api.LINEAR_INPUT, dt, dt, math, 16,
                  32, 32, 1, drop.ptr, api.RNN_PADDED_IO_ENABLED)
     with pytest.raises(api.CudnnError, match="BAD_PARAM|NOT_SUPPORTED"):
         api.call("cudnnSetRNNDescriptor_v8", rnn.ptr, api.RNN_ALGO_STANDARD, api.RNN_MODE_GRU,

@@ -7,13 +7,12 @@ import sys
 
 import numpy as np
 import pytest
+from test_cudnn_packing import TANH_SIGMOID, FakeBackend  # noqa: E402  (tests/ is on sys.path)
 
 from fastgru import activations
 from fastgru.engines import _cudnn_api as api
 from fastgru.engines import cudnn
 from fastgru.engines.base import DropoutMasks, GRUSpec, Weights
-
-from test_cudnn_packing import FakeBackend, TANH_SIGMOID  # noqa: E402  (tests/ is on sys.path)
 
 
 def spec(**kw):
@@ -139,7 +138,7 @@ def test_empty_batch(fake):
 def test_prototype_table_matches_c_arity():
     for name, n in api.ARITY.items():
         assert len(api.PROTOTYPES[name][1]) == n, name
-    for name, (res, args) in api.PROTOTYPES.items():
+    for name, (res, _args) in api.PROTOTYPES.items():
         if name.startswith(("cudnnCreate", "cudnnDestroy", "cudnnSet", "cudnnRNN")):
             assert res is ctypes.c_int, name
 

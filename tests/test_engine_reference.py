@@ -1,13 +1,13 @@
-"""The oracle itself: reference forward vs values measured on TF, backward vs central differences."""
+"""The oracle itself: reference forward vs values measured on TF; backward vs central diffs."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import central_diff
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import central_diff
 from fastgru import activations
 from fastgru.engines import reference as R
 from fastgru.engines.base import DropoutMasks, GRUSpec, Weights

@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import central_diff
 
 import fastgru
-from conftest import central_diff
 from fastgru import GRU, RNN, Dense, GRUCell, Sequential, optim
 
 
@@ -45,7 +45,7 @@ def test_gru_and_dense_learn_masked_window_sum_with_adam():
     opt = optim.Adam(model.trainable_weights, learning_rate=0.01)
 
     t0 = time.perf_counter()
-    for step in range(300):
+    for _ in range(300):
         idx = rng.choice(len(x), 64, replace=False)
         pred, tape = model.forward(x[idx], mask=mask[idx], training=True)
         d_pred = 2 * (pred - y[idx]) / len(idx)
@@ -160,7 +160,8 @@ def test_constraint_holds_after_every_optimizer_step(rng):
 def test_adam_training_step_keeps_dtype_and_changes_loss(dtype, rng):
     x = rng.normal(size=(6, 7, 4)).astype(dtype)
     y_true = rng.normal(size=(6, 2)).astype(dtype)
-    model = Sequential([GRU(5, dtype=dtype, seed=0), Dense(2, dtype=dtype, kernel_initializer=_glorot(0))])
+    model = Sequential([GRU(5, dtype=dtype, seed=0),
+                        Dense(2, dtype=dtype, kernel_initializer=_glorot(0))])
     model.build(x.shape)
     opt = optim.Adam(model.trainable_weights, learning_rate=0.05)
     losses = []

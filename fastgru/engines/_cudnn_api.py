@@ -13,8 +13,18 @@ import ctypes
 import os
 import sys
 import threading
-from ctypes import POINTER, c_char_p, c_double, c_float, c_int, c_int32, c_size_t, c_uint32
-from ctypes import c_ulonglong, c_void_p
+from ctypes import (
+    POINTER,
+    c_char_p,
+    c_double,
+    c_float,
+    c_int,
+    c_int32,
+    c_size_t,
+    c_uint32,
+    c_ulonglong,
+    c_void_p,
+)
 
 # --- enums (cudnn_graph.h / cudnn_ops.h / cudnn_adv.h) ---------------------------------------
 STATUS_SUCCESS = 0
@@ -26,6 +36,7 @@ FWD_MODE_INFERENCE, FWD_MODE_TRAINING = 0, 1
 RNN_MODE_GRU = 3
 RNN_DOUBLE_BIAS = 2
 UNIDIRECTIONAL = 0
+BIDIRECTIONAL = 1
 LINEAR_INPUT = 0
 RNN_DATA_BATCH_MAJOR_UNPACKED = 2
 RNN_PADDED_IO_ENABLED = 1

@@ -39,10 +39,6 @@ from .xp import check_upstream
 NAME = "cudnn"
 NAME_BIDIRECTIONAL = "cudnn-bidirectional"
 
-#: cudnnDirectionMode_t CUDNN_BIDIRECTIONAL (cudnn_adv.h of 9.28: "Both directions, outputs
-#: concatenated at each layer"; CUDNN_NOTES.md enum table). Kept here
-#: because _cudnn_api.py (another owner's file) defines only UNIDIRECTIONAL.
-BIDIRECTIONAL = getattr(api, "BIDIRECTIONAL", 1)
 
 #: Allow TF32 tensor-core math for float32 (cuDNN's DEFAULT_MATH on Ampere and later). Off by
 #: default: float32 results then agree with the float64 reference to ~1e-5 instead of ~1e-3.
@@ -144,7 +140,7 @@ class _Plan:
         self.rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
         api.call("cudnnSetRNNDescriptor_v8", self.rnn.ptr, api.RNN_ALGO_STANDARD,
                  api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS,
-                 BIDIRECTIONAL if dirs == 2 else api.UNIDIRECTIONAL, api.LINEAR_INPUT,
+                 api.BIDIRECTIONAL if dirs == 2 else api.UNIDIRECTIONAL, api.LINEAR_INPUT,
                  self.dt_code, self.dt_code, math, D, u, u, 1, self.dropout.ptr,
                  api.RNN_PADDED_IO_ENABLED)
         size = c_size_t()

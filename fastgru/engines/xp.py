@@ -345,7 +345,6 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
     K, U = weights.kernel, weights.recurrent_kernel
     Uzr, Uh = U[:, : 2 * u], U[:, 2 * u:]
     mx, mh = _masks(xp, dropout, dt)
-    act, rec_act = spec.activation, spec.recurrent_activation
     ks = _kernels(xp, spec)
     Hs, Z, R, HH, RP = s["Hs"], s["Z"], s["R"], s["HH"], s["RP"]
     DZ, DR_, DH = s["DZ"], s["DR"], s["DH"]

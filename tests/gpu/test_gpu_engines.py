@@ -143,7 +143,7 @@ def test_sgd_training_loop_converges():
     w = [cupy.asarray(a * 0.3, np.float32) for a in
          (rng.normal(size=(D, 3 * u)), rng.normal(size=(u, 3 * u)), np.zeros((2, 3 * u)))]
     losses = []
-    for step in range(300):
+    for _ in range(300):
         out, _, tape = cudnn.forward(x, Weights(*w), h0, spec, training=True)
         diff = out - target
         losses.append(float((diff ** 2).mean()))
