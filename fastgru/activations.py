@@ -13,7 +13,7 @@ hard_sigmoid'(+-3) = 0, hard_tanh'(+-1) = 0.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fastgru import activations
-from fastgru.engines import reference, xp as xpe
+from fastgru.engines import reference
+from fastgru.engines import xp as xpe
 from fastgru.engines.base import DropoutMasks, GRUSpec, Weights
 
 

@@ -26,7 +26,7 @@ finite.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple, Optional
+from typing import Any, NamedTuple
 
 from ..activations import Activation
 
@@ -95,4 +95,4 @@ class Tape:
     # Shapes the backward needs to validate d_outputs / d_h_last without touching ``saved``.
     batch: int = 0
     steps: int = 0
-    dtype: Optional[Any] = None
+    dtype: Any | None = None
