@@ -331,6 +331,65 @@ static int FN(forward)(const fg_fwd_args *a)
 
 /* ---------------------------------------------------------------------------------------- */
 
+/* Backward elementwise pieces for one row (m: the step is kept); restrict + simd so they
+ * vectorise, with the operations and their order of the scalar definitions. */
+FG_CLONES static void FN(bwd_zh)(int n, int m, int zofm, const REAL *restrict hp,
+                                 const REAL *restrict hh, const REAL *restrict zv,
+                                 const REAL *restrict dz, const REAL *restrict dhv,
+                                 REAL *restrict gy, REAL *restrict gs, REAL *restrict dor,
+                                 REAL *restrict zr, REAL *restrict daz, REAL *restrict dah)
+{
+    if (m) {
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            REAL d = gy[j] + gs[j];
+            dor[j] = d;
+            zr[j] = zv[j];
+            daz[j] = (hp[j] - hh[j]) * d * dz[j];
+            dah[j] = (1 - zv[j]) * d * dhv[j];
+            gy[j] = 0;
+            gs[j] = 0;
+        }
+    } else {
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            dor[j] = 0;
+            zr[j] = zv[j];
+            daz[j] = 0;
+            dah[j] = 0;
+            gy[j] = zofm ? 0 : gy[j];
+        }
+    }
+}
+
+FG_CLONES static void FN(bwd_r_after)(int n, int m, const REAL *restrict rp,
+                                      const REAL *restrict rv, const REAL *restrict drv,
+                                      const REAL *restrict daz, REAL *restrict dar,
+                                      const REAL *restrict dah, REAL *restrict dR)
+{   /* reset_after: dR rows (z, r, h) = (da_z, da_r, da_h * r) */
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        REAL v = m ? dah[j] * rp[j] * drv[j] : 0;
+        dar[j] = v;
+        dR[j] = daz[j];
+        dR[n + j] = v;
+        dR[2 * n + j] = m ? dah[j] * rv[j] : 0;
+    }
+}
+
+FG_CLONES static void FN(bwd_dh)(int n, const REAL *restrict zr, const REAL *restrict dor,
+                                 const REAL *restrict p, const REAL *restrict dhr,
+                                 REAL *restrict gs)
+{   /* gs += (z * do + dh_rec) (+ dh through the reset gate), a kept step */
+    if (dhr) {
+#pragma omp simd
+        for (int j = 0; j < n; j++) gs[j] = gs[j] + ((zr[j] * dor[j] + p[j]) + dhr[j]);
+    } else {
+#pragma omp simd
+        for (int j = 0; j < n; j++) gs[j] = gs[j] + (zr[j] * dor[j] + p[j]);
+    }
+}
+
 static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
 {
     const int B = a->B, T = a->T, u = a->u, u3 = 3 * u;
@@ -369,28 +428,12 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
             DACT(a->rec_act, u, pr, dz);
             ACT(a->act, u, pr + 2 * u, hh);
             DACT(a->act, u, pr + 2 * u, dhv);
-            for (int j = 0; j < u; j++) {
-                REAL d = m ? gyr[j] + gsr[j] : 0;
-                dor[j] = d;
-                zr[j] = zv[j];
-                dAr[j] = m ? (hp[j] - hh[j]) * d * dz[j] : 0;
-                dAr[2 * u + j] = m ? (1 - zv[j]) * d * dhv[j] : 0;
-                gyr[j] = (m || zofm) ? 0 : gyr[j];
-                gsr[j] = m ? 0 : gsr[j];
-            }
+            FN(bwd_zh)(u, m, zofm, hp, hh, zv, dz, dhv, gyr, gsr, dor, zr, dAr, dAr + 2 * u);
             if (ra) {
-                const REAL *rp = rpt + base * u;
-                REAL *dRr = dR + base * u3;
                 ACT(a->rec_act, u, pr + u, rv);
                 DACT(a->rec_act, u, pr + u, drv);
-                for (int j = 0; j < u; j++) {
-                    REAL dah = dAr[2 * u + j];
-                    REAL dar = m ? dah * rp[j] * drv[j] : 0;
-                    dAr[u + j] = dar;
-                    dRr[j] = dAr[j];
-                    dRr[u + j] = dar;
-                    dRr[2 * u + j] = m ? dah * rv[j] : 0;
-                }
+                FN(bwd_r_after)(u, m, rpt + base * u, rv, drv, dAr, dAr + u, dAr + 2 * u,
+                                dR + base * u3);
             }
         }
         const long row0 = (long)r0 * T + k;
@@ -426,6 +469,10 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
             const int m = a->mask ? a->mask[b * T + t] != 0 : 1;
             const REAL *dor = dos + (long)i * u, *zr = zs + (long)i * u, *dhr = dhh + (long)i * u;
             REAL *gsr = gs + (long)i * u;
+            if (!mh) {
+                if (m) FN(bwd_dh)(u, zr, dor, P + (long)i * up, ra ? NULL : dhr, gsr);
+                continue;
+            }
             for (int j = 0; j < u; j++) {
                 REAL dh = zr[j] * dor[j];
                 if (!mh) {
