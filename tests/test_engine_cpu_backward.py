@@ -154,6 +154,25 @@ def test_backward_rows_independent_of_threads(dtype, rng):
     assert all(np.array_equal(a, b) for a, b in zip(again, base))
 
 
+def test_backward_scratch_reuse(rng, monkeypatch):
+    """dA/dR live in per-thread scratch reused across calls (bigger, smaller, dtype change):
+    results are unchanged by the reuse and never alias the scratch; beyond the size cap fresh
+    arrays are used."""
+    cases = [make_case(rng, B, 6, 5, u, mask="arbitrary", return_sequences=True,
+                       reset_after=ra, dtype=dt)
+             for B, u, ra, dt in ((3, 20, True, np.float32), (5, 40, False, np.float64),
+                                  (2, 9, True, np.float64))]
+    tapes = [cpu.forward(*a, **k, training=True) for a, k in cases]
+    first = [cpu.backward(t, np.ones_like(o)) for o, _, t in tapes]
+    monkeypatch.setattr(cpu, "_SCRATCH_MAX_BYTES", 64)
+    for (o, _, t), want in zip(tapes[::-1], first[::-1]):
+        assert all(np.array_equal(a, b) for a, b in zip(cpu.backward(t, np.ones_like(o)), want))
+    for g in first:
+        for name in ("dA", "dR"):
+            buf = getattr(cpu._scratch_local, name, None)
+            assert buf is not None and not any(np.shares_memory(a, buf) for a in g)
+
+
 def test_backward_without_upstream_is_zero(rng):
     args, kw = make_case(rng, 2, 3, 2, 4, return_sequences=True)
     tape = cpu.forward(*args, **kw, training=True)[2]
