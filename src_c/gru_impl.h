@@ -331,6 +331,24 @@ static int FN(forward)(const fg_fwd_args *a)
 
 /* ---------------------------------------------------------------------------------------- */
 
+/* f(a) and f'(a): for tanh and sigmoid the derivative comes from the value (1 - t*t,
+ * s*(1 - s): the very operations DACT performs after recomputing the value, so the same bits)
+ * instead of a second transcendental evaluation. */
+FG_CLONES static void FN(act_dact)(int code, int n, const REAL *restrict in, REAL *restrict f,
+                                   REAL *restrict df)
+{
+    ACT(code, n, in, f);
+    if (code == 1) {
+#pragma omp simd
+        for (int j = 0; j < n; j++) df[j] = 1 - f[j] * f[j];
+    } else if (code == 2) {
+#pragma omp simd
+        for (int j = 0; j < n; j++) df[j] = f[j] * (1 - f[j]);
+    } else {
+        DACT(code, n, in, df);
+    }
+}
+
 /* Backward elementwise pieces for one row (m: the step is kept); restrict + simd so they
  * vectorise, with the operations and their order of the scalar definitions. */
 FG_CLONES static void FN(bwd_zh)(int n, int m, int zofm, const REAL *restrict hp,
@@ -424,14 +442,11 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
             const int m = a->mask ? a->mask[b * T + t] != 0 : 1;
             if (rs && dout)
                 for (int j = 0; j < u; j++) gyr[j] += dout[base * u + j];
-            ACT(a->rec_act, u, pr, zv);
-            DACT(a->rec_act, u, pr, dz);
-            ACT(a->act, u, pr + 2 * u, hh);
-            DACT(a->act, u, pr + 2 * u, dhv);
+            FN(act_dact)(a->rec_act, u, pr, zv, dz);
+            FN(act_dact)(a->act, u, pr + 2 * u, hh, dhv);
             FN(bwd_zh)(u, m, zofm, hp, hh, zv, dz, dhv, gyr, gsr, dor, zr, dAr, dAr + 2 * u);
             if (ra) {
-                ACT(a->rec_act, u, pr + u, rv);
-                DACT(a->rec_act, u, pr + u, drv);
+                FN(act_dact)(a->rec_act, u, pr + u, rv, drv);
                 FN(bwd_r_after)(u, m, rpt + base * u, rv, drv, dAr, dAr + u, dAr + 2 * u,
                                 dR + base * u3);
             }
@@ -446,8 +461,7 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
                 const REAL *m2 = mh ? mh + (2L * B + b) * u : NULL;
                 const int m = a->mask ? a->mask[b * T + t] != 0 : 1;
                 REAL *dAr = dA + base * u3, *dhr = dhh + (long)i * u;
-                ACT(a->rec_act, u, pr + u, rv);
-                DACT(a->rec_act, u, pr + u, drv);
+                FN(act_dact)(a->rec_act, u, pr + u, rv, drv);
                 for (int j = 0; j < u; j++) {
                     REAL hg2 = m2 ? hp[j] * m2[j] : hp[j];
                     dAr[u + j] = m ? dq[j] * hg2 * drv[j] : 0;
