@@ -22,7 +22,6 @@ def threads_even_for_small_work(monkeypatch):
     """The tests' problems are tiny: without this the work cap would run them all on one
     thread and the threaded paths would go untested."""
     monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
-    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 1 << 17)  # small batches split units at u >= 240
 
 TOL = {np.float64: 1e-10, np.float32: 2e-5}
 ISAS = ["generic", "avx2", "avx512"]

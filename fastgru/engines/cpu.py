@@ -56,12 +56,12 @@ _CHUNK_BYTES = 8 << 20
 # units even for large batches, so that each streams only its share of U every step.
 _U_L2_BYTES = 1 << 20
 _SPLIT_MAX_ROWS = 32
-# Below this much per-step work (B * u * 3u multiply-adds, 2^20 ~ 15-30 us of one core) a
-# barrier per step costs more than splitting the units gains, so a small batch stays on fewer
-# threads: a barrier is ~1 us on an idle machine but a time slice when the partner thread is
-# descheduled (measured on the shared machine: (1,1000,128,256) 13 ms on 1 thread, 54-100 ms
-# on 2 split threads at 2^17).
-_SPLIT_MIN_WORK = 1 << 20
+# Below this much per-step work (B * u * 3u multiply-adds) a barrier per step costs more than
+# splitting the units gains, so a small batch stays on fewer threads. Measured at
+# (1,1000,128,256), 2 threads (196608 per step): split 7.2-7.8 ms against 11.4 ms unsplit with
+# the other core lightly loaded; but 54-100 ms when other work kept both cores busy (a barrier
+# then waits for a descheduled partner). 2^20 was tried and reverted: it loses the common case.
+_SPLIT_MIN_WORK = 1 << 17
 # A call uses one more thread only per this many multiply-adds of work (B*T*3u*(D+u) forward;
 # the backward and the weight-gradient GEMMs each do about as much). 2^23 is ~0.1-0.3 ms of one
 # core. Starting a second thread costs a few microseconds on an idle machine, but on a busy one
