@@ -10,7 +10,7 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
-__all__ = ["ConfigObject", "register", "serialize", "deserialize"]
+__all__ = ["ConfigObject", "ObjectFamily", "register", "serialize", "deserialize"]
 
 class ConfigObject:
     """Keras-style small objects (initializers, regularizers, constraints): rebuilt from
@@ -32,6 +32,51 @@ class ConfigObject:
     def __repr__(self):
         args = ", ".join(f"{k}={v!r}" for k, v in self.get_config().items())
         return f"{type(self).__name__}({args})"
+
+
+class ObjectFamily:
+    """``get``/``serialize``/``deserialize`` for one family of Keras objects (initializers,
+    regularizers, constraints), like ``keras.<family>.get``: None stays None, instances pass,
+    names and aliases construct with defaults, config dicts deserialize, other callables are
+    wrapped by ``wrap`` (and serialize back to themselves)."""
+
+    def __init__(self, kind: str, module: str, base: type, classes: dict, aliases: dict,
+                 wrap: type, fix_config=None):
+        self.kind, self.module, self.base = kind, module, base
+        self.classes, self.aliases, self.wrap = classes, aliases, wrap
+        self.fix_config = fix_config or (lambda cfg: cfg)
+
+    def _lookup(self, name, shown):
+        cls = self.classes.get(name) or self.aliases.get(name)
+        if cls is None:
+            raise ValueError(f"Could not interpret {self.kind} identifier: {shown}")
+        return cls
+
+    def get(self, identifier):
+        if identifier is None or isinstance(identifier, self.base):
+            return identifier
+        if isinstance(identifier, str):
+            return self._lookup(identifier, identifier)()
+        if isinstance(identifier, dict):
+            return self.deserialize(identifier)
+        if isinstance(identifier, type) and issubclass(identifier, self.base):
+            return identifier()
+        if callable(identifier):
+            return self.wrap(identifier)
+        raise ValueError(f"Could not interpret {self.kind} identifier: {identifier}")
+
+    def deserialize(self, config: dict):
+        cls = self._lookup(config.get("class_name"), config)
+        return cls.from_config(self.fix_config(dict(config.get("config") or {})))
+
+    def serialize(self, obj):
+        if obj is None:
+            return None
+        obj = self.get(obj)
+        if isinstance(obj, self.wrap):
+            return obj.fn
+        return {"module": self.module, "class_name": type(obj).__name__,
+                "config": obj.get_config(), "registered_name": None}
 
 
 _REGISTRY: dict[str, type] = {}

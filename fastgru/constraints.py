@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ._array import get_array_module as _xp
-from ._serialization import ConfigObject
+from ._serialization import ConfigObject, ObjectFamily
 
 __all__ = ["Constraint", "MaxNorm", "MinMaxNorm", "NonNeg", "UnitNorm", "get", "serialize",
            "deserialize"]
@@ -86,36 +86,18 @@ class _Callable(Constraint):
         return self.fn(w)
 
 
+_FAMILY = ObjectFamily("constraint", "keras.constraints", Constraint, _CLASSES, _ALIASES, _Callable)
+
+
 def get(identifier) -> Constraint | None:
-    if identifier is None:
-        return None
-    if isinstance(identifier, Constraint):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _ALIASES.get(identifier) or _CLASSES.get(identifier)
-        if cls is None:
-            raise ValueError(f"Could not interpret constraint identifier: {identifier}")
-        return cls()
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    if callable(identifier):
-        return _Callable(identifier)
-    raise ValueError(f"Could not interpret constraint identifier: {identifier}")
+    """Resolve like ``keras.constraints.get``; None stays None."""
+    return _FAMILY.get(identifier)
 
 
 def deserialize(config: dict) -> Constraint:
-    name = config.get("class_name")
-    cls = _CLASSES.get(name) or _ALIASES.get(name)
-    if cls is None:
-        raise ValueError(f"Could not interpret constraint identifier: {config}")
-    return cls.from_config(dict(config.get("config") or {}))
+    return _FAMILY.deserialize(config)
 
 
 def serialize(constraint) -> Any:
-    if constraint is None:
-        return None
-    c = get(constraint)
-    if isinstance(c, _Callable):
-        return c.fn
-    return {"module": "keras.constraints", "class_name": type(c).__name__,
-            "config": c.get_config(), "registered_name": None}
+    """The Keras 3 config form (None stays None; a wrapped user function is returned as is)."""
+    return _FAMILY.serialize(constraint)

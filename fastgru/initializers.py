@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import _random
-from ._serialization import ConfigObject
+from ._serialization import ConfigObject, ObjectFamily
 
 __all__ = [
     "Initializer", "Zeros", "Ones", "Constant", "RandomUniform", "RandomNormal",
@@ -267,44 +267,26 @@ class _Callable(Initializer):
         return np.asarray(self.fn(tuple(shape), dtype=_dtype(dtype)), dtype=_dtype(dtype))
 
 
-def get(identifier) -> Initializer | None:
-    """Resolve like ``keras.initializers.get``; None stays None."""
-    if identifier is None:
-        return None
-    if isinstance(identifier, Initializer):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _ALIASES.get(identifier) or _CLASSES.get(identifier)
-        if cls is None:
-            raise ValueError(f"Could not interpret initializer identifier: {identifier}")
-        return cls()
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    if callable(identifier):
-        if isinstance(identifier, type) and issubclass(identifier, Initializer):
-            return identifier()
-        return _Callable(identifier)
-    raise ValueError(f"Could not interpret initializer identifier: {identifier}")
-
-
-def deserialize(config: dict) -> Initializer:
-    name = config.get("class_name")
-    cls = _CLASSES.get(name) or _ALIASES.get(name)
-    if cls is None:
-        raise ValueError(f"Could not interpret initializer identifier: {config}")
-    cfg = dict(config.get("config") or {})
+def _keep_integer_seed(cfg: dict) -> dict:
     seed = cfg.get("seed")
     if isinstance(seed, dict):  # a serialised SeedGenerator: keep its integer seed
         cfg["seed"] = (seed.get("config") or {}).get("seed")
-    return cls.from_config(cfg)
+    return cfg
+
+
+_FAMILY = ObjectFamily("initializer", "keras.initializers", Initializer,
+                        _CLASSES, _ALIASES, _Callable, _keep_integer_seed)
+
+
+def get(identifier) -> Initializer | None:
+    """Resolve like ``keras.initializers.get``; None stays None."""
+    return _FAMILY.get(identifier)
+
+
+def deserialize(config: dict) -> Initializer:
+    return _FAMILY.deserialize(config)
 
 
 def serialize(initializer) -> Any:
-    """The Keras 3 config form of an initializer (None stays None)."""
-    if initializer is None:
-        return None
-    init = get(initializer)
-    if isinstance(init, _Callable):
-        return init.fn
-    return {"module": "keras.initializers", "class_name": type(init).__name__,
-            "config": init.get_config(), "registered_name": None}
+    """The Keras 3 config form (None stays None; a wrapped user function is returned as is)."""
+    return _FAMILY.serialize(initializer)

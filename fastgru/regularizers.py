@@ -13,7 +13,7 @@ import numbers
 from typing import Any
 
 from ._array import get_array_module as _xp
-from ._serialization import ConfigObject
+from ._serialization import ConfigObject, ObjectFamily
 
 __all__ = ["Regularizer", "L1", "L2", "L1L2", "get", "serialize", "deserialize"]
 
@@ -97,35 +97,18 @@ class _Callable(Regularizer):
         return grad(w)
 
 
+_FAMILY = ObjectFamily("regularizer", "keras.regularizers", Regularizer, _CLASSES, {}, _Callable)
+
+
 def get(identifier) -> Regularizer | None:
-    if identifier is None:
-        return None
-    if isinstance(identifier, Regularizer):
-        return identifier
-    if isinstance(identifier, str):
-        cls = _CLASSES.get(identifier)
-        if cls is None:
-            raise ValueError(f"Could not interpret regularizer identifier: {identifier}")
-        return cls()
-    if isinstance(identifier, dict):
-        return deserialize(identifier)
-    if callable(identifier):
-        return _Callable(identifier)
-    raise ValueError(f"Could not interpret regularizer identifier: {identifier}")
+    """Resolve like ``keras.regularizers.get``; None stays None."""
+    return _FAMILY.get(identifier)
 
 
 def deserialize(config: dict) -> Regularizer:
-    cls = _CLASSES.get(config.get("class_name"))
-    if cls is None:
-        raise ValueError(f"Could not interpret regularizer identifier: {config}")
-    return cls.from_config(dict(config.get("config") or {}))
+    return _FAMILY.deserialize(config)
 
 
 def serialize(regularizer) -> Any:
-    if regularizer is None:
-        return None
-    reg = get(regularizer)
-    if isinstance(reg, _Callable):
-        return reg.fn
-    return {"module": "keras.regularizers", "class_name": type(reg).__name__,
-            "config": reg.get_config(), "registered_name": None}
+    """The Keras 3 config form (None stays None; a wrapped user function is returned as is)."""
+    return _FAMILY.serialize(regularizer)
