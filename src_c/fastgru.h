@@ -113,4 +113,12 @@ typedef struct {
 
 int fg_backward(const fg_bwd_args *a);
 
+/* Row-major C (M x N) = op(A) @ op(B), op = transpose where ta / tb; A is M x K (K x M when
+ * ta), B is K x N (N x K when tb); leading dimensions in elements. nthr OpenMP threads split
+ * the larger of M and N, each calling gemm (a single-threaded BLAS) on its block. */
+void fg_gemm_par_f(fg_sgemm_t gemm, int ta, int tb, int M, int N, int K, const float *A,
+                   int lda, const float *B, int ldb, float *C, int ldc, int nthr);
+void fg_gemm_par_d(fg_dgemm_t gemm, int ta, int tb, int M, int N, int K, const double *A,
+                   int lda, const double *B, int ldb, double *C, int ldc, int nthr);
+
 #endif

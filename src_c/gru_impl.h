@@ -527,6 +527,53 @@ static int FN(backward)(const fg_bwd_args *a)
     return 0;
 }
 
+/* Row-major C (M x N) = op(A) @ op(B) (op = transpose where ta / tb) over nthr OpenMP threads,
+ * each running a single-threaded BLAS call on its block of the larger of M and N (in steps of
+ * 16). Keeping the threads in this OpenMP team instead of BLAS's own: OpenBLAS's worker threads
+ * busy-wait ~0.1 s after a multi-threaded call and then steal the core from the next forward's
+ * OpenMP threads. Alignment of operands is the caller's (leading dimensions in elements). */
+void FN(fg_gemm_par)(GEMMT gemm, int ta, int tb, int M, int N, int K, const REAL *A, int lda,
+                     const REAL *B, int ldb, REAL *C, int ldc, int nthr)
+{
+    if (M <= 0 || N <= 0) return;
+    if (K <= 0) {
+        for (int i = 0; i < M; i++) memset(C + (long)i * ldc, 0, (size_t)N * sizeof(REAL));
+        return;
+    }
+    const int by_rows = M > N;
+    const int L = by_rows ? M : N;
+    if (nthr < 1) nthr = 1;
+    if (nthr > (L + 15) / 16) nthr = (L + 15) / 16;
+    int blk = ((L + nthr - 1) / nthr + 15) / 16 * 16;
+    /* never a one-row/column block: BLAS may take its gemv route, whose rounding differs */
+    while (L > blk && L % blk == 1) blk += 16;
+#pragma omp parallel num_threads(nthr)
+    {
+        int tid = omp_get_thread_num(), nact = omp_get_num_threads();
+        for (int g = tid; g < nthr; g += nact) {
+            int j0 = g * blk, j1 = j0 + blk < L ? j0 + blk : L;
+            if (j1 <= j0) continue;
+            int n = j1 - j0, m = M, nn = N;
+            const REAL *Ap = A, *Bp = B;
+            REAL *Cp = C;
+            if (by_rows) {
+                m = n;
+                Ap = ta ? A + j0 : A + (long)j0 * lda;
+                Cp = C + (long)j0 * ldc;
+            } else {
+                nn = n;
+                Bp = tb ? B + (long)j0 * ldb : B + j0;
+                Cp = C + j0;
+            }
+            /* column-major view: C^T (nn x m) = op(B)^T (nn x K) @ op(A)^T (K x m) */
+            char ca = ta ? 'T' : 'N', cb = tb ? 'T' : 'N';
+            REAL one = 1, zero = 0;
+            int k = K, la = lda, lb = ldb, lc = ldc;
+            gemm(&cb, &ca, &nn, &m, &k, &one, (REAL *)Bp, &lb, (REAL *)Ap, &la, &zero, Cp, &lc);
+        }
+    }
+}
+
 #undef FN
 #undef FN_CAT
 #undef FN_CAT2

@@ -163,6 +163,33 @@ def test_c_activation_rejects_unknown_code():
         _gru.activation(99, x, np.empty_like(x))
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_threaded_gemm_matches_numpy_every_layout(dtype, rng):
+    """_gru.gemm (the backward's weight/input-gradient GEMMs): both transpositions, column-slice
+    operands and output, blocks split over rows or columns; the same values on 1 and 2 threads."""
+    from fastgru._cpu import _gru
+
+    tol = 1e-12 if dtype == np.float64 else 1e-5
+    for M, N, K in [(1, 5, 3), (33, 7, 4), (7, 50, 9), (17, 17, 0), (40, 96, 31)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+                big = rng.standard_normal((N, K + 3) if tb else (K, N + 3)).astype(dtype)
+                b = big[:, 1 : K + 1] if tb else big[:, 1 : N + 1]  # a column slice
+                want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+                outs = []
+                for n in (1, 2):
+                    c = np.full((M, N + 2), 7, dtype)
+                    _gru.gemm(a, ta, b, tb, c[:, 1 : N + 1], n)
+                    assert np.all(c[:, 0] == 7) and np.all(c[:, -1] == 7)  # untouched
+                    assert rel_err(c[:, 1 : N + 1], want) < tol if K else np.all(c[:, 1:-1] == 0)
+                    outs.append(c)
+                assert np.allclose(outs[0], outs[1], rtol=tol, atol=tol)
+    with pytest.raises(ValueError, match="inconsistent"):
+        _gru.gemm(np.ones((2, 3), dtype), False, np.ones((4, 2), dtype), False,
+                  np.ones((2, 2), dtype), 1)
+
+
 # ---------------------------------------------------------------------------------------------
 # per-step kernel: every ISA path
 

@@ -106,6 +106,45 @@ def gemm_panels(int isa, A, P, int K, int npanels, C):
                              <float *>c, <long>npanels * W)
 
 
+cdef int _ld(object m, str name) except -1:
+    """Leading dimension (elements) of a 2-D ndarray with unit-stride rows."""
+    cdef cnp.ndarray a = <cnp.ndarray>m
+    cdef Py_ssize_t it = a.itemsize
+    if a.ndim == 2 and a.size == 0:
+        return max(<int>a.shape[1], 1)  # never read
+    if a.ndim != 2 or (a.shape[1] > 1 and a.strides[1] != it) or a.strides[0] % it \
+            or a.strides[0] < 0:
+        raise ValueError(f"{name}: expected a 2-D array with contiguous rows")
+    return max(<int>(a.strides[0] // it), <int>a.shape[1], 1)
+
+
+def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads):
+    """C (M, N) = op(A) @ op(B) (op = transpose where trans_*), split over n_threads OpenMP
+    threads each running single-threaded BLAS (pin BLAS to one thread around the call).
+    Operands: 2-D arrays with contiguous rows (column slices allowed)."""
+    cdef int t = _typenum(A)
+    if _typenum(B) != t or _typenum(C) != t:
+        raise TypeError("gemm: A, B and C must share one dtype")
+    cdef int lda = _ld(A, "A"), ldb = _ld(B, "B"), ldc = _ld(C, "C")
+    cdef int M = A.shape[1] if trans_a else A.shape[0]
+    cdef int K = A.shape[0] if trans_a else A.shape[1]
+    cdef int N = B.shape[0] if trans_b else B.shape[1]
+    if (B.shape[1] if trans_b else B.shape[0]) != K or C.shape[0] != M or C.shape[1] != N:
+        raise ValueError("gemm: inconsistent shapes")
+    if not C.flags.writeable:
+        raise ValueError("gemm: C is read-only")
+    cdef void *a = cnp.PyArray_DATA(<cnp.ndarray>A)
+    cdef void *b = cnp.PyArray_DATA(<cnp.ndarray>B)
+    cdef void *c = cnp.PyArray_DATA(<cnp.ndarray>C)
+    with nogil:
+        if t == cnp.NPY_FLOAT64:
+            fg_gemm_par_d(dgemm, trans_a, trans_b, M, N, K, <double *>a, lda, <double *>b, ldb,
+                          <double *>c, ldc, n_threads)
+        else:
+            fg_gemm_par_f(sgemm, trans_a, trans_b, M, N, K, <float *>a, lda, <float *>b, ldb,
+                          <float *>c, ldc, n_threads)
+
+
 def activation(int code, x, out, bint derivative=False):
     """out = act(x) (or act'(x)) elementwise, the C definitions used by the kernels."""
     cdef int t = _typenum(x)

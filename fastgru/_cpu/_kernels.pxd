@@ -73,3 +73,7 @@ cdef extern from "fastgru.h" nogil:
         int n_threads, isa
 
     int fg_backward(const fg_bwd_args *a)
+    void fg_gemm_par_f(fg_sgemm_t gemm, int ta, int tb, int M, int N, int K, const float *A,
+                       int lda, const float *B, int ldb, float *C, int ldc, int nthr)
+    void fg_gemm_par_d(fg_dgemm_t gemm, int ta, int tb, int M, int N, int K, const double *A,
+                       int lda, const double *B, int ldb, double *C, int ldc, int nthr)

@@ -424,11 +424,24 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
                       spec.zero_output_for_mask, spec.activation.code,
                       spec.recurrent_activation.code, _max_threads(min(n, B)), _isa(kernel))
 
-    with _threads.blas_threads(n):
-        return _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype)
+    # BLAS stays on one thread: the GEMMs split across this engine's own OpenMP threads.
+    with _threads.blas_threads(1):
+        return _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, _max_threads(n))
 
 
-def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype):
+def _mm(a, b, out=None, n=1, ta=False, tb=False):
+    """op(a) @ op(b) (op = transpose where ta / tb) into out (fresh when None): fg_gemm_par over
+    n OpenMP threads, each running a single-threaded BLAS call on a block. a, b and out are 2-D
+    with contiguous rows (column slices allowed). Not BLAS's own threads: OpenBLAS's workers
+    busy-wait ~0.1 s after a call and then slow the next forward's OpenMP threads."""
+    if out is None:
+        out = np.empty((a.shape[1] if ta else a.shape[0], b.shape[0] if tb else b.shape[1]),
+                       a.dtype)
+    _gru.gemm(a, ta, b, tb, out, n)
+    return out
+
+
+def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1):
     """The GEMMs over all steps: kernel, recurrent kernel, bias and input gradients."""
     B, T, D = x.shape
     u = spec.units
@@ -442,17 +455,17 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype):
     dA2 = dA.reshape(BT, 3 * u)
 
     if mx is None:
-        dkernel = xp.reshape(BT, D).T @ dA2
-        dxp = (dA2 @ W.T).reshape(B, T, D)
+        dkernel = _mm(np.ascontiguousarray(xp).reshape(BT, D), dA2, n=n, ta=True)
+        dxp = _mm(dA2, W, n=n, tb=True).reshape(B, T, D)
     elif mx.ndim == 2:
-        dkernel = (xp * mx[:, None, :]).reshape(BT, D).T @ dA2
-        dxp = (dA2 @ W.T).reshape(B, T, D) * mx[:, None, :]
+        dkernel = _mm((xp * mx[:, None, :]).reshape(BT, D), dA2, n=n, ta=True)
+        dxp = _mm(dA2, W, n=n, tb=True).reshape(B, T, D) * mx[:, None, :]
     else:
         dkernel = np.empty_like(W)
         dxp = np.zeros((B, T, D), dtype)
         for g, sl in enumerate(gates):
-            dkernel[:, sl] = (xp * mx[g][:, None, :]).reshape(BT, D).T @ dA2[:, sl]
-            dxp += (dA2[:, sl] @ W[:, sl].T).reshape(B, T, D) * mx[g][:, None, :]
+            _mm((xp * mx[g][:, None, :]).reshape(BT, D), dA2[:, sl], dkernel[:, sl], n, ta=True)
+            dxp += _mm(dA2[:, sl], W[:, sl], n=n, tb=True).reshape(B, T, D) * mx[g][:, None, :]
     dx = dxp[:, ::-1] if spec.go_backwards else dxp
     dx = np.ascontiguousarray(dx)
 
@@ -461,13 +474,13 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype):
     drec = np.empty((u, 3 * u), dtype)
     n_state_gates = 3 if spec.reset_after else 2
     if mh is None:
-        drec[:, : n_state_gates * u] = H.T @ dRec[:, : n_state_gates * u]
+        _mm(H, dRec[:, : n_state_gates * u], drec[:, : n_state_gates * u], n, ta=True)
     else:
         for g in range(n_state_gates):
             hg = (s["hprev"] * mh[g][:, None, :]).reshape(BT, u)
-            drec[:, gates[g]] = hg.T @ dRec[:, gates[g]]
+            _mm(hg, dRec[:, gates[g]], drec[:, gates[g]], n, ta=True)
     if not spec.reset_after:  # the candidate's recurrent input is r * h_g (0 at masked steps)
-        drec[:, gates[2]] = s["rp"].reshape(BT, u).T @ dA2[:, gates[2]]
+        _mm(s["rp"].reshape(BT, u), dA2[:, gates[2]], drec[:, gates[2]], n, ta=True)
 
     bias = None
     if spec.use_bias and s["has_bias"]:
