@@ -580,6 +580,25 @@ def run_peer(name: str, n_threads: int, mode: str, files, budget: float, min_rep
 BUSY_RETRY = 0.25  # share of the CPUs taken by other work above which a run is repeated
 
 
+def run_problems(args, kind: str, return_sequences: bool, ref_max_gflop: float,
+                 budget, min_reps, timeout):
+    """Write the problems of ``args.shapes`` with their float64 references, run every
+    (peer, thread count) on them (the reference engine only up to ``ref_max_gflop``), and
+    return ``run_matrix``'s (results, versions, notes)."""
+    tmp, files = C.write_problems(args.shapes, return_sequences, training=kind == "training")
+    by_label = dict(zip((s.label for s in args.shapes), files))
+
+    def files_for(peer):
+        if peer == "reference":
+            return [by_label[s.label] for s in args.shapes if s.flops / 1e9 <= ref_max_gflop]
+        return files
+
+    print("\npeers:")
+    with tmp:
+        return run_matrix(args.peers, args.threads, files_for, kind, budget, min_reps,
+                          timeout, wait_quiet=args.wait_quiet, retry_busy=args.retry_busy)
+
+
 def run_matrix(peers, threads, files_for, mode: str, budget: float, min_reps: int,
                timeout: float, wait_quiet: float = 0.0, retry_busy: int = 0,
                log=print) -> tuple[dict, dict, list]:

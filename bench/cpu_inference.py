@@ -49,20 +49,8 @@ def main(argv=None) -> int:
           f"{args.return_sequences})\n")
     machine = C.machine_report(args.threads, args.quick)
     print("\nproblems and float64 reference results:")
-    tmp, files = C.write_problems(args.shapes, args.return_sequences, training=False)
-    by_label = dict(zip((s.label for s in args.shapes), files))
-
-    def files_for(peer):
-        if peer == "reference":
-            return [by_label[s.label] for s in args.shapes if s.flops / 1e9 <= args.ref_max_gflop]
-        return files
-
-    print("\npeers:")
-    with tmp:
-        results, versions, notes = P.run_matrix(args.peers, args.threads, files_for,
-                                                "inference", budget, min_reps, timeout,
-                                                wait_quiet=args.wait_quiet,
-                                                retry_busy=args.retry_busy)
+    results, versions, notes = P.run_problems(args, "inference", args.return_sequences, args.ref_max_gflop,
+                                              budget, min_reps, timeout)
     C.print_report(args, "cpu_inference", machine, results, versions, notes, t_start,
                    extra={"return_sequences": args.return_sequences})
     return 0

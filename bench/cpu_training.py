@@ -47,25 +47,13 @@ def main(argv=None) -> int:
     print("# fastgru CPU training-step benchmark (float32, forward + BPTT + Adam)\n")
     machine = C.machine_report(args.threads, args.quick)
     print("\nproblems and float64 reference gradients:")
-    tmp, files = C.write_problems(args.shapes, True, training=True)
-    by_label = dict(zip((s.label for s in args.shapes), files))
-
-    def files_for(peer):
-        if peer == "reference":
-            return [by_label[s.label] for s in args.shapes if s.flops / 1e9 <= REF_MAX_GFLOP]
-        return files
-
-    print("\npeers:")
-    with tmp:
-        results, versions, notes = P.run_matrix(args.peers, args.threads, files_for,
-                                                "training", budget, min_reps, timeout,
-                                                wait_quiet=args.wait_quiet,
-                                                retry_busy=args.retry_busy)
+    results, versions, notes = P.run_problems(args, "training", True, REF_MAX_GFLOP,
+                                              budget, min_reps, timeout)
     engines = {r.get("engine") for n in args.threads
                for r in results.get("fastgru", {}).get(n, {}).get("results", {}).values()}
     if "reference" in engines:
-        print("\nNOTE: the fastgru row below ran the REFERENCE engine (the CPU engine has no "
-              "backward yet); its ratio is not the CPU engine's.")
+        print("\nNOTE: the fastgru row below ran the REFERENCE engine (the compiled CPU engine "
+              "is not built); its ratio is not the CPU engine's.")
     C.print_report(args, "cpu_training", machine, results, versions, notes, t_start,
                    flops_factor=3.0)
     return 0
