@@ -196,6 +196,7 @@ def rel_err(a, ref) -> float:
 def _cache_key(shape: Shape, seed: int, return_sequences: bool, training: bool) -> str:
     """Names a reference result by everything it depends on, the oracle's source included."""
     import hashlib
+
     import fastgru
     h = hashlib.sha256()
     pkg = Path(fastgru.__file__).parent
@@ -289,7 +290,8 @@ def blas_info() -> list[dict]:
         if d.get("user_api") == "blas":
             rec = {k: d.get(k) for k in keep}
             path = Path(d.get("filepath", ""))
-            rec["library"] = f"{path.parent.name}/{path.name}"  # e.g. numpy.libs/... vs scipy.libs/...
+            # e.g. numpy.libs/... vs scipy.libs/...
+            rec["library"] = f"{path.parent.name}/{path.name}"
             out.append(rec)
     return out
 
@@ -563,7 +565,8 @@ def error_summary(peers, threads, results) -> list[str]:
     """One line per peer: its largest verification error and any failures."""
     lines = []
     for p in peers:
-        recs = [r for n in threads for r in results.get(p, {}).get(n, {}).get("results", {}).values()]
+        recs = [r for n in threads
+                for r in results.get(p, {}).get(n, {}).get("results", {}).values()]
         if not recs:
             continue
         errs = [r["err"] for r in recs if "err" in r]

@@ -119,7 +119,8 @@ class FastGRUEngine:
         if self.engine is not None and self.engine is not reference:
             params = inspect.signature(self.engine.forward).parameters
             self.kw = {"n_threads": n} if "n_threads" in params else {}
-            if "n_threads" in inspect.signature(getattr(self.engine, "backward", _ident)).parameters:
+            backward = getattr(self.engine, "backward", _ident)
+            if "n_threads" in inspect.signature(backward).parameters:
                 self.bkw = {"n_threads": n}
             # Name the weights' version so the engine may keep their packed form across calls,
             # as the layer does (a server calling the engine would do the same).

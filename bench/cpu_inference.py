@@ -49,8 +49,8 @@ def main(argv=None) -> int:
           f"{args.return_sequences})\n")
     machine = C.machine_report(args.threads, args.quick)
     print("\nproblems and float64 reference results:")
-    results, versions, notes = P.run_problems(args, "inference", args.return_sequences, args.ref_max_gflop,
-                                              budget, min_reps, timeout)
+    results, versions, notes = P.run_problems(args, "inference", args.return_sequences,
+                                              args.ref_max_gflop, budget, min_reps, timeout)
     C.print_report(args, "cpu_inference", machine, results, versions, notes, t_start,
                    extra={"return_sequences": args.return_sequences})
     return 0
