@@ -447,9 +447,7 @@ class RNN(Layer):
         inp = x
         for i, cell in enumerate(cells):
             last = i == len(cells) - 1
-            spec = cell.spec(go_backwards=self.go_backwards and i == 0,
-                             return_sequences=self.return_sequences if last else True,
-                             zero_output_for_mask=self.zero_output_for_mask and last)
+            spec = self._cell_spec(cell, i, last)
             if inp.dtype != cell.dtype:
                 inp = inp.astype(cell.dtype)
             m = mask if i == 0 else mask_proc
@@ -592,6 +590,14 @@ class RNN(Layer):
         h0 = [gr.h0 for gr in grads]
         return Grads(dx, h0 if stacked else h0[0], weights, names, paths)
 
+    def _cell_spec(self, cell, i: int, last: bool):
+        """Cell i of the stack runs as one engine layer: only the first goes backwards (the
+        later ones take its outputs already in processing order), only the last may return a
+        single step, and zero_output_for_mask applies to the final outputs only."""
+        return cell.spec(go_backwards=self.go_backwards and i == 0,
+                         return_sequences=self.return_sequences if last else True,
+                         zero_output_for_mask=self.zero_output_for_mask and last)
+
     def _out_shape(self, B, T, u):
         if not self.return_sequences:
             return (B, u)
@@ -669,10 +675,7 @@ class RNN(Layer):
         parts = []
         inp = xb
         for i, cell in enumerate(cells):
-            last = i == len(cells) - 1
-            spec = cell.spec(go_backwards=self.go_backwards and i == 0,
-                             return_sequences=self.return_sequences if last else True,
-                             zero_output_for_mask=self.zero_output_for_mask and last)
+            spec = self._cell_spec(cell, i, i == len(cells) - 1)
             mi = m if (i == 0 or m is None or not self.go_backwards) else m[:, ::-1]
             engine, reason = self._choose(cell, spec, inp, mi, None)
             text = _dispatch.describe(engine, reason, spec, inp, self.n_threads)
