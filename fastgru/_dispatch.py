@@ -30,8 +30,8 @@ CUDNN_REFUSED = (
 _cache: dict = {}
 
 #: Let the CPU engine cache its packed recurrent kernel by Variable version (10-25% faster
-#: small-batch calls). Safe with in-place edits that skip ``bump()``: the engine checks a
-#: fingerprint of the kernel on every hit.
+#: small-batch calls). Safe with in-place edits that skip ``bump()``: the engine compares the kernel
+#: with the bytes it was packed from on every hit.
 CPU_WEIGHTS_KEY = True
 
 

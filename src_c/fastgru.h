@@ -41,10 +41,6 @@ int fg_isa_best(void);
 void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst);
 void fg_pack_d(const double *src, long ld, int K, int col0, int ncols, double *dst);
 
-/* Position-weighted double sum of n values: the check on a cached packed kernel. */
-double fg_fingerprint_f(const float *x, long n);
-double fg_fingerprint_d(const double *x, long n);
-
 /* C[i, p*W + c] = sum_{k<K} A[i*lda + k] * P[p*pstride + k*W + c] for i < M, p < np, c < W.
  * The k sum runs in order 0..K-1 with one fused multiply-add per term on every ISA, so each
  * element's bits depend on neither M, the panel range, nor the ISA (avx512, avx2 and generic

@@ -37,21 +37,6 @@ int fg_isa_best(void)
                 if (w < W) memset(d + w, 0, (size_t)(W - w) * sizeof(REAL));                  \
             }                                                                                 \
         }                                                                                     \
-    }                                                                                         \
-    /* Position-weighted sum in double: changes with any in-place edit of the values (up to  \
-     * rounding) and with most permutations; cheap enough to check a cached packing. */      \
-    FG_CLONES double fg_fingerprint_##SUF(const REAL *x, long n)                              \
-    {                                                                                         \
-        double acc[16] = {0};                                                                 \
-        long i = 0;                                                                           \
-        for (; i + 16 <= n; i += 16) {                                                        \
-            double base = (double)(i & 1023);                                                 \
-            for (int j = 0; j < 16; j++) acc[j] += (double)x[i + j] * (base + (j + 1));        \
-        }                                                                                     \
-        for (; i < n; i++) acc[i & 15] += (double)x[i] * (double)((i & 1023) + 1);             \
-        double s = 0;                                                                         \
-        for (int j = 0; j < 16; j++) s += acc[j];                                             \
-        return s;                                                                             \
     }
 FG_DEFINE_PACK(f, float, FG_WF)
 FG_DEFINE_PACK(d, double, FG_WD)

@@ -16,8 +16,6 @@ cdef extern from "fastgru.h" nogil:
     int fg_openmp()
     void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst)
     void fg_pack_d(const double *src, long ld, int K, int col0, int ncols, double *dst)
-    double fg_fingerprint_f(const float *x, long n)
-    double fg_fingerprint_d(const double *x, long n)
     void fg_gemm_panels_f(int isa, int M, int K, const float *A, long lda, const float *P,
                           long pstride, int np, float *C, long ldc)
     void fg_gemm_panels_d(int isa, int M, int K, const double *A, long lda, const double *P,

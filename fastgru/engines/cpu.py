@@ -21,14 +21,16 @@ Kernel selection for tests and diagnosis: ``kernel=`` argument or the ``FASTGRU_
 environment variable, one of "auto", "avx512", "avx2", "generic".
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
-their version with ``weights_key`` (a hit is re-checked by a cheap fingerprint). Threads:
-``n_threads`` per call, default ``fastgru._threads.get_num_threads()``, capped by the work; a
-process fork()ed from a parent that ran OpenMP threads runs on one thread (GNU OpenMP would
-hang it).
+their version with ``weights_key`` (a hit is re-checked against a copy of the bytes it was
+packed from). Threads: ``n_threads`` per call, default
+``fastgru._threads.get_num_threads()``, capped by the work; a process fork()ed from a parent
+that ran OpenMP threads runs on one thread (GNU OpenMP would hang it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import threading
 from collections import OrderedDict
@@ -141,9 +143,18 @@ def _packed_projection(isa: int) -> bool:
     return name == "panels" or (name in ("auto", "") and isa != _ISA["generic"])
 
 
+_NO_PIN = contextlib.nullcontext()
+
+
 def _plan(B: int, T: int, D: int, u: int, itemsize: int, n_threads: int):
     """(threads, split_units, chunk steps, reason). The result never changes any number: rows
-    are bit-identical on every plan."""
+    are bit-identical on every plan. Cached (with the tunables in the key, which tests patch)."""
+    return _plan_cached(B, T, D, u, itemsize, n_threads, _MIN_THREAD_WORK, _SPLIT_MIN_WORK,
+                        _U_L2_BYTES, _SPLIT_MAX_ROWS, _PROJ_ROWS, _CHUNK_BYTES)
+
+
+@functools.lru_cache(maxsize=256)
+def _plan_cached(B, T, D, u, itemsize, n_threads, *_tunables):
     capped = ""
     work = B * T * 3 * u * (D + u)
     if _work_threads(work, n_threads) < n_threads:
@@ -267,22 +278,23 @@ _pack_lock = threading.Lock()
 
 def _packed(U, u, key):
     """Packed (recurrent) kernel, cached under the caller's ``key`` (e.g. the Variables'
-    ``(uid, version)`` plus which matrix). A hit is trusted only if U's fingerprint (a
-    position-weighted float64 sum, ~5x cheaper than packing) still matches, so in-place edits
-    that skip a version bump (finite-difference checks, direct writes into ``Variable.value``)
-    repack instead of reusing stale weights. Without a key it is packed on every call."""
+    ``(uid, version)`` plus which matrix). A hit is trusted only if U still holds the bytes it
+    was packed from (a memcmp against a kept copy: exact, and cheaper than packing), so in-place
+    edits that skip a version bump (finite-difference checks, direct writes into
+    ``Variable.value``) repack instead of reusing stale weights. Without a key it is packed on
+    every call."""
     if key is None:
         return _pack_recurrent(U, u)
     full = (key, U.dtype.str, U.shape)
-    fp = _gru.fingerprint(U)
     with _pack_lock:
         hit = _PACK_CACHE.get(full)
-        if hit is not None and hit[0] == fp:
+        if hit is not None:
             _PACK_CACHE.move_to_end(full)
-            return hit[1]
+    if hit is not None and _gru.same(hit[0], U):
+        return hit[1]
     packed = _pack_recurrent(U, u)
     with _pack_lock:
-        _PACK_CACHE[full] = (fp, packed)
+        _PACK_CACHE[full] = (U.copy(), packed)
         while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
             _PACK_CACHE.popitem(last=False)
     return packed
@@ -362,7 +374,8 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         wpk = None
         if _packed_projection(isa):
             wpk = _packed(W, u, None if weights_key is None else (weights_key, "W"))
-        with _threads.blas_threads(1):
+        # BLAS runs only for the projection's generic path: pinning it costs ~5 us per call
+        with _threads.blas_threads(1) if wpk is None else _NO_PIN:
             _gru.forward(xc, W, wpk, upk, b_in, b_rec, h0, m8, mx,
                          mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev, rp, u,
                          spec.reset_after, spec.go_backwards, spec.return_sequences,
