@@ -14,10 +14,12 @@
 #define FG_WF 64
 #define FG_WD 32
 
-/* Elementwise loops are compiled for AVX-512, AVX2 and baseline x86-64, picked at load time;
- * with -ffp-contract=off every clone computes the same bits. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define FG_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+/* Elementwise loops are compiled for x86-64-v4 (AVX-512), v3 (AVX2 + FMA) and baseline x86-64,
+ * picked at load time; with -ffp-contract=off and FMAs only where written (fmaf) every clone
+ * computes the same bits. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+#define FG_CLONES \
+    __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define FG_CLONES
 #endif

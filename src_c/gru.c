@@ -8,6 +8,7 @@ static inline int omp_get_thread_num(void) { return 0; }
 static inline int omp_get_num_threads(void) { return 1; }
 #endif
 #include "fastgru.h"
+#include "act_inline.h"
 
 #define REAL float
 #define SUF f
@@ -17,6 +18,8 @@ static inline int omp_get_num_threads(void) { return 1; }
 #define PANELS fg_gemm_panels_f
 #define ACT fg_act_f
 #define DACT fg_dact_f
+#define SIGV fg_sigmoidf
+#define TANHV fg_tanhf
 #include "gru_impl.h"
 #undef REAL
 #undef SUF
@@ -26,6 +29,8 @@ static inline int omp_get_num_threads(void) { return 1; }
 #undef PANELS
 #undef ACT
 #undef DACT
+#undef SIGV
+#undef TANHV
 
 #define REAL double
 #define SUF d
@@ -35,6 +40,8 @@ static inline int omp_get_num_threads(void) { return 1; }
 #define PANELS fg_gemm_panels_d
 #define ACT fg_act_d
 #define DACT fg_dact_d
+#define SIGV fg_sigmoid
+#define TANHV tanh
 #include "gru_impl.h"
 
 int fg_openmp(void)

@@ -128,6 +128,48 @@ FG_CLONES static void FN(mix)(int n, const REAL *restrict z, const REAL *restric
     }
 }
 
+/* The whole gate pass of one kept row for reset_after with sigmoid / tanh (Keras' defaults):
+ * the operations, in the order, of add3 / ACT / cand_after / mix, fused into one loop so that
+ * each input is loaded once and only the new state and the outputs are stored; the same bits
+ * as the separate passes. g*: gate z, r, h at +0, +gs / +gh_s, +2 gs / +2 gh_s; b / br: the
+ * input / recurrent bias (3u, from unit 0 of this span); y2: the output row in `out` or NULL.
+ * Training record (rec != NULL): pre (z, r, h rows of 3u), rp, hprev. */
+FG_CLONES static void FN(gates_std)(int n, const REAL *restrict gx, long gs, const REAL *restrict gh,
+                                    long ghs, const REAL *restrict b, const REAL *restrict br,
+                                    long u, const REAL *restrict h, REAL *restrict hn,
+                                    REAL *restrict y, REAL *restrict y2, REAL *restrict pre,
+                                    REAL *restrict rp, REAL *restrict hp)
+{
+    if (pre) {
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            REAL az = ((gx[j] + b[j]) + gh[j]) + br[j];
+            REAL ar = ((gx[gs + j] + b[u + j]) + gh[ghs + j]) + br[u + j];
+            REAL z = SIGV(az), r = SIGV(ar);
+            REAL v = gh[2 * ghs + j] + br[2 * u + j];
+            REAL ah = (gx[2 * gs + j] + b[2 * u + j]) + r * v;
+            REAL hh = TANHV(ah);
+            REAL o = z * h[j] + (1 - z) * hh;
+            pre[j] = az, pre[u + j] = ar, pre[2 * u + j] = ah;
+            rp[j] = v, hp[j] = h[j];
+            hn[j] = o, y[j] = o;
+        }
+    } else {
+#pragma omp simd
+        for (int j = 0; j < n; j++) {
+            REAL az = ((gx[j] + b[j]) + gh[j]) + br[j];
+            REAL ar = ((gx[gs + j] + b[u + j]) + gh[ghs + j]) + br[u + j];
+            REAL z = SIGV(az), r = SIGV(ar);
+            REAL v = gh[2 * ghs + j] + br[2 * u + j];
+            REAL ah = (gx[2 * gs + j] + b[2 * u + j]) + r * v;
+            REAL hh = TANHV(ah);
+            REAL o = z * h[j] + (1 - z) * hh;
+            hn[j] = o, y[j] = o;
+        }
+    }
+    if (y2) memcpy(y2, y, (size_t)n * sizeof(REAL));
+}
+
 /* Candidate, mix, mask select and writes for one row b over units [ulo, ulo + nu): ah holds
  * the candidate pre-activations; hr, zr, hnr, yr point at the row's state, update gate, next
  * state and emitted output (full width u, indexed by unit). */
@@ -169,6 +211,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     REAL *out = (REAL *)a->out, *hl = (REAL *)a->h_last;
     REAL *pre = (REAL *)a->pre, *rpt = (REAL *)a->rp;
     const int rs = a->return_sequences, ra = a->reset_after;
+    /* tanh / sigmoid with reset_after (Keras' defaults) take the fused gate pass */
+    const int fused = ra && a->act == 1 && a->rec_act == 2;
     REAL *az = pb->tmp, *ar = az + u, *ah = ar + u, *zv = ah + u, *rv = zv + u, *hh = rv + u;
 
     for (int i = 0; i < nr; i++)
@@ -209,6 +253,16 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                            pstride, p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
             for (int i = 0; i < nr; i++) {
                 const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx, *ghr = tb->gh + (long)i * ldgh;
+                if (fused && (!mask || mask[(long)(r0 + i) * T + t])) {
+                    long base = (long)(r0 + i) * T + k;
+                    FN(gates_std)(nu, gxr + ulo, gs, ghr + ulo, up, bi + ulo, br + ulo, u,
+                                  hc + (long)i * u + ulo, hn + (long)i * u + ulo,
+                                  tb->y + (long)i * u + ulo, rs ? out + base * u + ulo : NULL,
+                                  pre ? pre + base * u3 + ulo : NULL,
+                                  pre ? rpt + base * u + ulo : NULL,
+                                  pre ? (REAL *)a->hprev + base * u + ulo : NULL);
+                    continue;
+                }
                 FN(add3)(nu, gxr + ulo, bi + ulo, ghr + ulo, ra ? br + ulo : NULL, az);
                 FN(add3)(nu, gxr + gs + ulo, bi + u + ulo, ghr + up + ulo, ra ? br + u + ulo : NULL, ar);
                 ACT(a->rec_act, nu, az, zv);

@@ -140,6 +140,27 @@ def test_c_activation_matches_python(name, dtype):
             assert np.max(err[fin]) < tol, (name, deriv, float(np.max(err[fin])))
 
 
+def test_c_float32_sigmoid_tanh_ulp_and_saturation():
+    """The gate pass's float32 sigmoid and tanh (polynomials + Newton reciprocal): a few ulp
+    everywhere on a dense grid, exact 0.5 / 0 at 0, and exactly +-1 where tanh rounds to it."""
+    from fastgru._cpu import _gru
+
+    x = np.concatenate([np.linspace(-30, 30, 600_001, dtype=np.float32),
+                        np.geomspace(1e-9, 1, 20_001).astype(np.float32) * -1,
+                        np.geomspace(1e-9, 1, 20_001).astype(np.float32)])
+    x64 = x.astype(np.float64)
+    for code, ref in ((2, 1 / (1 + np.exp(-x64))), (1, np.tanh(x64))):
+        out = np.empty_like(x)
+        _gru.activation(code, x, out)
+        ulp = np.abs(out - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
+        assert ulp.max() < 8, (code, float(ulp.max()))
+    out = np.empty(6, np.float32)
+    _gru.activation(1, np.array([0, 8.8, -8.8, 50, np.inf, -np.inf], np.float32), out)
+    assert out.tolist() == [0, 1, -1, 1, 1, -1]
+    _gru.activation(2, np.array([0, np.inf, -np.inf, 100, -200, 17], np.float32), out)
+    assert out[:2].tolist() == [0.5, 1] and 0 <= out[2] < 1e-37 and out[3] == 1 and out[5] == 1
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_c_activations_propagate_nan(dtype):
     from fastgru._cpu import _gru

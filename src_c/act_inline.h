@@ -1,0 +1,85 @@
+/* Vectorisable float sigmoid / tanh (and the double sigmoid), shared by the activation loops
+ * (act.c) and the fused gate pass (gru_impl.h) so that both compute the same bits. */
+#ifndef FG_ACT_INLINE_H
+#define FG_ACT_INLINE_H
+
+#include <math.h>
+#include <stdint.h>
+
+/* Polynomials use explicit fmaf (one rounding, and half the operations of mul + add under
+ * -ffp-contract=off) and divisions a reciprocal by Newton steps (vdivps has a throughput of
+ * one per 10+ cycles, which bounded the whole gate pass): both are the same correctly rounded
+ * operations on every ISA clone (the baseline clone calls libm's fmaf), so the bits agree. */
+
+/* 1/d for d > 0 and finite (both callers): integer first guess (~12% off), three Newton steps
+ * e -> e^2 (2^-3 -> 2^-6 -> 2^-12 -> 2^-24), ~1 ulp. NaN stays NaN. */
+static inline float fg_recipf(float d)
+{
+    union { uint32_t i; float f; } v;
+    v.f = d;
+    v.i = 0x7EF311C3u - v.i;
+    float r = v.f;
+    r = fmaf(r, fmaf(-d, r, 1.0f), r);
+    r = fmaf(r, fmaf(-d, r, 1.0f), r);
+    r = fmaf(r, fmaf(-d, r, 1.0f), r);
+    return r;
+}
+
+/* exp(x) for x <= 0 (Cephes polynomial, ~1 ulp), branch-free so loops vectorise.
+ * Arguments below -87 give exp(-87) ~ 1.6e-38 (negligible where it is used); NaN stays NaN. */
+static inline float fg_expf_neg(float x)
+{
+    float xc = x >= -87.0f ? x : -87.0f; /* NaN -> -87 here, restored below */
+    float fx = floorf(fmaf(xc, 1.44269504088896341f, 0.5f));
+    float r = fmaf(fx, -0.693359375f, xc);
+    r = fmaf(fx, 2.12194440e-4f, r);
+    float p = 1.9875691500E-4f;
+    p = fmaf(p, r, 1.3981999507E-3f);
+    p = fmaf(p, r, 8.3334519073E-3f);
+    p = fmaf(p, r, 4.1665795894E-2f);
+    p = fmaf(p, r, 1.6666665459E-1f);
+    p = fmaf(p, r, 5.0000001201E-1f);
+    float y = fmaf(p, r * r, r) + 1.0f;
+    union { uint32_t i; float f; } s;
+    s.i = (uint32_t)((int32_t)fx + 127) << 23;
+    float res = y * s.f;
+    return x == x ? res : x;
+}
+
+static inline float fg_sigmoidf(float a)
+{   /* same branches as activations._sigmoid: exp of a non-positive argument only */
+    float e = fg_expf_neg(-fabsf(a));
+    float num = a >= 0 ? 1.0f : e;
+    return num * fg_recipf(1.0f + e);
+}
+
+static inline float fg_tanhf(float a)
+{   /* rational approximation (Eigen's), max rel. error ~4e-7 */
+    float x = a > 9.0f ? 9.0f : (a < -9.0f ? -9.0f : a);
+    float x2 = x * x;
+    float p = -2.76076847742355e-16f;
+    p = fmaf(p, x2, 2.00018790482477e-13f);
+    p = fmaf(p, x2, -8.60467152213735e-11f);
+    p = fmaf(p, x2, 5.12229709037114e-08f);
+    p = fmaf(p, x2, 1.48572235717979e-05f);
+    p = fmaf(p, x2, 6.37261928875436e-04f);
+    p = fmaf(p, x2, 4.89352455891786e-03f);
+    p = p * x;
+    float q = 1.19825839466702e-06f;
+    q = fmaf(q, x2, 1.18534705686654e-04f);
+    q = fmaf(q, x2, 2.26843463243900e-03f);
+    q = fmaf(q, x2, 4.89352518554385e-03f);
+    float t = p * fg_recipf(q); /* q >= 4.89e-3 */
+    /* |a| > 8.7: tanh rounds to +-1 in float32 (the approximant may stop 1 ulp short) */
+    t = fabsf(a) > 8.7f ? copysignf(1.0f, a) : t;
+    return fabsf(a) < 0.0004f ? a : t;
+}
+
+static inline double fg_sigmoid(double a)
+{
+    double e = exp(-fabs(a));
+    double num = a >= 0 ? 1.0 : e;
+    return num / (1.0 + e);
+}
+
+#endif
