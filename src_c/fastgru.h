@@ -52,6 +52,15 @@ void fg_gemm_panels_f(int isa, int M, int K, const float *A, long lda, const flo
 void fg_gemm_panels_d(int isa, int M, int K, const double *A, long lda, const double *P,
                       long pstride, int np, double *C, long ldc);
 
+/* The same product over ng groups of npg panels: group g's panels start at P + g * gstride
+ * and its output columns at C + g * cgstride (e.g. one thread's panels of the three gates). */
+void fg_gemm_panels_grp_f(int isa, int M, int K, const float *A, long lda, const float *P,
+                          long pstride, long gstride, int npg, int ng, float *C, long ldc,
+                          long cgstride);
+void fg_gemm_panels_grp_d(int isa, int M, int K, const double *A, long lda, const double *P,
+                          long pstride, long gstride, int npg, int ng, double *C, long ldc,
+                          long cgstride);
+
 /* Elementwise activation (code = fastgru.activations.CODES) and its derivative, out may alias in.
  * Return 0, or -1 for an unknown code. */
 int fg_act_f(int code, int n, const float *in, float *out);

@@ -191,10 +191,71 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
         }                                                                                     \
     }
 
+/* One or two rows over NP panels given by pointers (any addresses): the grouped product of a
+ * thread's own panels of several gates in one pass (fg_gemm_panels_grp), with as many FMA
+ * chains in flight as the contiguous 1 x 4 / 2 x 2 tiles; the k order of every element is the
+ * same as theirs. */
+#define FG_DEFINE_PTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP)          \
+    static inline __attribute__((always_inline, target("avx512f,fma"))) void                  \
+        NAME##_p##MR##x##NP(int K, const REAL *A, long lda, const REAL *const *Pq,            \
+                            REAL *const *Cq, long ldc)                                        \
+    {                                                                                         \
+        VT acc[MR][NP * 4];                                                                   \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < NP * 4; v++) acc[r][v] = ZERO();                              \
+        for (int k = 0; k < K; k++) {                                                         \
+            for (int q = 0; q < NP; q++)                                                      \
+                for (int v = 0; v < 4; v++)                                                   \
+                    _mm_prefetch((const char *)(Pq[q] + (long)(k + FG_PF_K) * W + v * VW),    \
+                                 _MM_HINT_T0);                                                \
+            VT a[MR];                                                                         \
+            for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                   \
+            for (int q = 0; q < NP; q++)                                                      \
+                for (int v = 0; v < 4; v++) {                                                 \
+                    VT b = LOAD(Pq[q] + (long)k * W + v * VW);                                \
+                    for (int r = 0; r < MR; r++)                                              \
+                        acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]);               \
+                }                                                                             \
+        }                                                                                     \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int q = 0; q < NP; q++)                                                      \
+                for (int v = 0; v < 4; v++)                                                   \
+                    STORE(Cq[q] + (long)r * ldc + v * VW, acc[r][q * 4 + v]);                \
+    }
+
+#define FG_DEFINE_PTR512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                \
+    FG_DEFINE_PTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 4)               \
+    FG_DEFINE_PTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 3)               \
+    FG_DEFINE_PTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2)               \
+    FG_DEFINE_PTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1)               \
+    FG_DEFINE_PTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2, 3)               \
+    FG_DEFINE_PTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2, 2)               \
+    FG_DEFINE_PTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2, 1)               \
+    static __attribute__((target("avx512f,fma"))) void NAME##_ptr(int M, int K, const REAL *A, \
+                                                                  long lda, const REAL *const *Pq, \
+                                                                  REAL *const *Cq, int n, long ldc) \
+    {                                                                                         \
+        int q = 0;                                                                            \
+        if (M == 1) {                                                                         \
+            for (; q + 4 <= n; q += 4) NAME##_p1x4(K, A, lda, Pq + q, Cq + q, ldc);           \
+            if (n - q == 3) NAME##_p1x3(K, A, lda, Pq + q, Cq + q, ldc);                      \
+            if (n - q == 2) NAME##_p1x2(K, A, lda, Pq + q, Cq + q, ldc);                      \
+            if (n - q == 1) NAME##_p1x1(K, A, lda, Pq + q, Cq + q, ldc);                      \
+        } else {                                                                              \
+            for (; q + 3 <= n; q += 3) NAME##_p2x3(K, A, lda, Pq + q, Cq + q, ldc);           \
+            if (n - q == 2) NAME##_p2x2(K, A, lda, Pq + q, Cq + q, ldc);                      \
+            if (n - q == 1) NAME##_p2x1(K, A, lda, Pq + q, Cq + q, ldc);                      \
+        }                                                                                     \
+    }
+
 FG_DEFINE_512(gemm_avx512_f, __m512, float, FG_WF, 16, _mm512_loadu_ps, _mm512_storeu_ps,
               _mm512_set1_ps, _mm512_setzero_ps, _mm512_fmadd_ps)
 FG_DEFINE_512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _mm512_storeu_pd,
               _mm512_set1_pd, _mm512_setzero_pd, _mm512_fmadd_pd)
+FG_DEFINE_PTR512(gemm_avx512_f, __m512, float, FG_WF, 16, _mm512_loadu_ps, _mm512_storeu_ps,
+                 _mm512_set1_ps, _mm512_setzero_ps, _mm512_fmadd_ps)
+FG_DEFINE_PTR512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _mm512_storeu_pd,
+                 _mm512_set1_pd, _mm512_setzero_pd, _mm512_fmadd_pd)
 FG_DEFINE_AVX2(gemm_avx2_f, __m256, float, FG_WF, 8, _mm256_loadu_ps, _mm256_storeu_ps,
                _mm256_set1_ps, _mm256_setzero_ps, _mm256_fmadd_ps)
 FG_DEFINE_AVX2(gemm_avx2_d, __m256d, double, FG_WD, 4, _mm256_loadu_pd, _mm256_storeu_pd,
@@ -218,3 +279,41 @@ FG_DEFINE_AVX2(gemm_avx2_d, __m256d, double, FG_WD, 4, _mm256_loadu_pd, _mm256_s
 #endif
 FG_DEFINE_DISPATCH(f, float)
 FG_DEFINE_DISPATCH(d, double)
+
+/* Grouped: ng groups of npg panels (group g at P + g * gstride, its output at C + g * cgstride).
+ * One or two rows with AVX-512 run all ng * npg panels through the pointer tiles in one pass;
+ * otherwise one fg_gemm_panels call per group. The same bits either way. */
+#define FG_DEFINE_GRP(SUF, REAL, W)                                                           \
+    void fg_gemm_panels_grp_##SUF(int isa, int M, int K, const REAL *A, long lda,             \
+                                  const REAL *P, long pstride, long gstride, int npg, int ng, \
+                                  REAL *C, long ldc, long cgstride)                           \
+    {                                                                                         \
+        if (M <= 0 || npg <= 0 || ng <= 0) return;                                            \
+        FG_X86_GRP(SUF, REAL, W)                                                              \
+        for (int g = 0; g < ng; g++)                                                          \
+            fg_gemm_panels_##SUF(isa, M, K, A, lda, P + g * gstride, pstride, npg,            \
+                                 C + g * cgstride, ldc);                                      \
+    }
+#ifdef FG_X86
+#define FG_X86_GRP(SUF, REAL, W)                                                              \
+    if (isa == FG_ISA_AVX512 && M <= 2) {                                                     \
+        enum { CH = 24 }; /* pointer batches; a multiple of 3 and 4 */                        \
+        const REAL *pq[CH];                                                                   \
+        REAL *cq[CH];                                                                         \
+        int n = 0, tot = npg * ng;                                                            \
+        for (int v = 0; v < tot; v++) {                                                       \
+            int g = v / npg, p = v % npg;                                                     \
+            pq[n] = P + g * gstride + p * pstride;                                            \
+            cq[n] = C + g * cgstride + (long)p * W;                                           \
+            if (++n == CH || v == tot - 1) {                                                  \
+                gemm_avx512_##SUF##_ptr(M, K, A, lda, pq, cq, n, ldc);                         \
+                n = 0;                                                                        \
+            }                                                                                 \
+        }                                                                                     \
+        return;                                                                               \
+    }
+#else
+#define FG_X86_GRP(SUF, REAL, W)
+#endif
+FG_DEFINE_GRP(f, float, FG_WF)
+FG_DEFINE_GRP(d, double, FG_WD)

@@ -196,8 +196,10 @@ static inline void FN(finish)(const fg_fwd_args *a, const REAL *ah, REAL *hh, co
 /* The time loop of one team over batch rows [r0, r0 + nr): thread tid of nteam owns the unit
  * panels [p_lo, p_hi) of every gate (nteam == 1: all of them, no barriers). */
 static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(priv_buf) *pb,
-                         int r0, int nr, int tid, int nteam, int p_lo, int p_hi, int tc)
+                         int r0, int nr, int tid, int nteam, int p_lo, int p_hi, int tc,
+                         fg_barrier *bar)
 {
+    int bgen = 0; /* this thread's count of passed barriers */
     const int B = a->B, T = a->T, u = a->u, u3 = 3 * u;
     const int npu = (u + W - 1) / W, up = npu * W, ldgh = 3 * up;
     const long pstride = (long)u * W;
@@ -220,16 +222,12 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
             tb->h[0][(long)i * u + j] = h0[(long)(r0 + i) * u + j];
             tb->y[(long)i * u + j] = 0;
         }
-    if (nteam > 1) {
-#pragma omp barrier
-    }
+    fg_barrier_wait(bar, nteam, &bgen);
     for (int k0 = 0; k0 < T; k0 += tc) {
         int kc = T - k0 < tc ? T - k0 : tc, M = kc * nr;
         FN(project)(a, r0, nr, k0, (int)((long)M * tid / nteam), (int)((long)M * (tid + 1) / nteam),
                     pb->xb, pb->pad, tb->gx);
-        if (nteam > 1) {
-#pragma omp barrier
-        }
+        fg_barrier_wait(bar, nteam, &bgen);
         for (int kk = 0; kk < kc; kk++) {
             const int k = k0 + kk, t = a->go_backwards ? T - 1 - k : k;
             const REAL *hc = tb->h[k & 1];
@@ -245,8 +243,10 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                     Ag[g] = hg;
                 }
             }
-            if (!mh && p_lo == 0 && p_hi == npu) /* the gates' panels are adjacent: one call */
-                PANELS(a->isa, nr, u, hc, u, upk, pstride, (ra ? 3 : 2) * npu, tb->gh, ldgh);
+            if (!mh) /* this thread's panels of every gate in one pass */
+                PANELS_GRP(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
+                           (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W, ldgh,
+                           up);
             else
                 for (int g = 0; g < (ra ? 3 : 2); g++)
                     PANELS(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride,
@@ -292,9 +292,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                            tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
             }
             if (!ra) {
-                if (nteam > 1) {
-#pragma omp barrier
-                }
+                fg_barrier_wait(bar, nteam, &bgen);
                 PANELS(a->isa, nr, u, tb->q, u, upk + ((long)2 * npu + p_lo) * pstride, pstride,
                        p_hi - p_lo, tb->gh + 2 * up + p_lo * W, ldgh);
                 for (int i = 0; i < nr; i++) {
@@ -304,9 +302,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                                tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
                 }
             }
-            if (nteam > 1) {
-#pragma omp barrier
-            }
+            fg_barrier_wait(bar, nteam, &bgen);
         }
     }
     const REAL *hf = tb->h[T & 1];
@@ -352,6 +348,8 @@ static int FN(forward)(const fg_fwd_args *a)
         free(priv_mem);
         return -1;
     }
+    fg_barrier bar;
+    fg_barrier_init(&bar);
 #pragma omp parallel num_threads(nthr)
     {
         int tid = omp_get_thread_num(), nact = omp_get_num_threads();
@@ -368,13 +366,13 @@ static int FN(forward)(const fg_fwd_args *a)
             if (tid < team) {
                 FN(team_buf) tb = FN(carve)(team_mem, rows_max, u, up);
                 int p_lo = (int)((long)npu * tid / team), p_hi = (int)((long)npu * (tid + 1) / team);
-                FN(team_run)(a, &tb, &pb, 0, B, tid, team, p_lo, p_hi, tc);
+                FN(team_run)(a, &tb, &pb, 0, B, tid, team, p_lo, p_hi, tc, &bar);
             }
         } else {
             for (int g = tid; g < ngroups; g += nact) {
                 int r0 = (int)((long)B * g / ngroups), r1 = (int)((long)B * (g + 1) / ngroups);
                 FN(team_buf) tb = FN(carve)(team_mem + team_n * g, rows_max, u, up);
-                FN(team_run)(a, &tb, &pb, r0, r1 - r0, 0, 1, 0, npu, tc);
+                FN(team_run)(a, &tb, &pb, r0, r1 - r0, 0, 1, 0, npu, tc, NULL);
             }
         }
     }

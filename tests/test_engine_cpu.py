@@ -405,6 +405,28 @@ def test_rows_independent_of_threads_and_batch(dtype, reset_after, proj, rng, mo
                 assert np.array_equal(o, base[0][rows]) and np.array_equal(h, base[1][rows])
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mask", ["none", "arbitrary"])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_grouped_unit_split_rows_match_one_thread(dtype, mask, reset_after, rng, monkeypatch):
+    """Without recurrent dropout a unit-split team multiplies each thread's panels of all gates
+    in one grouped pass (pointer tiles for one or two rows) and, with the default activations,
+    runs the fused gate pass: the bits of one thread, for 1, 2 and 4 rows, 1-4 threads, and
+    unit counts giving 1, 2 or 3+ panels per thread and gate."""
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    for u in (70, 130, 300, 530):
+        args, kw = make_case(rng, 4, 6, 5, u, reset_after=reset_after, mask=mask,
+                             return_sequences=True, dtype=dtype, scale=0.1)
+        x, w, h0, spec = args
+        base = cpu.forward(*args, **kw, n_threads=1)
+        for rows in ([2], [0, 3], [0, 1, 2, 3]):
+            m = None if kw["mask"] is None else kw["mask"][rows]
+            for n in (2, 3, 4):
+                o, h, _ = cpu.forward(x[rows], w, h0[rows], spec, mask=m, n_threads=n)
+                assert np.array_equal(o, base[0][rows]) and np.array_equal(h, base[1][rows])
+        assert rel_err(base[0], ref_forward(args, kw)[0]) < TOL[dtype]
+
+
 def test_concurrent_calls_bit_identical(rng):
     cases = [make_case(rng, 6, 20, 8, 40, mask="arbitrary", return_sequences=True,
                        dtype=dt) for dt in (np.float32, np.float64)]
