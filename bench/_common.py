@@ -92,6 +92,11 @@ def add_common_args(ap, peers, default_peers=None):
                     help="run a peer process again (up to N times, default 1; --quick: 0) when "
                          "other work used more than 25%% of the CPUs while it ran; the run with "
                          "the least other work is kept")
+    ap.add_argument("--rounds", type=int, default=1, metavar="N",
+                    help="run all (peer, thread count) processes N times in turn and keep, "
+                         "per (peer, threads, shape), the round with the best --stat (default "
+                         "1): every peer gets the same chances at a machine that alternates "
+                         "between fast and slow phases")
     ap.add_argument("--json", help="also write all results to this JSON file")
     ap.add_argument("--from-json", metavar="FILE",
                     help="print the table of a run saved with --json (e.g. with --stat min), "
@@ -114,6 +119,8 @@ def check_args(ap, args, default_shapes, allowed_peers):
         args.threads = parse_ints(args.threads, "--threads")
     except ValueError as e:
         ap.error(str(e))
+    if args.rounds < 1:
+        ap.error(f"--rounds: expected a positive integer, got {args.rounds}")
     args.peers = [p.strip() for p in args.peers.split(",") if p.strip()]
     unknown = [p for p in args.peers if p not in allowed_peers]
     if unknown:
@@ -511,6 +518,7 @@ def save_json(path: str | None, payload: dict) -> None:
 STAT_TEXT = {"median": "median wall time of the timed calls",
              "min": "best wall time of the timed calls",
              "cpu": "median process CPU time per call, all threads together"}
+STAT_KEY = {"median": "median_s", "min": "min_s", "cpu": "cpu_median_s"}  # in each record
 
 
 def results_table(shapes, threads, peers, results, machine, flops_factor: float = 1.0,
@@ -526,7 +534,7 @@ def results_table(shapes, threads, peers, results, machine, flops_factor: float 
                                      for n in threads)]
     header = ["B x T x I x H", "thr"] + [f"{p} ms" for p in shown] + [
         "best peer", "speed-up", "fastgru GFLOP/s", "peer GFLOP/s", "% FMA peak", "% SGEMM"]
-    key = {"median": "median_s", "min": "min_s", "cpu": "cpu_median_s"}[stat]
+    key = STAT_KEY[stat]
     rows = []
     for s in shapes:
         for n in threads:
@@ -559,6 +567,23 @@ def results_table(shapes, threads, peers, results, machine, flops_factor: float 
                 f"{100 * gf / peak:.1f}" if gf and peak else "-",
                 f"{100 * gf / gemm:.1f}" if gf and gemm else "-"])
     return markdown_table(header, rows)
+
+
+def rounds_line(results, rounds: int) -> str | None:
+    """The line under the table of a run with --rounds N > 1: how its timings were chosen and
+    how far apart the rounds were (worst / best round of the statistic they were chosen by)."""
+    if rounds <= 1:
+        return None
+    recs = [(r["rounds"], f"{p} {n}t {r['shape']}") for p, v in results.items()
+            for n, e in v.items() for r in e["results"].values() if r.get("rounds")]
+    spreads = sorted((d["worst_s"] / d["best_s"], d["stat"], where) for d, where in recs
+                     if d.get("best_s"))
+    line = f"best of {rounds} interleaved rounds per (peer, threads, shape)"
+    if spreads:
+        ratio, stat, where = spreads[-1]
+        line += (f"; spread of the {stat} across rounds (worst / best): median "
+                 f"{spreads[len(spreads) // 2][0]:.2f}x, largest {ratio:.2f}x ({where})")
+    return line
 
 
 def error_summary(peers, threads, results) -> list[str]:
@@ -599,6 +624,8 @@ def print_report(args, kind: str, machine: dict, results: dict, versions: dict, 
     print("\nversions: " + "; ".join(f"{p} {v}" for p, v in versions.items()))
     print("\n" + results_table(args.shapes, args.threads, args.peers, results, machine,
                                flops_factor=flops_factor, stat=args.stat))
+    if rounds_line(results, args.rounds):
+        print(rounds_line(results, args.rounds))
     what = "the gradients (max over dx, dkernel, drecurrent_kernel, dbias) of " \
         if kind == "cpu_training" else ""
     print(f"\nverification of {what}each peer: max |peer - ref| / max |ref| against the "
@@ -612,7 +639,7 @@ def print_report(args, kind: str, machine: dict, results: dict, versions: dict, 
     save_json(args.json, {"kind": kind, "machine": machine, "versions": versions,
                           "notes": notes, "results": results, "load_end": load,
                           "shapes": [s.label for s in args.shapes], "threads": args.threads,
-                          "peers": args.peers, **(extra or {})})
+                          "peers": args.peers, "rounds": args.rounds, **(extra or {})})
 
 
 def render_saved(path: str, stat: str = "median") -> None:
@@ -629,5 +656,7 @@ def render_saved(path: str, stat: str = "median") -> None:
     print("\n" + results_table(parse_shapes(",".join(labels)), threads, peers, results, m,
                                flops_factor=3.0 if d["kind"] == "cpu_training" else 1.0,
                                stat=stat))
+    if rounds_line(results, d.get("rounds", 1)):
+        print(rounds_line(results, d.get("rounds", 1)))
     print("\n".join(error_summary(peers, threads, results)))
     print(f"\ntimes in ms ({STAT_TEXT[stat]})")

@@ -597,59 +597,89 @@ def run_problems(args, kind: str, return_sequences: bool, ref_max_gflop: float,
     print("\npeers:")
     with tmp:
         return run_matrix(args.peers, args.threads, files_for, kind, budget, min_reps,
-                          timeout, wait_quiet=args.wait_quiet, retry_busy=args.retry_busy)
+                          timeout, wait_quiet=args.wait_quiet, retry_busy=args.retry_busy,
+                          rounds=args.rounds, stat=args.stat)
 
 
 def run_matrix(peers, threads, files_for, mode: str, budget: float, min_reps: int,
-               timeout: float, wait_quiet: float = 0.0, retry_busy: int = 0,
-               log=print) -> tuple[dict, dict, list]:
+               timeout: float, wait_quiet: float = 0.0, retry_busy: int = 0, rounds: int = 1,
+               stat: str = "median", log=print) -> tuple[dict, dict, list]:
     """Every available peer at every thread count. ``files_for(peer)`` lists its problems;
     before each child, up to ``wait_quiet`` s are spent waiting for other work to calm down,
     and a child during which other work took more than BUSY_RETRY of the CPUs is run again
-    (up to ``retry_busy`` times; the run with the least other work is kept).
+    (up to ``retry_busy`` times; the run with the least other work is kept). With ``rounds``
+    > 1 the whole (peer, thread count) loop runs that many times in turn, so that all peers
+    meet the same phases of a machine whose speed drifts, and ``best_of_rounds`` keeps, per
+    shape, the round with the lowest ``stat``.
 
     Returns (results[peer][n] as from run_peer, versions {peer: str}, notes [str])."""
-    results, versions, notes = {}, {}, []
-    for peer in peers:
-        why = availability(peer, mode)
-        if why:
-            notes.append(f"{peer} skipped: {why}")
-            log(f"note: {notes[-1]}")
-            continue
-        files = files_for(peer)
-        if not files:
-            continue
-        for n in threads:
-            t0 = time.perf_counter()
-            r = None
-            for attempt in range(retry_busy + 1):
-                C.wait_quiet(wait_quiet)
-                probe = C.OtherWork().start()
-                got = run_peer(peer, n, mode, files, budget, min_reps, timeout)
-                got["other_busy_during"] = probe.stop()
-                got["attempts"] = attempt + 1
-                if r is None or (got["other_busy_during"] or 0) < (r["other_busy_during"] or 0):
-                    r = got
-                if got["unavailable"] or (got["other_busy_during"] or 0) <= BUSY_RETRY:
-                    break
-            busy = r["other_busy_during"]
-            if r["unavailable"]:
-                notes.append(f"{peer} skipped: {r['unavailable']}")
+    runs, versions, notes, dropped = {}, {}, [], set()
+    for rnd in range(rounds):
+        for peer in peers:
+            why = availability(peer, mode) if rnd == 0 else None
+            if why:
+                notes.append(f"{peer} skipped: {why}")
                 log(f"note: {notes[-1]}")
-                break
-            results.setdefault(peer, {})[n] = r
-            versions[peer] = r["version"]
-            for note in r["notes"]:
-                if note not in notes:
-                    notes.append(note)
-                    log(f"note: {note}")
-            errs = [f"{k} {v['error']}" for k, v in r["results"].items() if "error" in v]
-            log(f"  {peer:<12} {n} thread(s): {len(r['results'])}/{len(files)} shapes, "
-                f"{time.perf_counter() - t0:.0f} s"
-                + (f"; other work {100 * busy:.0f}% of CPUs during" if busy is not None else "")
-                + (f" (best of {r['attempts']} runs)" if r["attempts"] > 1 else "")
-                + (f"; errors: {errs}" if errs else ""))
+                dropped.add(peer)
+            if peer in dropped or not (files := files_for(peer)):
+                continue
+            for n in threads:
+                t0 = time.perf_counter()
+                r = None
+                for attempt in range(retry_busy + 1):
+                    C.wait_quiet(wait_quiet)
+                    probe = C.OtherWork().start()
+                    got = run_peer(peer, n, mode, files, budget, min_reps, timeout)
+                    got["other_busy_during"] = probe.stop()
+                    got["attempts"] = attempt + 1
+                    if r is None or ((got["other_busy_during"] or 0)
+                                     < (r["other_busy_during"] or 0)):
+                        r = got
+                    if got["unavailable"] or (got["other_busy_during"] or 0) <= BUSY_RETRY:
+                        break
+                busy = r["other_busy_during"]
+                if r["unavailable"]:
+                    notes.append(f"{peer} skipped: {r['unavailable']}")
+                    log(f"note: {notes[-1]}")
+                    dropped.add(peer)
+                    break
+                runs.setdefault((peer, n), []).append(r)
+                versions[peer] = r["version"]
+                for note in r["notes"]:
+                    if note not in notes:
+                        notes.append(note)
+                        log(f"note: {note}")
+                errs = [f"{k} {v['error']}" for k, v in r["results"].items() if "error" in v]
+                log(f"  {f'[{rnd + 1}/{rounds}] ' if rounds > 1 else ''}{peer:<12} {n} "
+                    f"thread(s): {len(r['results'])}/{len(files)} shapes, "
+                    f"{time.perf_counter() - t0:.0f} s"
+                    + (f"; other work {100 * busy:.0f}% of CPUs during" if busy is not None
+                       else "")
+                    + (f" (best of {r['attempts']} runs)" if r["attempts"] > 1 else "")
+                    + (f"; errors: {errs}" if errs else ""))
+    results = {}
+    for (peer, n), rs in runs.items():
+        results.setdefault(peer, {})[n] = rs[0] if rounds == 1 else best_of_rounds(rs, stat)
     return results, versions, notes
+
+
+def best_of_rounds(runs: list, stat: str) -> dict:
+    """One run_peer result from the rounds of one (peer, thread count): per shape the record of
+    the round with the lowest ``stat`` (a failed one only where no round succeeded), with
+    ``rounds`` = that statistic in each round (None: failed), its best and worst, and the
+    round kept (from 1); other_busy_during is the largest over the rounds."""
+    key, busy = C.STAT_KEY[stat], [r["other_busy_during"] for r in runs]
+    out = dict(runs[-1], results={}, other_busy_rounds=busy,
+               other_busy_during=max((b for b in busy if b is not None), default=None))
+    for label in dict.fromkeys(k for r in runs for k in r["results"]):
+        recs = [(i + 1, r["results"][label]) for i, r in enumerate(runs) if label in r["results"]]
+        kept, rec = min(recs, key=lambda ir: ("error" in ir[1], ir[1].get(key, 0.0)))
+        times = [r.get(key) for _, r in recs]
+        ok = [t for t in times if t is not None]
+        out["results"][label] = dict(rec, rounds={
+            "n": len(recs), "stat": stat, "kept": kept, "times_s": times,
+            "best_s": min(ok, default=None), "worst_s": max(ok, default=None)})
+    return out
 
 
 def main(argv=None) -> int:
