@@ -317,3 +317,158 @@ FG_DEFINE_DISPATCH(d, double)
 #endif
 FG_DEFINE_GRP(f, float, FG_WF)
 FG_DEFINE_GRP(d, double, FG_WD)
+
+/* ---------------------------------------------------------------------------------------- */
+/* Weight- and input-gradient GEMMs (row-major C = op(A) @ op(B), K of tens of thousands) on the
+ * AVX-512 tiles: K in blocks of FG_KB rows whose B panels are packed once per block and used by
+ * every row of a block of FG_MB rows while both sit in L2; each C element is one FMA chain over
+ * k = 0..K-1 in order (continued across blocks through C), so its bits depend on neither the
+ * thread count nor the other rows. OpenBLAS ran these (K = B*T, transposed A) at 50-60% of the
+ * FMA peak. */
+#define FG_KB 512
+#define FG_MB 192
+
+#ifdef FG_X86
+#define FG_DEFINE_KBTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR)            \
+    static inline __attribute__((always_inline, target("avx512f,fma"))) void NAME##_kb##MR(   \
+        int K, const REAL *A, long rs, long ks, const REAL *P, REAL *C, long ldc, int beta)   \
+    {                                                                                         \
+        VT acc[MR][4];                                                                        \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < 4; v++)                                                       \
+                acc[r][v] = beta ? LOAD(C + (long)r * ldc + v * VW) : ZERO();                 \
+        const REAL *ak = A;                                                                   \
+        for (int k = 0; k < K; k++, ak += ks) {                                               \
+            VT a[MR];                                                                         \
+            for (int r = 0; r < MR; r++) a[r] = SET1(ak[r * rs]);                             \
+            for (int v = 0; v < 4; v++) {                                                     \
+                VT b = LOAD(P + (long)k * W + v * VW);                                        \
+                for (int r = 0; r < MR; r++) acc[r][v] = FMADD(a[r], b, acc[r][v]);          \
+            }                                                                                 \
+        }                                                                                     \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < 4; v++) STORE(C + (long)r * ldc + v * VW, acc[r][v]);         \
+    }
+
+#define FG_DEFINE_KB(SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                     \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6)            \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 5)            \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 4)            \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 3)            \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2)            \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1)            \
+    /* rows [0, m) of one panel: m <= 6 */                                                    \
+    static __attribute__((target("avx512f,fma"))) void kbt_rows_##SUF(                        \
+        int m, int K, const REAL *A, long rs, long ks, const REAL *P, REAL *C, long ldc,      \
+        int beta)                                                                             \
+    {                                                                                         \
+        switch (m) {                                                                          \
+        case 6: kbt_##SUF##_kb6(K, A, rs, ks, P, C, ldc, beta); break;                        \
+        case 5: kbt_##SUF##_kb5(K, A, rs, ks, P, C, ldc, beta); break;                        \
+        case 4: kbt_##SUF##_kb4(K, A, rs, ks, P, C, ldc, beta); break;                        \
+        case 3: kbt_##SUF##_kb3(K, A, rs, ks, P, C, ldc, beta); break;                        \
+        case 2: kbt_##SUF##_kb2(K, A, rs, ks, P, C, ldc, beta); break;                        \
+        case 1: kbt_##SUF##_kb1(K, A, rs, ks, P, C, ldc, beta); break;                        \
+        }                                                                                     \
+    }
+FG_DEFINE_KB(f, __m512, float, FG_WF, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
+             _mm512_setzero_ps, _mm512_fmadd_ps)
+FG_DEFINE_KB(d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd,
+             _mm512_setzero_pd, _mm512_fmadd_pd)
+#endif
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+#include <stdlib.h>
+
+#define FG_DEFINE_GEMM_KB(SUF, REAL, W)                                                       \
+    int fg_gemm_kb_##SUF(int ta, int tb, int M, int N, int K, const REAL *A, long lda,        \
+                         const REAL *B, long ldb, REAL *C, long ldc, int nthr)                \
+    {                                                                                         \
+        if (M <= 0 || N <= 0) return 0;                                                       \
+        if (K <= 0) {                                                                         \
+            for (int i = 0; i < M; i++) memset(C + (long)i * ldc, 0, (size_t)N * sizeof(REAL)); \
+            return 0;                                                                         \
+        }                                                                                     \
+        FG_KB_BODY(SUF, REAL, W)                                                              \
+    }
+#ifdef FG_X86
+#define FG_KB_BODY(SUF, REAL, W)                                                              \
+        const int np = (N + W - 1) / W, nmb = (M + FG_MB - 1) / FG_MB;                        \
+        const long rs = ta ? 1 : lda, ks = ta ? lda : 1;                                      \
+        REAL *pk = NULL;                                                                      \
+        if (posix_memalign((void **)&pk, 64, (size_t)np * FG_KB * W * sizeof(REAL))) return -1; \
+        if (nthr < 1) nthr = 1;                                                               \
+        int failed = 0;                                                                       \
+        _Pragma("omp parallel num_threads(nthr)")                                             \
+        {                                                                                     \
+            REAL tmp[6 * W] __attribute__((aligned(64)));                                     \
+            /* transposed A: this thread's m-block packed as 6-row strips (k-major), since   \
+             * reading 6 adjacent values from kb different rows touched a line per k */       \
+            REAL *ap = NULL;                                                                  \
+            if (ta && posix_memalign((void **)&ap, 64, (size_t)FG_MB * FG_KB * sizeof(REAL)))  \
+                ap = NULL;                                                                    \
+            if (ta && !ap) {                                                                  \
+                _Pragma("omp atomic write")                                                   \
+                failed = 1;                                                                   \
+            }                                                                                 \
+            _Pragma("omp barrier")                                                            \
+            for (int k0 = 0; k0 < K && !failed; k0 += FG_KB) {                                \
+                const int kb = K - k0 < FG_KB ? K - k0 : FG_KB;                               \
+                int packed_mb = -1;                                                           \
+                _Pragma("omp for schedule(static)")                                           \
+                for (int p = 0; p < np; p++) {                                                \
+                    const int w = N - p * W < W ? N - p * W : W;                              \
+                    REAL *d = pk + (long)p * FG_KB * W;                                       \
+                    for (int k = 0; k < kb; k++, d += W) {                                    \
+                        if (tb)                                                               \
+                            for (int c = 0; c < w; c++) d[c] = B[(long)(p * W + c) * ldb + k0 + k]; \
+                        else                                                                  \
+                            memcpy(d, B + (long)(k0 + k) * ldb + (long)p * W, (size_t)w * sizeof(REAL)); \
+                        for (int c = w; c < W; c++) d[c] = 0;                                 \
+                    }                                                                         \
+                }                                                                             \
+                _Pragma("omp for schedule(static)")                                           \
+                for (int it = 0; it < nmb * np; it++) {                                       \
+                    const int mb = it / np, p = it % np, w = N - p * W < W ? N - p * W : W;   \
+                    const REAL *P = pk + (long)p * FG_KB * W;                                 \
+                    const int i1 = (mb + 1) * FG_MB < M ? (mb + 1) * FG_MB : M;               \
+                    if (ta && mb != packed_mb) {                                              \
+                        for (int i = mb * FG_MB; i < i1; i += 6) {                            \
+                            const int m = i1 - i < 6 ? i1 - i : 6;                            \
+                            REAL *d = ap + (long)(i - mb * FG_MB) * kb;                       \
+                            for (int k = 0; k < kb; k++, d += 6)                              \
+                                memcpy(d, A + (long)(k0 + k) * lda + i, (size_t)m * sizeof(REAL)); \
+                        }                                                                     \
+                        packed_mb = mb;                                                       \
+                    }                                                                         \
+                    for (int i = mb * FG_MB; i < i1; i += 6) {                                \
+                        const int m = i1 - i < 6 ? i1 - i : 6;                                \
+                        const REAL *Ai = ta ? ap + (long)(i - mb * FG_MB) * kb                \
+                                            : A + (long)i * rs + (long)k0 * ks;               \
+                        const long rsi = ta ? 1 : rs, ksi = ta ? 6 : ks;                      \
+                        REAL *Ci = C + (long)i * ldc + (long)p * W;                           \
+                        if (w == W) {                                                         \
+                            kbt_rows_##SUF(m, kb, Ai, rsi, ksi, P, Ci, ldc, k0 > 0);          \
+                            continue;                                                         \
+                        }                                                                     \
+                        /* a partial last panel: through a full-width scratch tile */         \
+                        for (int r = 0; r < m; r++)                                           \
+                            for (int c = 0; c < W; c++)                                       \
+                                tmp[r * W + c] = (k0 > 0 && c < w) ? Ci[(long)r * ldc + c] : 0; \
+                        kbt_rows_##SUF(m, kb, Ai, rsi, ksi, P, tmp, W, k0 > 0);               \
+                        for (int r = 0; r < m; r++)                                           \
+                            memcpy(Ci + (long)r * ldc, tmp + r * W, (size_t)w * sizeof(REAL)); \
+                    }                                                                         \
+                }                                                                             \
+            }                                                                                 \
+            free(ap);                                                                         \
+        }                                                                                     \
+        free(pk);                                                                             \
+        return failed ? -1 : 0;
+#else
+#define FG_KB_BODY(SUF, REAL, W) return -2;
+#endif
+FG_DEFINE_GEMM_KB(f, float, FG_WF)
+FG_DEFINE_GEMM_KB(d, double, FG_WD)

@@ -211,6 +211,42 @@ def test_threaded_gemm_matches_numpy_every_layout(dtype, rng):
                   np.ones((2, 2), dtype), 1)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_packed_gemm_every_layout_row_exact(dtype, rng):
+    """The AVX-512 K-blocked GEMM of the backward (``packed=True``): both transpositions,
+    column slices, K across several blocks and partial panels / row tiles; the bits do not
+    depend on the thread count, and a row's bits not on the other rows."""
+    from fastgru._cpu import _gru
+
+    if _gru.isa_best() < 2:
+        with pytest.raises(ValueError, match="AVX-512"):
+            _gru.gemm(np.ones((2, 2), dtype), False, np.ones((2, 2), dtype), False,
+                      np.ones((2, 2), dtype), 1, True)
+        return
+    tol = 1e-12 if dtype == np.float64 else 2e-5
+    for M, N, K in [(1, 1, 1), (7, 65, 3), (13, 100, 1100), (200, 130, 515), (17, 17, 0)]:
+        for ta in (False, True):
+            for tb in (False, True):
+                a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+                big = rng.standard_normal((N, K + 3) if tb else (K, N + 3)).astype(dtype)
+                b = big[:, 1 : K + 1] if tb else big[:, 1 : N + 1]
+                want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
+                outs = []
+                for n in (1, 2, 3):
+                    c = np.full((M, N + 2), 7, dtype)
+                    _gru.gemm(a, ta, b, tb, c[:, 1 : N + 1], n, True)
+                    assert np.all(c[:, 0] == 7) and np.all(c[:, -1] == 7)
+                    assert rel_err(c[:, 1 : N + 1], want) < tol if K else np.all(c[:, 1:-1] == 0)
+                    outs.append(c)
+                assert all(np.array_equal(o, outs[0]) for o in outs)
+                if M > 3 and K:
+                    rows = [M - 1, 0, 2]
+                    sub = np.ascontiguousarray(a[:, rows] if ta else a[rows])
+                    c = np.empty((3, N), dtype)
+                    _gru.gemm(sub, ta, b, tb, c, 2, True)
+                    assert np.array_equal(c, outs[0][rows, 1 : N + 1])
+
+
 # ---------------------------------------------------------------------------------------------
 # per-step kernel: every ISA path
 

@@ -121,9 +121,10 @@ cdef int _ld(object m, str name) except -1:
     return max(<int>(a.strides[0] // it), <int>a.shape[1], 1)
 
 
-def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads):
-    """C (M, N) = op(A) @ op(B) (op = transpose where trans_*), split over n_threads OpenMP
-    threads each running single-threaded BLAS (pin BLAS to one thread around the call).
+def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False):
+    """C (M, N) = op(A) @ op(B) (op = transpose where trans_*) on n_threads OpenMP threads:
+    each running single-threaded BLAS on a block (pin BLAS to one thread around the call), or,
+    with ``packed`` (AVX-512 CPUs only), the K-blocked packed-panel kernel (fg_gemm_kb).
     Operands: 2-D arrays with contiguous rows (column slices allowed)."""
     cdef int t = _typenum(A)
     if _typenum(B) != t or _typenum(C) != t:
@@ -139,6 +140,22 @@ def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads):
     cdef void *a = cnp.PyArray_DATA(<cnp.ndarray>A)
     cdef void *b = cnp.PyArray_DATA(<cnp.ndarray>B)
     cdef void *c = cnp.PyArray_DATA(<cnp.ndarray>C)
+    cdef int rc = 0
+    if packed:
+        if fg_isa_best() != FG_ISA_AVX512:
+            raise ValueError("gemm: packed=True needs an AVX-512 CPU")
+        with nogil:
+            if t == cnp.NPY_FLOAT64:
+                rc = fg_gemm_kb_d(trans_a, trans_b, M, N, K, <double *>a, lda, <double *>b, ldb,
+                                  <double *>c, ldc, n_threads)
+            else:
+                rc = fg_gemm_kb_f(trans_a, trans_b, M, N, K, <float *>a, lda, <float *>b, ldb,
+                                  <float *>c, ldc, n_threads)
+        if rc == -1:
+            raise MemoryError("gemm: out of memory for the packed panels")
+        if rc:
+            raise ValueError("gemm: packed kernel unavailable in this build")
+        return
     with nogil:
         if t == cnp.NPY_FLOAT64:
             fg_gemm_par_d(dgemm, trans_a, trans_b, M, N, K, <double *>a, lda, <double *>b, ldb,

@@ -215,7 +215,10 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     return (f"cpu engine (compiled Cython/OpenMP): input projection by {proj} over chunks of "
             f"{chunk} steps; per step {gemms} by the {isa} packed-panel FMA kernel then one fused "
             f"gate/mask/output pass; threads: {how}; training: per-step backward on "
-            f"{min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on {nbwd}.")
+            f"{min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on {nbwd} by "
+            + ("the K-blocked avx512 packed-panel kernel" if isa == "avx512"
+               and os.environ.get("FASTGRU_CPU_WGRAD", "auto") != "blas"
+               else "BLAS (one thread per block)") + ".")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -494,19 +497,23 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
     dh0 = np.empty((B, u), dtype)
     # the per-step backward and the weight-gradient GEMMs each do about the forward's work
     n = _work_threads(B * T * u3 * (D + u), _threads.resolve(n_threads))
+    isa = _isa(kernel)
     if B > 0:
         utpk = _pack(np.ascontiguousarray(U.T), 0, u, dtype.itemsize)
         _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
                       spec.reset_after, spec.go_backwards, spec.return_sequences,
                       spec.zero_output_for_mask, spec.activation.code,
-                      spec.recurrent_activation.code, _max_threads(min(n, B)), _isa(kernel))
+                      spec.recurrent_activation.code, _max_threads(min(n, B)), isa)
 
-    # BLAS stays on one thread: the GEMMs split across this engine's own OpenMP threads.
-    with _threads.blas_threads(1):
-        return _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, _max_threads(n))
+    # The GEMMs over all steps: on the AVX-512 packed-panel kernel (K-blocked; row-exact dx),
+    # else BLAS pinned to one thread per block of this engine's own OpenMP threads.
+    packed = isa == _ISA["avx512"] and os.environ.get("FASTGRU_CPU_WGRAD", "auto") != "blas"
+    with _threads.blas_threads(1) if not packed else _NO_PIN:
+        return _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, _max_threads(n),
+                             packed=packed)
 
 
-def _mm(a, b, out=None, n=1, ta=False, tb=False):
+def _mm(a, b, out=None, n=1, ta=False, tb=False, packed=False):
     """op(a) @ op(b) (op = transpose where ta / tb) into out (fresh when None): fg_gemm_par over
     n OpenMP threads, each running a single-threaded BLAS call on a block. a, b and out are 2-D
     with contiguous rows (column slices allowed). Not BLAS's own threads: OpenBLAS's workers
@@ -514,14 +521,15 @@ def _mm(a, b, out=None, n=1, ta=False, tb=False):
     if out is None:
         out = np.empty((a.shape[1] if ta else a.shape[0], b.shape[0] if tb else b.shape[1]),
                        a.dtype)
-    _gru.gemm(a, ta, b, tb, out, n)
+    _gru.gemm(a, ta, b, tb, out, n, packed)
     return out
 
 
-def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1):
+def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=False):
     """The GEMMs over all steps: kernel, recurrent kernel, bias and input gradients."""
     B, T, D = x.shape
     u = spec.units
+    mm = functools.partial(_mm, n=n, packed=packed)
     BT = B * T
     gates = [slice(g * u, (g + 1) * u) for g in range(3)]
     # Inputs in processing order, exact zeros at masked steps (NaN there must not leak).
@@ -532,17 +540,17 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1):
     dA2 = dA.reshape(BT, 3 * u)
 
     if mx is None:
-        dkernel = _mm(np.ascontiguousarray(xp).reshape(BT, D), dA2, n=n, ta=True)
-        dxp = _mm(dA2, W, n=n, tb=True).reshape(B, T, D)
+        dkernel = mm(np.ascontiguousarray(xp).reshape(BT, D), dA2, ta=True)
+        dxp = mm(dA2, W, tb=True).reshape(B, T, D)
     elif mx.ndim == 2:
-        dkernel = _mm((xp * mx[:, None, :]).reshape(BT, D), dA2, n=n, ta=True)
-        dxp = _mm(dA2, W, n=n, tb=True).reshape(B, T, D) * mx[:, None, :]
+        dkernel = mm((xp * mx[:, None, :]).reshape(BT, D), dA2, ta=True)
+        dxp = mm(dA2, W, tb=True).reshape(B, T, D) * mx[:, None, :]
     else:
         dkernel = np.empty_like(W)
         dxp = np.zeros((B, T, D), dtype)
         for g, sl in enumerate(gates):
-            _mm((xp * mx[g][:, None, :]).reshape(BT, D), dA2[:, sl], dkernel[:, sl], n, ta=True)
-            dxp += _mm(dA2[:, sl], W[:, sl], n=n, tb=True).reshape(B, T, D) * mx[g][:, None, :]
+            mm((xp * mx[g][:, None, :]).reshape(BT, D), dA2[:, sl], dkernel[:, sl], ta=True)
+            dxp += mm(dA2[:, sl], W[:, sl], tb=True).reshape(B, T, D) * mx[g][:, None, :]
     dx = dxp[:, ::-1] if spec.go_backwards else dxp
     dx = np.ascontiguousarray(dx)
 
@@ -551,13 +559,13 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1):
     drec = np.empty((u, 3 * u), dtype)
     n_state_gates = 3 if spec.reset_after else 2
     if mh is None:
-        _mm(H, dRec[:, : n_state_gates * u], drec[:, : n_state_gates * u], n, ta=True)
+        mm(H, dRec[:, : n_state_gates * u], drec[:, : n_state_gates * u], ta=True)
     else:
         for g in range(n_state_gates):
             hg = (s["hprev"] * mh[g][:, None, :]).reshape(BT, u)
-            _mm(hg, dRec[:, gates[g]], drec[:, gates[g]], n, ta=True)
+            mm(hg, dRec[:, gates[g]], drec[:, gates[g]], ta=True)
     if not spec.reset_after:  # the candidate's recurrent input is r * h_g (0 at masked steps)
-        _mm(s["rp"].reshape(BT, u), dA2[:, gates[2]], drec[:, gates[2]], n, ta=True)
+        mm(s["rp"].reshape(BT, u), dA2[:, gates[2]], drec[:, gates[2]], ta=True)
 
     bias = None
     if spec.use_bias and s["has_bias"]:
