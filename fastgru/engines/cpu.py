@@ -32,9 +32,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import sys
 import threading
-import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -383,11 +381,10 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     out = np.empty((B, T, u) if spec.return_sequences else (B, u), dtype)
     h_last = np.empty((B, u), dtype)
     pre = hprev = rp = None
-    raws = []
     if training:
-        pre = _tape_buffer((B, T, 3 * u), dtype, raws)
-        hprev = _tape_buffer((B, T, u), dtype, raws)
-        rp = _tape_buffer((B, T, u), dtype, raws)
+        pre = np.empty((B, T, 3 * u), dtype)
+        hprev = np.empty((B, T, u), dtype)
+        rp = np.empty((B, T, u), dtype)
     if B > 0:
         n = _threads.resolve(n_threads)
         nthr, split, chunk, _ = _plan(B, T, D, u, dtype.itemsize, n)
@@ -409,51 +406,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
                      mask=m8, mx=mx, mh=mh, pre=pre, hprev=hprev, rp=rp)
         tape = Tape(NAME, spec, saved, batch=B, steps=T, dtype=dtype)
-        weakref.finalize(tape, _release_tape_buffers, raws)
     return out, h_last, tape
-
-
-# A training forward's record (pre, hprev, rp: 5 values per unit and step, 130 MB at
-# 256x50x256x512) is bigger than glibc's largest mmap threshold, so each fresh one came from
-# mmap and the kernel zeroed it page by page: 17% of a training step in perf. Records of dead
-# tapes go to this pool (up to _POOL_MAX_BYTES) and the next training forward reuses them.
-_POOL_MAX_BYTES = 1 << 30
-_POOL_MIN_BYTES = 1 << 20
-_pool: list = []  # raw uint8 buffers, most recently released last
-_pool_lock = threading.Lock()
-
-
-def _tape_buffer(shape, dtype, raws):
-    """An uninitialised C-contiguous array, from the pool when a released buffer fits (the
-    smallest that does); its raw buffer is appended to ``raws``."""
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
-    raw = None
-    if n >= _POOL_MIN_BYTES:
-        with _pool_lock:
-            fits = [i for i, b in enumerate(_pool) if n <= b.nbytes <= 2 * n]
-            if fits:
-                raw = _pool.pop(min(fits, key=lambda i: _pool[i].nbytes))
-    if raw is None:
-        raw = np.empty(n + 64, np.uint8)
-    raws.append(raw)
-    off = -raw.ctypes.data % 64
-    return raw[off:off + n].view(dtype).reshape(shape)
-
-
-def _release_tape_buffers(raws):
-    """Finalizer of a cpu tape: its buffers go back to the pool unless something else still
-    holds a view of them (then they are simply left to NumPy)."""
-    with _pool_lock:
-        for raw in raws:
-            # references: this list, the loop variable, getrefcount's argument and the dying
-            # tape's own view (weakref callbacks run before the instance dict is cleared);
-            # any more is a view held outside the tape
-            if raw.nbytes - 64 >= _POOL_MIN_BYTES and sys.getrefcount(raw) <= 4:
-                _pool.append(raw)
-        raws.clear()
-        total = sum(b.nbytes for b in _pool)
-        while _pool and total > _POOL_MAX_BYTES:
-            total -= _pool.pop(0).nbytes
 
 
 # The backward's pre-activation gradients dA/dR (B*T*3u each) never leave the call: each thread
