@@ -70,8 +70,9 @@ static inline float fg_tanhf(float a)
     q = fmaf(q, x2, 2.26843463243900e-03f);
     q = fmaf(q, x2, 4.89352518554385e-03f);
     float t = p * fg_recipf(q); /* q >= 4.89e-3 */
-    /* |a| > 8.7: tanh rounds to +-1 in float32 (the approximant may stop 1 ulp short) */
-    t = fabsf(a) > 8.7f ? copysignf(1.0f, a) : t;
+    /* |a| > 0.5 ln(2^26) = 9.0109: tanh rounds to +-1 in float32 (the approximant, clamped at
+     * 9, stops at 0.99999994, the correctly rounded value below that) */
+    t = fabsf(a) > 9.0109f ? copysignf(1.0f, a) : t;
     return fabsf(a) < 0.0004f ? a : t;
 }
 

@@ -16,8 +16,8 @@
 
 /* Elementwise loops are compiled for x86-64-v4 (AVX-512), v3 (AVX2 + FMA) and baseline x86-64,
  * picked at load time; with -ffp-contract=off and FMAs only where written (fmaf) every clone
- * computes the same bits. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 11
+ * computes the same bits. (arch=x86-64-vN in target_clones needs GCC 12.) */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 12
 #define FG_CLONES \
     __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
@@ -81,6 +81,7 @@ int fg_dact_d(int code, int n, const double *in, double *out);
  * else r * h_g where the step is kept and 0 where it is masked.
  * split_units: 1 = all threads share the rows and split the units (one barrier per step),
  * 0 = threads take disjoint rows. chunk: time steps per input-projection GEMM.
+ * no_fuse: 1 = the separate gate passes even where the fused one applies (tests compare them).
  * Returns 0, or -1 when memory ran out. */
 typedef struct {
     int is_double;
@@ -93,7 +94,7 @@ typedef struct {
     int mx_per_gate;
     void *out, *h_last;
     void *pre, *hprev, *rp;
-    int n_threads, isa, chunk, split_units;
+    int n_threads, isa, chunk, split_units, no_fuse;
     fg_sgemm_t sgemm;
     fg_dgemm_t dgemm;
 } fg_fwd_args;

@@ -214,7 +214,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     REAL *pre = (REAL *)a->pre, *rpt = (REAL *)a->rp;
     const int rs = a->return_sequences, ra = a->reset_after;
     /* tanh / sigmoid with reset_after (Keras' defaults) take the fused gate pass */
-    const int fused = ra && a->act == 1 && a->rec_act == 2;
+    const int fused = ra && a->act == 1 && a->rec_act == 2 && !a->no_fuse;
     REAL *az = pb->tmp, *ar = az + u, *ah = ar + u, *zv = ah + u, *rv = zv + u, *hh = rv + u;
 
     for (int i = 0; i < nr; i++)

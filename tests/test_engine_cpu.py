@@ -155,8 +155,8 @@ def test_c_float32_sigmoid_tanh_ulp_and_saturation():
         ulp = np.abs(out - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
         assert ulp.max() < 8, (code, float(ulp.max()))
     out = np.empty(6, np.float32)
-    _gru.activation(1, np.array([0, 8.8, -8.8, 50, np.inf, -np.inf], np.float32), out)
-    assert out.tolist() == [0, 1, -1, 1, 1, -1]
+    _gru.activation(1, np.array([0, 8.8, -9.5, 50, np.inf, -np.inf], np.float32), out)
+    assert out[0] == 0 and out[2:].tolist() == [-1, 1, 1, -1] and 1 - 6e-8 <= out[1] <= 1
     _gru.activation(2, np.array([0, np.inf, -np.inf, 100, -200, 17], np.float32), out)
     assert out[:2].tolist() == [0.5, 1] and 0 <= out[2] < 1e-37 and out[3] == 1 and out[5] == 1
 
@@ -461,6 +461,38 @@ def test_grouped_unit_split_rows_match_one_thread(dtype, mask, reset_after, rng,
                 o, h, _ = cpu.forward(x[rows], w, h0[rows], spec, mask=m, n_threads=n)
                 assert np.array_equal(o, base[0][rows]) and np.array_equal(h, base[1][rows])
         assert rel_err(base[0], ref_forward(args, kw)[0]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("mask", ["none", "arbitrary"])
+def test_fused_gate_pass_bits_equal_separate_passes(dtype, mask, rng, monkeypatch):
+    """tanh/sigmoid with reset_after run one fused gate loop; it must give the bits of the
+    separate add3 / act / candidate / mix passes (FASTGRU_CPU_FUSED=0), outputs and training
+    record alike, on batch- and unit-split plans."""
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    for B, u, rs, back in ((5, 40, True, False), (1, 150, False, True), (3, 300, True, True)):
+        args, kw = make_case(rng, B, 7, 6, u, mask=mask, return_sequences=rs, go_backwards=back,
+                             dtype=dtype, scale=0.3)
+        for n in (1, 2):
+            got = {}
+            for fused in ("1", "0"):
+                monkeypatch.setenv("FASTGRU_CPU_FUSED", fused)
+                o, h, tape = cpu.forward(*args, **kw, n_threads=n, training=True)
+                got[fused] = [o, h] + [tape.saved[k] for k in ("pre", "hprev", "rp")]
+            assert all(np.array_equal(a, b) for a, b in zip(got["1"], got["0"])), (B, u, n)
+
+
+def test_training_record_all_or_none():
+    from fastgru._cpu import _gru
+
+    f = np.zeros((1, 1, 1), np.float32)
+    w = np.zeros((1, 3), np.float32)
+    with pytest.raises(ValueError, match="all three"):
+        _gru.forward(f, w, None, np.zeros(192, np.float32), np.zeros(3, np.float32),
+                     np.zeros(3, np.float32), np.zeros((1, 1), np.float32), None, None, False,
+                     None, np.zeros((1, 1, 1), np.float32), np.zeros((1, 1), np.float32),
+                     np.zeros((1, 1, 3), np.float32), None, None, 1, True, False, True, False,
+                     1, 2, 1, 0, 1, False)
 
 
 def test_concurrent_calls_bit_identical(rng):

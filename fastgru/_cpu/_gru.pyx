@@ -186,7 +186,7 @@ def activation(int code, x, out, bint derivative=False):
 def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh, out, h_last,
             pre, hprev, rp, int units, bint reset_after, bint go_backwards,
             bint return_sequences, bint zero_output_for_mask, int act, int rec_act,
-            int n_threads, int isa, int chunk, bint split_units):
+            int n_threads, int isa, int chunk, bint split_units, bint fused=True):
     """Run fg_forward; see src_c/fastgru.h for every argument's shape."""
     cdef int t = _typenum(x)
     cdef fg_fwd_args a
@@ -218,6 +218,9 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
     a.hprev = _p(hprev, t, BT * u, "hprev")
     a.rp = _p(rp, t, BT * u, "rp")
     a.n_threads, a.isa, a.chunk, a.split_units = n_threads, isa, chunk, split_units
+    a.no_fuse = not fused
+    if (pre is None) != (hprev is None) or (pre is None) != (rp is None):
+        raise ValueError("pre, hprev and rp: all three (training) or none (inference)")
     a.sgemm = sgemm
     a.dgemm = dgemm
     cdef int rc

@@ -46,7 +46,7 @@ cdef extern from "fastgru.h" nogil:
         void *pre
         void *hprev
         void *rp
-        int n_threads, isa, chunk, split_units
+        int n_threads, isa, chunk, split_units, no_fuse
         fg_sgemm_t sgemm
         fg_dgemm_t dgemm
 

@@ -19,6 +19,9 @@ is row-independent by construction).
 
 Kernel selection for tests and diagnosis: ``kernel=`` argument or the ``FASTGRU_CPU_KERNEL``
 environment variable, one of "auto", "avx512", "avx2", "generic".
+``FASTGRU_CPU_FUSED=0`` runs the separate gate passes instead of the fused one (same bits;
+for tests), ``FASTGRU_CPU_WGRAD=blas`` the backward's GEMMs on BLAS instead of the AVX-512
+packed kernel.
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
 their version with ``weights_key`` (a hit is re-checked against a copy of the bytes it was
@@ -400,7 +403,8 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                          mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev, rp, u,
                          spec.reset_after, spec.go_backwards, spec.return_sequences,
                          spec.zero_output_for_mask, spec.activation.code,
-                         spec.recurrent_activation.code, nthr, isa, chunk, split)
+                         spec.recurrent_activation.code, nthr, isa, chunk, split,
+                         os.environ.get("FASTGRU_CPU_FUSED", "1") != "0")
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
