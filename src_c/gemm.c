@@ -321,22 +321,22 @@ FG_DEFINE_GRP(d, double, FG_WD)
 /* ---------------------------------------------------------------------------------------- */
 /* Weight- and input-gradient GEMMs (row-major C = op(A) @ op(B), K of tens of thousands) on the
  * AVX-512 tiles: K in blocks of FG_KB rows whose B panels are packed once per block and used by
- * every row of a block of FG_MB rows while both sit in L2; each C element is one FMA chain over
- * k = 0..K-1 in order (continued across blocks through C), so its bits depend on neither the
+ * every row of a block of FG_MB rows while both sit in L2; each C element is the in-order sum
+ * of its blocks' partial sums, each one FMA chain from zero over its k (two levels: one chain
+ * over K = B*T = 12800 terms lost ~15x the accuracy of BLAS), so its bits depend on neither the
  * thread count nor the other rows. OpenBLAS ran these (K = B*T, transposed A) at 50-60% of the
  * FMA peak. */
 #define FG_KB 512
 #define FG_MB 192
 
 #ifdef FG_X86
-#define FG_DEFINE_KBTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR)            \
+#define FG_DEFINE_KBTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, ADD, MR)       \
     static inline __attribute__((always_inline, target("avx512f,fma"))) void NAME##_kb##MR(   \
         int K, const REAL *A, long rs, long ks, const REAL *P, REAL *C, long ldc, int beta)   \
     {                                                                                         \
         VT acc[MR][4];                                                                        \
         for (int r = 0; r < MR; r++)                                                          \
-            for (int v = 0; v < 4; v++)                                                       \
-                acc[r][v] = beta ? LOAD(C + (long)r * ldc + v * VW) : ZERO();                 \
+            for (int v = 0; v < 4; v++) acc[r][v] = ZERO();                                   \
         const REAL *ak = A;                                                                   \
         for (int k = 0; k < K; k++, ak += ks) {                                               \
             VT a[MR];                                                                         \
@@ -347,16 +347,18 @@ FG_DEFINE_GRP(d, double, FG_WD)
             }                                                                                 \
         }                                                                                     \
         for (int r = 0; r < MR; r++)                                                          \
-            for (int v = 0; v < 4; v++) STORE(C + (long)r * ldc + v * VW, acc[r][v]);         \
+            for (int v = 0; v < 4; v++)                                                       \
+                STORE(C + (long)r * ldc + v * VW,                                             \
+                      beta ? ADD(LOAD(C + (long)r * ldc + v * VW), acc[r][v]) : acc[r][v]);   \
     }
 
-#define FG_DEFINE_KB(SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                     \
-    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6)            \
-    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 5)            \
-    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 4)            \
-    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 3)            \
-    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2)            \
-    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1)            \
+#define FG_DEFINE_KB(SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, ADD)                \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, ADD, 6)       \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, ADD, 5)       \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, ADD, 4)       \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, ADD, 3)       \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, ADD, 2)       \
+    FG_DEFINE_KBTILE(kbt_##SUF, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, ADD, 1)       \
     /* rows [0, m) of one panel: m <= 6 */                                                    \
     static __attribute__((target("avx512f,fma"))) void kbt_rows_##SUF(                        \
         int m, int K, const REAL *A, long rs, long ks, const REAL *P, REAL *C, long ldc,      \
@@ -372,9 +374,9 @@ FG_DEFINE_GRP(d, double, FG_WD)
         }                                                                                     \
     }
 FG_DEFINE_KB(f, __m512, float, FG_WF, 16, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_set1_ps,
-             _mm512_setzero_ps, _mm512_fmadd_ps)
+             _mm512_setzero_ps, _mm512_fmadd_ps, _mm512_add_ps)
 FG_DEFINE_KB(d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _mm512_storeu_pd, _mm512_set1_pd,
-             _mm512_setzero_pd, _mm512_fmadd_pd)
+             _mm512_setzero_pd, _mm512_fmadd_pd, _mm512_add_pd)
 #endif
 
 #ifdef _OPENMP

@@ -526,6 +526,8 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=F
 
     bias = None
     if spec.use_bias and s["has_bias"]:
-        db_in = dA2.sum(axis=0)
-        bias = np.stack([db_in, dRec.sum(axis=0)]) if spec.reset_after else db_in
+        # float64 accumulation: NumPy sums an outer axis row by row (B*T terms in sequence)
+        db_in = dA2.sum(axis=0, dtype=np.float64).astype(dtype)
+        bias = (np.stack([db_in, dRec.sum(axis=0, dtype=np.float64).astype(dtype)])
+                if spec.reset_after else db_in)
     return Gradients(dx, dh0, dkernel, drec, bias)
