@@ -66,14 +66,17 @@ _SPLIT_MAX_ROWS = 32
 # (1,1000,128,256), 2 threads (196608 per step): split 7.2-7.8 ms against 11.4 ms unsplit with
 # the other core lightly loaded; but 54-100 ms when other work kept both cores busy (a barrier
 # then waits for a descheduled partner). 2^20 was tried and reverted: it loses the common case.
-_SPLIT_MIN_WORK = 1 << 17
+# With the grouped per-thread product and the spinning barrier (~190 ns), 2^15 pays off:
+# (1,100,64,128) 49152 per step, 2 threads split 0.198 ms against 0.243 on one.
+_SPLIT_MIN_WORK = 1 << 15
 # A call uses one more thread only per this many multiply-adds of work (B*T*3u*(D+u) forward;
 # the backward and the weight-gradient GEMMs each do about as much). 2^23 is ~0.1-0.3 ms of one
 # core. Starting a second thread costs a few microseconds on an idle machine, but on a busy one
 # the woken thread may wait a whole scheduler time slice (milliseconds) for a core, and the
 # call waits with it: a tiny problem (B=2, u=3) took 5-12 ms on 2 threads against 0.02-0.2 ms
 # on one. Below the threshold the loss from a delayed thread exceeds the best-case gain.
-_MIN_THREAD_WORK = 1 << 23
+# 2^22 since the spinning barrier: lets (1,100,64,128) (7.4M) take its second core.
+_MIN_THREAD_WORK = 1 << 22
 
 
 # GNU OpenMP cannot run a multi-threaded region in a fork()ed child once the parent has run one
