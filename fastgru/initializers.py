@@ -219,7 +219,7 @@ class Orthogonal(_Seeded):
         q = q * np.sign(np.diag(r))
         if rows < cols:
             q = q.T
-        return (self.gain * q.reshape(shape)).astype(_dtype(dtype))
+        return (self.gain * q.reshape(shape)).astype(_dtype(dtype), order="C")
 
     def get_config(self):
         return {"seed": self.seed, "gain": self.gain}

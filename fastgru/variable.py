@@ -17,6 +17,9 @@ class Variable:
 
     def __init__(self, value, name: str, trainable: bool = True, constraint=None,
                  regularizer=None):
+        flags = getattr(value, "flags", None)
+        if flags is not None and not flags.c_contiguous:
+            value = value.copy(order="C")  # engines take C order: else a copy on every call
         self.value = value
         self.name = name
         self.trainable = trainable

@@ -117,3 +117,20 @@ def test_to_moves_states_of_nested_sublayers():
 
 def test_explain_default():
     assert "Affine" in Affine(1, name="x").explain(np.ones((1, 1)))
+
+
+def test_weights_are_c_contiguous_so_engines_never_copy_them():
+    """Variables keep C order (an F-ordered value is copied once, not on every engine call);
+    the orthogonal recurrent initializer already returns C order."""
+    import fastgru
+    from fastgru import initializers
+    from fastgru.variable import Variable
+
+    f = np.asfortranarray(np.arange(12.0).reshape(3, 4))
+    v = Variable(f, "w")
+    assert v.value.flags.c_contiguous and np.array_equal(v.value, f)
+    q = initializers.get("orthogonal")((16, 48), "float32")
+    assert q.flags.c_contiguous
+    layer = fastgru.GRU(16)
+    layer(np.zeros((2, 3, 5), np.float32))
+    assert all(w.value.flags.c_contiguous for w in layer.weights)
