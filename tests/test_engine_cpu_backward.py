@@ -204,6 +204,57 @@ def test_float32_weight_gradients_accurate_over_long_sums(rng):
         assert np.max(np.abs(g - r)) / np.max(np.abs(r)) < 6e-7, name
 
 
+def test_record_buffers_reused_only_after_their_last_view(rng, monkeypatch):
+    """A training record's memory goes back to the pool only when no array views it any more
+    (the tape's own arrays held elsewhere, slices, tapes sharing the record): the next training
+    forward then reuses it and the gradients are those of fresh memory."""
+    import dataclasses
+    import gc
+
+    monkeypatch.setattr(cpu, "_POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(cpu, "_pool", [])
+    args, kw = make_case(rng, 4, 7, 5, 33, mask="arbitrary", return_sequences=True,
+                         dtype=np.float32)
+    keys = ("pre", "hprev", "rp")
+
+    def fwd():
+        return cpu.forward(*args, **kw, training=True)
+
+    o, _, tape = fwd()
+    want = cpu.backward(tape, np.ones_like(o))
+    addrs = {tape.saved[k].ctypes.data for k in keys}
+    held, sliced, twin = tape.saved["pre"], tape.saved["hprev"][1:], dataclasses.replace(tape)
+    del tape
+    gc.collect()
+    assert cpu._pool == []  # every buffer still viewed: the array itself, a slice, a twin tape
+    fresh = fwd()[2]
+    assert not any(np.shares_memory(fresh.saved[k], a) for k in keys for a in (held, sliced))
+    assert all(np.array_equal(a, b)
+               for a, b in zip(cpu.backward(twin, np.ones_like(o)), want))
+    del held, sliced, twin, fresh
+    gc.collect()
+    assert len(cpu._pool) == 6
+    pooled = {b.ctypes.data + (-b.ctypes.data % 64) for b in cpu._pool}
+    assert addrs <= pooled
+    o2, _, again = fwd()
+    assert {again.saved[k].ctypes.data for k in keys} <= pooled and len(cpu._pool) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(cpu.backward(again, np.ones_like(o2)), want))
+
+
+def test_record_pool_sizes_and_alignment(monkeypatch):
+    """A pooled buffer is used only when the request fits after the alignment offset."""
+    monkeypatch.setattr(cpu, "_POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(cpu, "_pool", [])
+    a = cpu._record_array((1, 16384, 16), np.float32)
+    assert a.ctypes.data % 64 == 0 and a.flags.c_contiguous and a.flags.writeable
+    del a
+    for n in (16385, 16384 + 15, 16400):
+        b = cpu._record_array((1, n, 16), np.float32)
+        b[...] = 1  # the whole array is writable memory of its own
+        assert b.shape == (1, n, 16)
+        del b
+
+
 def test_backward_without_upstream_is_zero(rng):
     args, kw = make_case(rng, 2, 3, 2, 4, return_sequences=True)
     tape = cpu.forward(*args, **kw, training=True)[2]

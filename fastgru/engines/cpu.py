@@ -36,6 +36,7 @@ import contextlib
 import functools
 import os
 import threading
+import weakref
 from collections import OrderedDict
 
 import numpy as np
@@ -388,9 +389,9 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     h_last = np.empty((B, u), dtype)
     pre = hprev = rp = None
     if training:
-        pre = np.empty((B, T, 3 * u), dtype)
-        hprev = np.empty((B, T, u), dtype)
-        rp = np.empty((B, T, u), dtype)
+        pre = _record_array((B, T, 3 * u), dtype)
+        hprev = _record_array((B, T, u), dtype)
+        rp = _record_array((B, T, u), dtype)
     if B > 0:
         n = _threads.resolve(n_threads)
         nthr, split, chunk, _ = _plan(B, T, D, u, dtype.itemsize, n)
@@ -414,6 +415,60 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                      mask=m8, mx=mx, mh=mh, pre=pre, hprev=hprev, rp=rp)
         tape = Tape(NAME, spec, saved, batch=B, steps=T, dtype=dtype)
     return out, h_last, tape
+
+
+# A training forward's record (pre, hprev, rp) is tens of MB at the benchmark shapes: fresh
+# such arrays come from mmap, and the kernel's zero-filling page faults took 10-17% of a
+# training step in perf (and serialise the threads of a 2-thread forward: 64x200x128x256
+# training forwards took 35-95 ms against 31 for inference). A record's memory is owned by a
+# _RecordBuffer that every view of it keeps alive (it is the arrays' base); only once the last
+# view is gone does its finalizer hand the memory to this pool for the next training forward.
+# Lock-free (list append / remove are atomic), so a finalizer run by the garbage collector in
+# the middle of _record_array cannot deadlock.
+_POOL_MAX_BYTES = 1 << 30
+_POOL_MIN_BYTES = 1 << 20
+_pool: list = []  # raw uint8 arrays, most recently released last
+
+
+class _RecordBuffer:
+    """Owner of one pooled raw buffer; NumPy arrays made from it reference it as their base."""
+
+    __slots__ = ("__array_interface__", "__weakref__")
+
+
+def _record_array(shape, dtype):
+    """An uninitialised C-contiguous array on 64-byte aligned memory, reusing a released
+    record buffer when one fits (the smallest that does)."""
+    dtype = np.dtype(dtype)
+    n = int(np.prod(shape)) * dtype.itemsize
+    if n < _POOL_MIN_BYTES:
+        return np.empty(shape, dtype)
+    raw = None
+    for b in sorted((b for b in list(_pool) if n <= b.nbytes - 64 <= 2 * n),
+                    key=lambda b: b.nbytes):
+        try:
+            _pool.remove(b)
+        except ValueError:  # taken meanwhile by another thread
+            continue
+        raw = b
+        break
+    if raw is None:
+        raw = np.empty(n + 64, np.uint8)
+    owner = _RecordBuffer()
+    addr = raw.ctypes.data + (-raw.ctypes.data % 64)
+    owner.__array_interface__ = {"data": (addr, False), "shape": tuple(shape),
+                                 "typestr": dtype.str, "version": 3}
+    weakref.finalize(owner, _release_record, raw).atexit = False
+    return np.asarray(owner)
+
+
+def _release_record(raw):
+    _pool.append(raw)
+    while sum(b.nbytes for b in list(_pool)) > _POOL_MAX_BYTES:
+        try:
+            _pool.pop(0)
+        except IndexError:
+            break
 
 
 # The backward's pre-activation gradients dA/dR (B*T*3u each) never leave the call: each thread
