@@ -540,6 +540,15 @@ def _mm(a, b, out=None, n=1, ta=False, tb=False, packed=False):
     return out
 
 
+def _column_sums(a, block=256):
+    """Column sums of a (rows, cols) in two levels: NumPy sums an outer axis row by row, i.e.
+    one running sum of B*T terms (float32 error ~10x BLAS's); blocks of 256 rows in a's dtype,
+    then their sums in float64 (as accurate as a float64 sum, at float32 speed)."""
+    n = a.shape[0] - a.shape[0] % block
+    s = a[:n].reshape(-1, block, a.shape[1]).sum(axis=1).sum(axis=0, dtype=np.float64)
+    return (s + a[n:].sum(axis=0, dtype=np.float64)).astype(a.dtype)
+
+
 def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=False):
     """The GEMMs over all steps: kernel, recurrent kernel, bias and input gradients."""
     B, T, D = x.shape
@@ -584,8 +593,6 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=F
 
     bias = None
     if spec.use_bias and s["has_bias"]:
-        # float64 accumulation: NumPy sums an outer axis row by row (B*T terms in sequence)
-        db_in = dA2.sum(axis=0, dtype=np.float64).astype(dtype)
-        bias = (np.stack([db_in, dRec.sum(axis=0, dtype=np.float64).astype(dtype)])
-                if spec.reset_after else db_in)
+        db_in = _column_sums(dA2)
+        bias = np.stack([db_in, _column_sums(dRec)]) if spec.reset_after else db_in
     return Gradients(dx, dh0, dkernel, drec, bias)
