@@ -116,7 +116,7 @@ typedef struct {
     const unsigned char *mask;
     const void *mh, *utpk, *dout, *dhl;
     void *dA, *dR, *dh0;
-    int n_threads, isa;
+    int n_threads, isa, no_fuse;
 } fg_bwd_args;
 
 int fg_backward(const fg_bwd_args *a);

@@ -460,6 +460,29 @@ FG_CLONES static void FN(bwd_dh)(int n, const REAL *restrict zr, const REAL *res
     }
 }
 
+/* One kept row of a step for reset_after with sigmoid / tanh (Keras' defaults): act_dact of
+ * the three gates, bwd_zh and bwd_r_after fused into one loop with their operations in their
+ * order (the same bits; FASTGRU_CPU_FUSED=0 runs those). pre: the row's (z, r, h)
+ * pre-activations; dy: this step's output gradient or NULL; dA / dR: the row's 3u outputs. */
+FG_CLONES static void FN(bwd_std)(int n, const REAL *restrict pre, const REAL *restrict hp,
+                                  const REAL *restrict rp, const REAL *restrict dy,
+                                  REAL *restrict gy, REAL *restrict gs, REAL *restrict dor,
+                                  REAL *restrict zr, REAL *restrict dA, REAL *restrict dR)
+{
+#pragma omp simd
+    for (int j = 0; j < n; j++) {
+        REAL g = dy ? gy[j] + dy[j] : gy[j];
+        REAL z = SIGV(pre[j]), hh = TANHV(pre[2 * n + j]), r = SIGV(pre[n + j]);
+        REAL dz = z * (1 - z), dh = 1 - hh * hh, dr = r * (1 - r);
+        REAL d = g + gs[j];
+        REAL daz = (hp[j] - hh) * d * dz, dah = (1 - z) * d * dh;
+        REAL dar = dah * rp[j] * dr;
+        dor[j] = d, zr[j] = z, gy[j] = 0, gs[j] = 0;
+        dA[j] = daz, dA[n + j] = dar, dA[2 * n + j] = dah;
+        dR[j] = daz, dR[n + j] = dar, dR[2 * n + j] = dah * r;
+    }
+}
+
 static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
 {
     const int B = a->B, T = a->T, u = a->u, u3 = 3 * u;
@@ -471,6 +494,7 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
     const REAL *dhl = (const REAL *)a->dhl;
     REAL *dA = (REAL *)a->dA, *dR = (REAL *)a->dR, *dh0 = (REAL *)a->dh0;
     const long pstride = (long)u3 * W, lda = (long)T * u3;
+    const int fused = ra && a->act == 1 && a->rec_act == 2 && !a->no_fuse;
 
     REAL *gy = mem, *gs = gy + (size_t)nr * u, *dos = gs + (size_t)nr * u, *zs = dos + (size_t)nr * u;
     REAL *dhh = zs + (size_t)nr * u, *P = dhh + (size_t)nr * u; /* P: 3 x nr x up */
@@ -492,6 +516,11 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
             REAL *gyr = gy + (long)i * u, *gsr = gs + (long)i * u;
             REAL *dor = dos + (long)i * u, *zr = zs + (long)i * u, *dAr = dA + base * u3;
             const int m = a->mask ? a->mask[b * T + t] != 0 : 1;
+            if (fused && m) {
+                FN(bwd_std)(u, pr, hp, rpt + base * u, (rs && dout) ? dout + base * u : NULL,
+                            gyr, gsr, dor, zr, dAr, dR + base * u3);
+                continue;
+            }
             if (rs && dout)
                 for (int j = 0; j < u; j++) gyr[j] += dout[base * u + j];
             FN(act_dact)(a->rec_act, u, pr, zv, dz);

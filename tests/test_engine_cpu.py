@@ -466,9 +466,9 @@ def test_grouped_unit_split_rows_match_one_thread(dtype, mask, reset_after, rng,
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mask", ["none", "arbitrary"])
 def test_fused_gate_pass_bits_equal_separate_passes(dtype, mask, rng, monkeypatch):
-    """tanh/sigmoid with reset_after run one fused gate loop; it must give the bits of the
-    separate add3 / act / candidate / mix passes (FASTGRU_CPU_FUSED=0), outputs and training
-    record alike, on batch- and unit-split plans."""
+    """tanh/sigmoid with reset_after run one fused gate loop forward and one fused loop per
+    row backward; they must give the bits of the separate passes (FASTGRU_CPU_FUSED=0):
+    outputs, training record and gradients, on batch- and unit-split plans."""
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
     for B, u, rs, back in ((5, 40, True, False), (1, 150, False, True), (3, 300, True, True)):
         args, kw = make_case(rng, B, 7, 6, u, mask=mask, return_sequences=rs, go_backwards=back,
@@ -478,7 +478,8 @@ def test_fused_gate_pass_bits_equal_separate_passes(dtype, mask, rng, monkeypatc
             for fused in ("1", "0"):
                 monkeypatch.setenv("FASTGRU_CPU_FUSED", fused)
                 o, h, tape = cpu.forward(*args, **kw, n_threads=n, training=True)
-                got[fused] = [o, h] + [tape.saved[k] for k in ("pre", "hprev", "rp")]
+                g = cpu.backward(tape, np.cos(o), np.sin(h), n_threads=n)
+                got[fused] = [o, h] + [tape.saved[k] for k in ("pre", "hprev", "rp")] + list(g)
             assert all(np.array_equal(a, b) for a, b in zip(got["1"], got["0"])), (B, u, n)
 
 

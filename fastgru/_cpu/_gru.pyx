@@ -232,7 +232,8 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
 
 def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
              bint reset_after, bint go_backwards, bint return_sequences,
-             bint zero_output_for_mask, int act, int rec_act, int n_threads, int isa):
+             bint zero_output_for_mask, int act, int rec_act, int n_threads, int isa,
+             bint fused=True):
     """Run fg_backward; see src_c/fastgru.h for every argument's shape."""
     cdef int t = _typenum(pre)
     cdef fg_bwd_args a
@@ -259,6 +260,7 @@ def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
     a.dR = _p(dR, t, BT * 3 * u, "dR")
     a.dh0 = _p(dh0, t, <Py_ssize_t>B * u, "dh0")
     a.n_threads, a.isa = n_threads, isa
+    a.no_fuse = not fused
     cdef int rc
     with nogil:
         rc = fg_backward(&a)

@@ -68,7 +68,7 @@ cdef extern from "fastgru.h" nogil:
         void *dA
         void *dR
         void *dh0
-        int n_threads, isa
+        int n_threads, isa, no_fuse
 
     int fg_backward(const fg_bwd_args *a)
     int fg_gemm_kb_f(int ta, int tb, int M, int N, int K, const float *A, long lda,

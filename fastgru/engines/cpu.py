@@ -518,7 +518,8 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
         _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
                       spec.reset_after, spec.go_backwards, spec.return_sequences,
                       spec.zero_output_for_mask, spec.activation.code,
-                      spec.recurrent_activation.code, _max_threads(min(n, B)), isa)
+                      spec.recurrent_activation.code, _max_threads(min(n, B)), isa,
+                      os.environ.get("FASTGRU_CPU_FUSED", "1") != "0")
 
     # The GEMMs over all steps: on the AVX-512 packed-panel kernel (K-blocked; row-exact dx),
     # else BLAS pinned to one thread per block of this engine's own OpenMP threads.
