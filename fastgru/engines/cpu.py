@@ -214,12 +214,22 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     if _forked_child or not _gru.openmp():
         nbwd = 1
     isa = _ISA_NAME[_isa(kernel)]
+    forced = kernel if kernel is not None else os.environ.get("FASTGRU_CPU_KERNEL", "auto")
+    isa_why = (f"forced by {'kernel=' if kernel is not None else 'FASTGRU_CPU_KERNEL'}"
+               if forced not in (None, "", "auto") else
+               "the best this CPU runs; order avx512, avx2, generic; CPUID at load")
     gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
+    fused = (spec.reset_after and spec.activation.code == 1
+             and spec.recurrent_activation.code == 2
+             and os.environ.get("FASTGRU_CPU_FUSED", "1") != "0")
+    gate = ("one fused gate/mask/output loop per row (tanh/sigmoid, reset_after)" if fused
+            else "separate gate passes (activation loops by code)")
     proj = (f"the {isa} packed-panel FMA kernel (kernel packed once per weight version)"
             if _packed_projection(_isa(kernel)) else "BLAS GEMMs")
-    return (f"cpu engine (compiled Cython/OpenMP): input projection by {proj} over chunks of "
-            f"{chunk} steps; per step {gemms} by the {isa} packed-panel FMA kernel then one fused "
-            f"gate/mask/output pass; threads: {how}; training: per-step backward on "
+    return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
+            f"projection by {proj} over chunks of {chunk} steps; per step {gemms} by the {isa} "
+            f"packed-panel FMA kernel, then {gate}; threads: {how}; training: per-step "
+            f"backward on "
             f"{min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on {nbwd} by "
             + ("the K-blocked avx512 packed-panel kernel" if isa == "avx512"
                and os.environ.get("FASTGRU_CPU_WGRAD", "auto") != "blas"
