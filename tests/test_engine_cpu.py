@@ -496,6 +496,40 @@ def test_training_record_all_or_none():
                      1, 2, 1, 0, 1, False)
 
 
+_THREAD_LIMIT_CHILD = """
+import sys, numpy as np
+from fastgru.engines import cpu
+from fastgru.engines.base import GRUSpec, Weights
+from fastgru import activations
+cpu._SPLIT_MIN_WORK = cpu._MIN_THREAD_WORK = 0
+d = np.load(sys.argv[1])
+spec0 = (1, 6, 5, int(d["u"]), 4, 2)
+assert cpu._plan(*spec0)[:2] == (2, True), cpu._plan(*spec0)  # a 2-thread unit-split plan
+spec = GRUSpec(int(d["u"]), activations.get("tanh"), activations.get("sigmoid"),
+               return_sequences=True)
+o, h, _ = cpu.forward(d["x"], Weights(d["k"], d["r"], d["b"]), d["h0"], spec, n_threads=2)
+np.save(sys.argv[2], o)
+"""
+
+
+def test_split_team_with_fewer_threads_than_planned(rng, tmp_path):
+    """OMP_THREAD_LIMIT=1 grants one thread to a planned 2-thread unit-split team: that thread
+    runs the whole team's work (no barrier waits for a missing partner) with the same bits."""
+    import os
+    import subprocess
+    import sys
+
+    args, kw = make_case(rng, 1, 6, 5, 300, return_sequences=True, dtype=np.float32, scale=0.1)
+    x, w, h0, spec = args
+    np.savez(tmp_path / "in.npz", x=x, k=w.kernel, r=w.recurrent_kernel, b=w.bias, h0=h0,
+             u=spec.units)
+    env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    subprocess.run([sys.executable, "-c", _THREAD_LIMIT_CHILD, str(tmp_path / "in.npz"),
+                    str(tmp_path / "out.npy")], env=env, check=True, timeout=120)
+    want = cpu.forward(*args, **kw, n_threads=1)[0]
+    assert np.array_equal(np.load(tmp_path / "out.npy"), want)
+
+
 def test_concurrent_calls_bit_identical(rng):
     cases = [make_case(rng, 6, 20, 8, 40, mask="arbitrary", return_sequences=True,
                        dtype=dt) for dt in (np.float32, np.float64)]
