@@ -129,13 +129,13 @@ void fg_gemm_par_f(fg_sgemm_t gemm, int ta, int tb, int M, int N, int K, const f
 void fg_gemm_par_d(fg_dgemm_t gemm, int ta, int tb, int M, int N, int K, const double *A,
                    int lda, const double *B, int ldb, double *C, int ldc, int nthr);
 
-/* The same product on the AVX-512 packed-panel tiles (call only where fg_isa_best() is
- * FG_ISA_AVX512): K blocked through L2, one FMA chain per element over k in order, so the bits
- * are independent of nthr and of the other rows. Returns 0, -1 when memory ran out, -2 when
- * built for a CPU family without these kernels. */
-int fg_gemm_kb_f(int ta, int tb, int M, int N, int K, const float *A, long lda, const float *B,
-                 long ldb, float *C, long ldc, int nthr);
-int fg_gemm_kb_d(int ta, int tb, int M, int N, int K, const double *A, long lda,
+/* The same product on the packed-panel tiles of isa (FG_ISA_AVX512 or FG_ISA_AVX2; call only
+ * where the CPU runs it): K blocked through L2, one FMA chain per element over k in order, so
+ * the bits are independent of nthr, of the other rows and of the ISA. Returns 0, -1 when
+ * memory ran out, -2 for another isa or a build for a CPU family without these kernels. */
+int fg_gemm_kb_f(int isa, int ta, int tb, int M, int N, int K, const float *A, long lda,
+                 const float *B, long ldb, float *C, long ldc, int nthr);
+int fg_gemm_kb_d(int isa, int ta, int tb, int M, int N, int K, const double *A, long lda,
                  const double *B, long ldb, double *C, long ldc, int nthr);
 
 #endif

@@ -213,16 +213,18 @@ def test_threaded_gemm_matches_numpy_every_layout(dtype, rng):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_packed_gemm_every_layout_row_exact(dtype, rng):
-    """The AVX-512 K-blocked GEMM of the backward (``packed=True``): both transpositions,
-    column slices, K across several blocks and partial panels / row tiles; the bits do not
-    depend on the thread count, and a row's bits not on the other rows."""
+    """The K-blocked GEMM of the backward (``packed=True``) on every vector ISA this CPU runs:
+    both transpositions, column slices, K across several blocks and partial panels / row
+    tiles; the bits depend neither on the thread count, nor on the ISA, and a row's bits not
+    on the other rows."""
     from fastgru._cpu import _gru
 
-    if _gru.isa_best() < 2:
-        with pytest.raises(ValueError, match="AVX-512"):
-            _gru.gemm(np.ones((2, 2), dtype), False, np.ones((2, 2), dtype), False,
-                      np.ones((2, 2), dtype), 1, True)
-        return
+    isas = [i for i in (1, 2) if i <= _gru.isa_best()]
+    with pytest.raises(ValueError, match="AVX2 or AVX-512"):
+        _gru.gemm(np.ones((2, 2), dtype), False, np.ones((2, 2), dtype), False,
+                  np.ones((2, 2), dtype), 1, True, 0)
+    if not isas:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512")
     tol = 1e-12 if dtype == np.float64 else 2e-5
     for M, N, K in [(1, 1, 1), (7, 65, 3), (13, 100, 1100), (200, 130, 515), (17, 17, 0)]:
         for ta in (False, True):
@@ -232,19 +234,22 @@ def test_packed_gemm_every_layout_row_exact(dtype, rng):
                 b = big[:, 1 : K + 1] if tb else big[:, 1 : N + 1]
                 want = (a.T if ta else a).astype(np.float64) @ (b.T if tb else b)
                 outs = []
-                for n in (1, 2, 3):
-                    c = np.full((M, N + 2), 7, dtype)
-                    _gru.gemm(a, ta, b, tb, c[:, 1 : N + 1], n, True)
-                    assert np.all(c[:, 0] == 7) and np.all(c[:, -1] == 7)
-                    assert rel_err(c[:, 1 : N + 1], want) < tol if K else np.all(c[:, 1:-1] == 0)
-                    outs.append(c)
+                for isa in isas:
+                    for n in (1, 2, 3):
+                        c = np.full((M, N + 2), 7, dtype)
+                        _gru.gemm(a, ta, b, tb, c[:, 1 : N + 1], n, True, isa)
+                        assert np.all(c[:, 0] == 7) and np.all(c[:, -1] == 7)
+                        assert (rel_err(c[:, 1 : N + 1], want) < tol if K
+                                else np.all(c[:, 1:-1] == 0))
+                        outs.append(c)
                 assert all(np.array_equal(o, outs[0]) for o in outs)
                 if M > 3 and K:
                     rows = [M - 1, 0, 2]
                     sub = np.ascontiguousarray(a[:, rows] if ta else a[rows])
-                    c = np.empty((3, N), dtype)
-                    _gru.gemm(sub, ta, b, tb, c, 2, True)
-                    assert np.array_equal(c, outs[0][rows, 1 : N + 1])
+                    for isa in isas:
+                        c = np.empty((3, N), dtype)
+                        _gru.gemm(sub, ta, b, tb, c, 2, True, isa)
+                        assert np.array_equal(c, outs[0][rows, 1 : N + 1])
 
 
 # ---------------------------------------------------------------------------------------------

@@ -144,11 +144,16 @@ def test_backward_rows_independent_of_threads(dtype, rng):
     out, _, tape = cpu.forward(*args, **kw, training=True)
     dy, dh = upstream(rng, out.shape, 40, 7, dtype)
     base = cpu.backward(tape, dy, dh, n_threads=1)
+    exact = cpu._packed_wgrad(cpu._isa(None)) is not None
     for n in (2, 3):
         g = cpu.backward(tape, dy, dh, n_threads=n)
         assert np.array_equal(g.x, base.x) and np.array_equal(g.h0, base.h0)
         for a, b in zip(g[2:], base[2:]):
-            np.testing.assert_allclose(a, b, rtol=1e-5 if dtype == np.float32 else 1e-12)
+            if exact:  # the packed GEMM's sums run in an order fixed by the shape alone
+                assert np.array_equal(a, b)
+            else:  # BLAS blocks differ with the thread count: rounding, scaled to the values
+                tol = 1e-5 if dtype == np.float32 else 1e-12
+                assert np.max(np.abs(a - b)) <= tol * np.max(np.abs(b))
     # the tape is not consumed: a second backward gives the same result
     again = cpu.backward(tape, dy, dh, n_threads=1)
     assert all(np.array_equal(a, b) for a, b in zip(again, base))
@@ -175,7 +180,7 @@ def test_backward_scratch_reuse(rng, monkeypatch):
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_packed_and_blas_weight_gradients_agree(dtype, rng, monkeypatch):
-    """The weight/input-gradient GEMMs on the AVX-512 packed kernel and on BLAS
+    """The weight/input-gradient GEMMs on the AVX2/AVX-512 packed kernel and on BLAS
     (FASTGRU_CPU_WGRAD=blas) give the same gradients up to rounding."""
     args, kw = make_case(rng, 9, 11, 7, 70, mask="arbitrary", return_sequences=True,
                          dropout="per_gate", dtype=dtype)

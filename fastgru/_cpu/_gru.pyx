@@ -121,10 +121,11 @@ cdef int _ld(object m, str name) except -1:
     return max(<int>(a.strides[0] // it), <int>a.shape[1], 1)
 
 
-def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False):
+def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False, int isa=-1):
     """C (M, N) = op(A) @ op(B) (op = transpose where trans_*) on n_threads OpenMP threads:
     each running single-threaded BLAS on a block (pin BLAS to one thread around the call), or,
-    with ``packed`` (AVX-512 CPUs only), the K-blocked packed-panel kernel (fg_gemm_kb).
+    with ``packed``, the K-blocked packed-panel kernel (fg_gemm_kb) of ``isa`` (AVX2 or
+    AVX-512; -1: the best this CPU runs), whose bits do not depend on n_threads or the ISA.
     Operands: 2-D arrays with contiguous rows (column slices allowed)."""
     cdef int t = _typenum(A)
     if _typenum(B) != t or _typenum(C) != t:
@@ -142,15 +143,18 @@ def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False):
     cdef void *c = cnp.PyArray_DATA(<cnp.ndarray>C)
     cdef int rc = 0
     if packed:
-        if fg_isa_best() != FG_ISA_AVX512:
-            raise ValueError("gemm: packed=True needs an AVX-512 CPU")
+        if isa < 0:
+            isa = fg_isa_best()
+        if isa < FG_ISA_AVX2 or isa > fg_isa_best():
+            raise ValueError(f"gemm: packed=True needs isa AVX2 or AVX-512 that this CPU runs; "
+                             f"got isa={isa} (best: {fg_isa_best()})")
         with nogil:
             if t == cnp.NPY_FLOAT64:
-                rc = fg_gemm_kb_d(trans_a, trans_b, M, N, K, <double *>a, lda, <double *>b, ldb,
-                                  <double *>c, ldc, n_threads)
+                rc = fg_gemm_kb_d(isa, trans_a, trans_b, M, N, K, <double *>a, lda,
+                                  <double *>b, ldb, <double *>c, ldc, n_threads)
             else:
-                rc = fg_gemm_kb_f(trans_a, trans_b, M, N, K, <float *>a, lda, <float *>b, ldb,
-                                  <float *>c, ldc, n_threads)
+                rc = fg_gemm_kb_f(isa, trans_a, trans_b, M, N, K, <float *>a, lda,
+                                  <float *>b, ldb, <float *>c, ldc, n_threads)
         if rc == -1:
             raise MemoryError("gemm: out of memory for the packed panels")
         if rc:

@@ -71,9 +71,9 @@ cdef extern from "fastgru.h" nogil:
         int n_threads, isa, no_fuse
 
     int fg_backward(const fg_bwd_args *a)
-    int fg_gemm_kb_f(int ta, int tb, int M, int N, int K, const float *A, long lda,
+    int fg_gemm_kb_f(int isa, int ta, int tb, int M, int N, int K, const float *A, long lda,
                      const float *B, long ldb, float *C, long ldc, int nthr)
-    int fg_gemm_kb_d(int ta, int tb, int M, int N, int K, const double *A, long lda,
+    int fg_gemm_kb_d(int isa, int ta, int tb, int M, int N, int K, const double *A, long lda,
                      const double *B, long ldb, double *C, long ldc, int nthr)
     void fg_gemm_par_f(fg_sgemm_t gemm, int ta, int tb, int M, int N, int K, const float *A,
                        int lda, const float *B, int ldb, float *C, int ldc, int nthr)

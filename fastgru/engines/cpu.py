@@ -20,7 +20,7 @@ is row-independent by construction).
 Kernel selection for tests and diagnosis: ``kernel=`` argument or the ``FASTGRU_CPU_KERNEL``
 environment variable, one of "auto", "avx512", "avx2", "generic".
 ``FASTGRU_CPU_FUSED=0`` runs the separate gate passes instead of the fused one (same bits;
-for tests), ``FASTGRU_CPU_WGRAD=blas`` the backward's GEMMs on BLAS instead of the AVX-512
+for tests), ``FASTGRU_CPU_WGRAD=blas`` the backward's GEMMs on BLAS instead of the AVX2/AVX-512
 packed kernel.
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
@@ -231,9 +231,8 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
             f"packed-panel FMA kernel, then {gate}; threads: {how}; training: per-step "
             f"backward on "
             f"{min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on {nbwd} by "
-            + ("the K-blocked avx512 packed-panel kernel" if isa == "avx512"
-               and os.environ.get("FASTGRU_CPU_WGRAD", "auto") != "blas"
-               else "BLAS (one thread per block)") + ".")
+            + (f"the K-blocked {isa} packed-panel kernel" if _packed_wgrad(_isa(kernel))
+               is not None else "BLAS (one thread per block)") + ".")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -531,15 +530,25 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
                       spec.recurrent_activation.code, _max_threads(min(n, B)), isa,
                       os.environ.get("FASTGRU_CPU_FUSED", "1") != "0")
 
-    # The GEMMs over all steps: on the AVX-512 packed-panel kernel (K-blocked; row-exact dx),
-    # else BLAS pinned to one thread per block of this engine's own OpenMP threads.
-    packed = isa == _ISA["avx512"] and os.environ.get("FASTGRU_CPU_WGRAD", "auto") != "blas"
-    with _threads.blas_threads(1) if not packed else _NO_PIN:
+    # The GEMMs over all steps: on the AVX2/AVX-512 packed-panel kernel (K-blocked; row-exact
+    # dx, thread-count-independent weight gradients), else BLAS pinned to one thread per block
+    # of this engine's own OpenMP threads.
+    packed = _packed_wgrad(isa)
+    with _threads.blas_threads(1) if packed is None else _NO_PIN:
         return _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, _max_threads(n),
                              packed=packed)
 
 
-def _mm(a, b, out=None, n=1, ta=False, tb=False, packed=False):
+def _packed_wgrad(isa: int):
+    """The ISA of the backward's K-blocked packed GEMMs, or None for BLAS: every vector ISA
+    unless ``FASTGRU_CPU_WGRAD=blas``."""
+    name = os.environ.get("FASTGRU_CPU_WGRAD", "auto")
+    if name not in ("auto", "blas", "packed", ""):
+        raise ValueError(f"FASTGRU_CPU_WGRAD must be 'auto', 'packed' or 'blas'; got {name!r}")
+    return isa if isa != _ISA["generic"] and name != "blas" else None
+
+
+def _mm(a, b, out=None, n=1, ta=False, tb=False, packed=None):
     """op(a) @ op(b) (op = transpose where ta / tb) into out (fresh when None): fg_gemm_par over
     n OpenMP threads, each running a single-threaded BLAS call on a block. a, b and out are 2-D
     with contiguous rows (column slices allowed). Not BLAS's own threads: OpenBLAS's workers
@@ -547,7 +556,7 @@ def _mm(a, b, out=None, n=1, ta=False, tb=False, packed=False):
     if out is None:
         out = np.empty((a.shape[1] if ta else a.shape[0], b.shape[0] if tb else b.shape[1]),
                        a.dtype)
-    _gru.gemm(a, ta, b, tb, out, n, packed)
+    _gru.gemm(a, ta, b, tb, out, n, packed is not None, -1 if packed is None else packed)
     return out
 
 
@@ -560,7 +569,7 @@ def _column_sums(a, block=256):
     return (s + a[n:].sum(axis=0, dtype=np.float64)).astype(a.dtype)
 
 
-def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=False):
+def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=None):
     """The GEMMs over all steps: kernel, recurrent kernel, bias and input gradients."""
     B, T, D = x.shape
     u = spec.units
