@@ -61,19 +61,43 @@ FG_DEFINE_PACK(d, double, FG_WD)
 FG_DEFINE_GENERIC(f, float, FG_WF, fmaf)
 FG_DEFINE_GENERIC(d, double, FG_WD, fma)
 
+/* One- and two-row tiles (batch-1/2 steps, a matrix-vector product streaming U from L2 or
+ * beyond: each weight vector serves one or two FMAs) prefetch the panel rows FG_PF_K rows of
+ * k ahead into L1; measured at 1x1000x128x256: 12.8 -> 11.3-11.5 ms, 1x1000x1x128: 3.1 ->
+ * 2.0-2.6 ms (distances 2-16 tried, 4 best). Prefetches never fault past the end. */
+#define FG_PF_K 4
+
 #ifdef FG_X86
+/* AVX2 per-step product: with more than 3 rows, k runs in chunks of FG_KC2 so that the half
+ * panel a 3 x 4 tile reads (FG_KC2 x 128 bytes) is still in L1 for the next row block (K = 512
+ * streamed 64 KB from L2 per row block: ~70% of the FMA peak). A chunk's tile continues its
+ * accumulators from C (a stored float reloads exactly), so every element is still one FMA
+ * chain over k = 0..K-1 from zero: the same bits as without chunks and as every other ISA. */
+#define FG_KC2 128
+/* Measured in one process against the unchunked kernel (forward, float32, 1 / 2 threads):
+ * 16x500x512x1024 +14% / +7%, but 256x50x256x512 -5% / -6% (K = 512 = u) and others level:
+ * chunks only for K above this. */
+#define FG_KC2_MIN_K 512
+
 /* AVX2 (16 vector registers): a tile is MR rows x NV vectors starting at vector cv0 of one
- * panel (8 vectors). Rows go in blocks of 3 x 4 vectors (12 accumulators); one or two
- * leftover rows take 1 x 8 / 2 x 4 so that eight independent FMA chains are in flight. */
+ * panel (8 vectors). Rows go in blocks of 3 x 4 vectors (12 accumulators, 3 broadcasts and 16
+ * registers in all: 6 x 2 tiles, or loading the 4 panel vectors first, spilled or streamed
+ * the panel in quarters and ran 15-40% slower); one or two leftover rows take 1 x 8 / 2 x 4
+ * so that eight independent FMA chains are in flight, and (a matrix-vector product streaming
+ * U from L2 or beyond) prefetch the panel rows FG_PF_K rows of k ahead into L1. */
 #define FG_DEFINE_TILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NV)         \
     static inline __attribute__((always_inline, target("avx2,fma"))) void NAME##_##MR##x##NV( \
-        int K, const REAL *A, long lda, const REAL *P, int cv0, REAL *C, long ldc)           \
+        int K, const REAL *A, long lda, const REAL *P, int cv0, REAL *C, long ldc, int cont)  \
     {                                                                                         \
         VT acc[MR][NV];                                                                       \
         for (int r = 0; r < MR; r++)                                                          \
-            for (int v = 0; v < NV; v++) acc[r][v] = ZERO();                                  \
+            for (int v = 0; v < NV; v++)                                                      \
+                acc[r][v] = cont ? LOAD(C + (long)r * ldc + (cv0 + v) * VW) : ZERO();         \
         const REAL *b = P + cv0 * VW;                                                         \
         for (int k = 0; k < K; k++, b += W) {                                                 \
+            if (MR <= 2)                                                                      \
+                for (int v = 0; v < NV; v += 64 / (int)sizeof(VT)) /* one per line */          \
+                    _mm_prefetch((const char *)(b + FG_PF_K * W + v * VW), _MM_HINT_T0);      \
             VT a[MR];                                                                         \
             for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                   \
             for (int v = 0; v < NV; v++) {                                                    \
@@ -94,24 +118,25 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
                                                          int np, REAL *C, long ldc)           \
     {                                                                                         \
         int i0 = M - M % 3, rem = M % 3;                                                      \
+        /* several row blocks and a long k: chunks whose half panel stays in L1 */           \
+        const int kc = M > 3 && K > FG_KC2_MIN_K ? FG_KC2 : K;                                \
         for (int p = 0; p < np; p++) {                                                        \
             const REAL *Pp = P + (long)p * pstride;                                           \
             REAL *Cp = C + (long)p * W;                                                       \
+            if (rem == 1) NAME##_1x8(K, A + (long)i0 * lda, lda, Pp, 0, Cp + (long)i0 * ldc, ldc, 0); \
             for (int cv = 0; cv < 8; cv += 4)                                                 \
-                for (int i = 0; i < i0; i += 3)                                               \
-                    NAME##_3x4(K, A + (long)i * lda, lda, Pp, cv, Cp + (long)i * ldc, ldc);   \
-            if (rem == 2)                                                                     \
-                for (int cv = 0; cv < 8; cv += 4)                                             \
-                    NAME##_2x4(K, A + (long)i0 * lda, lda, Pp, cv, Cp + (long)i0 * ldc, ldc); \
-            if (rem == 1) NAME##_1x8(K, A + (long)i0 * lda, lda, Pp, 0, Cp + (long)i0 * ldc, ldc); \
+                for (int k0 = 0; k0 < K; k0 += kc) {                                          \
+                    const int nk = K - k0 < kc ? K - k0 : kc;                                 \
+                    const REAL *Pk = Pp + (long)k0 * W;                                       \
+                    for (int i = 0; i < i0; i += 3)                                           \
+                        NAME##_3x4(nk, A + (long)i * lda + k0, lda, Pk, cv, Cp + (long)i * ldc, \
+                                   ldc, k0 > 0);                                              \
+                    if (rem == 2)                                                             \
+                        NAME##_2x4(nk, A + (long)i0 * lda + k0, lda, Pk, cv,                  \
+                                   Cp + (long)i0 * ldc, ldc, k0 > 0);                         \
+                }                                                                             \
         }                                                                                     \
     }
-
-/* One- and two-row tiles (batch-1/2 steps, a matrix-vector product streaming U from L2 or
- * beyond: each weight vector serves one or two FMAs) prefetch the panel rows FG_PF_K rows of
- * k ahead into L1; measured at 1x1000x128x256: 12.8 -> 11.3-11.5 ms, 1x1000x1x128: 3.1 ->
- * 2.0-2.6 ms (distances 2-16 tried, 4 best). Prefetches never fault past the end. */
-#define FG_PF_K 4
 
 /* AVX-512 (32 vector registers): a tile is MR rows x NP whole panels (4 vectors each).
  * Large row counts use 6 x 1 tiles (24 accumulators, 4 loads + 6 broadcasts per 24 FMAs);

@@ -265,9 +265,11 @@ def test_gemm_panels_every_isa(isa, dtype, rng):
         pytest.skip(f"{isa} not supported by this CPU")
     W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
     code = ISAS.index(isa)
-    # row counts beyond one tile: several full tiles plus the leftover rows
+    # row counts beyond one tile: several full tiles plus the leftover rows; K beyond 512
+    # (AVX2 runs k in chunks there, continuing each accumulator: still the generic bits)
     for M, K, N in [(1, 7, 5), (2, 33, 70), (3, 64, 130), (5, 16, 64), (9, 40, 200),
-                    (14, 20, 64), (16, 9, 130), (29, 5, 70), (31, 3, 200)]:
+                    (14, 20, 64), (16, 9, 130), (29, 5, 70), (31, 3, 200), (8, 700, 70),
+                    (5, 513, 64), (4, 1029, 33)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         U = rng.standard_normal((K, N)).astype(dtype)
         npn = -(-N // W)
