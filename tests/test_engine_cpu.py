@@ -531,8 +531,10 @@ def test_split_team_with_fewer_threads_than_planned(rng, tmp_path):
     np.savez(tmp_path / "in.npz", x=x, k=w.kernel, r=w.recurrent_kernel, b=w.bias, h0=h0,
              u=spec.units)
     env = dict(os.environ, OMP_THREAD_LIMIT="1")
+    # cwd: tmp_path, so that the child imports the installed fastgru (with its compiled
+    # extension), not the source tree that "python -c" would put first on sys.path
     subprocess.run([sys.executable, "-c", _THREAD_LIMIT_CHILD, str(tmp_path / "in.npz"),
-                    str(tmp_path / "out.npy")], env=env, check=True, timeout=120)
+                    str(tmp_path / "out.npy")], env=env, check=True, timeout=120, cwd=tmp_path)
     want = cpu.forward(*args, **kw, n_threads=1)[0]
     assert np.array_equal(np.load(tmp_path / "out.npy"), want)
 
