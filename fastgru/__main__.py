@@ -64,6 +64,11 @@ def main(argv=None) -> int:
         flops *= 3
     print(f"fastgru {fastgru.__version__}")
     print(layer.explain(x))
+    from .engines import cpu
+    if cpu._gru is None:  # e.g. "pip install ." then run inside the source checkout
+        print(f"note: the compiled CPU engine was not importable from {cpu.__file__}: in a "
+              "source checkout install with 'pip install -e .' (builds it in place) or run from "
+              "another directory")
     print(f"workload: {'training step' if args.train else 'inference'}, batch={args.batch} "
           f"steps={args.steps} features={args.features} units={args.units} {args.dtype}, "
           f"threads={fastgru.get_num_threads()}")
