@@ -239,7 +239,7 @@ def test_record_buffers_reused_only_after_their_last_view(rng, monkeypatch):
     del held, sliced, twin, fresh
     gc.collect()
     assert len(cpu._pool) == 6
-    pooled = {b.ctypes.data + (-b.ctypes.data % 64) for b in cpu._pool}
+    pooled = {p.raw.ctypes.data + (-p.raw.ctypes.data % 64) for p in cpu._pool}
     assert addrs <= pooled
     o2, _, again = fwd()
     assert {again.saved[k].ctypes.data for k in keys} <= pooled and len(cpu._pool) == 3

@@ -436,7 +436,19 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
 # the middle of _record_array cannot deadlock.
 _POOL_MAX_BYTES = 1 << 30
 _POOL_MIN_BYTES = 1 << 20
-_pool: list = []  # raw uint8 arrays, most recently released last
+_pool: list = []  # _Pooled raw uint8 arrays, most recently released last
+
+
+class _Pooled:
+    """A released record buffer in the pool. Compared by identity: list.remove(bare array)
+    compares the arrays elementwise, which raises for any other buffer ahead of it in the list,
+    and that was taken for "removed meanwhile" (so the pool was never reused past its first
+    entry: every training forward page-faulted its record afresh)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw):
+        self.raw = raw
 
 
 class _RecordBuffer:
@@ -453,13 +465,13 @@ def _record_array(shape, dtype):
     if n < _POOL_MIN_BYTES:
         return np.empty(shape, dtype)
     raw = None
-    for b in sorted((b for b in list(_pool) if n <= b.nbytes - 64 <= 2 * n),
-                    key=lambda b: b.nbytes):
+    for p in sorted((p for p in list(_pool) if n <= p.raw.nbytes - 64 <= 2 * n),
+                    key=lambda p: p.raw.nbytes):
         try:
-            _pool.remove(b)
+            _pool.remove(p)
         except ValueError:  # taken meanwhile by another thread
             continue
-        raw = b
+        raw = p.raw
         break
     if raw is None:
         raw = np.empty(n + 64, np.uint8)
@@ -472,8 +484,8 @@ def _record_array(shape, dtype):
 
 
 def _release_record(raw):
-    _pool.append(raw)
-    while sum(b.nbytes for b in list(_pool)) > _POOL_MAX_BYTES:
+    _pool.append(_Pooled(raw))
+    while sum(p.raw.nbytes for p in list(_pool)) > _POOL_MAX_BYTES:
         try:
             _pool.pop(0)
         except IndexError:
