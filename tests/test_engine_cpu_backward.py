@@ -246,6 +246,23 @@ def test_record_buffers_reused_only_after_their_last_view(rng, monkeypatch):
     assert all(np.array_equal(a, b) for a, b in zip(cpu.backward(again, np.ones_like(o2)), want))
 
 
+def test_record_pool_takes_a_buffer_behind_others(monkeypatch):
+    """The fitting buffer is found wherever it lies in the pool (a regression: removing it
+    compared it with every buffer ahead of it, which failed, so only the first was reused)."""
+    import gc
+
+    monkeypatch.setattr(cpu, "_POOL_MIN_BYTES", 0)
+    monkeypatch.setattr(cpu, "_pool", [])
+    small, same, big = (cpu._record_array((n,), np.float32) for n in (1000, 1000, 5000))
+    want = {a.ctypes.data for a in (same, big)}
+    del small, same, big
+    gc.collect()
+    assert len(cpu._pool) == 3
+    again = [cpu._record_array((5000,), np.float32), cpu._record_array((1000,), np.float32),
+             cpu._record_array((1000,), np.float32)]
+    assert want <= {a.ctypes.data for a in again} and cpu._pool == []
+
+
 def test_record_pool_sizes_and_alignment(monkeypatch):
     """A pooled buffer is used only when the request fits after the alignment offset."""
     monkeypatch.setattr(cpu, "_POOL_MIN_BYTES", 0)
