@@ -681,6 +681,26 @@ def test_small_work_runs_on_one_thread(monkeypatch):
     assert cpu._plan(64, 14, 64, 64, 4, 3)[0] == 2
 
 
+def test_few_rows_split_the_units_whatever_the_work(monkeypatch):
+    """Fewer than two rows per thread split the units (each thread streams its share of U)
+    even where the total work would cap the threads; more rows go by rows; a single panel of
+    units or a tiny step does not split."""
+    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 1 << 22)
+    plan = cpu._plan
+    for B, T in ((1, 1), (1, 100), (3, 100)):
+        nthr, split, _, why = plan(B, T, 64, 128, 4, 2)
+        assert (nthr, split) == (2, True) and "fewer than two rows per thread" in why
+    assert plan(4, 100, 64, 128, 4, 2)[:2] == (2, False)
+    assert plan(1, 100, 64, 128, 4, 1)[:2] == (1, False)
+    assert plan(1, 100, 64, 64, 4, 2)[:2] == (1, False)  # one float32 panel of 64 units
+    assert plan(1, 100, 64, 65, 4, 2)[:2] == (1, False)  # per-step work under _SPLIT_MIN_WORK
+    assert plan(1, 100, 64, 96, 4, 4)[:2] == (2, True)  # no more threads than panels
+    text = cpu.describe_kernel(GRUSpec(128, activations.get("tanh"),
+                                       activations.get("sigmoid")), (1, 100, 64), n_threads=2)
+    if cpu._gru.openmp():
+        assert "split the 128 units" in text and "capped" not in text
+
+
 def test_training_tape_and_inference_tape_none(rng):
     args, kw = make_case(rng)
     assert cpu.forward(*args, **kw)[2] is None

@@ -63,20 +63,22 @@ _CHUNK_BYTES = 8 << 20
 _U_L2_BYTES = 1 << 20
 _SPLIT_MAX_ROWS = 32
 # Below this much per-step work (B * u * 3u multiply-adds) a barrier per step costs more than
-# splitting the units gains, so a small batch stays on fewer threads. Measured at
+# splitting the units gains, so a small batch stays on fewer threads (split or not, the rows'
+# bits are the same). Measured at
 # (1,1000,128,256), 2 threads (196608 per step): split 7.2-7.8 ms against 11.4 ms unsplit with
 # the other core lightly loaded; but 54-100 ms when other work kept both cores busy (a barrier
 # then waits for a descheduled partner). 2^20 was tried and reverted: it loses the common case.
 # With the grouped per-thread product and the spinning barrier (~190 ns), 2^15 pays off:
-# (1,100,64,128) 49152 per step, 2 threads split 0.198 ms against 0.243 on one.
-_SPLIT_MIN_WORK = 1 << 15
+# (1,100,64,128) 49152 per step, 2 threads split 0.198 ms against 0.243 on one. 2^14 on Zen 5:
+# (1,100,64,96) (27648 per step) split 0.85 us per step against 1.20 on one thread.
+_SPLIT_MIN_WORK = 1 << 14
 # A call uses one more thread only per this many multiply-adds of work (B*T*3u*(D+u) forward;
 # the backward and the weight-gradient GEMMs each do about as much). 2^23 is ~0.1-0.3 ms of one
 # core. Starting a second thread costs a few microseconds on an idle machine, but on a busy one
 # the woken thread may wait a whole scheduler time slice (milliseconds) for a core, and the
 # call waits with it: a tiny problem (B=2, u=3) took 5-12 ms on 2 threads against 0.02-0.2 ms
 # on one. Below the threshold the loss from a delayed thread exceeds the best-case gain.
-# 2^22 since the spinning barrier: lets (1,100,64,128) (7.4M) take its second core.
+# Not applied to a split of the units (see _plan), whose gain is per step.
 _MIN_THREAD_WORK = 1 << 22
 
 
@@ -162,32 +164,38 @@ def _plan(B: int, T: int, D: int, u: int, itemsize: int, n_threads: int):
 
 @functools.lru_cache(maxsize=256)
 def _plan_cached(B, T, D, u, itemsize, n_threads, *_tunables):
-    capped = ""
-    work = B * T * 3 * u * (D + u)
-    if _work_threads(work, n_threads) < n_threads:
-        n_threads = _work_threads(work, n_threads)
-        capped = (f"capped at {n_threads} by the work ({work} multiply-adds; one thread per "
-                  f"{_MIN_THREAD_WORK}): ")
     panel = 256 // itemsize
     npu = -(-u // panel)
+    per_step = B * u * 3 * u
     big_u = u * 3 * u * itemsize > _U_L2_BYTES and B / n_threads < _SPLIT_MAX_ROWS
-    if n_threads > 1 and npu >= n_threads and big_u:
-        nthr, split = n_threads, True
-        why = (f"{n_threads} threads split the {u} units (the recurrent kernel exceeds a core's "
-               f"L2 and the batch is small: each thread streams only its share; one barrier "
-               f"per step)")
-    elif B >= n_threads or n_threads == 1:
-        nthr, split = min(n_threads, max(B, 1)), False
-        why = (f"{nthr} thread(s), each running the whole time loop for its share of the "
-               f"{B} batch rows (no synchronisation between steps)")
-    elif npu >= 2 and B * u * 3 * u >= _SPLIT_MIN_WORK:
+    # Fewer than two rows per thread: each thread would stream all of U every step for one row
+    # (a matrix-vector product bound by L2 bandwidth); split, each streams its share. Measured
+    # on Zen 5, 2 threads, T=100, u=128: batch 1 split 1.00 us/step against 1.48 on one thread
+    # (rows cannot split further); batch 2 1.43 against 1.75 by rows; batch 4 level; batch 8
+    # 4.3 against 3.5 (then the barriers and the halved tiles cost more than L2 saves).
+    few_rows = B < 2 * n_threads
+    capped = ""
+    if n_threads > 1 and npu >= 2 and per_step >= _SPLIT_MIN_WORK and (big_u or few_rows):
+        # No cap by the total work here: the split pays from the first step (1x1x64x128: 16
+        # against 22 us on one thread).
         nthr, split = min(n_threads, npu), True
-        why = (f"batch {B} < {n_threads} threads: {nthr} threads split the {u} units "
-               "(one barrier per step)")
+        why = (f"{nthr} threads split the {u} units ("
+               + ("the recurrent kernel exceeds a core's L2 and the batch is small"
+                  if big_u else f"batch {B}: fewer than two rows per thread")
+               + ": each thread streams only its share of U; one barrier per step)")
     else:
-        nthr, split = max(B, 1), False
-        why = (f"batch {B} and {u} units are too small to split across {n_threads} threads: "
-               f"{nthr} thread(s)")
+        work = B * T * 3 * u * (D + u)
+        if _work_threads(work, n_threads) < n_threads:
+            n_threads = _work_threads(work, n_threads)
+            capped = (f"capped at {n_threads} by the work ({work} multiply-adds; one thread per "
+                      f"{_MIN_THREAD_WORK}): ")
+        nthr, split = min(n_threads, max(B, 1)), False
+        if nthr == n_threads:
+            why = (f"{nthr} thread(s), each running the whole time loop for its share of the "
+                   f"{B} batch rows (no synchronisation between steps)")
+        else:
+            why = (f"batch {B} and {u} units are too small to split across {n_threads} threads"
+                   f": {nthr} thread(s)")
     why = capped + why
     groups = 1 if split else nthr
     rows = -(-max(B, 1) // groups)
