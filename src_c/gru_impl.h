@@ -222,12 +222,12 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
             tb->h[0][(long)i * u + j] = h0[(long)(r0 + i) * u + j];
             tb->y[(long)i * u + j] = 0;
         }
-    fg_barrier_wait(bar, nteam, &bgen);
+    fg_barrier_wait(bar, tid, nteam, &bgen);
     for (int k0 = 0; k0 < T; k0 += tc) {
         int kc = T - k0 < tc ? T - k0 : tc, M = kc * nr;
         FN(project)(a, r0, nr, k0, (int)((long)M * tid / nteam), (int)((long)M * (tid + 1) / nteam),
                     pb->xb, pb->pad, tb->gx);
-        fg_barrier_wait(bar, nteam, &bgen);
+        fg_barrier_wait(bar, tid, nteam, &bgen);
         for (int kk = 0; kk < kc; kk++) {
             const int k = k0 + kk, t = a->go_backwards ? T - 1 - k : k;
             const REAL *hc = tb->h[k & 1];
@@ -292,7 +292,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                            tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
             }
             if (!ra) {
-                fg_barrier_wait(bar, nteam, &bgen);
+                fg_barrier_wait(bar, tid, nteam, &bgen);
                 PANELS(a->isa, nr, u, tb->q, u, upk + ((long)2 * npu + p_lo) * pstride, pstride,
                        p_hi - p_lo, tb->gh + 2 * up + p_lo * W, ldgh);
                 for (int i = 0; i < nr; i++) {
@@ -302,7 +302,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                                tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
                 }
             }
-            fg_barrier_wait(bar, nteam, &bgen);
+            fg_barrier_wait(bar, tid, nteam, &bgen);
         }
     }
     const REAL *hf = tb->h[T & 1];
@@ -349,7 +349,11 @@ static int FN(forward)(const fg_fwd_args *a)
         return -1;
     }
     fg_barrier bar;
-    fg_barrier_init(&bar);
+    if (fg_barrier_init(&bar, nthr)) {
+        free(team_mem);
+        free(priv_mem);
+        return -1;
+    }
 #pragma omp parallel num_threads(nthr)
     {
         int tid = omp_get_thread_num(), nact = omp_get_num_threads();
@@ -376,6 +380,7 @@ static int FN(forward)(const fg_fwd_args *a)
             }
         }
     }
+    fg_barrier_free(&bar);
     free(team_mem);
     free(priv_mem);
     return 0;
