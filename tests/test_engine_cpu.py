@@ -745,3 +745,20 @@ def test_forked_child_after_threaded_parent(rng):
     with multiprocessing.get_context("fork").Pool(1) as pool:
         got = pool.apply_async(_fork_child_forward, (case,)).get(timeout=60)
     assert np.array_equal(got, want)
+
+
+def test_env_reads_follow_os_environ(monkeypatch):
+    """The engine's settings are read through the C environment: they follow os.environ's
+    writes and deletions at once, as os.environ.get would."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.delenv("FASTGRU_TEST_SETTING", raising=False)
+    assert _gru.env("FASTGRU_TEST_SETTING", "auto") == "auto"
+    monkeypatch.setenv("FASTGRU_TEST_SETTING", "blas")
+    assert _gru.env("FASTGRU_TEST_SETTING", "auto") == "blas" == cpu._env(
+        "FASTGRU_TEST_SETTING", "auto")
+    monkeypatch.delenv("FASTGRU_TEST_SETTING")
+    assert cpu._env("FASTGRU_TEST_SETTING", None) is None
+    monkeypatch.setenv("FASTGRU_CPU_PROJ", "nonsense")
+    with pytest.raises(ValueError, match="FASTGRU_CPU_PROJ"):
+        cpu._packed_projection(cpu._isa(None))

@@ -123,9 +123,15 @@ def supports(spec: GRUSpec) -> tuple[bool, str]:
     return True, "all activations are built-in"
 
 
+def _env(name: str, default: str) -> str:
+    """An environment setting, read on every call (tests and users may change it at any
+    time) through the C environment where the extension is built."""
+    return os.environ.get(name, default) if _gru is None else _gru.env(name, default)
+
+
 def _isa(kernel) -> int:
     best = _gru.isa_best()
-    name = kernel if kernel is not None else os.environ.get("FASTGRU_CPU_KERNEL", "auto")
+    name = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
     if name in (None, "", "auto"):
         return best
     if name not in _ISA:
@@ -146,7 +152,7 @@ def _packed_projection(isa: int) -> bool:
     ``FASTGRU_CPU_PROJ`` = "panels" / "blas", or "auto": panels with AVX2 or AVX-512 (as fast as
     the wheels' OpenBLAS at large chunks, ~10-60% faster at small D or few rows, and no BLAS
     call per chunk); BLAS for the generic kernel, which has no vector FMA."""
-    name = os.environ.get("FASTGRU_CPU_PROJ", "auto")
+    name = _env("FASTGRU_CPU_PROJ", "auto")
     if name not in ("auto", "panels", "blas", ""):
         raise ValueError(f"FASTGRU_CPU_PROJ must be 'auto', 'panels' or 'blas'; got {name!r}")
     return name == "panels" or (name in ("auto", "") and isa != _ISA["generic"])
@@ -222,14 +228,14 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     if _forked_child or not _gru.openmp():
         nbwd = 1
     isa = _ISA_NAME[_isa(kernel)]
-    forced = kernel if kernel is not None else os.environ.get("FASTGRU_CPU_KERNEL", "auto")
+    forced = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
     isa_why = (f"forced by {'kernel=' if kernel is not None else 'FASTGRU_CPU_KERNEL'}"
                if forced not in (None, "", "auto") else
                "the best this CPU runs; order avx512, avx2, generic; CPUID at load")
     gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
     fused = (spec.reset_after and spec.activation.code == 1
              and spec.recurrent_activation.code == 2
-             and os.environ.get("FASTGRU_CPU_FUSED", "1") != "0")
+             and _env("FASTGRU_CPU_FUSED", "1") != "0")
     gate = ("one fused gate/mask/output loop per row (tanh/sigmoid, reset_after)" if fused
             else "separate gate passes (activation loops by code)")
     proj = (f"the {isa} packed-panel FMA kernel (kernel packed once per weight version)"
@@ -351,7 +357,7 @@ def _biases(weights, spec, dtype, u):
         return np.zeros(u3, dtype), (np.zeros(u3, dtype) if spec.reset_after else None)
     if spec.reset_after:
         b = _array(b, "bias", dtype, (2, u3))
-        return b[0].copy(), b[1].copy()
+        return b[0], b[1]  # C-contiguous rows of a C-contiguous array
     return _array(b, "bias", dtype, (u3,)), None
 
 
@@ -425,7 +431,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                          spec.reset_after, spec.go_backwards, spec.return_sequences,
                          spec.zero_output_for_mask, spec.activation.code,
                          spec.recurrent_activation.code, nthr, isa, chunk, split,
-                         os.environ.get("FASTGRU_CPU_FUSED", "1") != "0")
+                         _env("FASTGRU_CPU_FUSED", "1") != "0")
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
@@ -548,7 +554,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
                       spec.reset_after, spec.go_backwards, spec.return_sequences,
                       spec.zero_output_for_mask, spec.activation.code,
                       spec.recurrent_activation.code, _max_threads(min(n, B)), isa,
-                      os.environ.get("FASTGRU_CPU_FUSED", "1") != "0")
+                      _env("FASTGRU_CPU_FUSED", "1") != "0")
 
     # The GEMMs over all steps: on the AVX2/AVX-512 packed-panel kernel (K-blocked; row-exact
     # dx, thread-count-independent weight gradients), else BLAS pinned to one thread per block
@@ -562,7 +568,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
 def _packed_wgrad(isa: int):
     """The ISA of the backward's K-blocked packed GEMMs, or None for BLAS: every vector ISA
     unless ``FASTGRU_CPU_WGRAD=blas``."""
-    name = os.environ.get("FASTGRU_CPU_WGRAD", "auto")
+    name = _env("FASTGRU_CPU_WGRAD", "auto")
     if name not in ("auto", "blas", "packed", ""):
         raise ValueError(f"FASTGRU_CPU_WGRAD must be 'auto', 'packed' or 'blas'; got {name!r}")
     return isa if isa != _ISA["generic"] and name != "blas" else None
