@@ -170,6 +170,19 @@ FG_CLONES static void FN(gates_std)(int n, const REAL *restrict gx, long gs, con
     if (y2) memcpy(y2, y, (size_t)n * sizeof(REAL));
 }
 
+/* Prefetch (into L2) the gate inputs of one row: n units of each gate of gx (gate stride gs)
+ * and gh (stride ghs). With many rows the step's gh and the chunk's gx exceed L2, and a row's
+ * gate pass is too short (n / 16 iterations over six streams) for the hardware prefetchers to
+ * get going: its loads waited on L3. */
+static inline void FN(prefetch_gates)(int n, const REAL *gx, long gs, const REAL *gh, long ghs)
+{
+    for (int g = 0; g < 3; g++)
+        for (int j = 0; j < n; j += 64 / (int)sizeof(REAL)) {
+            __builtin_prefetch(gx + g * gs + j, 0, 2);
+            __builtin_prefetch(gh + g * ghs + j, 0, 2);
+        }
+}
+
 /* Candidate, mix, mask select and writes for one row b over units [ulo, ulo + nu): ah holds
  * the candidate pre-activations; hr, zr, hnr, yr point at the row's state, update gate, next
  * state and emitted output (full width u, indexed by unit). */
@@ -253,6 +266,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                            pstride, p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
             for (int i = 0; i < nr; i++) {
                 const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx, *ghr = tb->gh + (long)i * ldgh;
+                if (i + 1 < nr) /* the next row's inputs, on their way while this row computes */
+                    FN(prefetch_gates)(nu, gxr + ldgx + ulo, gs, ghr + ldgh + ulo, up);
                 if (fused && (!mask || mask[(long)(r0 + i) * T + t])) {
                     long base = (long)(r0 + i) * T + k;
                     FN(gates_std)(nu, gxr + ulo, gs, ghr + ulo, up, bi + ulo, br + ulo, u,
