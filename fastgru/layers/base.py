@@ -264,6 +264,17 @@ class Layer:
                 out.append(w)
         return out
 
+    def _first_variable(self) -> Variable | None:
+        """``weights[0]`` (None when there is none) without building the list: the per-call
+        device check needs only one."""
+        if self._variables:
+            return self._variables[0]
+        for s in self._sublayers:
+            v = s._first_variable()
+            if v is not None:
+                return v
+        return None
+
     @property
     def trainable_weights(self) -> list[Variable]:
         if not self.trainable:

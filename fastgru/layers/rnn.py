@@ -270,8 +270,8 @@ class RNN(Layer):
     def _match_device(self, xp):
         """Weights live where the layer was first called: a layer built on host that sees
         its first CuPy input moves there; later mismatches ask for ``layer.to(...)``."""
-        weights = self.weights
-        if not weights or array_module(weights[0].value) is xp:
+        first = self._first_variable()
+        if first is None or array_module(first.value) is xp:
             return
         device = "cpu" if xp is np else "gpu"
         if not getattr(self, "_called", False):
