@@ -322,7 +322,65 @@ def _compile_fma_peak(tmpdir: str):
     so.fma_peak_run.restype = ctypes.c_double
     so.fma_peak_run.argtypes = [ctypes.c_int, ctypes.c_long, ctypes.c_int,
                                 ctypes.POINTER(ctypes.c_double)]
+    so.cache_read_run.restype = ctypes.c_double
+    so.cache_read_run.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_int]
     return so
+
+
+def cache_read_rates(cases, seconds: float = 0.05) -> dict:
+    """{(bytes, n_threads): bytes per second one core reads from a private working set of
+    ``bytes`` while n_threads cores do the same} (bench/_fma_peak.c; best of 5 runs of at least
+    ``seconds``); {} without a compiler or vector loads."""
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="fastgru_fma_") as tmp:
+        try:
+            so = _compile_fma_peak(tmp)
+        except (OSError, subprocess.CalledProcessError):
+            return out
+        for nbytes, n in cases:
+            reps, dt = 16, 0.0
+            while True:
+                dt = so.cache_read_run(nbytes, reps, n)
+                if dt < 0 or dt >= seconds:
+                    break
+                reps = int(reps * min(16.0, max(2.0, 1.2 * seconds / max(dt, 1e-6))))
+            if dt < 0:
+                return out
+            block = -(-nbytes // 1024) * 1024  # as cache_read_run rounds it
+            out[(nbytes, n)] = max(block * reps / so.cache_read_run(nbytes, reps, n)
+                                   for _ in range(5))
+    return out
+
+
+def batch1_floor_report(shapes, threads, results, stat: str) -> list[str]:
+    """Lines on the batch-1 shapes: the time n cores need to read the recurrent kernel
+    (u x 3u float32) once from their caches, each its 1/n share as fastgru's split-units plan
+    does, measured on this machine, against fastgru's time per step."""
+    key = STAT_KEY[stat]
+    cases = {}
+    for sh in shapes:
+        if sh.B == 1:
+            for n in threads:
+                cases[(sh, n)] = -(-sh.H * 3 * sh.H * 4 // n)
+    if not cases:
+        return []
+    rates = cache_read_rates(sorted(set((b, n) for (_, n), b in cases.items())))
+    if not rates:
+        return ["batch-1 floor: not measured (no compiler or no vector loads)"]
+    rows = []
+    for (sh, n), share in cases.items():
+        floor = share / rates[(share, n)]
+        rec = results.get("fastgru", {}).get(n, {}).get("results", {}).get(sh.label, {})
+        t = rec.get(key)
+        step = f"{t / sh.T * 1e6:.3f}" if t else "-"
+        ratio = f"{t / sh.T / floor:.2f}x" if t else "-"
+        rows.append([sh.label, str(n), f"{share:,}", f"{rates[(share, n)] / 1e9:.0f}",
+                     f"{floor * 1e6:.3f}", step, ratio])
+    return ["\nbatch 1: the floor that cache bandwidth sets on a step (each of n cores reads its "
+            "1/n share of the recurrent kernel once, at the rate measured here for a working "
+            "set of that size) and fastgru's time per step:", "",
+            markdown_table(["B x T x I x H", "thr", "bytes per core", "GB/s per core",
+                            "floor us/step", "fastgru us/step", "x floor"], rows)]
 
 
 def fma_peak(threads, seconds: float = 0.3) -> dict:

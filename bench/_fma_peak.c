@@ -10,6 +10,7 @@
  */
 #include <immintrin.h>
 #include <omp.h>
+#include <stdlib.h>
 #include <time.h>
 
 #define NACC512 16 /* of the 32 zmm registers; 2 ports x 4 cycles needs >= 8 */
@@ -83,4 +84,79 @@ double fma_peak_run(int width, long iters, int nthreads, double *cpu_s)
     }
     fma_peak_sink = total;
     return t1 - t0;
+}
+
+/* Cache read rate: each thread sums a private buffer of `bytes` (64-byte aligned) `reps` times
+ * as four sequential streams (quarters of the buffer, a 256-byte row of each per iteration into
+ * 16 / 8 independent accumulators: the access pattern of the per-step kernel's one-row tile over
+ * four packed panels, which reads faster than a single stream: ~180 against ~150 GB/s from L2
+ * on Zen 5), after one untimed pass that brings it into its caches. With `bytes` the share of
+ * the recurrent kernel a thread reads per step, the time of one pass is the floor that cache
+ * bandwidth sets on a batch-1 step. Returns wall seconds for all passes (-1: allocation
+ * failed or no vector loads). */
+__attribute__((target("avx512f"))) static float read512(const float *p, long n, long reps)
+{
+    __m512 acc[16];
+    const long len = n / 4; /* a multiple of 64 floats: see cache_read_run */
+    for (int k = 0; k < 16; k++) acc[k] = _mm512_setzero_ps();
+    for (long r = 0; r < reps; r++)
+        for (long i = 0; i < len; i += 64)
+#pragma GCC unroll 4
+            for (int s = 0; s < 4; s++)
+#pragma GCC unroll 4
+                for (int k = 0; k < 4; k++)
+                    acc[s * 4 + k] = _mm512_add_ps(acc[s * 4 + k],
+                                                   _mm512_load_ps(p + s * len + i + 16 * k));
+    for (int k = 1; k < 16; k++) acc[0] = _mm512_add_ps(acc[0], acc[k]);
+    return _mm512_reduce_add_ps(acc[0]);
+}
+
+__attribute__((target("avx2"))) static float read256(const float *p, long n, long reps)
+{
+    __m256 acc[8];
+    const long len = n / 4;
+    for (int k = 0; k < 8; k++) acc[k] = _mm256_setzero_ps();
+    for (long r = 0; r < reps; r++)
+        for (long i = 0; i < len; i += 16)
+#pragma GCC unroll 4
+            for (int s = 0; s < 4; s++)
+#pragma GCC unroll 2
+                for (int k = 0; k < 2; k++)
+                    acc[s * 2 + k] = _mm256_add_ps(acc[s * 2 + k],
+                                                   _mm256_load_ps(p + s * len + i + 8 * k));
+    for (int k = 1; k < 8; k++) acc[0] = _mm256_add_ps(acc[0], acc[k]);
+    float out[8];
+    _mm256_storeu_ps(out, acc[0]);
+    return out[0] + out[1] + out[2] + out[3] + out[4] + out[5] + out[6] + out[7];
+}
+
+double cache_read_run(long bytes, long reps, int nthreads)
+{
+    const int wide = fma_peak_has_avx512();
+    if (!wide && !fma_peak_has_avx2()) return -1.0;
+    const long n = (bytes + 1023) / 1024 * 256; /* four streams of whole 256-byte rows */
+    double t0 = 0.0, t1 = 0.0;
+    float total = 0.0f;
+    int failed = 0;
+#pragma omp parallel num_threads(nthreads) reduction(+ : total) reduction(| : failed)
+    {
+        float *buf = NULL;
+        if (posix_memalign((void **)&buf, 64, (size_t)n * sizeof(float))) {
+            buf = NULL;
+            failed = 1;
+        } else {
+            for (long i = 0; i < n; i++) buf[i] = (float)(i & 7);
+            total += wide ? read512(buf, n, 1) : read256(buf, n, 1);
+        }
+#pragma omp barrier
+#pragma omp master
+        t0 = omp_get_wtime();
+        if (buf) total += wide ? read512(buf, n, reps) : read256(buf, n, reps);
+#pragma omp barrier
+#pragma omp master
+        t1 = omp_get_wtime();
+        free(buf);
+    }
+    fma_peak_sink = total;
+    return failed ? -1.0 : t1 - t0;
 }
