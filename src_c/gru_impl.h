@@ -246,6 +246,10 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
             const REAL *hc = tb->h[k & 1];
             REAL *hn = tb->h[(k + 1) & 1];
             const REAL *Ag[3] = {hc, hc, hc};
+            if (nteam > 1) /* the partners' units of h, all at once rather than as the k loop
+                            * reaches each line (serial cross-core misses) */
+                for (long j = 0; j < (long)nr * u; j += 64 / (long)sizeof(REAL))
+                    __builtin_prefetch(hc + j, 0, 3);
             if (mh) {
                 for (int g = 0; g < 3; g++) {
                     REAL *hg = pb->hg + (long)g * nr * u;
