@@ -682,15 +682,15 @@ def test_small_work_runs_on_one_thread(monkeypatch):
 
 
 def test_few_rows_split_the_units_whatever_the_work(monkeypatch):
-    """Fewer than two rows per thread split the units (each thread streams its share of U)
+    """At most three rows per thread split the units (each thread streams its share of U)
     even where the total work would cap the threads; more rows go by rows; a single panel of
     units or a tiny step does not split."""
     monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 1 << 22)
     plan = cpu._plan
-    for B, T in ((1, 1), (1, 100), (3, 100)):
+    for B, T in ((1, 1), (1, 100), (3, 100), (6, 100)):
         nthr, split, _, why = plan(B, T, 64, 128, 4, 2)
-        assert (nthr, split) == (2, True) and "fewer than two rows per thread" in why
-    assert plan(4, 100, 64, 128, 4, 2)[:2] == (2, False)
+        assert (nthr, split) == (2, True) and "at most three rows per thread" in why
+    assert plan(7, 100, 64, 128, 4, 2)[:2] == (2, False)
     assert plan(1, 100, 64, 128, 4, 1)[:2] == (1, False)
     assert plan(1, 100, 64, 64, 4, 2)[:2] == (1, False)  # one float32 panel of 64 units
     assert plan(1, 100, 64, 65, 4, 2)[:2] == (1, False)  # per-step work under _SPLIT_MIN_WORK

@@ -174,12 +174,14 @@ def _plan_cached(B, T, D, u, itemsize, n_threads, *_tunables):
     npu = -(-u // panel)
     per_step = B * u * 3 * u
     big_u = u * 3 * u * itemsize > _U_L2_BYTES and B / n_threads < _SPLIT_MAX_ROWS
-    # Fewer than two rows per thread: each thread would stream all of U every step for one row
-    # (a matrix-vector product bound by L2 bandwidth); split, each streams its share. Measured
-    # on Zen 5, 2 threads, T=100, u=128: batch 1 split 1.00 us/step against 1.48 on one thread
-    # (rows cannot split further); batch 2 1.43 against 1.75 by rows; batch 4 level; batch 8
-    # 4.3 against 3.5 (then the barriers and the halved tiles cost more than L2 saves).
-    few_rows = B < 2 * n_threads
+    # At most three rows per thread: each thread would stream all of U every step for tiles of
+    # one to three rows (bound by L2 bandwidth, ~35-40% of the FMA peak); split, each streams
+    # its share with all B rows in one tile. Measured on Zen 5, 2 threads, T=100, u=128: batch
+    # 1 split 1.00 us/step against 1.48 on one thread (rows cannot split further); batch 2 1.43
+    # against 1.75 by rows; batch 4 level; batch 5 2.73 / 3.03, batch 6 2.98 / 3.29 (u=256:
+    # 9.4 / 10.7); batch 7 5.7 / 3.4 and batch 8 4.3 / 3.5 (rows of 4 + 3 / 4 per thread are
+    # efficient tiles, and a 7-row split takes a 6-row and a 1-row pass over the panels).
+    few_rows = B <= 3 * n_threads
     capped = ""
     if n_threads > 1 and npu >= 2 and per_step >= _SPLIT_MIN_WORK and (big_u or few_rows):
         # No cap by the total work here: the split pays from the first step (1x1x64x128: 16
@@ -187,7 +189,7 @@ def _plan_cached(B, T, D, u, itemsize, n_threads, *_tunables):
         nthr, split = min(n_threads, npu), True
         why = (f"{nthr} threads split the {u} units ("
                + ("the recurrent kernel exceeds a core's L2 and the batch is small"
-                  if big_u else f"batch {B}: fewer than two rows per thread")
+                  if big_u else f"batch {B}: at most three rows per thread")
                + ": each thread streams only its share of U; one barrier per step)")
     else:
         work = B * T * 3 * u * (D + u)
