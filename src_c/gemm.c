@@ -185,42 +185,40 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
                                                             long pstride, int np, REAL *C,    \
                                                             long ldc)                         \
     {                                                                                         \
-        /* M >= 3: ceil(M / 6) row tiles of near-equal height (3-6 rows), each one pass     \
+        /* M >= 4: ceil(M / 6) row tiles of near-equal height (4-6 rows), each one pass     \
          * over the panel: 8 rows as 4 + 4 rather than 6 + 2 (a two-row pass reads 256 bytes  \
          * per 8 FMAs, bound by L2). Measured per-step products, % of the FMA peak, old / new:  \
          * 8 x 256 x 768 70 / 85, 9 x 256 x 768 60 / 82, 8 x 1024 x 3072 68 / 86, 32 x 128 x 384 \
          * 88 / 92; 16 and 256 rows level. */                                                 \
         const int rest = M == 7 ? 1 : (M >= 3 ? 0 : M); /* rows for the 1-/2-row tiles */    \
         const int Mt = M - rest; /* 7 = 6 + 1 (4 + 3 ran at 53% against 66%) */              \
-        const int nt = Mt >= 3 ? (Mt + 5) / 6 : 0, base = nt ? Mt / nt : 0, extra = nt ? Mt % nt : 0; \
-        for (int p = 0; p < np && nt; p++) {                                                  \
-            const REAL *Pp = P + (long)p * pstride;                                           \
-            REAL *Cp = C + (long)p * W;                                                       \
-            for (int t = 0, i = 0; t < nt; t++) {                                             \
-                const int mr = base + (t < extra);                                            \
-                const REAL *Ar = A + (long)i * lda;                                           \
-                REAL *Cr = Cp + (long)i * ldc;                                                \
-                if (mr == 6) NAME##_6x1(K, Ar, lda, Pp, pstride, Cr, ldc);                     \
-                else if (mr == 5) NAME##_5x1(K, Ar, lda, Pp, pstride, Cr, ldc);                \
-                else if (mr == 4) NAME##_4x1(K, Ar, lda, Pp, pstride, Cr, ldc);                \
-                i += mr;                                                                      \
-            }                                                                                 \
-        }                                                                                     \
-        if (nt && base == 3) { /* M = 3: 3 x 2 over panel pairs, two prefetched streams     \
-                                * (3 x 1: a few % slower; three rows are bound by L2 either way) */ \
-            const REAL *Ar = A;                                                               \
-            REAL *Cr = C;                                                                     \
+        if (Mt == 3) { /* 3 x 2 over panel pairs, two prefetched streams (3 x 1: a few %     \
+                        * slower; three rows are bound by L2 either way) */                   \
             int p = 0;                                                                        \
             for (; p + 2 <= np; p += 2)                                                       \
-                NAME##_3x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc);            \
-            if (p < np) NAME##_3x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc);    \
+                NAME##_3x2(K, A, lda, P + p * pstride, pstride, C + p * W, ldc);              \
+            if (p < np) NAME##_3x1(K, A, lda, P + p * pstride, pstride, C + p * W, ldc);      \
+        } else if (Mt > 3) {                                                                  \
+            const int nt = (Mt + 5) / 6, base = Mt / nt, extra = Mt % nt; /* base >= 4 */      \
+            for (int p = 0; p < np; p++) {                                                    \
+                const REAL *Pp = P + (long)p * pstride;                                       \
+                REAL *Cp = C + (long)p * W;                                                   \
+                for (int t = 0, i = 0; t < nt; t++) {                                         \
+                    const int mr = base + (t < extra);                                        \
+                    const REAL *Ar = A + (long)i * lda;                                       \
+                    REAL *Cr = Cp + (long)i * ldc;                                            \
+                    if (mr == 6) NAME##_6x1(K, Ar, lda, Pp, pstride, Cr, ldc);                 \
+                    else if (mr == 5) NAME##_5x1(K, Ar, lda, Pp, pstride, Cr, ldc);            \
+                    else NAME##_4x1(K, Ar, lda, Pp, pstride, Cr, ldc);                         \
+                    i += mr;                                                                  \
+                }                                                                             \
+            }                                                                                 \
         }                                                                                     \
-        const int i0 = Mt, rem = rest;                                                        \
-        if (rem == 1 || rem == 2) {                                                           \
-            const REAL *Ar = A + (long)i0 * lda;                                              \
-            REAL *Cr = C + (long)i0 * ldc;                                                    \
+        if (rest) {                                                                           \
+            const REAL *Ar = A + (long)Mt * lda;                                              \
+            REAL *Cr = C + (long)Mt * ldc;                                                    \
             int p = 0;                                                                        \
-            if (rem == 1) {                                                                   \
+            if (rest == 1) {                                                                  \
                 for (; p + 4 <= np; p += 4)                                                   \
                     NAME##_1x4(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc);        \
                 for (; p + 2 <= np; p += 2)                                                   \

@@ -129,6 +129,12 @@ def _env(name: str, default: str) -> str:
     return os.environ.get(name, default) if _gru is None else _gru.env(name, default)
 
 
+def _fused_gates() -> bool:
+    """Whether the per-step gate pass may take the fused loop (``FASTGRU_CPU_FUSED=0``: never;
+    the same bits either way)."""
+    return _env("FASTGRU_CPU_FUSED", "1") != "0"
+
+
 def _isa(kernel) -> int:
     best = _gru.isa_best()
     name = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
@@ -237,7 +243,7 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
     fused = (spec.reset_after and spec.activation.code == 1
              and spec.recurrent_activation.code == 2
-             and _env("FASTGRU_CPU_FUSED", "1") != "0")
+             and _fused_gates())
     gate = ("one fused gate/mask/output loop per row (tanh/sigmoid, reset_after)" if fused
             else "separate gate passes (activation loops by code)")
     proj = (f"the {isa} packed-panel FMA kernel (kernel packed once per weight version)"
@@ -433,7 +439,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                          spec.reset_after, spec.go_backwards, spec.return_sequences,
                          spec.zero_output_for_mask, spec.activation.code,
                          spec.recurrent_activation.code, nthr, isa, chunk, split,
-                         _env("FASTGRU_CPU_FUSED", "1") != "0")
+                         _fused_gates())
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
@@ -556,7 +562,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
                       spec.reset_after, spec.go_backwards, spec.return_sequences,
                       spec.zero_output_for_mask, spec.activation.code,
                       spec.recurrent_activation.code, _max_threads(min(n, B)), isa,
-                      _env("FASTGRU_CPU_FUSED", "1") != "0")
+                      _fused_gates())
 
     # The GEMMs over all steps: on the AVX2/AVX-512 packed-panel kernel (K-blocked; row-exact
     # dx, thread-count-independent weight gradients), else BLAS pinned to one thread per block
