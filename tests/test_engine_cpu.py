@@ -266,10 +266,13 @@ def test_gemm_panels_every_isa(isa, dtype, rng):
     W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
     code = ISAS.index(isa)
     # row counts beyond one tile: several full tiles plus the leftover rows; K beyond 512
-    # (AVX2 runs k in chunks there, continuing each accumulator: still the generic bits)
+    # (AVX2 runs k in chunks there, continuing each accumulator: still the generic bits);
+    # panels over 1 MB in all (AVX-512 tiles of 4-6 rows then prefetch the next panel into L2:
+    # 4 lines per k with one tile per panel, 2 with two or three tiles, 1 with four or more)
     for M, K, N in [(1, 7, 5), (2, 33, 70), (3, 64, 130), (5, 16, 64), (9, 40, 200),
                     (14, 20, 64), (16, 9, 130), (29, 5, 70), (31, 3, 200), (8, 700, 70),
-                    (5, 513, 64), (4, 1029, 33)]:
+                    (5, 513, 64), (4, 1029, 33), (5, 520, 576), (8, 520, 576), (16, 520, 560),
+                    (25, 300, 1100)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         U = rng.standard_normal((K, N)).astype(dtype)
         npn = -(-N // W)
