@@ -182,39 +182,24 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
  * 16x1024x3072 42-53% -> 56-74% of the FMA peak, 8x1024x3072 34 -> 44%; layer 16x500x512x1024
  * +27% (1 thread) / +11% (2), 256x50x256x512 level. Prefetching two panels ahead: no better. */
 #define FG_PF_L2 (1L << 20)
+/* The four variants of an MR x 1 tile: no prefetch of the next panel, or 1, 2 or 4 lines per k. */
+#define FG_DEFINE_T512Q(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR)            \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 0, )        \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 1, _q1)     \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 2, _q2)     \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 4, _q4)
+#define FG_T512_Q(NAME, MR, q, ...)                                                           \
+    (q == 0 ? NAME##_##MR##x1(__VA_ARGS__) : q == 1 ? NAME##_##MR##x1_q1(__VA_ARGS__)         \
+     : q == 2 ? NAME##_##MR##x1_q2(__VA_ARGS__) : NAME##_##MR##x1_q4(__VA_ARGS__))
+/* An mr x 1 tile (mr of 4-6) with q prefetch lines per k. */
 #define FG_T512_CALL(NAME, mr, q, ...)                                                        \
-    do {                                                                                      \
-        if (mr == 6) {                                                                        \
-            if (q == 0) NAME##_6x1(__VA_ARGS__);                                              \
-            else if (q == 1) NAME##_6x1_q1(__VA_ARGS__);                                      \
-            else if (q == 2) NAME##_6x1_q2(__VA_ARGS__);                                      \
-            else NAME##_6x1_q4(__VA_ARGS__);                                                  \
-        } else if (mr == 5) {                                                                 \
-            if (q == 0) NAME##_5x1(__VA_ARGS__);                                              \
-            else if (q == 1) NAME##_5x1_q1(__VA_ARGS__);                                      \
-            else if (q == 2) NAME##_5x1_q2(__VA_ARGS__);                                      \
-            else NAME##_5x1_q4(__VA_ARGS__);                                                  \
-        } else {                                                                              \
-            if (q == 0) NAME##_4x1(__VA_ARGS__);                                              \
-            else if (q == 1) NAME##_4x1_q1(__VA_ARGS__);                                      \
-            else if (q == 2) NAME##_4x1_q2(__VA_ARGS__);                                      \
-            else NAME##_4x1_q4(__VA_ARGS__);                                                  \
-        }                                                                                     \
-    } while (0)
+    (mr == 6 ? FG_T512_Q(NAME, 6, q, __VA_ARGS__)                                             \
+     : mr == 5 ? FG_T512_Q(NAME, 5, q, __VA_ARGS__) : FG_T512_Q(NAME, 4, q, __VA_ARGS__))
 
 #define FG_DEFINE_512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                   \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6, 1, 0, ) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6, 1, 1, _q1) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6, 1, 2, _q2) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6, 1, 4, _q4) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 5, 1, 0, ) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 5, 1, 1, _q1) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 5, 1, 2, _q2) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 5, 1, 4, _q4) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 4, 1, 0, ) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 4, 1, 1, _q1) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 4, 1, 2, _q2) \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 4, 1, 4, _q4) \
+    FG_DEFINE_T512Q(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6)                 \
+    FG_DEFINE_T512Q(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 5)                 \
+    FG_DEFINE_T512Q(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 4)                 \
     FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 3, 2)                \
     FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 3, 1)                \
     FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 2, 2)                \
@@ -238,8 +223,8 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
                         * slower; three rows are bound by L2 either way) */                   \
             int p = 0;                                                                        \
             for (; p + 2 <= np; p += 2)                                                       \
-                NAME##_3x2(K, A, lda, P + p * pstride, pstride, C + p * W, ldc, 0);              \
-            if (p < np) NAME##_3x1(K, A, lda, P + p * pstride, pstride, C + p * W, ldc, 0);      \
+                NAME##_3x2(K, A, lda, P + p * pstride, pstride, C + p * W, ldc, 0);           \
+            if (p < np) NAME##_3x1(K, A, lda, P + p * pstride, pstride, C + p * W, ldc, 0);   \
         } else if (Mt > 3) {                                                                  \
             const int nt = (Mt + 5) / 6, base = Mt / nt, extra = Mt % nt; /* base >= 4 */      \
             /* Panels beyond L2: the first tiles of panel p prefetch panel p + 1 into L2, so  \
@@ -269,16 +254,16 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
             int p = 0;                                                                        \
             if (rest == 1) {                                                                  \
                 for (; p + 4 <= np; p += 4)                                                   \
-                    NAME##_1x4(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);        \
+                    NAME##_1x4(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
                 for (; p + 2 <= np; p += 2)                                                   \
-                    NAME##_1x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);        \
+                    NAME##_1x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
                 for (; p < np; p++)                                                           \
-                    NAME##_1x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);        \
+                    NAME##_1x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
             } else {                                                                          \
                 for (; p + 2 <= np; p += 2)                                                   \
-                    NAME##_2x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);        \
+                    NAME##_2x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
                 for (; p < np; p++)                                                           \
-                    NAME##_2x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);        \
+                    NAME##_2x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
             }                                                                                 \
         }                                                                                     \
     }
