@@ -5,7 +5,7 @@ import pickle
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fastgru.optim import SGD, Adam, AdamW
@@ -272,6 +272,7 @@ def test_load_state_dict_validates():
 
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from(["adam", "sgd"]))
+@example(2381, "adam")
 def test_quadratic_converges(seed, which):
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(4, 4))
@@ -279,7 +280,10 @@ def test_quadratic_converges(seed, which):
     c = rng.normal(size=4)
     w = Variable(np.zeros(4), "w")
     if which == "adam":
-        opt = Adam([w], learning_rate=0.05)
+        # A decaying rate: at a constant 0.05 Adam keeps oscillating about the minimum (seed
+        # 2381: 0.0165 off after 1500 steps, 3e-12 after 3000, 0.003 after 4500); on this
+        # schedule 401 seeds all end within 1e-6.
+        opt = Adam([w], learning_rate=lambda it: 0.05 / (1 + it / 300))
         steps = 1500
     else:
         opt = SGD([w], learning_rate=0.5 / np.linalg.eigvalsh(a)[-1], momentum=0.9)
