@@ -172,6 +172,15 @@ def test_explain_stacked_and_custom(rng, engines):
     assert "engine 'reference'" in GRU(2).explain(x, mask=np.ones((2, 3)))
 
 
+@pytest.mark.parametrize("bad", [(1, 100, 64), np.zeros((2, 3))])
+def test_explain_rejects_what_a_call_rejects(bad):
+    """A shape tuple (or a 2-D array) is not an input: the call's own rank error, not a
+    failure deep in the kernel description."""
+    for layer in (GRU(2), RNN(GRUCell(2))):
+        with pytest.raises(ValueError, match="Input 0 of layer .* expected ndim"):
+            layer.explain(bad)
+
+
 def test_layer_results_equal_reference_whatever_engine_runs(rng):
     """Whatever dispatch picks on this machine (compiled CPU engine or reference)."""
     x = rng.normal(size=(3, 6, 4))

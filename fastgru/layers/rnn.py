@@ -666,6 +666,7 @@ class RNN(Layer):
                     f"{type(self.cell).__name__} is not a GRUCell (or a stack of them).")
         xp = array_module(x)
         xb = xp.asarray(x)
+        self._check_rank(xb.shape)  # the call's own check (a shape tuple is not an input)
         if self.time_major:
             xb = xb.swapaxes(0, 1)
         if xb.dtype != cells[0].dtype:
