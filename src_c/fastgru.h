@@ -138,4 +138,9 @@ int fg_gemm_kb_f(int isa, int ta, int tb, int M, int N, int K, const float *A, l
 int fg_gemm_kb_d(int isa, int ta, int tb, int M, int N, int K, const double *A, long lda,
                  const double *B, long ldb, double *C, long ldc, int nthr);
 
+/* Column sums of A (M x N, rows lda apart; see gru_impl.h) on nthr threads, the same bits for
+ * every nthr. */
+void fg_colsum_f(int M, int N, const float *A, long lda, float *out, int nthr);
+void fg_colsum_d(int M, int N, const double *A, long lda, double *out, int nthr);
+
 #endif

@@ -212,6 +212,33 @@ def test_threaded_gemm_matches_numpy_every_layout(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_column_sums_are_the_two_level_numpy_sums_on_any_thread_count(dtype, rng):
+    """The bias gradients' column sums (fg_colsum): exactly NumPy's blocks of 256 rows in the
+    array's dtype, then float64 over the blocks and the leftover rows, for every thread count,
+    column slice and a row count with and without leftover rows."""
+    from fastgru._cpu import _gru
+    from fastgru.engines.cpu import _column_sums
+
+    for M, N in [(0, 5), (1, 1), (255, 130), (256, 17), (1000, 257), (3000, 40)]:
+        a = rng.standard_normal((M, N + 3)).astype(dtype)[:, 1 : N + 1]
+        n = M - M % 256
+        want = (a[:n].reshape(-1, 256, N).sum(axis=1).sum(axis=0, dtype=np.float64)
+                + a[n:].sum(axis=0, dtype=np.float64)).astype(dtype)
+        for t in (1, 2, 3, 8):
+            assert np.array_equal(_column_sums(a, t), want)
+        if M:
+            exact = a.astype(np.float64).sum(axis=0)
+            assert rel_err(want, exact) < (1e-14 if dtype == np.float64 else 1e-6)
+    a = np.ones((4, 3), dtype)
+    with pytest.raises(ValueError, match="out must have shape"):
+        _gru.colsum(a, np.empty(2, dtype), 1)
+    with pytest.raises(TypeError, match="share one dtype"):
+        _gru.colsum(a, np.empty(3, np.float32 if dtype == np.float64 else np.float64), 1)
+    with pytest.raises(ValueError, match="contiguous rows"):
+        _gru.colsum(np.ones((4, 6), dtype)[:, ::2], np.empty(3, dtype), 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_packed_gemm_every_layout_row_exact(dtype, rng):
     """The K-blocked GEMM of the backward (``packed=True``) on every vector ISA this CPU runs:
     both transpositions, column slices, K across several blocks and partial panels / row

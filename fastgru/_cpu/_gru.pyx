@@ -179,6 +179,28 @@ def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False, 
                           <float *>c, ldc, n_threads)
 
 
+def colsum(A, out, int n_threads):
+    """out (N,) = the column sums of A (M, N; contiguous rows, column slices allowed) on
+    n_threads OpenMP threads: blocks of 256 rows in A's dtype, then double (fg_colsum); the
+    bits do not depend on n_threads."""
+    cdef int t = _typenum(A)
+    if _typenum(out) != t:
+        raise TypeError("colsum: A and out must share one dtype")
+    cdef int lda = _ld(A, "A")
+    cdef int M = A.shape[0], N = A.shape[1]
+    if out.ndim != 1 or out.shape[0] != N:
+        raise ValueError(f"colsum: out must have shape ({N},), got {out.shape}")
+    if not out.flags.writeable:
+        raise ValueError("colsum: out is read-only")
+    cdef void *a = cnp.PyArray_DATA(<cnp.ndarray>A)
+    cdef void *o = _p(out, t, N, "out")
+    with nogil:
+        if t == cnp.NPY_FLOAT64:
+            fg_colsum_d(M, N, <double *>a, lda, <double *>o, n_threads)
+        else:
+            fg_colsum_f(M, N, <float *>a, lda, <float *>o, n_threads)
+
+
 def activation(int code, x, out, bint derivative=False):
     """out = act(x) (or act'(x)) elementwise, the C definitions used by the kernels."""
     cdef int t = _typenum(x)

@@ -79,3 +79,5 @@ cdef extern from "fastgru.h" nogil:
                        int lda, const float *B, int ldb, float *C, int ldc, int nthr)
     void fg_gemm_par_d(fg_dgemm_t gemm, int ta, int tb, int M, int N, int K, const double *A,
                        int lda, const double *B, int ldb, double *C, int ldc, int nthr)
+    void fg_colsum_f(int M, int N, const float *A, long lda, float *out, int nthr)
+    void fg_colsum_d(int M, int N, const double *A, long lda, double *out, int nthr)
