@@ -461,13 +461,16 @@ FG_CLONES static void FN(bwd_r_after)(int n, int m, const REAL *restrict rp,
                                       const REAL *restrict daz, REAL *restrict dar,
                                       const REAL *restrict dah, REAL *restrict dR)
 {   /* reset_after: dR rows (z, r, h) = (da_z, da_r, da_h * r) */
+    /* gate rows as pointers: under -fwrapv (Python's CFLAGS) an int index n + j may wrap, and
+     * GCC vectorised dR[n + j] as a scatter */
+    REAL *restrict dRr = dR + n, *restrict dRh = dR + 2 * (long)n;
 #pragma omp simd
     for (int j = 0; j < n; j++) {
         REAL v = m ? dah[j] * rp[j] * drv[j] : 0;
         dar[j] = v;
         dR[j] = daz[j];
-        dR[n + j] = v;
-        dR[2 * n + j] = m ? dah[j] * rv[j] : 0;
+        dRr[j] = v;
+        dRh[j] = m ? dah[j] * rv[j] : 0;
     }
 }
 
@@ -493,17 +496,22 @@ FG_CLONES static void FN(bwd_std)(int n, const REAL *restrict pre, const REAL *r
                                   REAL *restrict gy, REAL *restrict gs, REAL *restrict dor,
                                   REAL *restrict zr, REAL *restrict dA, REAL *restrict dR)
 {
+    /* gate rows as pointers (see bwd_r_after: int offsets under -fwrapv became scatters) */
+    const long n2 = 2 * (long)n;
+    const REAL *restrict pz = pre, *restrict pr = pre + n, *restrict ph = pre + n2;
+    REAL *restrict dAz = dA, *restrict dAr = dA + n, *restrict dAh = dA + n2;
+    REAL *restrict dRz = dR, *restrict dRr = dR + n, *restrict dRh = dR + n2;
 #pragma omp simd
     for (int j = 0; j < n; j++) {
         REAL g = dy ? gy[j] + dy[j] : gy[j];
-        REAL z = SIGV(pre[j]), hh = TANHV(pre[2 * n + j]), r = SIGV(pre[n + j]);
+        REAL z = SIGV(pz[j]), hh = TANHV(ph[j]), r = SIGV(pr[j]);
         REAL dz = z * (1 - z), dh = 1 - hh * hh, dr = r * (1 - r);
         REAL d = g + gs[j];
         REAL daz = (hp[j] - hh) * d * dz, dah = (1 - z) * d * dh;
         REAL dar = dah * rp[j] * dr;
         dor[j] = d, zr[j] = z, gy[j] = 0, gs[j] = 0;
-        dA[j] = daz, dA[n + j] = dar, dA[2 * n + j] = dah;
-        dR[j] = daz, dR[n + j] = dar, dR[2 * n + j] = dah * r;
+        dAz[j] = daz, dAr[j] = dar, dAh[j] = dah;
+        dRz[j] = daz, dRr[j] = dar, dRh[j] = dah * r;
     }
 }
 
