@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import central_diff
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fastgru import activations
@@ -90,6 +90,9 @@ configs = st.fixed_dictionaries({
 
 @settings(max_examples=40, deadline=None)
 @given(configs)
+@example({"reset_after": True, "use_bias": False, "return_sequences": False,
+          "go_backwards": False, "zero_output_for_mask": False, "mask": "none", "dropout": "none",
+          "activation": "exponential", "recurrent_activation": "tanh", "seed": 200})
 def test_backward_matches_central_differences(cfg):
     rng = np.random.default_rng(cfg["seed"])
     B, T, D, u = 2, 3, 3, 2
@@ -131,7 +134,9 @@ def test_backward_matches_central_differences(cfg):
             assert got is None
             continue
         num = central_diff(loss, arr, eps=1e-6)
-        np.testing.assert_allclose(got, num, rtol=1e-5, atol=1e-6)
+        # atol relative to the gradients' scale: with 'exponential' they reach ~200 and the
+        # differences' rounding ~3e-6 (hypothesis found seed 200 failing an atol of 1e-6)
+        np.testing.assert_allclose(got, num, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(num).max()))
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
