@@ -100,6 +100,29 @@ def _activation_problem(spec: GRUSpec):
     return None
 
 
+def _choose_host(spec: GRUSpec):
+    """``(engine, reason)`` for NumPy input: it depends only on the two activations and the
+    CPU engine module, so choose() keeps the answer per such triple."""
+    problem = _activation_problem(spec)
+    if problem:
+        return reference, f"{problem}, which only the reference engine can run"
+    cpu, err = load("cpu")
+    if cpu is None:
+        return reference, f"the compiled CPU engine could not be imported ({err})"
+    if not cpu.available():
+        return reference, "the compiled CPU extension is not built"
+    supports = getattr(cpu, "supports", None)
+    verdict = supports(spec) if supports is not None else True
+    ok, why = verdict if isinstance(verdict, tuple) else (bool(verdict), None)
+    if not ok:
+        return reference, ("the compiled CPU engine does not support this configuration"
+                           + (f" ({why})" if why else ""))
+    return cpu, "NumPy input and the compiled CPU kernels support this configuration"
+
+
+_host_choice: dict = {}  # (activation, recurrent_activation, cpu module) -> choice
+
+
 def choose(spec: GRUSpec, x, mask=None, dropout: DropoutMasks | None = None,
            use_cudnn="auto", *, blockers=()):
     """``(engine_module, reason)`` for one layer call.
@@ -118,21 +141,16 @@ def choose(spec: GRUSpec, x, mask=None, dropout: DropoutMasks | None = None,
                 f"{CUDNN_REFUSED} (cuDNN runs on CuPy arrays only; the input is a NumPy "
                 "array, so pass a CuPy array or use_cudnn='auto'.)"
             )
-        problem = _activation_problem(spec)
-        if problem:
-            return reference, f"{problem}, which only the reference engine can run"
-        cpu, err = load("cpu")
-        if cpu is None:
-            return reference, f"the compiled CPU engine could not be imported ({err})"
-        if not cpu.available():
-            return reference, "the compiled CPU extension is not built"
-        supports = getattr(cpu, "supports", None)
-        verdict = supports(spec) if supports is not None else True
-        ok, why = verdict if isinstance(verdict, tuple) else (bool(verdict), None)
-        if not ok:
-            return reference, ("the compiled CPU engine does not support this configuration"
-                               + (f" ({why})" if why else ""))
-        return cpu, "NumPy input and the compiled CPU kernels support this configuration"
+        # keyed by the CPU engine module too: a different one (tests install stand-ins)
+        # answers afresh
+        key = (spec.activation, spec.recurrent_activation, load("cpu")[0])
+        choice = _host_choice.get(key)
+        if choice is None:
+            choice = _choose_host(spec)
+            if len(_host_choice) >= 64:
+                _host_choice.clear()
+            _host_choice[key] = choice
+        return choice
 
     # CuPy input
     why_not = None

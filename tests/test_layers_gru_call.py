@@ -333,6 +333,40 @@ def test_same_seed_same_dropout_masks(rng):
     np.testing.assert_array_equal(d[0], e[0])
 
 
+def test_cell_steps_see_weight_updates(rng):
+    """A GRUCell's own step calls reuse the engine's packed weights by Variable version; every
+    update, bumped or written in place, still reaches them (the engine checks the bytes)."""
+    cell = fastgru.GRUCell(3, dtype="float64")
+    x, h = rng.normal(size=(2, 4)), rng.normal(size=(2, 3))
+
+    def expected():
+        spec = cell.spec()
+        w = cell.engine_weights()
+        return reference.forward(x[:, None, :], w, h, spec)[1]
+
+    first, _ = cell(x, [h])
+    np.testing.assert_allclose(first, expected(), atol=1e-12)
+    cell.recurrent_kernel.assign(cell.recurrent_kernel.value * 0.5)
+    np.testing.assert_allclose(cell(x, [h])[0], expected(), atol=1e-12)
+    cell.kernel.value[1, 2] += 0.5  # in place, no bump
+    cell.recurrent_kernel.value[0, 0] = 0.25
+    np.testing.assert_allclose(cell(x, [h])[0], expected(), atol=1e-12)
+    assert not np.allclose(cell(x, [h])[0], first)
+
+
+def test_cell_spec_follows_the_cells_attributes():
+    """spec() is memoised by its fields' current values: the same object for the same call,
+    and a changed attribute gives a spec with the new value."""
+    cell = fastgru.GRUCell(3)
+    a = cell.spec(return_sequences=True)
+    assert cell.spec(return_sequences=True) is a and a.return_sequences
+    assert cell.spec() is not a and not cell.spec().return_sequences
+    cell.activation = fastgru.activations.get("relu")
+    cell.reset_after = False
+    b = cell.spec(return_sequences=True)
+    assert b.activation.name == "relu" and b.reset_after is False and a.activation.name == "tanh"
+
+
 def test_layer_moved_to_cpu_keeps_working(rng):
     layer = GRU(2)
     x = rng.random((1, 2, 3))

@@ -296,6 +296,10 @@ def _mask(mask, B, T):
 def _check_spec(spec):
     if not isinstance(spec, GRUSpec):
         raise TypeError(f"spec must be a GRUSpec, got {type(spec).__name__}")
+    if type(spec.units) is int and spec.units >= 1 and _gru is not None \
+            and getattr(spec.activation, "code", None) is not None \
+            and getattr(spec.recurrent_activation, "code", None) is not None:
+        return  # the common case, without building supports()' messages
     ok, why = supports(spec)
     if not ok:
         raise ValueError(f"cpu engine cannot run this layer: {why}")
