@@ -182,13 +182,13 @@ def engine_kwargs(engine, n_threads=None, weights_key=None, backward=False) -> d
     cuDNN forwards take ``weights_key`` (the Variables' (uid, version)) to reuse their packed
     weights across calls."""
     name = getattr(engine, "__name__", "")
-    kw = {}
     if name == "fastgru.engines.cpu":
-        kw["n_threads"] = n_threads
-    keyed = ("fastgru.engines.cudnn",) + (("fastgru.engines.cpu",) if CPU_WEIGHTS_KEY else ())
-    if name in keyed and not backward and weights_key is not None:
-        kw["weights_key"] = weights_key
-    return kw
+        if backward or weights_key is None or not CPU_WEIGHTS_KEY:
+            return {"n_threads": n_threads}
+        return {"n_threads": n_threads, "weights_key": weights_key}
+    if name == "fastgru.engines.cudnn" and not backward and weights_key is not None:
+        return {"weights_key": weights_key}
+    return {}
 
 
 def describe(engine, reason: str, spec: GRUSpec, x, n_threads=None) -> str:

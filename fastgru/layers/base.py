@@ -53,6 +53,8 @@ def _scope_stack() -> list:
 # --------------------------------------------------------------------------- array helpers
 def array_module(x):
     """``cupy`` for a CuPy array, else ``numpy`` (never converts a CuPy array to NumPy)."""
+    if type(x) is np.ndarray:  # the common case first (called several times per layer call)
+        return np
     if type(x).__module__.split(".")[0] == "cupy":
         import cupy
 

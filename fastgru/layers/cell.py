@@ -135,8 +135,10 @@ class GRUCell(Layer):
 
     def weights_key(self) -> tuple:
         """Identifies the current weight values, for engines that cache a packed form."""
-        return tuple(None if v is None else (v.uid, v.version)
-                     for v in (self.kernel, self.recurrent_kernel, self.bias))
+        k, r, b = self.kernel, self.recurrent_kernel, self.bias
+        return (None if k is None else (k.uid, k.version),
+                None if r is None else (r.uid, r.version),
+                None if b is None else (b.uid, b.version))
 
     def spec(self, go_backwards=False, return_sequences=False,
              zero_output_for_mask=False) -> GRUSpec:
