@@ -20,7 +20,7 @@ import types
 from .engines import reference
 from .engines.base import DropoutMasks, GRUSpec
 
-__all__ = ["choose", "engine_kwargs", "load", "CUDNN_REFUSED"]
+__all__ = ["choose", "engine_kwargs", "load", "zeros_as_none", "CUDNN_REFUSED"]
 
 CUDNN_REFUSED = (
     "use_cudnn=True was specified, but cuDNN is not supported for this layer configuration "
@@ -189,6 +189,13 @@ def engine_kwargs(engine, n_threads=None, weights_key=None, backward=False) -> d
     if name == "fastgru.engines.cudnn" and not backward and weights_key is not None:
         return {"weights_key": weights_key}
     return {}
+
+
+def zeros_as_none(engine) -> bool:
+    """Whether ``engine.forward`` takes ``h0=None`` for a zero initial state (engines that
+    say so with ``H0_NONE_IS_ZEROS``, the CPU engine: no zeros array to make and check on every
+    call)."""
+    return getattr(engine, "H0_NONE_IS_ZEROS", False) is True
 
 
 def describe(engine, reason: str, spec: GRUSpec, x, n_threads=None) -> str:

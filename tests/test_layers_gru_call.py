@@ -333,6 +333,30 @@ def test_same_seed_same_dropout_masks(rng):
     np.testing.assert_array_equal(d[0], e[0])
 
 
+def test_default_zero_state_and_a_cell_subclass_initial_state(rng):
+    """Without initial_state the engines start from zeros (the CPU engine takes h0=None, the
+    others a zeros array): the same bits as explicit zeros. A GRUCell subclass that makes its
+    own initial state still has it used."""
+    x = rng.normal(size=(3, 5, 4)).astype(np.float32)
+    layer = GRU(6, return_sequences=True, return_state=True)
+    y, h = layer(x)
+    y0, h0 = layer(x, initial_state=np.zeros((3, 6), np.float32))
+    np.testing.assert_array_equal(y, y0)
+    np.testing.assert_array_equal(h, h0)
+    assert not fastgru._dispatch.zeros_as_none(reference)
+
+    class HalfStart(fastgru.GRUCell):
+        def get_initial_state(self, batch_size=None):
+            return [np.full((batch_size, self.units), 0.5, self.dtype)]
+
+    rnn = fastgru.RNN(HalfStart(6), return_sequences=True)
+    rnn(x)
+    rnn.cell.set_weights(layer.cell.get_weights())
+    start = np.full((3, 6), 0.5, np.float32)
+    np.testing.assert_array_equal(rnn(x), layer(x, initial_state=start)[0])
+    assert not np.allclose(rnn(x), y)
+
+
 def test_cell_steps_see_weight_updates(rng):
     """A GRUCell's own step calls reuse the engine's packed weights by Variable version; every
     update, bumped or written in place, still reaches them (the engine checks the bytes)."""

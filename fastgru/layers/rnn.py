@@ -94,6 +94,9 @@ def _where(xp, keep, new, old):
     return xp.where(k, new, old)
 
 
+_ZERO_STATE = GRUCell.get_initial_state
+
+
 def _gru_cells(cell):
     """The list of GRUCells if ``cell`` runs on the engines, else None."""
     if isinstance(cell, GRUCell):
@@ -244,8 +247,9 @@ class RNN(Layer):
                 var.bump()
 
     # ------------------------------------------------------------------ input handling
-    def _prepare(self, sequences, initial_state, mask):
-        """(x batch-major in the layer dtype, mask (B, T) bool or None, states, bare, xp)."""
+    def _prepare(self, sequences, initial_state, mask, lazy_zeros=False):
+        """(x batch-major in the layer dtype, mask (B, T) bool or None, states, bare, xp);
+        ``lazy_zeros``: default zero states as None."""
         xp = array_module(sequences)
         x = xp.asarray(sequences)
         self._check_rank(x.shape)
@@ -264,7 +268,7 @@ class RNN(Layer):
             )
         self._check_features(x.shape)
         mask = self._standardize_mask(mask, xp, B, T)
-        states, bare = self._standardize_states(initial_state, xp, B)
+        states, bare = self._standardize_states(initial_state, xp, B, lazy_zeros)
         return x, mask, states, bare, xp
 
     def _match_device(self, xp):
@@ -314,15 +318,18 @@ class RNN(Layer):
         mask = mask.astype(bool)
         return mask.T if self.time_major else mask
 
-    def _standardize_states(self, initial_state, xp, B):
+    def _standardize_states(self, initial_state, xp, B, lazy_zeros=False):
         """Per-cell structure of state arrays and, per cell, whether the user gave a bare
-        array (returned states keep that form)."""
+        array (returned states keep that form). ``lazy_zeros``: default zero states of GRU
+        cells as None (h0=None for the engines)."""
         stacked = isinstance(self.cell, StackedRNNCells)
         if initial_state is None:
             if self.stateful:
                 self._check_stateful_batch(B)
                 states = _pack_like(self.states, iter(
                     [self._to(xp, v.value) for v in _flatten(self.states)]))
+            elif lazy_zeros:
+                states = [[None] for _ in self.cell.cells] if stacked else [None]
             else:
                 states = self._default_states(B, xp)
             bare = [False] * (len(self.cell.cells) if stacked else 1)
@@ -425,8 +432,11 @@ class RNN(Layer):
                                 blockers=self._blockers(cell))
 
     def _run(self, sequences, initial_state, mask, training, record):
-        x, mask, states, bare, xp = self._prepare(sequences, initial_state, mask)
         cells = _gru_cells(self.cell)
+        # Engines take h0=None as zeros: no default state arrays to build for them (unless a
+        # subclass of GRUCell makes its own initial state)
+        lazy = cells is not None and all(type(c).get_initial_state is _ZERO_STATE for c in cells)
+        x, mask, states, bare, xp = self._prepare(sequences, initial_state, mask, lazy)
         if cells is None:
             output, final = self._generic_loop(x, mask, states, training, xp)
             tape = None
@@ -453,8 +463,13 @@ class RNN(Layer):
             m = mask if i == 0 else mask_proc
             masks = cell.dropout_masks(B, inp.shape[-1], training, xp, dtype=cell.dtype)
             engine, reason = self._choose(cell, spec, inp, m, masks)
+            h0 = h0s[i]
+            if h0 is not None:
+                h0 = xp.asarray(h0, dtype=cell.dtype)
+            elif not _dispatch.zeros_as_none(engine):
+                h0 = xp.zeros((B, cell.units), cell.dtype)
             out, h_last, tape = engine.forward(
-                inp, cell.engine_weights(), xp.asarray(h0s[i], dtype=cell.dtype), spec,
+                inp, cell.engine_weights(), h0, spec,
                 mask=m, dropout=masks, training=record,
                 **_dispatch.engine_kwargs(engine, self.n_threads, cell.weights_key()))
             tapes.append(tape)
