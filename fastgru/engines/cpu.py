@@ -113,6 +113,7 @@ def _max_threads(n: int) -> int:
 #: forward() takes h0=None as a zero initial state (beyond the engine contract's (B, u)).
 H0_NONE_IS_ZEROS = True
 
+
 def available() -> bool:
     """True when the compiled extension is importable."""
     return _gru is not None
