@@ -37,6 +37,8 @@ int fg_openmp(void);
 
 /* Best per-step product kernel this CPU runs (FG_ISA_*). */
 int fg_isa_best(void);
+/* 1 when the one-/two-row grouped products issue software L1 prefetches (see gemm.c). */
+int fg_ptr_prefetch(void);
 
 /* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)
  * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */

@@ -572,6 +572,59 @@ def test_split_team_with_fewer_threads_than_planned(rng, tmp_path):
     assert np.array_equal(np.load(tmp_path / "out.npy"), want)
 
 
+_L1_PREFETCH_CHILD = """
+import sys, numpy as np
+from fastgru.engines import cpu
+from fastgru.engines.base import GRUSpec, Weights
+from fastgru import activations
+cpu._SPLIT_MIN_WORK = cpu._MIN_THREAD_WORK = 0
+d = np.load(sys.argv[1])
+spec = GRUSpec(int(d["u"]), activations.get("tanh"), activations.get("sigmoid"),
+               return_sequences=True)
+outs = {}
+for name in ("x1", "x2"):
+    for dt in (np.float32, np.float64):
+        w = Weights(*(d[k].astype(dt) for k in ("k", "r", "b")))
+        for n in (1, 2):
+            outs[f"{name}_{np.dtype(dt).name}_{n}"] = cpu.forward(
+                d[name].astype(dt), w, None, spec, n_threads=n)[0]
+outs["on"] = np.array(cpu._gru.ptr_prefetch())
+np.savez(sys.argv[2], **outs)
+"""
+
+
+@pytest.mark.skipif("avx512" not in supported_isas(), reason="needs AVX-512")
+def test_l1_prefetch_setting_changes_no_bits(rng, tmp_path):
+    """FASTGRU_CPU_L1_PREFETCH=0 / 1 (read once per process, hence the children) switches the
+    one-/two-row pointer tiles' software prefetches: batch 1 and 2, float32 and float64, 1 and
+    2 threads, the same bits either way and the reference's values."""
+    import os
+    import subprocess
+    import sys
+
+    u, D = 200, 7  # panels of all three gates, a leftover panel per gate
+    w = Weights(rng.normal(size=(D, 3 * u)) * 0.3, rng.normal(size=(u, 3 * u)) * 0.1,
+                rng.normal(size=(2, 3 * u)) * 0.1)
+    x1, x2 = rng.normal(size=(1, 9, D)), rng.normal(size=(2, 9, D))
+    np.savez(tmp_path / "in.npz", x1=x1, x2=x2, k=w.kernel, r=w.recurrent_kernel, b=w.bias, u=u)
+    got = {}
+    for flag in ("0", "1"):
+        env = dict(os.environ, FASTGRU_CPU_L1_PREFETCH=flag)
+        subprocess.run([sys.executable, "-c", _L1_PREFETCH_CHILD, str(tmp_path / "in.npz"),
+                        str(tmp_path / f"out{flag}.npz")], env=env, check=True, timeout=120,
+                       cwd=tmp_path)
+        got[flag] = dict(np.load(tmp_path / f"out{flag}.npz"))
+    assert not got["0"].pop("on") and got["1"].pop("on")
+    assert got["0"].keys() == got["1"].keys() and len(got["0"]) == 8
+    spec = GRUSpec(u, activations.get("tanh"), activations.get("sigmoid"), return_sequences=True)
+    for key, a in got["0"].items():
+        assert np.array_equal(a, got["1"][key]), key
+        x = x1 if key.startswith("x1") else x2
+        want = reference.forward(x, w, np.zeros((x.shape[0], u)), spec)[0]
+        tol = 1e-4 if "float32" in key else 1e-10
+        np.testing.assert_allclose(a, want, atol=tol, err_msg=key)
+
+
 def test_concurrent_calls_bit_identical(rng):
     cases = [make_case(rng, 6, 20, 8, 40, mask="arbitrary", return_sequences=True,
                        dtype=dt) for dt in (np.float32, np.float64)]

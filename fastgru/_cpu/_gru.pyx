@@ -39,6 +39,12 @@ def isa_best():
     return fg_isa_best()
 
 
+def ptr_prefetch():
+    """Whether the one-/two-row grouped AVX-512 products issue software L1 prefetches (off on
+    Intel CPUs; FASTGRU_CPU_L1_PREFETCH=0/1, read once, overrides)."""
+    return bool(fg_ptr_prefetch())
+
+
 cdef void *_p(object arr, int typenum, Py_ssize_t size, str name) except? NULL:
     """Data pointer of a C-contiguous ndarray of typenum with at least `size` elements;
     None gives NULL."""

@@ -13,6 +13,7 @@ cdef extern from "fastgru.h" nogil:
                                 double *, int *, double *, double *, int *)
 
     int fg_isa_best()
+    int fg_ptr_prefetch()
     int fg_openmp()
     void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst)
     void fg_pack_d(const double *src, long ld, int K, int col0, int ncols, double *dst)
