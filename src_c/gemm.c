@@ -25,7 +25,8 @@
  * prefetches never change a result. */
 int fg_ptr_prefetch(void)
 {
-    static int v = -1;
+    static int cached = -1; /* relaxed atomics: threads that race here compute the same value */
+    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
     if (v < 0) {
         const char *e = getenv("FASTGRU_CPU_L1_PREFETCH");
         int d = 1;
@@ -34,6 +35,7 @@ int fg_ptr_prefetch(void)
         d = !__builtin_cpu_is("intel");
 #endif
         v = e && (e[0] == '0' || e[0] == '1') && !e[1] ? e[0] == '1' : d;
+        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
     }
     return v;
 }
