@@ -90,6 +90,26 @@ def rel_err(a, b):
     return float(np.max(np.abs(a - b)) / max(1.0, float(np.max(np.abs(b)))))
 
 
+def _rounding_sensitivity(args, kw, ro, rh, trials=2):
+    """How far the float64 reference moves when x, the weights and h0 are each perturbed by
+    a float32 rounding (relative 2^-24, random signs): the problem's own amplification of
+    float32-level errors (largest of a few trials, over outputs and final state)."""
+    x, w, h0, spec = args
+    rng = np.random.default_rng(12345)
+
+    def jig(a):
+        if a is None:
+            return None
+        a = np.asarray(a, np.float64)
+        return a * (1 + 2.0 ** -24 * rng.uniform(-1, 1, a.shape))
+
+    worst = 0.0
+    for _ in range(trials):
+        o, h, _ = ref_forward((jig(x), Weights(*map(jig, w)), jig(h0), spec), kw)
+        worst = max(worst, rel_err(o, ro), rel_err(h, rh))
+    return worst
+
+
 def check_forward(args, kw, dtype, **engine_kw):
     out, h, tape = cpu.forward(*args, **kw, **engine_kw)
     ro, rh, _ = ref_forward(args, kw)
@@ -99,10 +119,13 @@ def check_forward(args, kw, dtype, **engine_kw):
     tol = TOL[dtype]
     if dtype == np.float32:
         # Unbounded activations amplify float32 rounding over the steps: allow a few times the
-        # float32 reference's own error against float64.
+        # float32 reference's own error against float64, and a few times what perturbing the
+        # inputs by float32 rounding does to the float64 result (one rounding pattern's
+        # amplified error can be ~20x another's: linear activation, u=70, found by hypothesis).
         x, w, h0, spec = args
         r32 = reference.forward(x, w, h0, spec, kw["mask"], kw["dropout"])
-        tol = max(tol, 4 * rel_err(r32[0], ro), 4 * rel_err(r32[1], rh))
+        tol = max(tol, 4 * rel_err(r32[0], ro), 4 * rel_err(r32[1], rh),
+                  16 * _rounding_sensitivity(args, kw, ro, rh))
     assert rel_err(out, ro) < tol, rel_err(out, ro)
     assert rel_err(h, rh) < tol, rel_err(h, rh)
     return out, h
