@@ -39,6 +39,7 @@ int fg_openmp(void);
 int fg_isa_best(void);
 /* 1 when the one-/two-row grouped products issue software L1 prefetches (see gemm.c). */
 int fg_ptr_prefetch(void);
+void fg_set_ptr_prefetch(int v); /* 0 / 1, or -1: the default (between calls only) */
 
 /* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)
  * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */

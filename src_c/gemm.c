@@ -23,10 +23,11 @@
  * (2), 1x100x64x128 +5% / +5%, 2x1000x64x128 +3% / +2%. The machine they were tuned on
  * (FG_PF_K) gained ~10% from them. FASTGRU_CPU_L1_PREFETCH=0 / 1 overrides (read once);
  * prefetches never change a result. */
+static int ptr_pf_state = -1; /* relaxed atomics: racing first calls compute the same value */
+
 int fg_ptr_prefetch(void)
 {
-    static int cached = -1; /* relaxed atomics: threads that race here compute the same value */
-    int v = __atomic_load_n(&cached, __ATOMIC_RELAXED);
+    int v = __atomic_load_n(&ptr_pf_state, __ATOMIC_RELAXED);
     if (v < 0) {
         const char *e = getenv("FASTGRU_CPU_L1_PREFETCH");
         int d = 1;
@@ -35,9 +36,15 @@ int fg_ptr_prefetch(void)
         d = !__builtin_cpu_is("intel");
 #endif
         v = e && (e[0] == '0' || e[0] == '1') && !e[1] ? e[0] == '1' : d;
-        __atomic_store_n(&cached, v, __ATOMIC_RELAXED);
+        __atomic_store_n(&ptr_pf_state, v, __ATOMIC_RELAXED);
     }
     return v;
+}
+
+/* For one-process A/B runs (bench/ab.py): 0 / 1 from now on, -1 the default again. */
+void fg_set_ptr_prefetch(int v)
+{
+    __atomic_store_n(&ptr_pf_state, v < 0 ? -1 : v != 0, __ATOMIC_RELAXED);
 }
 
 int fg_isa_best(void)

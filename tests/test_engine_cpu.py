@@ -638,6 +638,19 @@ def test_l1_prefetch_setting_changes_no_bits(rng, tmp_path):
                        cwd=tmp_path)
         got[flag] = dict(np.load(tmp_path / f"out{flag}.npz"))
     assert not got["0"].pop("on") and got["1"].pop("on")
+    from fastgru._cpu import _gru  # the in-process switch (bench/ab.py) gives those bits too
+    try:
+        for flag in (False, True):
+            _gru.set_ptr_prefetch(flag)
+            assert _gru.ptr_prefetch() is flag
+            dt = np.float32
+            w32 = Weights(*(a.astype(dt) for a in w))
+            out = cpu.forward(x1.astype(dt), w32, None, GRUSpec(u, activations.get("tanh"),
+                              activations.get("sigmoid"), return_sequences=True),
+                              n_threads=2)[0]
+            assert np.array_equal(out, got["0"]["x1_float32_2"])
+    finally:
+        _gru.set_ptr_prefetch(None)
     assert got["0"].keys() == got["1"].keys() and len(got["0"]) == 8
     spec = GRUSpec(u, activations.get("tanh"), activations.get("sigmoid"), return_sequences=True)
     for key, a in got["0"].items():

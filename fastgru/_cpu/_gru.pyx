@@ -45,6 +45,12 @@ def ptr_prefetch():
     return bool(fg_ptr_prefetch())
 
 
+def set_ptr_prefetch(v):
+    """For one-process A/B runs (bench/ab.py --l1-prefetch): True / False from now on, None
+    the default again (CPUID vendor, FASTGRU_CPU_L1_PREFETCH). Not while a call runs."""
+    fg_set_ptr_prefetch(-1 if v is None else (1 if v else 0))
+
+
 cdef void *_p(object arr, int typenum, Py_ssize_t size, str name) except? NULL:
     """Data pointer of a C-contiguous ndarray of typenum with at least `size` elements;
     None gives NULL."""

@@ -1,0 +1,130 @@
+"""One-process A/B of fastgru variants: builds of the compiled extension, or environment settings.
+
+On a machine whose speed drifts (shared or virtual CPUs: 20-40% between phases of minutes)
+separate processes compare phases, not code. Here every variant runs in the same process, in
+alternating order (A B B A ...), on the same inputs; the table gives each variant's median per
+call, the ratio of the first variant to each other one (> 1: that one is faster), and whether
+all variants return the same bits (they should: no switch may change a result).
+
+    python bench/ab.py --so old.so,new.so 1x100x64x128,64x200x128x256 --threads 1,2
+    python bench/ab.py --l1-prefetch 1,0 1x1000x128x256 --threads 1,2
+    python bench/ab.py --env FASTGRU_CPU_PROJ=panels,blas 32x100x64x128 --mode training
+
+--so: paths of built extensions (fastgru/_cpu/_gru*.so copied aside after each build); --env:
+NAME=v1,v2,... (settings the engine reads on every call); --l1-prefetch 1,0: the batch-1/2
+grouped products with / without software L1 prefetches (FASTGRU_CPU_L1_PREFETCH, otherwise
+read once per process). --mode inference (the engine
+forward, return_sequences=True) or training (forward + backward). Timings only; not a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.machinery
+import importlib.util
+import os
+import time
+
+import numpy as np
+
+import fastgru
+import fastgru.engines.cpu as cpu
+from fastgru import activations
+from fastgru.engines.base import GRUSpec, Weights
+
+
+def _load_build(path):
+    loader = importlib.machinery.ExtensionFileLoader("fastgru._cpu._gru", path)
+    spec = importlib.util.spec_from_file_location("fastgru._cpu._gru", path, loader=loader)
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod
+
+
+def _variants(args):
+    """[(label, activate)]: calling activate() makes the engine run that variant."""
+    if args.so:
+        out = []
+        for path in args.so.split(","):
+            mod = _load_build(path)
+            out.append((os.path.basename(path), lambda m=mod: setattr(cpu, "_gru", m)))
+        return out
+    if args.l1_prefetch:
+        from fastgru._cpu import _gru
+        return [(f"l1-prefetch={v}", lambda v=v: _gru.set_ptr_prefetch(v == "1"))
+                for v in args.l1_prefetch.split(",")]
+    name, _, values = args.env.partition("=")
+    if not name or not values:
+        raise SystemExit("--env: expected NAME=v1,v2,...")
+    return [(f"{name}={v}", lambda v=v: os.environ.__setitem__(name, v))
+            for v in values.split(",")]
+
+
+def _problem(shape, seed=0):
+    B, T, I, H = shape
+    rng = np.random.default_rng(seed)
+    f32 = np.float32
+    w = Weights((rng.standard_normal((I, 3 * H)) * 0.05).astype(f32),
+                (rng.standard_normal((H, 3 * H)) * 0.05).astype(f32),
+                (rng.standard_normal((2, 3 * H)) * 0.05).astype(f32))
+    spec = GRUSpec(H, activations.get("tanh"), activations.get("sigmoid"), return_sequences=True)
+    x = rng.standard_normal((B, T, I)).astype(f32)
+    return x, w, spec, np.ones((B, T, H), f32)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("shapes", help="comma-separated BxTxIxH")
+    group = ap.add_mutually_exclusive_group(required=True)
+    group.add_argument("--so", help="comma-separated paths of extension builds")
+    group.add_argument("--env", help="NAME=v1,v2,...")
+    group.add_argument("--l1-prefetch", help="1,0: grouped products with / without prefetches")
+    ap.add_argument("--threads", default="1", help="comma-separated thread counts")
+    ap.add_argument("--mode", choices=["inference", "training"], default="inference")
+    ap.add_argument("--rounds", type=int, default=8, help="alternating rounds (default 8)")
+    ap.add_argument("--seconds", type=float, default=0.3, help="per variant and round")
+    args = ap.parse_args(argv)
+    variants = _variants(args)
+    flops_per = 2 if args.mode == "inference" else 6
+    for n in map(int, args.threads.split(",")):
+        fastgru.set_num_threads(n)
+        for text in args.shapes.split(","):
+            shape = tuple(int(v) for v in text.split("x"))
+            x, w, spec, dout = _problem(shape)
+
+            def call():
+                out, _, tape = cpu.forward(x, w, None, spec, training=args.mode == "training",
+                                           n_threads=n, weights_key=("ab", 0))
+                return [out] if tape is None else [out, *cpu.backward(tape, dout, n_threads=n)]
+
+            results, per_call = [], []
+            for _, activate in variants:
+                activate()
+                t = time.perf_counter()
+                results.append(call())
+                per_call.append(time.perf_counter() - t)
+            reps = max(1, int(args.seconds / max(min(per_call), 1e-6)))
+            times = [[] for _ in variants]
+            for r in range(args.rounds):
+                order = range(len(variants)) if r % 2 == 0 else reversed(range(len(variants)))
+                for j in order:
+                    variants[j][1]()
+                    t = time.perf_counter()
+                    for _ in range(reps):
+                        call()
+                    times[j].append((time.perf_counter() - t) / reps)
+            med = [float(np.median(t)) for t in times]
+            same = all(all(a is None and b is None or np.array_equal(a, b)
+                           for a, b in zip(results[0], res)) for res in results)
+            B, T, I, H = shape
+            gflop = flops_per * B * T * 3 * H * (I + H) / 1e9
+            cells = "  ".join(f"{label}: {1e3 * m:.3f} ms {gflop / m:.1f} GFLOP/s"
+                              for (label, _), m in zip(variants, med))
+            ratios = " ".join(f"{med[0] / m:.3f}" for m in med[1:])
+            print(f"{n}t {text}  {cells}  first/other {ratios}  "
+                  f"{'same bits' if same else 'BITS DIFFER'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
