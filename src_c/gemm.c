@@ -21,8 +21,9 @@
  * four panel streams and the extra requests only compete with the loads for fill buffers.
  * Sapphire Rapids, one-process ABBA A/B without them: 1x1000x128x256 +2.7% (1 thread) / +5%
  * (2), 1x100x64x128 +5% / +5%, 2x1000x64x128 +3% / +2%. The machine they were tuned on
- * (FG_PF_K) gained ~10% from them. FASTGRU_CPU_L1_PREFETCH=0 / 1 overrides (read once);
- * prefetches never change a result. */
+ * (FG_PF_K) gained ~10% from them. Panels beyond FG_PF_L2 in all (streamed from L3) keep them
+ * everywhere: 1x300x256x512 lost 2.5% / 6.6% without. FASTGRU_CPU_L1_PREFETCH=0 / 1 overrides
+ * (read once); prefetches never change a result. */
 static int ptr_pf_state = -1; /* relaxed atomics: racing first calls compute the same value */
 
 int fg_ptr_prefetch(void)
@@ -352,9 +353,10 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
     FG_DEFINE_PTRSET(NAME, REAL, _pf)                                                         \
     static __attribute__((target("avx512f,fma"))) void NAME##_ptr(int M, int K, const REAL *A, \
                                                                   long lda, const REAL *const *Pq, \
-                                                                  REAL *const *Cq, int n, long ldc) \
+                                                                  REAL *const *Cq, int n, long ldc, \
+                                                                  int pf)                     \
     {                                                                                         \
-        if (fg_ptr_prefetch()) NAME##_ptr_pf(M, K, A, lda, Pq, Cq, n, ldc);                   \
+        if (pf) NAME##_ptr_pf(M, K, A, lda, Pq, Cq, n, ldc);                                  \
         else NAME##_ptr_np(M, K, A, lda, Pq, Cq, n, ldc);                                     \
     }
 /* The pointer tiles over n panels, with (SFX _pf) or without their L1 prefetches. */
@@ -429,12 +431,14 @@ FG_DEFINE_DISPATCH(d, double)
         const REAL *pq[CH];                                                                   \
         REAL *cq[CH];                                                                         \
         int n = 0, tot = npg * ng;                                                            \
+        /* panels beyond L2 stream from L3: there the L1 prefetches pay on Intel too */       \
+        const int pf = fg_ptr_prefetch() || (long)tot * K * W * (long)sizeof(REAL) > FG_PF_L2; \
         for (int v = 0; v < tot; v++) {                                                       \
             int g = v / npg, p = v % npg;                                                     \
             pq[n] = P + g * gstride + p * pstride;                                            \
             cq[n] = C + g * cgstride + (long)p * W;                                           \
             if (++n == CH || v == tot - 1) {                                                  \
-                gemm_avx512_##SUF##_ptr(M, K, A, lda, pq, cq, n, ldc);                         \
+                gemm_avx512_##SUF##_ptr(M, K, A, lda, pq, cq, n, ldc, pf);                     \
                 n = 0;                                                                        \
             }                                                                                 \
         }                                                                                     \

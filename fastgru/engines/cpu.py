@@ -259,10 +259,14 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
             if _packed_projection(_isa(kernel)) else "BLAS GEMMs")
     rows = max(B, 1) if split else -(-max(B, 1) // max(nthr, 1))  # rows per time loop
     if isa == "avx512" and rows <= 2:
+        panel = 256 // np.dtype(dtype).itemsize
+        npu = -(-spec.units // panel)
+        share = 3 * -(-npu // (nthr if split else 1)) * spec.units * 256  # bytes per thread
+        pf = _gru.ptr_prefetch() or share > 1 << 20
         gemms += (" (one-/two-row pointer tiles over the thread's panels of all gates, "
-                  + ("with" if _gru.ptr_prefetch() else "without")
-                  + " software L1 prefetches: off on Intel CPUs, FASTGRU_CPU_L1_PREFETCH "
-                    "overrides)")
+                  + ("with" if pf else "without")
+                  + " software L1 prefetches: off on Intel CPUs while a thread's panels fit in"
+                    " 1 MB, FASTGRU_CPU_L1_PREFETCH overrides)")
     return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
             f"projection by {proj} over chunks of {chunk} steps; per step {gemms} by the {isa} "
             f"packed-panel FMA kernel, then {gate}; threads: {how}; training: per-step "
