@@ -11,9 +11,9 @@ all variants return the same bits (they should: no switch may change a result).
     python bench/ab.py --env FASTGRU_CPU_PROJ=panels,blas 32x100x64x128 --mode training
 
 --so: paths of built extensions (fastgru/_cpu/_gru*.so copied aside after each build); --env:
-NAME=v1,v2,... (settings the engine reads on every call); --l1-prefetch 1,0: the batch-1/2
-grouped products with / without software L1 prefetches (FASTGRU_CPU_L1_PREFETCH, otherwise
-read once per process). --mode inference (the engine
+NAME=v1,v2,... (settings the engine reads on every call); --l1-prefetch 1,0: the setting
+FASTGRU_CPU_L1_PREFETCH gives the batch-1/2 grouped products (otherwise read once per process;
+a thread's panels beyond 1 MB keep their prefetches either way). --mode inference (the engine
 forward, return_sequences=True) or training (forward + backward). Timings only; not a test.
 """
 
@@ -78,7 +78,7 @@ def main(argv=None):
     group = ap.add_mutually_exclusive_group(required=True)
     group.add_argument("--so", help="comma-separated paths of extension builds")
     group.add_argument("--env", help="NAME=v1,v2,...")
-    group.add_argument("--l1-prefetch", help="1,0: grouped products with / without prefetches")
+    group.add_argument("--l1-prefetch", help="1,0: as FASTGRU_CPU_L1_PREFETCH=1 / 0")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts")
     ap.add_argument("--mode", choices=["inference", "training"], default="inference")
     ap.add_argument("--rounds", type=int, default=8, help="alternating rounds (default 8)")

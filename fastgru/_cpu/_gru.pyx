@@ -41,7 +41,8 @@ def isa_best():
 
 def ptr_prefetch():
     """Whether the one-/two-row grouped AVX-512 products issue software L1 prefetches (off on
-    Intel CPUs; FASTGRU_CPU_L1_PREFETCH=0/1, read once, overrides)."""
+    Intel CPUs; FASTGRU_CPU_L1_PREFETCH=0/1, read once, overrides). A thread's panels beyond
+    1 MB (streamed from L3) take them regardless."""
     return bool(fg_ptr_prefetch())
 
 
