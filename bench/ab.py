@@ -32,6 +32,8 @@ import fastgru.engines.cpu as cpu
 from fastgru import activations
 from fastgru.engines.base import GRUSpec, Weights
 
+from _common import make_problem, parse_shapes
+
 
 def _load_build(path):
     loader = importlib.machinery.ExtensionFileLoader("fastgru._cpu._gru", path)
@@ -60,16 +62,13 @@ def _variants(args):
             for v in values.split(",")]
 
 
-def _problem(shape, seed=0):
-    B, T, I, H = shape
-    rng = np.random.default_rng(seed)
-    f32 = np.float32
-    w = Weights((rng.standard_normal((I, 3 * H)) * 0.05).astype(f32),
-                (rng.standard_normal((H, 3 * H)) * 0.05).astype(f32),
-                (rng.standard_normal((2, 3 * H)) * 0.05).astype(f32))
-    spec = GRUSpec(H, activations.get("tanh"), activations.get("sigmoid"), return_sequences=True)
-    x = rng.standard_normal((B, T, I)).astype(f32)
-    return x, w, spec, np.ones((B, T, H), f32)
+def _problem(shape):
+    """The benchmarks' problem (bench/_common.make_problem) in the engine contract's terms."""
+    p = make_problem(shape)
+    spec = GRUSpec(shape.H, activations.get("tanh"), activations.get("sigmoid"),
+                   return_sequences=True)
+    w = Weights(p["kernel"], p["recurrent_kernel"], p["bias"])
+    return p["x"], w, p["h0"], spec, np.ones((shape.B, shape.T, shape.H), np.float32)
 
 
 def main(argv=None):
@@ -85,15 +84,14 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=0.3, help="per variant and round")
     args = ap.parse_args(argv)
     variants = _variants(args)
-    flops_per = 2 if args.mode == "inference" else 6
+    passes = 1 if args.mode == "inference" else 3  # a training step counts 3x the forward
     for n in map(int, args.threads.split(",")):
         fastgru.set_num_threads(n)
-        for text in args.shapes.split(","):
-            shape = tuple(int(v) for v in text.split("x"))
-            x, w, spec, dout = _problem(shape)
+        for shape in parse_shapes(args.shapes):
+            x, w, h0, spec, dout = _problem(shape)
 
             def call():
-                out, _, tape = cpu.forward(x, w, None, spec, training=args.mode == "training",
+                out, _, tape = cpu.forward(x, w, h0, spec, training=args.mode == "training",
                                            n_threads=n, weights_key=("ab", 0))
                 return [out] if tape is None else [out, *cpu.backward(tape, dout, n_threads=n)]
 
@@ -116,12 +114,11 @@ def main(argv=None):
             med = [float(np.median(t)) for t in times]
             same = all(all(a is None and b is None or np.array_equal(a, b)
                            for a, b in zip(results[0], res)) for res in results)
-            B, T, I, H = shape
-            gflop = flops_per * B * T * 3 * H * (I + H) / 1e9
+            gflop = shape.flops * passes / 1e9
             cells = "  ".join(f"{label}: {1e3 * m:.3f} ms {gflop / m:.1f} GFLOP/s"
                               for (label, _), m in zip(variants, med))
             ratios = " ".join(f"{med[0] / m:.3f}" for m in med[1:])
-            print(f"{n}t {text}  {cells}  first/other {ratios}  "
+            print(f"{n}t {shape.label}  {cells}  first/other {ratios}  "
                   f"{'same bits' if same else 'BITS DIFFER'}", flush=True)
     return 0
 

@@ -39,6 +39,8 @@ int fg_openmp(void);
 int fg_isa_best(void);
 /* 1 when the one-/two-row grouped products issue software L1 prefetches (see gemm.c). */
 int fg_ptr_prefetch(void);
+/* ... for a grouped product over panels of `bytes` in all (beyond 1 MB: always). */
+int fg_ptr_prefetch_at(long bytes);
 void fg_set_ptr_prefetch(int v); /* 0 / 1, or -1: the default (between calls only) */
 
 /* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)

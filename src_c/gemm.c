@@ -215,6 +215,15 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
  * 16x1024x3072 42-53% -> 56-74% of the FMA peak, 8x1024x3072 34 -> 44%; layer 16x500x512x1024
  * +27% (1 thread) / +11% (2), 256x50x256x512 level. Prefetching two panels ahead: no better. */
 #define FG_PF_L2 (1L << 20)
+
+/* Whether a grouped one-/two-row product over panels of `bytes` in all takes its L1
+ * prefetches (fg_ptr_prefetch): panels beyond FG_PF_L2 stream from L3, where they pay on Intel
+ * too. */
+int fg_ptr_prefetch_at(long bytes)
+{
+    return fg_ptr_prefetch() || bytes > FG_PF_L2;
+}
+
 /* The four variants of an MR x 1 tile: no prefetch of the next panel, or 1, 2 or 4 lines per k. */
 #define FG_DEFINE_T512Q(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR)            \
     FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 0, )        \
@@ -431,8 +440,7 @@ FG_DEFINE_DISPATCH(d, double)
         const REAL *pq[CH];                                                                   \
         REAL *cq[CH];                                                                         \
         int n = 0, tot = npg * ng;                                                            \
-        /* panels beyond L2 stream from L3: there the L1 prefetches pay on Intel too */       \
-        const int pf = fg_ptr_prefetch() || (long)tot * K * W * (long)sizeof(REAL) > FG_PF_L2; \
+        const int pf = fg_ptr_prefetch_at((long)tot * K * W * (long)sizeof(REAL));            \
         for (int v = 0; v < tot; v++) {                                                       \
             int g = v / npg, p = v % npg;                                                     \
             pq[n] = P + g * gstride + p * pstride;                                            \

@@ -39,11 +39,11 @@ def isa_best():
     return fg_isa_best()
 
 
-def ptr_prefetch():
-    """Whether the one-/two-row grouped AVX-512 products issue software L1 prefetches (off on
-    Intel CPUs; FASTGRU_CPU_L1_PREFETCH=0/1, read once, overrides). A thread's panels beyond
-    1 MB (streamed from L3) take them regardless."""
-    return bool(fg_ptr_prefetch())
+def ptr_prefetch(long panel_bytes=0):
+    """Whether the one-/two-row grouped AVX-512 products over panels of ``panel_bytes`` in all
+    issue software L1 prefetches (off on Intel CPUs; FASTGRU_CPU_L1_PREFETCH=0/1, read once,
+    overrides). Panels beyond 1 MB (streamed from L3) take them regardless."""
+    return bool(fg_ptr_prefetch_at(panel_bytes))
 
 
 def set_ptr_prefetch(v):

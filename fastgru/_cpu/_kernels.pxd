@@ -14,6 +14,7 @@ cdef extern from "fastgru.h" nogil:
 
     int fg_isa_best()
     int fg_ptr_prefetch()
+    int fg_ptr_prefetch_at(long nbytes)
     void fg_set_ptr_prefetch(int v)
     int fg_openmp()
     void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst)

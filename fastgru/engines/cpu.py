@@ -262,9 +262,8 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
         panel = 256 // np.dtype(dtype).itemsize
         npu = -(-spec.units // panel)
         share = 3 * -(-npu // (nthr if split else 1)) * spec.units * 256  # bytes per thread
-        pf = _gru.ptr_prefetch() or share > 1 << 20
         gemms += (" (one-/two-row pointer tiles over the thread's panels of all gates, "
-                  + ("with" if pf else "without")
+                  + ("with" if _gru.ptr_prefetch(share) else "without")
                   + " software L1 prefetches: off on Intel CPUs while a thread's panels fit in"
                     " 1 MB, FASTGRU_CPU_L1_PREFETCH overrides)")
     return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
