@@ -274,9 +274,13 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                     FN(prefetch_gates)(nu, gxr + ldgx + ulo, gs, ghr + ldgh + ulo, up);
                 if (fused && (!mask || mask[(long)(r0 + i) * T + t])) {
                     long base = (long)(r0 + i) * T + k;
+                    /* without a mask the last output is needed only for !rs: with rs the
+                     * pass writes the outputs in place of it (no copy) */
+                    REAL *yo = rs ? out + base * u + ulo : NULL;
                     FN(gates_std)(nu, gxr + ulo, gs, ghr + ulo, up, bi + ulo, br + ulo, u,
                                   hc + (long)i * u + ulo, hn + (long)i * u + ulo,
-                                  tb->y + (long)i * u + ulo, rs ? out + base * u + ulo : NULL,
+                                  yo && !mask ? yo : tb->y + (long)i * u + ulo,
+                                  mask ? yo : NULL,
                                   pre ? pre + base * u3 + ulo : NULL,
                                   pre ? rpt + base * u + ulo : NULL,
                                   pre ? (REAL *)a->hprev + base * u + ulo : NULL);
