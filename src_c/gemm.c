@@ -17,13 +17,15 @@
 #endif
 
 /* Software L1 prefetches in the pointer tiles (the grouped one-/two-row products of batch-1/2
- * steps): on by default except on Intel, where the hardware L1 prefetchers keep up with these
- * four panel streams and the extra requests only compete with the loads for fill buffers.
- * Sapphire Rapids, one-process ABBA A/B without them: 1x1000x128x256 +2.7% (1 thread) / +5%
- * (2), 1x100x64x128 +5% / +5%, 2x1000x64x128 +3% / +2%. The machine they were tuned on
- * (FG_PF_K) gained ~10% from them. Panels beyond FG_PF_L2 in all (streamed from L3) keep them
- * everywhere: 1x300x256x512 lost 2.5% / 6.6% without. FASTGRU_CPU_L1_PREFETCH=0 / 1 overrides
- * (read once); prefetches never change a result. */
+ * steps): off by default, since the hardware L1 prefetchers keep up with these four panel
+ * streams and the extra requests only compete with the loads for fill buffers. One-process
+ * ABBA A/Bs without them: Sapphire Rapids 1x1000x128x256 +2.7% (1 thread) / +5% (2),
+ * 1x100x64x128 +5% / +5%, 2x1000x64x128 +3% / +2%; AMD Zen 4 (two runs) 1x1000x128x256 +2-3%
+ * / +0-9%, 2x1000x64x128 +6-9% / +3.5-8%, 1x100x64x128 level / +1-6%. (They were added for
+ * the contiguous 1 x 4 tiles that came before the pointer tiles, which gained ~10%: FG_PF_K.)
+ * Panels beyond FG_PF_L2 in all (streamed from L3) keep them: 1x300x256x512 lost 2.5% / 6.6%
+ * without on Sapphire Rapids. FASTGRU_CPU_L1_PREFETCH=0 / 1 overrides (read once);
+ * prefetches never change a result. */
 static int ptr_pf_state = -1; /* relaxed atomics: racing first calls compute the same value */
 
 int fg_ptr_prefetch(void)
@@ -31,12 +33,7 @@ int fg_ptr_prefetch(void)
     int v = __atomic_load_n(&ptr_pf_state, __ATOMIC_RELAXED);
     if (v < 0) {
         const char *e = getenv("FASTGRU_CPU_L1_PREFETCH");
-        int d = 1;
-#ifdef FG_X86
-        __builtin_cpu_init();
-        d = !__builtin_cpu_is("intel");
-#endif
-        v = e && (e[0] == '0' || e[0] == '1') && !e[1] ? e[0] == '1' : d;
+        v = e && e[0] == '1' && !e[1];
         __atomic_store_n(&ptr_pf_state, v, __ATOMIC_RELAXED);
     }
     return v;
@@ -217,8 +214,7 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
 #define FG_PF_L2 (1L << 20)
 
 /* Whether a grouped one-/two-row product over panels of `bytes` in all takes its L1
- * prefetches (fg_ptr_prefetch): panels beyond FG_PF_L2 stream from L3, where they pay on Intel
- * too. */
+ * prefetches (fg_ptr_prefetch): panels beyond FG_PF_L2 stream from L3, where they pay. */
 int fg_ptr_prefetch_at(long bytes)
 {
     return fg_ptr_prefetch() || bytes > FG_PF_L2;

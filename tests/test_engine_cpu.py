@@ -661,6 +661,25 @@ def test_l1_prefetch_setting_changes_no_bits(rng, tmp_path):
         np.testing.assert_allclose(a, want, atol=tol, err_msg=key)
 
 
+def test_l1_prefetch_default_off_below_1mb(tmp_path):
+    """Without FASTGRU_CPU_L1_PREFETCH the pointer tiles issue no software L1 prefetches while
+    a thread's panels fit in 1 MB (faster on Sapphire Rapids and Zen 4), and take them beyond
+    (streamed from L3); any value but "1" counts as unset."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from fastgru._cpu import _gru; "
+            "print(_gru.ptr_prefetch(), _gru.ptr_prefetch(1 << 20), _gru.ptr_prefetch(3 << 20))")
+    for value in (None, "", "yes"):
+        env = {k: v for k, v in os.environ.items() if k != "FASTGRU_CPU_L1_PREFETCH"}
+        if value is not None:
+            env["FASTGRU_CPU_L1_PREFETCH"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120,
+                             capture_output=True, text=True, cwd=tmp_path).stdout.split()
+        assert out == ["False", "False", "True"], (value, out)
+
+
 def test_concurrent_calls_bit_identical(rng):
     cases = [make_case(rng, 6, 20, 8, 40, mask="arbitrary", return_sequences=True,
                        dtype=dt) for dt in (np.float32, np.float64)]

@@ -41,14 +41,14 @@ def isa_best():
 
 def ptr_prefetch(long panel_bytes=0):
     """Whether the one-/two-row grouped AVX-512 products over panels of ``panel_bytes`` in all
-    issue software L1 prefetches (off on Intel CPUs; FASTGRU_CPU_L1_PREFETCH=0/1, read once,
+    issue software L1 prefetches (off by default; FASTGRU_CPU_L1_PREFETCH=0/1, read once,
     overrides). Panels beyond 1 MB (streamed from L3) take them regardless."""
     return bool(fg_ptr_prefetch_at(panel_bytes))
 
 
 def set_ptr_prefetch(v):
     """For one-process A/B runs (bench/ab.py --l1-prefetch): True / False from now on, None
-    the default again (CPUID vendor, FASTGRU_CPU_L1_PREFETCH). Not while a call runs."""
+    the default again (off, or FASTGRU_CPU_L1_PREFETCH). Not while a call runs."""
     fg_set_ptr_prefetch(-1 if v is None else (1 if v else 0))
 
 

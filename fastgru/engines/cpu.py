@@ -264,8 +264,8 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
         share = 3 * -(-npu // (nthr if split else 1)) * spec.units * 256  # bytes per thread
         gemms += (" (one-/two-row pointer tiles over the thread's panels of all gates, "
                   + ("with" if _gru.ptr_prefetch(share) else "without")
-                  + " software L1 prefetches: off on Intel CPUs while a thread's panels fit in"
-                    " 1 MB, FASTGRU_CPU_L1_PREFETCH overrides)")
+                  + " software L1 prefetches: off while a thread's panels fit in 1 MB,"
+                    " FASTGRU_CPU_L1_PREFETCH=1 turns them on)")
     return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
             f"projection by {proj} over chunks of {chunk} steps; per step {gemms} by the {isa} "
             f"packed-panel FMA kernel, then {gate}; threads: {how}; training: per-step "
