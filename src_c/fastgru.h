@@ -136,15 +136,19 @@ void fg_gemm_par_d(fg_dgemm_t gemm, int ta, int tb, int M, int N, int K, const d
 
 /* The same product on the packed-panel tiles of isa (FG_ISA_AVX512 or FG_ISA_AVX2; call only
  * where the CPU runs it): K blocked through L2, one FMA chain per element over k in order, so
- * the bits are independent of nthr, of the other rows and of the ISA. Returns 0, -1 when
- * memory ran out, -2 for another isa or a build for a CPU family without these kernels. */
+ * the bits are independent of nthr, of the other rows and of the ISA. bsum (N), or NULL: also
+ * the column sums of B (K x N; !tb only), the very bits of fg_colsum, taken while B is packed
+ * (one pass over B fewer). Returns 0, -1 when memory ran out, -2 for another isa or a build for
+ * a CPU family without these kernels, -3 for bsum with tb. */
 int fg_gemm_kb_f(int isa, int ta, int tb, int M, int N, int K, const float *A, long lda,
-                 const float *B, long ldb, float *C, long ldc, int nthr);
+                 const float *B, long ldb, float *C, long ldc, int nthr, float *bsum);
 int fg_gemm_kb_d(int isa, int ta, int tb, int M, int N, int K, const double *A, long lda,
-                 const double *B, long ldb, double *C, long ldc, int nthr);
+                 const double *B, long ldb, double *C, long ldc, int nthr, double *bsum);
 
-/* Column sums of A (M x N, rows lda apart; see gru_impl.h) on nthr threads, the same bits for
- * every nthr. */
+/* Column sums of A (M x N, rows lda apart) on nthr threads, the same bits for every nthr:
+ * blocks of FG_CS_ROWS rows each summed in A's type in row order, the block sums and (as one
+ * running sum) the rows after the last whole block added in double, in order (gru_impl.h). */
+#define FG_CS_ROWS 256
 void fg_colsum_f(int M, int N, const float *A, long lda, float *out, int nthr);
 void fg_colsum_d(int M, int N, const double *A, long lda, double *out, int nthr);
 

@@ -554,17 +554,50 @@ FG_DEFINE_KB(kbt2_d, "avx2,fma", 2, 8, __m256d, double, FG_WD, 4, _mm256_loadu_p
 #endif
 #include <stdlib.h>
 
+/* Column sums taken while B is packed: column chunks in multiples of FG_BS_COLS (whole
+ * panels); the running sums of a block in B's type, those of the tail in double, each
+ * elementwise (the same bits on every ISA clone). */
+#define FG_BS_COLS 256
+#define FG_DEFINE_SUMROW(SUF, REAL)                                                           \
+    FG_CLONES static void fg_sum_row_##SUF(int n, const REAL *restrict row, REAL *restrict acc) \
+    {                                                                                         \
+        _Pragma("omp simd") for (int c = 0; c < n; c++) acc[c] += row[c];                     \
+    }                                                                                         \
+    FG_CLONES static void fg_sum_tail_##SUF(int n, const REAL *restrict row,                  \
+                                            double *restrict acc)                             \
+    {                                                                                         \
+        _Pragma("omp simd") for (int c = 0; c < n; c++) acc[c] += (double)row[c];             \
+    }
+#ifdef FG_X86
+FG_DEFINE_SUMROW(f, float)
+FG_DEFINE_SUMROW(d, double)
+#endif
+#if FG_KB % FG_CS_ROWS || FG_BS_COLS % FG_WF || FG_BS_COLS % FG_WD
+#error "K blocks must hold whole column-sum blocks, and sum chunks whole panels"
+#endif
+
 #define FG_DEFINE_GEMM_KB(SUF, REAL, W)                                                       \
     int fg_gemm_kb_##SUF(int isa, int ta, int tb, int M, int N, int K, const REAL *A,        \
-                         long lda, const REAL *B, long ldb, REAL *C, long ldc, int nthr)      \
+                         long lda, const REAL *B, long ldb, REAL *C, long ldc, int nthr,      \
+                         REAL *bsum)                                                          \
     {                                                                                         \
         if (isa != FG_ISA_AVX512 && isa != FG_ISA_AVX2) return -2;                            \
-        if (M <= 0 || N <= 0) return 0;                                                       \
-        if (K <= 0) {                                                                         \
+        if (bsum && tb) return -3;                                                            \
+        if (N <= 0) return 0;                                                                 \
+        if (M <= 0 || K <= 0) { /* nothing to pack: the sums on their own */                  \
+            if (bsum) fg_colsum_##SUF(K > 0 ? K : 0, N, B, ldb, bsum, nthr);                  \
             for (int i = 0; i < M; i++) memset(C + (long)i * ldc, 0, (size_t)N * sizeof(REAL)); \
             return 0;                                                                         \
         }                                                                                     \
         FG_KB_BODY(SUF, REAL, W)                                                              \
+    }
+/* Row k of the K block at k0: its pieces in panels [p0, p1), zero-padded past column N. */
+#define FG_KB_PACK_ROW(REAL, W, p0, p1)                                                       \
+    for (int p = p0; p < p1; p++) {                                                           \
+        const int w = N - p * W < W ? N - p * W : W;                                          \
+        REAL *d = pk + (long)p * FG_KB * W + (long)k * W;                                     \
+        memcpy(d, B + (long)(k0 + k) * ldb + (long)p * W, (size_t)w * sizeof(REAL));          \
+        for (int c = w; c < W; c++) d[c] = 0;                                                 \
     }
 #ifdef FG_X86
 #define FG_KB_BODY(SUF, REAL, W)                                                              \
@@ -579,6 +612,17 @@ FG_DEFINE_KB(kbt2_d, "avx2,fma", 2, 8, __m256d, double, FG_WD, 4, _mm256_loadu_p
             isa == FG_ISA_AVX512 ? kbt_##SUF##_rows : kbt2_##SUF##_rows;                          \
         REAL *pk = NULL;                                                                      \
         if (posix_memalign((void **)&pk, 64, (size_t)np * FG_KB * W * sizeof(REAL))) return -1; \
+        /* bsum: each whole block of FG_CS_ROWS rows of B summed in REAL (bpart, one row of N \
+         * per block), the rows after the last whole block in double (btail), as fg_colsum */ \
+        const int nfull = K / FG_CS_ROWS;                                                     \
+        REAL *bpart = NULL;                                                                   \
+        double *btail = NULL;                                                                 \
+        if (bsum && (!(bpart = malloc(((size_t)nfull * N + 1) * sizeof(REAL)))                 \
+                     || !(btail = calloc((size_t)N, sizeof(double))))) {                      \
+            free(bpart);                                                                      \
+            free(pk);                                                                         \
+            return -1;                                                                        \
+        }                                                                                     \
         if (nthr < 1) nthr = 1;                                                               \
         int failed = 0;                                                                       \
         _Pragma("omp parallel num_threads(nthr)")                                             \
@@ -607,18 +651,38 @@ FG_DEFINE_KB(kbt2_d, "avx2,fma", 2, 8, __m256d, double, FG_WD, 4, _mm256_loadu_p
                             for (int c = w; c < W; c++) d[c] = 0;                             \
                         }                                                                     \
                     }                                                                         \
-                } else { /* by rows of B, each read once in order (panel by panel, every     \
-                          * 256-byte piece was a new line at a stride of ldb: TLB and         \
-                          * prefetcher misses) */                                            \
+                } else if (!bsum) { /* by rows of B, each read once in order (panel by     \
+                                     * panel, every 256-byte piece was a new line at a stride \
+                                     * of ldb: TLB and prefetcher misses) */                 \
                     _Pragma("omp for schedule(static)")                                       \
                     for (int k = 0; k < kb; k++)                                              \
-                        for (int p = 0; p < np; p++) {                                        \
-                            const int w = N - p * W < W ? N - p * W : W;                      \
-                            REAL *d = pk + (long)p * FG_KB * W + (long)k * W;                 \
-                            memcpy(d, B + (long)(k0 + k) * ldb + (long)p * W,                 \
-                                   (size_t)w * sizeof(REAL));                                 \
-                            for (int c = w; c < W; c++) d[c] = 0;                             \
+                        FG_KB_PACK_ROW(REAL, W, 0, np)                                        \
+                } else { /* by (block of FG_CS_ROWS rows, column chunk): one thread packs   \
+                          * them row by row and sums each column in row order; whole rows    \
+                          * unless the blocks are fewer than the threads */                   \
+                    const int nsb = (kb + FG_CS_ROWS - 1) / FG_CS_ROWS;                       \
+                    const int want = nsb >= nthr ? 1 : (nthr + nsb - 1) / nsb;                \
+                    const int cw = ((N + want - 1) / want + FG_BS_COLS - 1) / FG_BS_COLS * FG_BS_COLS; \
+                    const int ncc = (N + cw - 1) / cw;                                        \
+                    _Pragma("omp for schedule(static)")                                       \
+                    for (int it = 0; it < nsb * ncc; it++) {                                  \
+                        const int r0 = it / ncc * FG_CS_ROWS, c0 = it % ncc * cw;             \
+                        const int r1 = kb - r0 < FG_CS_ROWS ? kb : r0 + FG_CS_ROWS;           \
+                        const int nc = N - c0 < cw ? N - c0 : cw;                             \
+                        const int p0 = c0 / W, p1 = (c0 + nc + W - 1) / W;                    \
+                        /* only the last block of the last K block can be partial: the tail */ \
+                        REAL *bp = bpart + (long)((k0 + r0) / FG_CS_ROWS) * N + c0;           \
+                        for (int k = r0; k < r1; k++) {                                       \
+                            FG_KB_PACK_ROW(REAL, W, p0, p1)                                   \
+                            const REAL *row = B + (long)(k0 + k) * ldb + c0;                  \
+                            if (r1 - r0 < FG_CS_ROWS)                                         \
+                                fg_sum_tail_##SUF(nc, row, btail + c0);                       \
+                            else if (k == r0)                                                 \
+                                memcpy(bp, row, (size_t)nc * sizeof(REAL));                   \
+                            else                                                              \
+                                fg_sum_row_##SUF(nc, row, bp);                                \
                         }                                                                     \
+                    }                                                                         \
                 }                                                                             \
                 _Pragma("omp for schedule(static)")                                           \
                 for (int it = 0; it < nmb * np; it++) {                                       \
@@ -674,6 +738,14 @@ FG_DEFINE_KB(kbt2_d, "avx2,fma", 2, 8, __m256d, double, FG_WD, 4, _mm256_loadu_p
             free(ap);                                                                         \
         }                                                                                     \
         free(pk);                                                                             \
+        if (bsum && !failed)                                                                  \
+            for (int c = 0; c < N; c++) {                                                     \
+                double tot = 0;                                                               \
+                for (int b = 0; b < nfull; b++) tot += (double)bpart[(long)b * N + c];        \
+                bsum[c] = (REAL)(tot + btail[c]);                                             \
+            }                                                                                 \
+        free(bpart);                                                                          \
+        free(btail);                                                                          \
         return failed ? -1 : 0;
 #else
 #define FG_KB_BODY(SUF, REAL, W) return -2;

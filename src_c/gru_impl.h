@@ -696,8 +696,7 @@ void FN(fg_gemm_par)(GEMMT gemm, int ta, int tb, int M, int N, int K, const REAL
  * in double, in order. Exactly cpu._column_sums' NumPy expression, whatever nthr (threads take
  * whole column chunks; the vector lanes run across columns): as accurate as a double sum at
  * the speed of a float one. */
-#ifndef FG_CS_ROWS
-#define FG_CS_ROWS 256 /* rows per block */
+#ifndef FG_CS_COLS
 #define FG_CS_COLS 2048 /* columns per chunk at most (rows read in long contiguous runs) */
 #endif
 FG_CLONES static void FN(colsum_chunk)(int M, int nc, const REAL *restrict A, long lda,

@@ -262,6 +262,44 @@ def test_column_sums_are_the_two_level_numpy_sums_on_any_thread_count(dtype, rng
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_packed_gemm_column_sums_of_b_are_colsum_bits(dtype, rng):
+    """gemm(..., bsum=s) on the packed kernel: s holds B's column sums with exactly the bits of
+    colsum (whole 256-row blocks, the rows after them in double) while C keeps the bits of the
+    plain call, for every ISA, thread count (more threads than 256-row blocks split the
+    columns), transposition of A, column slice of B and K with and without a tail."""
+    from fastgru._cpu import _gru
+
+    isas = [i for i in (1, 2) if i <= _gru.isa_best()]
+    if not isas:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512")
+    for M, N, K in [(1, 1, 1), (5, 70, 255), (7, 300, 256), (3, 600, 513), (64, 384, 1300),
+                    (2, 17, 0), (0, 40, 600)]:
+        for ta in (False, True):
+            a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+            b = rng.standard_normal((K, N + 5)).astype(dtype)[:, 2 : N + 2]
+            want = np.empty(N, dtype)
+            _gru.colsum(b, want, 1)
+            plain = np.empty((M, N), dtype)
+            _gru.gemm(a, ta, b, False, plain, 1, True, isas[-1])
+            for isa in isas:
+                for n in (1, 2, 3, 5):
+                    c, s = np.full((M, N), 7, dtype), np.full(N, 7, dtype)
+                    _gru.gemm(a, ta, b, False, c, n, True, isa, s)
+                    assert np.array_equal(s, want), (M, N, K, ta, isa, n)
+                    assert np.array_equal(c, plain), (M, N, K, ta, isa, n)
+    one = np.ones((4, 3), dtype)
+    with pytest.raises(ValueError, match="bsum needs packed=True and B not transposed"):
+        _gru.gemm(one, True, np.ones((5, 4), dtype), True, np.empty((3, 5), dtype), 1, True,
+                  isas[-1], np.empty(5, dtype))
+    with pytest.raises(ValueError, match="bsum needs packed"):
+        _gru.gemm(one, True, np.ones((4, 5), dtype), False, np.empty((3, 5), dtype), 1, False,
+                  -1, np.empty(5, dtype))
+    with pytest.raises(ValueError, match=r"bsum must be a writeable \(5,\) array"):
+        _gru.gemm(one, True, np.ones((4, 5), dtype), False, np.empty((3, 5), dtype), 1, True,
+                  isas[-1], np.empty(4, dtype))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_packed_gemm_every_layout_row_exact(dtype, rng):
     """The K-blocked GEMM of the backward (``packed=True``) on every vector ISA this CPU runs:
     both transpositions, column slices, K across several blocks and partial panels / row

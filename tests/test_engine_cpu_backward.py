@@ -193,6 +193,31 @@ def test_packed_and_blas_weight_gradients_agree(dtype, rng, monkeypatch):
         assert a.shape == b.shape and np.max(np.abs(a - b)) <= tol * max(1, np.max(np.abs(b)))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("reset_after", [True, False])
+def test_bias_gradients_from_the_packed_gemms_equal_column_sums(dtype, reset_after, rng,
+                                                               monkeypatch):
+    """With the packed weight-gradient GEMMs the bias gradients are taken while dA / dR are
+    packed: bit for bit the separate column sums of the BLAS path (B*T = 600 rows: two whole
+    256-row blocks and a tail), with and without a mask and shared input dropout."""
+    for mask, dropout in (("none", "none"), ("arbitrary", "shared")):
+        args, kw = make_case(rng, 12, 50, 7, 70, mask=mask, dropout=dropout,
+                             reset_after=reset_after, return_sequences=True, dtype=dtype,
+                             scale=0.3)
+        o, _, tape = cpu.forward(*args, **kw, training=True)
+        monkeypatch.delenv("FASTGRU_CPU_WGRAD", raising=False)
+        if cpu._packed_wgrad(cpu._isa(None)) is None:
+            pytest.skip("no packed weight-gradient kernel on this CPU")
+        packed = cpu.backward(tape, np.ones_like(o), n_threads=2)
+        monkeypatch.setenv("FASTGRU_CPU_WGRAD", "blas")
+        blas = cpu.backward(tape, np.ones_like(o), n_threads=2)
+        assert packed.bias.shape == ((2, 210) if reset_after else (210,))
+        assert np.array_equal(packed.bias, blas.bias)
+        if dtype == np.float64:  # and they are the right sums
+            rtape = ref_forward(args, kw, training=True)[2]
+            assert rel_err(packed.bias, reference.backward(rtape, np.ones(o.shape)).bias) < 1e-10
+
+
 def test_float32_weight_gradients_accurate_over_long_sums(rng):
     """Weight and bias gradients sum B*T = 8192 terms: two-level sums (K blocks in the packed
     GEMM, float64 for the bias) keep float32 within a few 1e-7 of the float64 reference, as

@@ -144,12 +144,14 @@ cdef int _ld(object m, str name) except -1:
     return max(<int>(a.strides[0] // it), <int>a.shape[1], 1)
 
 
-def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False, int isa=-1):
+def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False, int isa=-1,
+         bsum=None):
     """C (M, N) = op(A) @ op(B) (op = transpose where trans_*) on n_threads OpenMP threads:
     each running single-threaded BLAS on a block (pin BLAS to one thread around the call), or,
     with ``packed``, the K-blocked packed-panel kernel (fg_gemm_kb) of ``isa`` (AVX2 or
     AVX-512; -1: the best this CPU runs), whose bits do not depend on n_threads or the ISA.
-    Operands: 2-D arrays with contiguous rows (column slices allowed)."""
+    Operands: 2-D arrays with contiguous rows (column slices allowed). ``bsum`` (N,) (packed,
+    B not transposed): also B's column sums, the bits of colsum(B), taken while B is packed."""
     cdef int t = _typenum(A)
     if _typenum(B) != t or _typenum(C) != t:
         raise TypeError("gemm: A, B and C must share one dtype")
@@ -164,7 +166,15 @@ def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False, 
     cdef void *a = cnp.PyArray_DATA(<cnp.ndarray>A)
     cdef void *b = cnp.PyArray_DATA(<cnp.ndarray>B)
     cdef void *c = cnp.PyArray_DATA(<cnp.ndarray>C)
+    cdef void *s = NULL
     cdef int rc = 0
+    if bsum is not None:
+        if not packed or trans_b:
+            raise ValueError("gemm: bsum needs packed=True and B not transposed")
+        if _typenum(bsum) != t or bsum.ndim != 1 or bsum.shape[0] != N \
+                or not bsum.flags.writeable:
+            raise ValueError(f"gemm: bsum must be a writeable ({N},) array of C's dtype")
+        s = _p(bsum, t, N, "bsum")
     if packed:
         if isa < 0:
             isa = fg_isa_best()
@@ -174,10 +184,10 @@ def gemm(A, bint trans_a, B, bint trans_b, C, int n_threads, bint packed=False, 
         with nogil:
             if t == cnp.NPY_FLOAT64:
                 rc = fg_gemm_kb_d(isa, trans_a, trans_b, M, N, K, <double *>a, lda,
-                                  <double *>b, ldb, <double *>c, ldc, n_threads)
+                                  <double *>b, ldb, <double *>c, ldc, n_threads, <double *>s)
             else:
                 rc = fg_gemm_kb_f(isa, trans_a, trans_b, M, N, K, <float *>a, lda,
-                                  <float *>b, ldb, <float *>c, ldc, n_threads)
+                                  <float *>b, ldb, <float *>c, ldc, n_threads, <float *>s)
         if rc == -1:
             raise MemoryError("gemm: out of memory for the packed panels")
         if rc:

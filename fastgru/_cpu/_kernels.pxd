@@ -75,9 +75,9 @@ cdef extern from "fastgru.h" nogil:
 
     int fg_backward(const fg_bwd_args *a)
     int fg_gemm_kb_f(int isa, int ta, int tb, int M, int N, int K, const float *A, long lda,
-                     const float *B, long ldb, float *C, long ldc, int nthr)
+                     const float *B, long ldb, float *C, long ldc, int nthr, float *bsum)
     int fg_gemm_kb_d(int isa, int ta, int tb, int M, int N, int K, const double *A, long lda,
-                     const double *B, long ldb, double *C, long ldc, int nthr)
+                     const double *B, long ldb, double *C, long ldc, int nthr, double *bsum)
     void fg_gemm_par_f(fg_sgemm_t gemm, int ta, int tb, int M, int N, int K, const float *A,
                        int lda, const float *B, int ldb, float *C, int ldc, int nthr)
     void fg_gemm_par_d(fg_dgemm_t gemm, int ta, int tb, int M, int N, int K, const double *A,

@@ -604,15 +604,16 @@ def _packed_wgrad(isa: int):
     return isa if isa != _ISA["generic"] and name != "blas" else None
 
 
-def _mm(a, b, out=None, n=1, ta=False, tb=False, packed=None):
+def _mm(a, b, out=None, n=1, ta=False, tb=False, packed=None, bsum=None):
     """op(a) @ op(b) (op = transpose where ta / tb) into out (fresh when None): fg_gemm_par over
     n OpenMP threads, each running a single-threaded BLAS call on a block. a, b and out are 2-D
     with contiguous rows (column slices allowed). Not BLAS's own threads: OpenBLAS's workers
-    busy-wait ~0.1 s after a call and then slow the next forward's OpenMP threads."""
+    busy-wait ~0.1 s after a call and then slow the next forward's OpenMP threads. ``bsum``
+    (packed only, b not transposed): also b's column sums (_column_sums' bits) into it."""
     if out is None:
         out = np.empty((a.shape[1] if ta else a.shape[0], b.shape[0] if tb else b.shape[1]),
                        a.dtype)
-    _gru.gemm(a, ta, b, tb, out, n, packed is not None, -1 if packed is None else packed)
+    _gru.gemm(a, ta, b, tb, out, n, packed is not None, -1 if packed is None else packed, bsum)
     return out
 
 
@@ -641,12 +642,19 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=N
         mp = mask.view(bool)[:, ::-1] if spec.go_backwards else mask.view(bool)
         xp = np.where(mp[:, :, None], xp, 0).astype(dtype, copy=False)
     dA2 = dA.reshape(BT, 3 * u)
+    # The bias gradients are column sums of dA / dR: the packed GEMMs that read them as B take
+    # the sums on the way (the same bits as _column_sums, one pass over 2 * B*T*3u fewer)
+    want_bias = spec.use_bias and s["has_bias"]
+    db_in = np.empty(3 * u, dtype) if want_bias and packed is not None and (
+        mx is None or mx.ndim == 2) else None
+    db_rec = np.empty(3 * u, dtype) if want_bias and packed is not None and (
+        spec.reset_after and mh is None) else None
 
     if mx is None:
-        dkernel = mm(np.ascontiguousarray(xp).reshape(BT, D), dA2, ta=True)
+        dkernel = mm(np.ascontiguousarray(xp).reshape(BT, D), dA2, ta=True, bsum=db_in)
         dxp = mm(dA2, W, tb=True).reshape(B, T, D)
     elif mx.ndim == 2:
-        dkernel = mm((xp * mx[:, None, :]).reshape(BT, D), dA2, ta=True)
+        dkernel = mm((xp * mx[:, None, :]).reshape(BT, D), dA2, ta=True, bsum=db_in)
         dxp = mm(dA2, W, tb=True).reshape(B, T, D) * mx[:, None, :]
     else:
         dkernel = np.empty_like(W)
@@ -662,7 +670,8 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=N
     drec = np.empty((u, 3 * u), dtype)
     n_state_gates = 3 if spec.reset_after else 2
     if mh is None:
-        mm(H, dRec[:, : n_state_gates * u], drec[:, : n_state_gates * u], ta=True)
+        mm(H, dRec[:, : n_state_gates * u], drec[:, : n_state_gates * u], ta=True,
+           bsum=db_rec)
     else:
         for g in range(n_state_gates):
             hg = (s["hprev"] * mh[g][:, None, :]).reshape(BT, u)
@@ -671,7 +680,9 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=N
         mm(s["rp"].reshape(BT, u), dA2[:, gates[2]], drec[:, gates[2]], ta=True)
 
     bias = None
-    if spec.use_bias and s["has_bias"]:
-        db_in = _column_sums(dA2, n)
-        bias = np.stack([db_in, _column_sums(dRec, n)]) if spec.reset_after else db_in
+    if want_bias:
+        db_in = _column_sums(dA2, n) if db_in is None else db_in
+        if spec.reset_after:
+            db_rec = _column_sums(dRec, n) if db_rec is None else db_rec
+        bias = np.stack([db_in, db_rec]) if spec.reset_after else db_in
     return Gradients(dx, dh0, dkernel, drec, bias)
