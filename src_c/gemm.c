@@ -671,11 +671,12 @@ FG_DEFINE_SUMROW(d, double)
                         const int nc = N - c0 < cw ? N - c0 : cw;                             \
                         const int p0 = c0 / W, p1 = (c0 + nc + W - 1) / W;                    \
                         /* only the last block of the last K block can be partial: the tail */ \
-                        REAL *bp = bpart + (long)((k0 + r0) / FG_CS_ROWS) * N + c0;           \
+                        const int full = r1 - r0 == FG_CS_ROWS;                               \
+                        REAL *bp = full ? bpart + (long)((k0 + r0) / FG_CS_ROWS) * N + c0 : 0; \
                         for (int k = r0; k < r1; k++) {                                       \
                             FG_KB_PACK_ROW(REAL, W, p0, p1)                                   \
                             const REAL *row = B + (long)(k0 + k) * ldb + c0;                  \
-                            if (r1 - r0 < FG_CS_ROWS)                                         \
+                            if (!full)                                                        \
                                 fg_sum_tail_##SUF(nc, row, btail + c0);                       \
                             else if (k == r0)                                                 \
                                 memcpy(bp, row, (size_t)nc * sizeof(REAL));                   \

@@ -49,7 +49,7 @@ NAME = "cpu"
 try:
     from .._cpu import _gru
     _IMPORT_ERROR = None
-    _gru.ptr_prefetch()  # CPUID and FASTGRU_CPU_L1_PREFETCH read now, before any thread team
+    _gru.ptr_prefetch()  # FASTGRU_CPU_L1_PREFETCH read now, before any thread team
 except ImportError as exc:  # source tree without a build: everything else still works
     _gru = None
     _IMPORT_ERROR = exc
