@@ -93,6 +93,9 @@ configs = st.fixed_dictionaries({
 @example({"reset_after": True, "use_bias": False, "return_sequences": False,
           "go_backwards": False, "zero_output_for_mask": False, "mask": "none", "dropout": "none",
           "activation": "exponential", "recurrent_activation": "tanh", "seed": 200})
+@example({"reset_after": False, "use_bias": True, "return_sequences": False,
+          "go_backwards": True, "zero_output_for_mask": False, "mask": "random", "dropout": "none",
+          "activation": "exponential", "recurrent_activation": "tanh", "seed": 4725})
 def test_backward_matches_central_differences(cfg):
     rng = np.random.default_rng(cfg["seed"])
     B, T, D, u = 2, 3, 3, 2
@@ -133,7 +136,13 @@ def test_backward_matches_central_differences(cfg):
         if arr is None:
             assert got is None
             continue
-        num = central_diff(loss, arr, eps=1e-6)
+        # eps 1e-4, not 1e-6: the float64 loss is smooth only down to the rounding of each
+        # elementwise step, which 'exponential' and the recurrence amplify into jumps of ~1e-11
+        # of its value at points (seed 4725: 6e-10 of 52.8 at one offset of rec[1, 1]; hypothesis
+        # found it with a random seed, CI's derandomized run does not); a difference across
+        # such a jump is off by jump / (2 eps): 3e-4 at 1e-6, 3e-6 at 1e-4, whose truncation
+        # error (eps^2 f''' / 6) is still far below the tolerance
+        num = central_diff(loss, arr, eps=1e-4)
         # atol relative to the gradients' scale: with 'exponential' they reach ~200 and the
         # differences' rounding ~3e-6 (hypothesis found seed 200 failing an atol of 1e-6)
         np.testing.assert_allclose(got, num, rtol=1e-5, atol=1e-6 * max(1.0, np.abs(num).max()))
