@@ -20,6 +20,7 @@ ext = Extension(
     "fastgru._cpu._gru",
     sources=["fastgru/_cpu/_gru.pyx", "src_c/gemm.c", "src_c/act.c", "src_c/gru.c"],
     depends=["src_c/fastgru.h", "src_c/act_impl.h", "src_c/act_inline.h", "src_c/gru_impl.h",
+             "src_c/colsum_inline.h",
              "fastgru/_cpu/_kernels.pxd"],
     include_dirs=["src_c", numpy.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

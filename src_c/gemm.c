@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include "fastgru.h"
+#include "colsum_inline.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
@@ -554,19 +555,18 @@ FG_DEFINE_KB(kbt2_d, "avx2,fma", 2, 8, __m256d, double, FG_WD, 4, _mm256_loadu_p
 #endif
 #include <stdlib.h>
 
-/* Column sums taken while B is packed: column chunks in multiples of FG_BS_COLS (whole
- * panels); the running sums of a block in B's type, those of the tail in double, each
- * elementwise (the same bits on every ISA clone). */
+/* Column sums taken while B is packed (colsum_inline.h): column chunks in multiples of
+ * FG_BS_COLS (whole panels); the steps compiled per ISA here, since the packing code is not. */
 #define FG_BS_COLS 256
 #define FG_DEFINE_SUMROW(SUF, REAL)                                                           \
     FG_CLONES static void fg_sum_row_##SUF(int n, const REAL *restrict row, REAL *restrict acc) \
     {                                                                                         \
-        _Pragma("omp simd") for (int c = 0; c < n; c++) acc[c] += row[c];                     \
+        fg_cs_add_##SUF(n, row, acc);                                                         \
     }                                                                                         \
     FG_CLONES static void fg_sum_tail_##SUF(int n, const REAL *restrict row,                  \
                                             double *restrict acc)                             \
     {                                                                                         \
-        _Pragma("omp simd") for (int c = 0; c < n; c++) acc[c] += (double)row[c];             \
+        fg_cs_addd_##SUF(n, row, acc);                                                        \
     }
 #ifdef FG_X86
 FG_DEFINE_SUMROW(f, float)
@@ -616,9 +616,9 @@ FG_DEFINE_SUMROW(d, double)
          * per block), the rows after the last whole block in double (btail), as fg_colsum */ \
         const int nfull = K / FG_CS_ROWS;                                                     \
         REAL *bpart = NULL;                                                                   \
-        double *btail = NULL;                                                                 \
+        double *btail = NULL; /* N tail sums, then N block sums */                            \
         if (bsum && (!(bpart = malloc(((size_t)nfull * N + 1) * sizeof(REAL)))                 \
-                     || !(btail = calloc((size_t)N, sizeof(double))))) {                      \
+                     || !(btail = calloc(2 * (size_t)N, sizeof(double))))) {                  \
             free(bpart);                                                                      \
             free(pk);                                                                         \
             return -1;                                                                        \
@@ -739,12 +739,10 @@ FG_DEFINE_SUMROW(d, double)
             free(ap);                                                                         \
         }                                                                                     \
         free(pk);                                                                             \
-        if (bsum && !failed)                                                                  \
-            for (int c = 0; c < N; c++) {                                                     \
-                double tot = 0;                                                               \
-                for (int b = 0; b < nfull; b++) tot += (double)bpart[(long)b * N + c];        \
-                bsum[c] = (REAL)(tot + btail[c]);                                             \
-            }                                                                                 \
+        if (bsum && !failed) {                                                                \
+            for (int b = 0; b < nfull; b++) fg_sum_tail_##SUF(N, bpart + (long)b * N, btail + N); \
+            fg_cs_out_##SUF(N, btail + N, btail, bsum);                                       \
+        }                                                                                     \
         free(bpart);                                                                          \
         free(btail);                                                                          \
         return failed ? -1 : 0;

@@ -9,6 +9,7 @@ static inline int omp_get_num_threads(void) { return 1; }
 #endif
 #include "fastgru.h"
 #include "act_inline.h"
+#include "colsum_inline.h"
 #include <sched.h>
 #include <stdatomic.h>
 

@@ -708,20 +708,12 @@ FG_CLONES static void FN(colsum_chunk)(int M, int nc, const REAL *restrict A, lo
     for (int c = 0; c < nc; c++) tot[c] = 0, tail[c] = 0;
     for (int b = 0; b < nb; b++) {
         const REAL *r0 = A + (long)b * FG_CS_ROWS * lda;
-#pragma omp simd
-        for (int c = 0; c < nc; c++) blk[c] = r0[c];
-        for (int r = 1; r < FG_CS_ROWS; r++) {
-            const REAL *row = r0 + (long)r * lda;
-#pragma omp simd
-            for (int c = 0; c < nc; c++) blk[c] += row[c];
-        }
-#pragma omp simd
-        for (int c = 0; c < nc; c++) tot[c] += (double)blk[c];
+        memcpy(blk, r0, (size_t)nc * sizeof(REAL));
+        for (int r = 1; r < FG_CS_ROWS; r++) FN_CAT(fg_cs_add, SUF)(nc, r0 + (long)r * lda, blk);
+        FN_CAT(fg_cs_addd, SUF)(nc, blk, tot);
     }
-    for (int r = nb * FG_CS_ROWS; r < M; r++)
-#pragma omp simd
-        for (int c = 0; c < nc; c++) tail[c] += (double)A[(long)r * lda + c];
-    for (int c = 0; c < nc; c++) out[c] = (REAL)(tot[c] + tail[c]);
+    for (int r = nb * FG_CS_ROWS; r < M; r++) FN_CAT(fg_cs_addd, SUF)(nc, A + (long)r * lda, tail);
+    FN_CAT(fg_cs_out, SUF)(nc, tot, tail, out);
 }
 
 void FN(fg_colsum)(int M, int N, const REAL *A, long lda, REAL *out, int nthr)

@@ -645,10 +645,9 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=N
     # The bias gradients are column sums of dA / dR: the packed GEMMs that read them as B take
     # the sums on the way (the same bits as _column_sums, one pass over 2 * B*T*3u fewer)
     want_bias = spec.use_bias and s["has_bias"]
-    db_in = np.empty(3 * u, dtype) if want_bias and packed is not None and (
-        mx is None or mx.ndim == 2) else None
-    db_rec = np.empty(3 * u, dtype) if want_bias and packed is not None and (
-        spec.reset_after and mh is None) else None
+    fuse = want_bias and packed is not None
+    db_in = np.empty(3 * u, dtype) if fuse and (mx is None or mx.ndim == 2) else None
+    db_rec = np.empty(3 * u, dtype) if fuse and spec.reset_after and mh is None else None
 
     if mx is None:
         dkernel = mm(np.ascontiguousarray(xp).reshape(BT, D), dA2, ta=True, bsum=db_in)
