@@ -152,4 +152,15 @@ int fg_gemm_kb_d(int isa, int ta, int tb, int M, int N, int K, const double *A, 
 void fg_colsum_f(int M, int N, const float *A, long lda, float *out, int nthr);
 void fg_colsum_d(int M, int N, const double *A, long lda, double *out, int nthr);
 
+/* Workspace cache (ws.c): 64-byte aligned scratch of at least `bytes` (contents undefined),
+ * *got its real size (give it back to fg_ws_free); kept blocks are reused by later calls
+ * instead of freed (up to 16 blocks, 256 MB). fg_ws_trim frees the kept ones (returns their
+ * bytes), fg_ws_kept tells how many bytes are kept. */
+void *fg_ws_alloc(size_t bytes, size_t *got);
+void fg_ws_free(void *p, size_t bytes);
+size_t fg_ws_trim(void);
+size_t fg_ws_kept(void);
+void fg_ws_poison(void); /* fills the kept blocks with NaN bytes (tests: no call may read a
+                          * workspace before writing it) */
+
 #endif

@@ -610,19 +610,21 @@ FG_DEFINE_SUMROW(d, double)
         void (*rows)(int, int, const REAL *, long, long, const REAL *, REAL *, long, int,      \
                      const char *, int) =                                                     \
             isa == FG_ISA_AVX512 ? kbt_##SUF##_rows : kbt2_##SUF##_rows;                          \
-        REAL *pk = NULL;                                                                      \
-        if (posix_memalign((void **)&pk, 64, (size_t)np * FG_KB * W * sizeof(REAL))) return -1; \
+        size_t pk_n = 0, bpart_n = 0, btail_n = 0;                                            \
+        REAL *pk = fg_ws_alloc((size_t)np * FG_KB * W * sizeof(REAL), &pk_n);                  \
+        if (!pk) return -1;                                                                   \
         /* bsum: each whole block of FG_CS_ROWS rows of B summed in REAL (bpart, one row of N \
          * per block), the rows after the last whole block in double (btail), as fg_colsum */ \
         const int nfull = K / FG_CS_ROWS;                                                     \
         REAL *bpart = NULL;                                                                   \
         double *btail = NULL; /* N tail sums, then N block sums */                            \
-        if (bsum && (!(bpart = malloc(((size_t)nfull * N + 1) * sizeof(REAL)))                 \
-                     || !(btail = calloc(2 * (size_t)N, sizeof(double))))) {                  \
-            free(bpart);                                                                      \
-            free(pk);                                                                         \
+        if (bsum && (!(bpart = fg_ws_alloc(((size_t)nfull * N + 1) * sizeof(REAL), &bpart_n)) \
+                     || !(btail = fg_ws_alloc(2 * (size_t)N * sizeof(double), &btail_n)))) { \
+            fg_ws_free(bpart, bpart_n);                                                       \
+            fg_ws_free(pk, pk_n);                                                             \
             return -1;                                                                        \
         }                                                                                     \
+        if (btail) memset(btail, 0, 2 * (size_t)N * sizeof(double));                          \
         if (nthr < 1) nthr = 1;                                                               \
         int failed = 0;                                                                       \
         _Pragma("omp parallel num_threads(nthr)")                                             \
@@ -631,8 +633,8 @@ FG_DEFINE_SUMROW(d, double)
             /* transposed A: this thread's m-block packed as 6-row strips (k-major), since   \
              * reading 6 adjacent values from kb different rows touched a line per k */       \
             REAL *ap = NULL;                                                                  \
-            if (ta && posix_memalign((void **)&ap, 64, (size_t)mbmax * FG_KB * sizeof(REAL)))  \
-                ap = NULL;                                                                    \
+            size_t ap_n = 0;                                                                  \
+            if (ta) ap = fg_ws_alloc((size_t)mbmax * FG_KB * sizeof(REAL), &ap_n);            \
             if (ta && !ap) {                                                                  \
                 _Pragma("omp atomic write")                                                   \
                 failed = 1;                                                                   \
@@ -736,15 +738,15 @@ FG_DEFINE_SUMROW(d, double)
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
-            free(ap);                                                                         \
+            fg_ws_free(ap, ap_n);                                                             \
         }                                                                                     \
-        free(pk);                                                                             \
+        fg_ws_free(pk, pk_n);                                                                 \
         if (bsum && !failed) {                                                                \
             for (int b = 0; b < nfull; b++) fg_sum_tail_##SUF(N, bpart + (long)b * N, btail + N); \
             fg_cs_out_##SUF(N, btail + N, btail, bsum);                                       \
         }                                                                                     \
-        free(bpart);                                                                          \
-        free(btail);                                                                          \
+        fg_ws_free(bpart, bpart_n);                                                           \
+        fg_ws_free(btail, btail_n);                                                           \
         return failed ? -1 : 0;
 #else
 #define FG_KB_BODY(SUF, REAL, W) return -2;

@@ -335,12 +335,6 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     }
 }
 
-static void *FN(alloc)(size_t n)
-{   /* 64-byte aligned, at least one element so that "empty" never yields NULL */
-    void *p = NULL;
-    if (posix_memalign(&p, 64, (n ? n : 1) * sizeof(REAL))) return NULL;
-    return p;
-}
 
 static int FN(forward)(const fg_fwd_args *a)
 {
@@ -364,17 +358,13 @@ static int FN(forward)(const fg_fwd_args *a)
     size_t team_n = (size_t)rows_max * (5 * u + 3 * up) + (size_t)tc * rows_max * (a->wpk ? 3 * up : u3);
     /* private: xb ((proj_rows + 2) x D), pad (2 x 3u), hg (3 x rows x u), tmp (6u) */
     size_t priv_n = (size_t)(proj_rows + 2) * D + 2 * (size_t)u3 + (a->mh ? 3 * (size_t)rows_max * u : 0) + 6 * (size_t)u;
-    REAL *team_mem = FN(alloc)(team_n * ngroups);
-    REAL *priv_mem = FN(alloc)(priv_n * nthr);
-    if (!team_mem || !priv_mem) {
-        free(team_mem);
-        free(priv_mem);
-        return -1;
-    }
+    size_t team_got = 0, priv_got = 0;
+    REAL *team_mem = fg_ws_alloc(team_n * ngroups * sizeof(REAL), &team_got);
+    REAL *priv_mem = fg_ws_alloc(priv_n * nthr * sizeof(REAL), &priv_got);
     fg_barrier bar;
-    if (fg_barrier_init(&bar, nthr)) {
-        free(team_mem);
-        free(priv_mem);
+    if (!team_mem || !priv_mem || fg_barrier_init(&bar, nthr)) {
+        fg_ws_free(team_mem, team_got);
+        fg_ws_free(priv_mem, priv_got);
         return -1;
     }
 #pragma omp parallel num_threads(nthr)
@@ -404,8 +394,8 @@ static int FN(forward)(const fg_fwd_args *a)
         }
     }
     fg_barrier_free(&bar);
-    free(team_mem);
-    free(priv_mem);
+    fg_ws_free(team_mem, team_got);
+    fg_ws_free(priv_mem, priv_got);
     return 0;
 }
 
@@ -630,7 +620,8 @@ static int FN(backward)(const fg_bwd_args *a)
     if (nthr > B) nthr = B;
     int rows_max = (B + nthr - 1) / nthr;
     size_t per = (size_t)rows_max * (5 * (size_t)u + 3 * (size_t)up) + 6 * (size_t)u;
-    REAL *mem = FN(alloc)(per * nthr);
+    size_t got = 0;
+    REAL *mem = fg_ws_alloc(per * nthr * sizeof(REAL), &got);
     if (!mem) return -1;
 #pragma omp parallel num_threads(nthr)
     {
@@ -640,7 +631,7 @@ static int FN(backward)(const fg_bwd_args *a)
             FN(bwd_rows)(a, r0, r1 - r0, mem + per * g);
         }
     }
-    free(mem);
+    fg_ws_free(mem, got);
     return 0;
 }
 

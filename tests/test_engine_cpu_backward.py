@@ -250,24 +250,27 @@ def test_record_buffers_reused_only_after_their_last_view(rng, monkeypatch):
     def fwd():
         return cpu.forward(*args, **kw, training=True)
 
+    def pooled():  # the pool also takes outputs, gradients and packed kernels (all pooled here)
+        return {p.raw.ctypes.data + (-p.raw.ctypes.data % 64) for p in cpu._pool}
+
     o, _, tape = fwd()
     want = cpu.backward(tape, np.ones_like(o))
     addrs = {tape.saved[k].ctypes.data for k in keys}
     held, sliced, twin = tape.saved["pre"], tape.saved["hprev"][1:], dataclasses.replace(tape)
     del tape
     gc.collect()
-    assert cpu._pool == []  # every buffer still viewed: the array itself, a slice, a twin tape
+    assert not addrs & pooled()  # each still viewed: the array itself, a slice, a twin tape
     fresh = fwd()[2]
     assert not any(np.shares_memory(fresh.saved[k], a) for k in keys for a in (held, sliced))
     assert all(np.array_equal(a, b)
                for a, b in zip(cpu.backward(twin, np.ones_like(o)), want))
     del held, sliced, twin, fresh
     gc.collect()
-    assert len(cpu._pool) == 6
-    pooled = {p.raw.ctypes.data + (-p.raw.ctypes.data % 64) for p in cpu._pool}
-    assert addrs <= pooled
+    before = pooled()
+    assert addrs <= before
     o2, _, again = fwd()
-    assert {again.saved[k].ctypes.data for k in keys} <= pooled and len(cpu._pool) == 3
+    now = {again.saved[k].ctypes.data for k in keys}
+    assert now <= before and not now & pooled()
     assert all(np.array_equal(a, b) for a, b in zip(cpu.backward(again, np.ones_like(o2)), want))
 
 
@@ -332,3 +335,77 @@ def test_dropout_masks_reach_the_right_gradients(rng):
     g = cpu.backward(tape, np.ones_like(out))
     assert np.all(g.x == 0) and np.all(g.kernel == 0) and np.all(g.recurrent_kernel == 0)
     assert np.any(g.h0 != 0) and np.any(g.bias != 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# kept scratch (src_c/ws.c) and pooled results
+
+
+@pytest.mark.parametrize("isa", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kept_workspace_is_never_read_before_written(isa, dtype, rng, monkeypatch):
+    """The kernels keep their scratch (team buffers, packed GEMM blocks, strips, bias sums) for
+    later calls: whatever a call left there (here NaN in every byte) must not reach a result.
+    Forward and backward, each path that sizes or fills its scratch differently."""
+    from fastgru._cpu import _gru
+
+    if isa not in supported_isas():
+        pytest.skip(f"{isa} not supported by this CPU")
+    cases = [  # (B, T, D, u, make_case options, threads)
+        (5, 9, 7, 70, dict(mask="arbitrary", return_sequences=True), 2),
+        (3, 6, 4, 33, dict(reset_after=False, go_backwards=True, dropout="per_gate"), 1),
+        (2, 7, 5, 130, dict(dropout="recurrent", mask="right"), 2),  # split units
+        (1, 8, 3, 130, dict(return_sequences=True, h0=False), 2),
+        (300, 2, 9, 40, dict(dropout="shared", return_sequences=True), 2),  # K-blocked tails
+    ]
+    for proj in ("panels", "blas"):
+        monkeypatch.setenv("FASTGRU_CPU_PROJ", proj)
+        for B, T, D, u, opts, n in cases:
+            args, kw = make_case(rng, B, T, D, u, dtype=dtype, **opts)
+            out_shape = (B, T, u) if args[3].return_sequences else (B, u)
+            dy, dh = upstream(rng, out_shape, u, B, dtype)
+            results = []
+            for poison in (False, True):
+                if poison:
+                    assert _gru.workspace() > 0
+                    _gru.workspace("poison")
+                else:
+                    _gru.workspace("trim")
+                    assert _gru.workspace() == 0
+                o, h, tape = cpu.forward(*args, **kw, training=True, n_threads=n, kernel=isa)
+                g = cpu.backward(tape, dy, dh, n_threads=n, kernel=isa)
+                results.append([o, h, *g])
+            for a, b in zip(*results):
+                assert a is None and b is None or np.array_equal(a, b, equal_nan=True)
+                assert a is None or np.isfinite(a).all()
+
+
+def test_kept_workspace_trim():
+    from fastgru._cpu import _gru
+
+    args, kw = make_case(np.random.default_rng(1), 4, 5, 6, 70, dtype=np.float32)
+    cpu.forward(*args, **kw)
+    kept = _gru.workspace()
+    assert kept > 0 and _gru.workspace("trim") == kept and _gru.workspace() == 0
+    with pytest.raises(ValueError, match="action"):
+        _gru.workspace("free")
+
+
+def test_packed_cache_drops_older_versions_of_the_same_memory(rng):
+    """Weights updated in place under new version keys (a training loop) keep one packed entry
+    per matrix, not one per step; a different array keeps its own."""
+    args, kw = make_case(rng, 2, 3, 4, 70, dtype=np.float32)
+    x, w, h0, spec = args
+    other = Weights(w.kernel.copy(), w.recurrent_kernel.copy(), w.bias)
+    cpu._PACK_CACHE.clear()
+    want = None
+    for version in range(5):
+        w.recurrent_kernel[0, 0] += 1  # in place, as an optimizer step
+        got = cpu.forward(x, w, h0, spec, weights_key=("layer", version))[0]
+        assert np.array_equal(got, cpu.forward(x, w, h0, spec)[0])  # unkeyed: packed afresh
+        assert len(cpu._PACK_CACHE) == 2  # U and W of the latest version
+        want = got
+    cpu.forward(x, other, h0, spec, weights_key=("other", 0))
+    assert len(cpu._PACK_CACHE) == 4
+    # the latest version is still a hit with the right bits
+    assert np.array_equal(cpu.forward(x, w, h0, spec, weights_key=("layer", 4))[0], want)

@@ -34,6 +34,19 @@ def env(str name, default):
     return default if v == NULL else (<bytes>v).decode("utf-8", "surrogateescape")
 
 
+def workspace(str action="kept"):
+    """The kernels' kept scratch blocks (src_c/ws.c): "kept" returns their bytes, "trim" frees
+    them (returns the bytes freed), "poison" fills them with NaN bytes (for tests)."""
+    if action == "kept":
+        return fg_ws_kept()
+    if action == "trim":
+        return fg_ws_trim()
+    if action == "poison":
+        fg_ws_poison()
+        return None
+    raise ValueError(f"action must be 'kept', 'trim' or 'poison', got {action!r}")
+
+
 def isa_best():
     """The fastest per-step product kernel this CPU runs: 0 generic, 1 avx2, 2 avx512."""
     return fg_isa_best()

@@ -17,6 +17,9 @@ cdef extern from "fastgru.h" nogil:
     int fg_ptr_prefetch_at(long nbytes)
     void fg_set_ptr_prefetch(int v)
     int fg_openmp()
+    size_t fg_ws_trim()
+    size_t fg_ws_kept()
+    void fg_ws_poison()
     void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst)
     void fg_pack_d(const double *src, long ld, int K, int col0, int ncols, double *dst)
     void fg_gemm_panels_f(int isa, int M, int K, const float *A, long lda, const float *P,

@@ -325,11 +325,9 @@ def _check_spec(spec):
 def _aligned_empty(n, dtype):
     """A 1-D array of n elements whose data starts on a 64-byte boundary (NumPy guarantees only
     16): the kernels' 64-byte panel rows must not straddle cache lines, or every load of the
-    recurrent kernel touches two lines (measured: 1x1000x64x128 ran 1.5x slower)."""
-    dtype = np.dtype(dtype)
-    raw = np.empty(n * dtype.itemsize + 64, np.uint8)
-    off = -raw.ctypes.data % 64
-    return raw[off:off + n * dtype.itemsize].view(dtype)
+    recurrent kernel touches two lines (measured: 1x1000x64x128 ran 1.5x slower). From the
+    record pool beyond 1 MB (a training step repacks its changed weights every call)."""
+    return _record_array((n,), dtype)
 
 
 def _pack(mat, col0, ncols, itemsize, dst=None):
@@ -361,8 +359,10 @@ def _packed(U, u, key):
     ``(uid, version)`` plus which matrix). A hit is trusted only if U still holds the bytes it
     was packed from (a memcmp against a kept copy: exact, and cheaper than packing), so in-place
     edits that skip a version bump (finite-difference checks, direct writes into
-    ``Variable.value``) repack instead of reusing stale weights. Without a key it is packed on
-    every call."""
+    ``Variable.value``) repack instead of reusing stale weights. A new entry evicts those packed
+    from the same memory (older versions of weights updated in place: a training loop would
+    otherwise keep 16 of them), whose buffers the record pool then reuses. Without a key it is
+    packed on every call."""
     if key is None:
         return _pack_recurrent(U, u)
     full = (key, U.dtype.str, U.shape)
@@ -373,8 +373,14 @@ def _packed(U, u, key):
     if hit is not None and _gru.same(hit[0], U):
         return hit[1]
     packed = _pack_recurrent(U, u)
+    kept = _record_array(U.shape, U.dtype)
+    np.copyto(kept, U)
+    src = U.ctypes.data
     with _pack_lock:
-        _PACK_CACHE[full] = (U.copy(), packed)
+        for k in [k for k, e in _PACK_CACHE.items()
+                  if e[2] == src and k[0][1] == key[1] and k[1:] == full[1:]]:
+            del _PACK_CACHE[k]
+        _PACK_CACHE[full] = (kept, packed, src)
         while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
             _PACK_CACHE.popitem(last=False)
     return packed
@@ -438,7 +444,8 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
             mh = _array(dropout.recurrent, "dropout.recurrent", dtype, (3, B, u))
     xc = np.ascontiguousarray(x)
 
-    out = np.empty((B, T, u) if spec.return_sequences else (B, u), dtype)
+    # outputs from the record pool too: a fresh multi-MB array page-faults on every call
+    out = _record_array((B, T, u) if spec.return_sequences else (B, u), dtype)
     h_last = np.empty((B, u), dtype)
     pre = hprev = rp = None
     if training:
@@ -476,6 +483,10 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
 # training forwards took 35-95 ms against 31 for inference). A record's memory is owned by a
 # _RecordBuffer that every view of it keeps alive (it is the arrays' base); only once the last
 # view is gone does its finalizer hand the memory to this pool for the next training forward.
+# The layer outputs, the input and weight gradients and the packed kernels come from the pool
+# too (with the C kernels' kept scratch, src_c/ws.c, a training step at 256x50x256x512 stopped
+# page-faulting after its first call; before, the second and third calls still took 500-2,000
+# faults each, and a 1-thread step measured on its second call was 1059 ms against 942).
 # Lock-free (list append / remove are atomic), so a finalizer run by the garbage collector in
 # the middle of _record_array cannot deadlock.
 _POOL_MAX_BYTES = 1 << 30
@@ -545,14 +556,16 @@ _scratch_local = threading.local()
 
 
 def _scratch(name: str, shape, dtype):
+    """This thread's scratch array ``name`` (64-byte aligned, contents undefined)."""
     n = int(np.prod(shape)) * np.dtype(dtype).itemsize
     if n > _SCRATCH_MAX_BYTES:
-        return np.empty(shape, dtype)
+        return _aligned_empty(int(np.prod(shape)), dtype).reshape(shape)
     buf = getattr(_scratch_local, name, None)
-    if buf is None or buf.nbytes < n:
-        buf = np.empty(n, np.uint8)
+    if buf is None or buf.nbytes < n + 64:
+        buf = np.empty(n + 64, np.uint8)
         setattr(_scratch_local, name, buf)
-    return buf[:n].view(dtype).reshape(shape)
+    off = -buf.ctypes.data % 64
+    return buf[off:off + n].view(dtype).reshape(shape)
 
 
 def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None = None,
@@ -579,7 +592,12 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
     n = _work_threads(B * T * u3 * (D + u), _threads.resolve(n_threads))
     isa = _isa(kernel)
     if B > 0:
-        utpk = _pack(np.ascontiguousarray(U.T), 0, u, dtype.itemsize)
+        # U^T and its panels: per-thread scratch (fresh 3 MB arrays fault on every call)
+        ut = _scratch("ut", (3 * u, u), dtype)
+        np.copyto(ut, U.T)
+        panel = 256 // dtype.itemsize
+        utpk = _pack(ut, 0, u, dtype.itemsize,
+                     _scratch("utpk", (-(-u // panel) * 3 * u * panel,), dtype))
         _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
                       spec.reset_after, spec.go_backwards, spec.return_sequences,
                       spec.zero_output_for_mask, spec.activation.code,
@@ -650,8 +668,9 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=N
     db_rec = np.empty(3 * u, dtype) if fuse and spec.reset_after and mh is None else None
 
     if mx is None:
-        dkernel = mm(np.ascontiguousarray(xp).reshape(BT, D), dA2, ta=True, bsum=db_in)
-        dxp = mm(dA2, W, tb=True).reshape(B, T, D)
+        dkernel = mm(np.ascontiguousarray(xp).reshape(BT, D), dA2, _record_array(W.shape, dtype),
+                     ta=True, bsum=db_in)
+        dxp = mm(dA2, W, out=_record_array((BT, D), dtype), tb=True).reshape(B, T, D)
     elif mx.ndim == 2:
         dkernel = mm((xp * mx[:, None, :]).reshape(BT, D), dA2, ta=True, bsum=db_in)
         dxp = mm(dA2, W, tb=True).reshape(B, T, D) * mx[:, None, :]
@@ -666,7 +685,7 @@ def _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, n=1, packed=N
 
     H = s["hprev"].reshape(BT, u)
     dRec = (dR if spec.reset_after else dA).reshape(BT, 3 * u)
-    drec = np.empty((u, 3 * u), dtype)
+    drec = _record_array((u, 3 * u), dtype)
     n_state_gates = 3 if spec.reset_after else 2
     if mh is None:
         mm(H, dRec[:, : n_state_gates * u], drec[:, : n_state_gates * u], ta=True,
