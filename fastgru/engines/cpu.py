@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import threading
 import weakref
@@ -516,7 +517,7 @@ def _record_array(shape, dtype):
     """An uninitialised C-contiguous array on 64-byte aligned memory, reusing a released
     record buffer when one fits (the smallest that does)."""
     dtype = np.dtype(dtype)
-    n = int(np.prod(shape)) * dtype.itemsize
+    n = math.prod(shape) * dtype.itemsize
     if n < _POOL_MIN_BYTES:
         return np.empty(shape, dtype)
     raw = None
@@ -557,9 +558,9 @@ _scratch_local = threading.local()
 
 def _scratch(name: str, shape, dtype):
     """This thread's scratch array ``name`` (64-byte aligned, contents undefined)."""
-    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    n = math.prod(shape) * np.dtype(dtype).itemsize
     if n > _SCRATCH_MAX_BYTES:
-        return _aligned_empty(int(np.prod(shape)), dtype).reshape(shape)
+        return _aligned_empty(math.prod(shape), dtype).reshape(shape)
     buf = getattr(_scratch_local, name, None)
     if buf is None or buf.nbytes < n + 64:
         buf = np.empty(n + 64, np.uint8)
