@@ -30,6 +30,16 @@ static void ws_acquire(void)
 
 static void ws_release(void) { atomic_flag_clear_explicit(&ws_lock, memory_order_release); }
 
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+/* fork() while another thread holds the lock would leave the child with it held for good (and
+ * perhaps a half-written slot): the fork waits for it instead, and both sides release it. */
+__attribute__((constructor)) static void ws_register_atfork(void)
+{
+    pthread_atfork(ws_acquire, ws_release, ws_release);
+}
+#endif
+
 void *fg_ws_alloc(size_t bytes, size_t *got)
 {
     if (!bytes) bytes = 1;

@@ -409,3 +409,26 @@ def test_packed_cache_drops_older_versions_of_the_same_memory(rng):
     assert len(cpu._PACK_CACHE) == 4
     # the latest version is still a hit with the right bits
     assert np.array_equal(cpu.forward(x, w, h0, spec, weights_key=("layer", 4))[0], want)
+
+
+def test_release_memory_frees_what_the_engine_keeps(rng, monkeypatch):
+    """release_memory empties the packed cache, the record pool, the scratch and the kept
+    workspaces, and later calls give the same bits."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.setattr(cpu, "_POOL_MIN_BYTES", 0)
+    args, kw = make_case(rng, 6, 9, 5, 70, mask="right", return_sequences=True,
+                         dtype=np.float32)
+
+    def step():
+        o, h, tape = cpu.forward(*args, **kw, training=True, weights_key=("release", 0))
+        return [o, h, *cpu.backward(tape, np.ones_like(o))]
+
+    want = step()
+    step()
+    assert cpu._PACK_CACHE and cpu._pool and _gru.workspace() > 0
+    assert cpu.release_memory() > 0
+    assert not cpu._PACK_CACHE and not cpu._pool and _gru.workspace() == 0
+    assert not vars(cpu._scratch_local)
+    for a, b in zip(want, step()):
+        assert a is None and b is None or np.array_equal(a, b)

@@ -116,6 +116,28 @@ def _max_threads(n: int) -> int:
 H0_NONE_IS_ZEROS = True
 
 
+def release_memory() -> int:
+    """Free what the engine keeps for later calls: packed kernels, the record pool (training
+    records, outputs and gradients released by their users), this thread's scratch arrays and
+    the C kernels' kept workspaces. Returns the bytes of pooled buffers, scratch and
+    workspaces released (arrays under 1 MB are not pooled and not counted). Calls afterwards
+    work as before; the first ones allocate (and page-fault) afresh."""
+    freed = 0
+    with _pack_lock:  # pooled arrays: they go to the pool, drained next
+        _PACK_CACHE.clear()
+    while _pool:
+        try:
+            freed += _pool.pop().raw.nbytes
+        except IndexError:  # emptied meanwhile by another thread
+            break
+    for name, buf in list(vars(_scratch_local).items()):
+        freed += buf.nbytes
+        delattr(_scratch_local, name)
+    if _gru is not None:
+        freed += _gru.workspace("trim")
+    return freed
+
+
 def available() -> bool:
     """True when the compiled extension is importable."""
     return _gru is not None
