@@ -941,3 +941,51 @@ def test_env_reads_follow_os_environ(monkeypatch):
     monkeypatch.setenv("FASTGRU_CPU_PROJ", "nonsense")
     with pytest.raises(ValueError, match="FASTGRU_CPU_PROJ"):
         cpu._packed_projection(cpu._isa(None))
+
+
+_IDLE_SPIN_SCRIPT = """
+import os, resource, sys, time
+import numpy as np
+from fastgru.engines import cpu
+print(os.environ.get("GOMP_SPINCOUNT", "-"))
+x = np.ones((8, 20, 16), np.float32)
+rng = np.random.default_rng(0)
+from fastgru import activations
+from fastgru.engines.base import GRUSpec, Weights
+w = Weights(*(rng.standard_normal(s).astype(np.float32) * 0.1 for s in ((16, 384), (128, 384))))
+spec = GRUSpec(128, activations.get("tanh"), activations.get("sigmoid"))
+cpu.forward(x, w, None, spec, n_threads=2)
+idle = []
+for _ in range(5):
+    cpu.forward(x, w, None, spec, n_threads=2)
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    time.sleep(0.05)
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    idle.append((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime))
+print(min(idle))
+"""
+
+
+def _run_idle_spin(env):
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _IDLE_SPIN_SCRIPT], env=env, check=True,
+                         capture_output=True, text=True, timeout=120).stdout.split()
+    return out[0], float(out[1])
+
+
+@pytest.mark.skipif(not cpu.available() or not cpu._gru.openmp(), reason="needs OpenMP")
+def test_openmp_workers_sleep_soon_after_a_call():
+    """GNU OpenMP's workers spin ~5 ms after every region by default, fighting any NumPy/BLAS
+    work that follows for the cores: the engine loads its libgomp with a short spin (a
+    user's GOMP_SPINCOUNT / OMP_WAIT_POLICY is respected) and leaves os.environ as it was.
+    Checked in fresh processes: CPU time the process burns in 50 ms of sleep after a call."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")}
+    left, idle = _run_idle_spin(env)
+    assert left == "-"  # restored
+    assert idle < 0.004  # ~0.2 ms of spinning (the default spins for ~5-12 ms)
+    left, _ = _run_idle_spin({**env, "GOMP_SPINCOUNT": "12345"})
+    assert left == "12345"
