@@ -48,8 +48,8 @@ from .base import DropoutMasks, Gradients, GRUSpec, Tape, Weights
 NAME = "cpu"
 
 # GNU OpenMP's idle workers spin GOMP_SPINCOUNT pause iterations after each parallel region
-# before they sleep: by default 300,000, ~5 ms on Zen 4 (~12 ms on Intel), during which a
-# NumPy / OpenBLAS call in the same process fights them for the cores. Measured on 2 cores: a
+# before they sleep: by default 300,000, ~5-8 ms here on Zen 4 (longer where pause is slower),
+# during which a NumPy / OpenBLAS call in the same process fights them for the cores. 2 cores: a
 # 2-thread 3200x128x64 matmul right after a 2-thread fastgru call took 1.5-1.7 ms instead of
 # 0.29. 10,000 (~0.2 ms) still finds them awake for back-to-back calls (1-step call 19 us
 # either way) and gave 0.43 ms. Applied only to the libgomp that loading the extension
