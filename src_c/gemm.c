@@ -552,6 +552,8 @@ FG_DEFINE_KB(kbt2_d, "avx2,fma", 2, 8, __m256d, double, FG_WD, 4, _mm256_loadu_p
 
 #ifdef _OPENMP
 #include <omp.h>
+#else
+static inline int omp_get_thread_num(void) { return 0; }
 #endif
 #include <stdlib.h>
 
@@ -626,21 +628,23 @@ FG_DEFINE_SUMROW(d, double)
         }                                                                                     \
         if (btail) memset(btail, 0, 2 * (size_t)N * sizeof(double));                          \
         if (nthr < 1) nthr = 1;                                                               \
-        int failed = 0;                                                                       \
+        /* transposed A: each thread's m-block packed as 6-row strips (k-major), since reading \
+         * 6 adjacent values from kb different rows touched a line per k; one block for all   \
+         * threads (per-thread blocks filled the workspace cache's slots on many cores) */    \
+        const size_t ap_per = (size_t)mbmax * FG_KB;                                          \
+        size_t ap_n = 0;                                                                      \
+        REAL *ap_all = ta ? fg_ws_alloc(ap_per * nthr * sizeof(REAL), &ap_n) : NULL;          \
+        if (ta && !ap_all) {                                                                  \
+            fg_ws_free(btail, btail_n);                                                       \
+            fg_ws_free(bpart, bpart_n);                                                       \
+            fg_ws_free(pk, pk_n);                                                             \
+            return -1;                                                                        \
+        }                                                                                     \
         _Pragma("omp parallel num_threads(nthr)")                                             \
         {                                                                                     \
             REAL tmp[6 * W] __attribute__((aligned(64)));                                     \
-            /* transposed A: this thread's m-block packed as 6-row strips (k-major), since   \
-             * reading 6 adjacent values from kb different rows touched a line per k */       \
-            REAL *ap = NULL;                                                                  \
-            size_t ap_n = 0;                                                                  \
-            if (ta) ap = fg_ws_alloc((size_t)mbmax * FG_KB * sizeof(REAL), &ap_n);            \
-            if (ta && !ap) {                                                                  \
-                _Pragma("omp atomic write")                                                   \
-                failed = 1;                                                                   \
-            }                                                                                 \
-            _Pragma("omp barrier")                                                            \
-            for (int k0 = 0; k0 < K && !failed; k0 += FG_KB) {                                \
+            REAL *ap = ta ? ap_all + ap_per * omp_get_thread_num() : NULL;                    \
+            for (int k0 = 0; k0 < K; k0 += FG_KB) {                                           \
                 const int kb = K - k0 < FG_KB ? K - k0 : FG_KB;                               \
                 int packed_mb = -1;                                                           \
                 if (tb) {                                                                     \
@@ -738,16 +742,16 @@ FG_DEFINE_SUMROW(d, double)
                     }                                                                         \
                 }                                                                             \
             }                                                                                 \
-            fg_ws_free(ap, ap_n);                                                             \
         }                                                                                     \
+        fg_ws_free(ap_all, ap_n);                                                             \
         fg_ws_free(pk, pk_n);                                                                 \
-        if (bsum && !failed) {                                                                \
+        if (bsum) {                                                                           \
             for (int b = 0; b < nfull; b++) fg_sum_tail_##SUF(N, bpart + (long)b * N, btail + N); \
             fg_cs_out_##SUF(N, btail + N, btail, bsum);                                       \
         }                                                                                     \
         fg_ws_free(bpart, bpart_n);                                                           \
         fg_ws_free(btail, btail_n);                                                           \
-        return failed ? -1 : 0;
+        return 0;
 #else
 #define FG_KB_BODY(SUF, REAL, W) return -2;
 #endif

@@ -79,16 +79,17 @@ void fg_ws_free(void *p, size_t bytes)
 
 size_t fg_ws_trim(void)
 {
+    void *p[FG_WS_SLOTS];
     size_t freed = 0;
-    ws_acquire();
-    for (int i = 0; i < FG_WS_SLOTS; i++)
-        if (ws_slot[i].p) {
-            free(ws_slot[i].p);
-            freed += ws_slot[i].n;
-            ws_slot[i].p = NULL;
-        }
+    ws_acquire(); /* take the blocks out; free them after releasing the lock */
+    for (int i = 0; i < FG_WS_SLOTS; i++) {
+        p[i] = ws_slot[i].p;
+        if (p[i]) freed += ws_slot[i].n;
+        ws_slot[i].p = NULL;
+    }
     ws_kept = 0;
     ws_release();
+    for (int i = 0; i < FG_WS_SLOTS; i++) free(p[i]);
     return freed;
 }
 
@@ -101,7 +102,7 @@ size_t fg_ws_kept(void)
 }
 
 void fg_ws_poison(void)
-{
+{   /* for tests, between calls (a block handed out meanwhile may be written concurrently) */
     ws_acquire();
     for (int i = 0; i < FG_WS_SLOTS; i++)
         if (ws_slot[i].p) memset(ws_slot[i].p, 0xff, ws_slot[i].n); /* NaN in every float */

@@ -989,3 +989,34 @@ def test_openmp_workers_sleep_soon_after_a_call():
     assert idle < 0.004  # ~0.2 ms of spinning (the default spins for ~5-12 ms)
     left, _ = _run_idle_spin({**env, "GOMP_SPINCOUNT": "12345"})
     assert left == "12345"
+
+
+def test_spin_setting_respects_a_value_set_in_the_c_environment():
+    """An embedding host may setenv() after Python started (os.environ does not see it): the
+    engine's import must neither override nor unset it."""
+    import subprocess
+    import sys
+
+    script = (
+        "import ctypes\n"
+        "libc = ctypes.CDLL(None)\n"
+        "libc.setenv(b'GOMP_SPINCOUNT', b'777', 1)\n"
+        "import fastgru.engines.cpu\n"
+        "libc.getenv.restype = ctypes.c_char_p\n"
+        "print(libc.getenv(b'GOMP_SPINCOUNT').decode())\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
+                         text=True, timeout=120).stdout.split()
+    assert out == ["777"]
+
+
+@pytest.mark.parametrize("n", [1, 15, 700, 70_000, 300_000])
+def test_packed_kernels_are_64_byte_aligned(n):
+    """Packed panels must start on a cache line (a misaligned kernel ran 4% slower here, 1.5x
+    on another CPU), whether they come from the record pool (from 1 MB) or not."""
+    for dtype in (np.float32, np.float64):
+        for _ in range(4):
+            assert cpu._aligned_empty(n, dtype).ctypes.data % 64 == 0
+    u = 70
+    U = np.ones((u, 3 * u), np.float32)
+    assert cpu._pack_recurrent(U, u).ctypes.data % 64 == 0

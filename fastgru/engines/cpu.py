@@ -53,13 +53,29 @@ NAME = "cpu"
 # 2-thread 3200x128x64 matmul right after a 2-thread fastgru call took 1.5-1.7 ms instead of
 # 0.29. 10,000 (~0.2 ms) still finds them awake for back-to-back calls (1-step call 19 us
 # either way) and gave 0.43 ms. Applied only to the libgomp that loading the extension
-# initialises (one already loaded keeps its setting), never over a user's GOMP_SPINCOUNT or
-# OMP_WAIT_POLICY, and the environment is restored right after.
+# initialises (one already loaded keeps its setting; a wheel's bundled libgomp is private to
+# it, a system one is shared with the process's other OpenMP code loaded later), never over a
+# user's GOMP_SPINCOUNT or OMP_WAIT_POLICY (in os.environ or set in C by an embedding host),
+# and the environment is restored right after.
 _SPIN_DEFAULT = "10000"
+_SPIN_KEYS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY")
+
+
+def _user_set_spin() -> bool:
+    if any(k in os.environ for k in _SPIN_KEYS):
+        return True
+    try:  # the C environment too (os.environ does not see setenv calls made after startup)
+        import ctypes
+
+        getenv = ctypes.CDLL(None).getenv
+        getenv.restype, getenv.argtypes = ctypes.c_char_p, [ctypes.c_char_p]
+        return any(getenv(k.encode()) is not None for k in _SPIN_KEYS)
+    except Exception:  # no C library to ask: os.environ only
+        return False
 
 
 def _import_extension():
-    mine = not any(k in os.environ for k in ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY"))
+    mine = not _user_set_spin()
     if mine:
         os.environ["GOMP_SPINCOUNT"] = _SPIN_DEFAULT
     try:
@@ -372,8 +388,13 @@ def _aligned_empty(n, dtype):
     """A 1-D array of n elements whose data starts on a 64-byte boundary (NumPy guarantees only
     16): the kernels' 64-byte panel rows must not straddle cache lines, or every load of the
     recurrent kernel touches two lines (measured: 1x1000x64x128 ran 1.5x slower). From the
-    record pool beyond 1 MB (a training step repacks its changed weights every call)."""
-    return _record_array((n,), dtype)
+    record pool from 1 MB on (a training step repacks its changed weights every call)."""
+    dtype = np.dtype(dtype)
+    if n * dtype.itemsize >= _POOL_MIN_BYTES:
+        return _record_array((n,), dtype)
+    raw = np.empty(n * dtype.itemsize + 64, np.uint8)
+    off = -raw.ctypes.data % 64
+    return raw[off:off + n * dtype.itemsize].view(dtype)
 
 
 def _pack(mat, col0, ncols, itemsize, dst=None):
@@ -559,8 +580,9 @@ class _RecordBuffer:
 
 
 def _record_array(shape, dtype):
-    """An uninitialised C-contiguous array on 64-byte aligned memory, reusing a released
-    record buffer when one fits (the smallest that does)."""
+    """An uninitialised C-contiguous array, reusing a released record buffer when one fits (the
+    smallest that does). From _POOL_MIN_BYTES on it lies on 64-byte aligned memory; smaller
+    ones are plain np.empty (16-byte aligned: use _aligned_empty where alignment matters)."""
     dtype = np.dtype(dtype)
     n = math.prod(shape) * dtype.itemsize
     if n < _POOL_MIN_BYTES:
