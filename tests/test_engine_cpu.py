@@ -966,12 +966,28 @@ print(min(idle))
 """
 
 
-def _run_idle_spin(env):
+def _python(script, env=None):
+    """stdout of a fresh interpreter running script on the fastgru this process imported (not
+    a source tree that happens to be the working directory: CI tests an installed copy)."""
+    import os
     import subprocess
     import sys
+    import tempfile
 
-    out = subprocess.run([sys.executable, "-c", _IDLE_SPIN_SCRIPT], env=env, check=True,
-                         capture_output=True, text=True, timeout=120).stdout.split()
+    import fastgru
+
+    env = dict(os.environ if env is None else env)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(fastgru.__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with tempfile.TemporaryDirectory() as cwd:
+        done = subprocess.run([sys.executable, "-c", script], env=env, cwd=cwd,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _run_idle_spin(env):
+    out = _python(_IDLE_SPIN_SCRIPT, env).split()
     return out[0], float(out[1])
 
 
@@ -994,9 +1010,6 @@ def test_openmp_workers_sleep_soon_after_a_call():
 def test_spin_setting_respects_a_value_set_in_the_c_environment():
     """An embedding host may setenv() after Python started (os.environ does not see it): the
     engine's import must neither override nor unset it."""
-    import subprocess
-    import sys
-
     script = (
         "import ctypes\n"
         "libc = ctypes.CDLL(None)\n"
@@ -1005,9 +1018,7 @@ def test_spin_setting_respects_a_value_set_in_the_c_environment():
         "libc.getenv.restype = ctypes.c_char_p\n"
         "print(libc.getenv(b'GOMP_SPINCOUNT').decode())\n"
     )
-    out = subprocess.run([sys.executable, "-c", script], check=True, capture_output=True,
-                         text=True, timeout=120).stdout.split()
-    assert out == ["777"]
+    assert _python(script).split() == ["777"]
 
 
 @pytest.mark.parametrize("n", [1, 15, 700, 70_000, 300_000])
