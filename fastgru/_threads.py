@@ -10,15 +10,28 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 _default: int | None = None
 
 
+# The CPUs this thread may run on, re-read at most once a second per thread: the syscall was
+# ~1.1 us of every layer call (a changed affinity only moves the thread count, never a bit).
+_CPUS_TTL = 1.0
+_cpus_seen = threading.local()
+
+
 def _cpus() -> int:
+    now = time.monotonic()
+    seen = getattr(_cpus_seen, "v", None)
+    if seen is not None and now - seen[1] < _CPUS_TTL:
+        return seen[0]
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        n = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
+        n = max(1, os.cpu_count() or 1)
+    _cpus_seen.v = (n, now)
+    return n
 
 
 def get_num_threads() -> int:

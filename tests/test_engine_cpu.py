@@ -757,6 +757,28 @@ def test_thread_settings():
         _threads.set_num_threads(old)
 
 
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="Linux only")
+def test_default_threads_follow_the_affinity_within_the_ttl(monkeypatch):
+    """The default thread count is this thread's CPU count, re-read at most once per
+    _CPUS_TTL seconds: a narrowed affinity shows after the TTL, not before."""
+    import os
+
+    cpus = os.sched_getaffinity(0)
+    if len(cpus) < 2:
+        pytest.skip("needs two CPUs")
+    _threads.set_num_threads(None)
+    monkeypatch.setattr(_threads, "_CPUS_TTL", 3600.0)
+    assert _threads.get_num_threads() >= 1  # cached now
+    try:
+        os.sched_setaffinity(0, {min(cpus)})
+        assert _threads.get_num_threads() == len(cpus)  # within the TTL
+        monkeypatch.setattr(_threads, "_CPUS_TTL", 0.0)
+        assert _threads.get_num_threads() == 1
+    finally:
+        os.sched_setaffinity(0, cpus)
+    assert _threads.get_num_threads() == len(cpus)
+
+
 # ---------------------------------------------------------------------------------------------
 # NaN handling
 
