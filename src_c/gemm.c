@@ -612,34 +612,29 @@ FG_DEFINE_SUMROW(d, double)
         void (*rows)(int, int, const REAL *, long, long, const REAL *, REAL *, long, int,      \
                      const char *, int) =                                                     \
             isa == FG_ISA_AVX512 ? kbt_##SUF##_rows : kbt2_##SUF##_rows;                          \
-        size_t pk_n = 0, bpart_n = 0, btail_n = 0;                                            \
-        REAL *pk = fg_ws_alloc((size_t)np * FG_KB * W * sizeof(REAL), &pk_n);                  \
-        if (!pk) return -1;                                                                   \
-        /* bsum: each whole block of FG_CS_ROWS rows of B summed in REAL (bpart, one row of N \
-         * per block), the rows after the last whole block in double (btail), as fg_colsum */ \
-        const int nfull = K / FG_CS_ROWS;                                                     \
-        REAL *bpart = NULL;                                                                   \
-        double *btail = NULL; /* N tail sums, then N block sums */                            \
-        if (bsum && (!(bpart = fg_ws_alloc(((size_t)nfull * N + 1) * sizeof(REAL), &bpart_n)) \
-                     || !(btail = fg_ws_alloc(2 * (size_t)N * sizeof(double), &btail_n)))) { \
-            fg_ws_free(bpart, bpart_n);                                                       \
-            fg_ws_free(pk, pk_n);                                                             \
-            return -1;                                                                        \
-        }                                                                                     \
-        if (btail) memset(btail, 0, 2 * (size_t)N * sizeof(double));                          \
         if (nthr < 1) nthr = 1;                                                               \
+        size_t pk_n = 0, bpart_n = 0, btail_n = 0, ap_n = 0;                                  \
+        REAL *pk = fg_ws_alloc((size_t)np * FG_KB * W * sizeof(REAL), &pk_n);                  \
+        /* bsum: each whole block of FG_CS_ROWS rows of B summed in REAL (bpart, one row of N \
+         * per block), the rows after the last whole block in double (btail: N tail sums, then \
+         * N block sums), as fg_colsum */                                                     \
+        const int nfull = K / FG_CS_ROWS;                                                     \
+        REAL *bpart =                                                                         \
+            bsum ? fg_ws_alloc(((size_t)nfull * N + 1) * sizeof(REAL), &bpart_n) : NULL;       \
+        double *btail = bsum ? fg_ws_alloc(2 * (size_t)N * sizeof(double), &btail_n) : NULL;  \
         /* transposed A: each thread's m-block packed as 6-row strips (k-major), since reading \
          * 6 adjacent values from kb different rows touched a line per k; one block for all   \
          * threads (per-thread blocks filled the workspace cache's slots on many cores) */    \
         const size_t ap_per = (size_t)mbmax * FG_KB;                                          \
-        size_t ap_n = 0;                                                                      \
         REAL *ap_all = ta ? fg_ws_alloc(ap_per * nthr * sizeof(REAL), &ap_n) : NULL;          \
-        if (ta && !ap_all) {                                                                  \
+        if (!pk || (bsum && (!bpart || !btail)) || (ta && !ap_all)) {                         \
+            fg_ws_free(ap_all, ap_n); /* NULL: a no-op */                                     \
             fg_ws_free(btail, btail_n);                                                       \
             fg_ws_free(bpart, bpart_n);                                                       \
             fg_ws_free(pk, pk_n);                                                             \
             return -1;                                                                        \
         }                                                                                     \
+        if (btail) memset(btail, 0, 2 * (size_t)N * sizeof(double));                          \
         _Pragma("omp parallel num_threads(nthr)")                                             \
         {                                                                                     \
             REAL tmp[6 * W] __attribute__((aligned(64)));                                     \

@@ -344,7 +344,6 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     }
 }
 
-
 static int FN(forward)(const fg_fwd_args *a)
 {
     const int B = a->B, T = a->T, D = a->D, u = a->u, u3 = 3 * u;

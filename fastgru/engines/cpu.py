@@ -392,16 +392,24 @@ def _aligned_empty(n, dtype):
     dtype = np.dtype(dtype)
     if n * dtype.itemsize >= _POOL_MIN_BYTES:
         return _record_array((n,), dtype)
-    raw = np.empty(n * dtype.itemsize + 64, np.uint8)
+    return _aligned_bytes(n * dtype.itemsize).view(dtype)
+
+
+def _aligned_bytes(nbytes):
+    """nbytes of uninitialised memory (uint8) starting on a 64-byte boundary."""
+    raw = np.empty(nbytes + 64, np.uint8)
     off = -raw.ctypes.data % 64
-    return raw[off:off + n * dtype.itemsize].view(dtype)
+    return raw[off:off + nbytes]
 
 
-def _pack(mat, col0, ncols, itemsize, dst=None):
+def _pack(mat, col0, ncols, itemsize, dst=None, scratch=None):
+    """Panels of columns [col0, col0 + ncols) of mat: into dst, else this thread's scratch
+    array named ``scratch``, else a fresh aligned array."""
     panel = 256 // itemsize
     n = (-(-ncols // panel)) * mat.shape[0] * panel
     if dst is None:
-        dst = _aligned_empty(n, mat.dtype)
+        dst = _aligned_empty(n, mat.dtype) if scratch is None else _scratch(scratch, (n,),
+                                                                              mat.dtype)
     _gru.pack(mat, col0, ncols, dst)
     return dst
 
@@ -628,12 +636,11 @@ def _scratch(name: str, shape, dtype):
     n = math.prod(shape) * np.dtype(dtype).itemsize
     if n > _SCRATCH_MAX_BYTES:
         return _aligned_empty(math.prod(shape), dtype).reshape(shape)
-    buf = getattr(_scratch_local, name, None)
-    if buf is None or buf.nbytes < n + 64:
-        buf = np.empty(n + 64, np.uint8)
+    buf = getattr(_scratch_local, name, None)  # kept aligned: no address read per call
+    if buf is None or buf.nbytes < n:
+        buf = _aligned_bytes(n)
         setattr(_scratch_local, name, buf)
-    off = -buf.ctypes.data % 64
-    return buf[off:off + n].view(dtype).reshape(shape)
+    return buf[:n].view(dtype).reshape(shape)
 
 
 def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None = None,
@@ -663,9 +670,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
         # U^T and its panels: per-thread scratch (fresh 3 MB arrays fault on every call)
         ut = _scratch("ut", (3 * u, u), dtype)
         np.copyto(ut, U.T)
-        panel = 256 // dtype.itemsize
-        utpk = _pack(ut, 0, u, dtype.itemsize,
-                     _scratch("utpk", (-(-u // panel) * 3 * u * panel,), dtype))
+        utpk = _pack(ut, 0, u, dtype.itemsize, scratch="utpk")
         _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
                       spec.reset_after, spec.go_backwards, spec.return_sequences,
                       spec.zero_output_for_mask, spec.activation.code,
