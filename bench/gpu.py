@@ -176,6 +176,13 @@ def torch_runner(torch, K, R, b, x, tf32):
     return forward, train
 
 
+def cudnn_algorithm(cudnn_engine, B, T, D, u, training):
+    """The variant(s) the cuDNN engine ran for this shape (its per-plan run cache)."""
+    plan = cudnn_engine.backend().plan(np.float32, D, u)
+    names = {r.name for k, r in plan.data.items() if k[:2] == (B, T) and k[3] == training}
+    return "/".join(sorted(names)) or "-"
+
+
 def main(argv=None):
     args = parse_args(argv)
     cupy = require_gpu()
@@ -200,6 +207,8 @@ def main(argv=None):
                                           cols]
     if torch is not None:
         head += [f"torch/{p}" for p in cols if p != "torch"]
+    if "cudnn" in cols:
+        head.append("cuDNN algorithm")
     head.append("max rel diff vs cudnn")
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -240,6 +249,8 @@ def main(argv=None):
             row = [f"{B}x{T}x{D}x{u}", mode] + [f"{ms[p]:.3f}" for p in cols]
             if torch is not None:
                 row += [f"{ms['torch'] / ms[p]:.2f}" for p in cols if p != "torch"]
+            if "cudnn" in cols:
+                row.append(cudnn_algorithm(cudnn_engine, B, T, D, u, mode == "train"))
             row.append(diffs or "-")
             print("| " + " | ".join(row) + " |", flush=True)
         del runners, outs

@@ -243,6 +243,11 @@ class SimulatedLibcudnn:
         self.shuffled_layout, self.shuffled, self.extra = shuffled_layout, shuffled, extra_elems
         self.next_id = 1000
         self.tensors, self.data, self.rnn, self.calls, self.tapes = {}, {}, {}, [], {}
+        # stage -> predicate(rnn config, data config) -> status to return instead of running:
+        # stages "temp" (cudnnGetRNNTempSpaceSizes), "forward", "backward"; as cuDNN declines
+        # an algorithm/layout it cannot run. ran: (stage, algo, layout) of every run call.
+        self.refuse, self.ran = {}, []
+        self.small_h_layout_differs = False
 
     # -- plumbing: prototypes, arity, conversions
     def __getattr__(self, name):
@@ -301,11 +306,24 @@ class SimulatedLibcudnn:
 
     def _cudnnSetRNNDescriptor_v8(self, r, algo, mode, bias, dirm, inm, dt, prec, math, D, H,
                                   proj, layers, drop, aux):
-        assert (mode, bias, dirm, inm, layers, aux) == (
-            api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS, api.UNIDIRECTIONAL, api.LINEAR_INPUT, 1,
-            api.RNN_PADDED_IO_ENABLED)
+        assert (mode, bias, dirm, inm, layers) == (
+            api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS, api.UNIDIRECTIONAL, api.LINEAR_INPUT, 1)
+        assert algo in (api.RNN_ALGO_STANDARD, api.RNN_ALGO_PERSIST_STATIC_SMALL_H)
+        assert aux in (api.RNN_PADDED_IO_ENABLED, api.RNN_PADDED_IO_DISABLED)
         assert dt == prec and proj == H
-        self.rnn[self._val(r)] = dict(dt=dt, D=D, H=H, math=math)
+        self.rnn[self._val(r)] = dict(dt=dt, D=D, H=H, math=math, algo=algo, aux=aux)
+        return 0
+
+    def _refused(self, stage, r, xd):
+        pred = self.refuse.get(stage)
+        return pred(self._cfg(r), self.data[self._val(xd)]) if pred else 0
+
+    def _check_layout(self, r, xd):
+        """cuDNN: unpacked layouts need CUDNN_RNN_PADDED_IO_ENABLED (else BAD_PARAM)."""
+        lay = self.data[self._val(xd)]["layout"]
+        if lay == api.RNN_DATA_BATCH_MAJOR_UNPACKED and \
+                self._cfg(r).get("aux", api.RNN_PADDED_IO_ENABLED) != api.RNN_PADDED_IO_ENABLED:
+            return 2000
         return 0
 
     def _cfg(self, r):
@@ -331,25 +349,39 @@ class SimulatedLibcudnn:
         c = self._cfg(r)
         assert pseudo == 0 and wsize.value == (self._layout(c)[1] + self.extra) * \
             self._itemsize(c)
+        moved = self.small_h_layout_differs and c["algo"] != api.RNN_ALGO_STANDARD
         for p in self._layout(c)[0]:
             if p.lin == lin:
                 addr, desc = (maddr, mdesc) if p.kind == "W" else (baddr, bdesc)
-                addr._obj.value = self._val(wspace) + p.offset * self._itemsize(c)
+                addr._obj.value = self._val(wspace) + (p.offset + moved) * self._itemsize(c)
                 dims = (1,) + tuple(p.shape) + ((1,) if p.kind == "b" else ())
                 self.tensors[self._val(desc)] = (c["dt"], dims, ())
         return 0
 
     def _cudnnSetRNNDataDescriptor(self, d, dt, lay, T, B, V, lens, fill):
-        assert lay == api.RNN_DATA_BATCH_MAJOR_UNPACKED
+        assert lay in (api.RNN_DATA_BATCH_MAJOR_UNPACKED, api.RNN_DATA_SEQ_MAJOR_PACKED)
         lengths = [lens[i] for i in range(B)]
         assert all(1 <= v <= T for v in lengths)
+        if lay == api.RNN_DATA_SEQ_MAJOR_PACKED:  # packed: lengths sorted, non-increasing
+            assert lengths == sorted(lengths, reverse=True)
         fill_val = ctypes.cast(fill, ctypes.POINTER(
             ctypes.c_double if dt == api.DATA_DOUBLE else ctypes.c_float)).contents.value
         assert fill_val == 0.0
-        self.data[self._val(d)] = dict(dt=dt, T=T, B=B, V=V, lengths=np.array(lengths))
+        self.data[self._val(d)] = dict(dt=dt, T=T, B=B, V=V, lengths=np.array(lengths),
+                                       layout=lay)
         return 0
 
+    def _io(self, ptr, dd, V, dt):
+        """A (B, T, V) view of x/y/dx/dy in the data descriptor's layout."""
+        B, T = dd["B"], dd["T"]
+        if dd["layout"] == api.RNN_DATA_SEQ_MAJOR_PACKED:
+            return self._array(ptr, (T, B, V), dt).transpose(1, 0, 2)
+        return self._array(ptr, (B, T, V), dt)
+
     def _cudnnGetRNNTempSpaceSizes(self, h, r, mode, xd, work, reserve):
+        status = self._refused("temp", r, xd)
+        if status:
+            return status
         work._obj.value = 256
         reserve._obj.value = 512 if mode == api.FWD_MODE_TRAINING else 0
         return 0
@@ -368,22 +400,27 @@ class SimulatedLibcudnn:
 
         c, xdd = self._cfg(r), self.data[self._val(xd)]
         B, T, D, H = xdd["B"], xdd["T"], c["D"], c["H"]
+        status = self._check_layout(r, xd) or self._refused("forward", r, xd)
+        if status:
+            return status
+        self.ran.append(("forward", c["algo"], xdd["layout"]))
         assert self.tensors[self._val(hd)][1] == (1, B, H) and cx is None and cy is None
         assert worksize.value == 256 and work is not None
         dev = np.ctypeslib.as_array((ctypes.c_int32 * B).from_address(self._val(devlen)))
         np.testing.assert_array_equal(dev, xdd["lengths"])
         wts, _, _ = self._weights(r, w)
-        xs = self._array(x, (B, T, D), c["dt"]).astype(np.float64)
+        xs = self._io(x, xdd, D, c["dt"]).astype(np.float64)
         h0 = self._array(hx, (B, H), c["dt"]).astype(np.float64)
         mask = np.arange(T)[None, :] < xdd["lengths"][:, None]
         spec = GRUSpec(H, return_sequences=True, zero_output_for_mask=True, **TANH_SIGMOID)
         training = mode == api.FWD_MODE_TRAINING
         assert (ressize.value > 0) == training
         out, hl, tape = reference.forward(xs, wts, h0, spec, mask, training=training)
-        self._array(y, (B, T, H), c["dt"])[...] = out
+        self._io(y, self.data[self._val(yd)], H, c["dt"])[...] = out
         self._array(hy, (B, H), c["dt"])[...] = hl
         if training:
-            self.tapes[self._val(res)] = dict(tape=tape, grads=None)
+            self.tapes[self._val(res)] = dict(tape=tape, grads=None, algo=c["algo"],
+                                              layout=xdd["layout"])
         return 0
 
     def _cudnnRNNBackwardData_v8(self, h, r, devlen, yd, y, dy, xd, dx, hd, hx, dhy, dhx, cd,
@@ -392,12 +429,18 @@ class SimulatedLibcudnn:
 
         c, xdd = self._cfg(r), self.data[self._val(xd)]
         B, T, D, H = xdd["B"], xdd["T"], c["D"], c["H"]
+        status = self._refused("backward", r, xd)
+        if status:
+            return status
+        self.ran.append(("backward", c["algo"], xdd["layout"]))
         rec = self.tapes[self._val(res)]
         assert rec["grads"] is None, "BackwardData must run exactly once per forward"
-        d_y = self._array(dy, (B, T, H), c["dt"]).astype(np.float64)
+        assert (rec["algo"], rec["layout"]) == (c["algo"], xdd["layout"]), \
+            "the backward must run the forward's algorithm on the forward's layout"
+        d_y = self._io(dy, self.data[self._val(yd)], H, c["dt"]).astype(np.float64)
         d_h = self._array(dhy, (B, H), c["dt"]).astype(np.float64)
         g = reference.backward(rec["tape"], d_y, d_h)
-        self._array(dx, (B, T, D), c["dt"])[...] = g.x
+        self._io(dx, xdd, D, c["dt"])[...] = g.x
         self._array(dhx, (B, H), c["dt"])[...] = g.h0
         rec["grads"] = g
         return 0
@@ -425,7 +468,8 @@ def simulated(monkeypatch):
 
     lib = SimulatedLibcudnn(shuffled=True)
     fake_cupy = types.ModuleType("cupy")
-    for name in ("empty", "zeros", "asarray", "empty_like", "uint8", "int32"):
+    for name in ("empty", "zeros", "asarray", "empty_like", "ascontiguousarray", "uint8",
+                 "int32"):
         setattr(fake_cupy, name, getattr(np, name))
     fake_cupy.cuda = types.SimpleNamespace(
         runtime=types.SimpleNamespace(getDevice=lambda: 0),

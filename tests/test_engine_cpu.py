@@ -624,9 +624,7 @@ def test_split_team_with_fewer_threads_than_planned(rng, tmp_path):
     x, w, h0, spec = args
     np.savez(tmp_path / "in.npz", x=x, k=w.kernel, r=w.recurrent_kernel, b=w.bias, h0=h0,
              u=spec.units)
-    env = dict(os.environ, OMP_THREAD_LIMIT="1")
-    # cwd: tmp_path, so that the child imports the installed fastgru (with its compiled
-    # extension), not the source tree that "python -c" would put first on sys.path
+    env = _child_env(dict(os.environ, OMP_THREAD_LIMIT="1"))
     subprocess.run([sys.executable, "-c", _THREAD_LIMIT_CHILD, str(tmp_path / "in.npz"),
                     str(tmp_path / "out.npy")], env=env, check=True, timeout=120, cwd=tmp_path)
     want = cpu.forward(*args, **kw, n_threads=1)[0]
@@ -670,7 +668,7 @@ def test_l1_prefetch_setting_changes_no_bits(rng, tmp_path):
     np.savez(tmp_path / "in.npz", x1=x1, x2=x2, k=w.kernel, r=w.recurrent_kernel, b=w.bias, u=u)
     got = {}
     for flag in ("0", "1"):
-        env = dict(os.environ, FASTGRU_CPU_L1_PREFETCH=flag)
+        env = _child_env(dict(os.environ, FASTGRU_CPU_L1_PREFETCH=flag))
         subprocess.run([sys.executable, "-c", _L1_PREFETCH_CHILD, str(tmp_path / "in.npz"),
                         str(tmp_path / f"out{flag}.npz")], env=env, check=True, timeout=120,
                        cwd=tmp_path)
@@ -713,8 +711,9 @@ def test_l1_prefetch_default_off_below_1mb(tmp_path):
         env = {k: v for k, v in os.environ.items() if k != "FASTGRU_CPU_L1_PREFETCH"}
         if value is not None:
             env["FASTGRU_CPU_L1_PREFETCH"] = value
-        out = subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120,
-                             capture_output=True, text=True, cwd=tmp_path).stdout.split()
+        out = subprocess.run([sys.executable, "-c", code], env=_child_env(env), check=True,
+                             timeout=120, capture_output=True, text=True,
+                             cwd=tmp_path).stdout.split()
         assert out == ["False", "False", "True"], (value, out)
 
 
@@ -988,19 +987,27 @@ print(min(idle))
 """
 
 
-def _python(script, env=None):
-    """stdout of a fresh interpreter running script on the fastgru this process imported (not
-    a source tree that happens to be the working directory: CI tests an installed copy)."""
+def _child_env(env=None):
+    """``env`` (default: this environment) with PYTHONPATH led by the folder holding the
+    fastgru this process imported: a child imports that copy, not a source tree that happens
+    to be its working directory (CI tests an installed copy; a build in place has none)."""
     import os
-    import subprocess
-    import sys
-    import tempfile
 
     import fastgru
 
     env = dict(os.environ if env is None else env)
     root = os.path.dirname(os.path.dirname(os.path.abspath(fastgru.__file__)))
     env["PYTHONPATH"] = os.pathsep.join([root, env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def _python(script, env=None):
+    """stdout of a fresh interpreter running script on the fastgru this process imported."""
+    import subprocess
+    import sys
+    import tempfile
+
+    env = _child_env(env)
     with tempfile.TemporaryDirectory() as cwd:
         done = subprocess.run([sys.executable, "-c", script], env=env, cwd=cwd,
                               capture_output=True, text=True, timeout=120)

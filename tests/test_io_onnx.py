@@ -161,3 +161,12 @@ def test_unsupported_raise():
         to_onnx(_prepare(Sequential([GRU(2)])), initial_state=True)
     with pytest.raises(ValueError, match="must return one"):
         to_onnx(_prepare(Sequential([GRU(2, return_state=True), Dense(1)])))
+
+
+@pytest.mark.parametrize("opset", [14, 17])
+def test_ir_version_is_the_oldest_for_the_opset(opset):
+    """Not the installed onnx's newest IR version: ONNX Runtime 1.30 with onnx 1.23 rejected
+    every exported model ("Unsupported model IR version: 14, max supported IR version: 13")."""
+    proto = to_onnx(_prepare(GRU(2)), opset=opset)
+    opsets = [onnx.helper.make_opsetid("", opset)]
+    assert proto.ir_version == onnx.helper.find_min_ir_version_for(opsets) <= 8

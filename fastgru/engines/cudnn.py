@@ -98,6 +98,22 @@ def eligible(spec: GRUSpec, mask=None, dropout: DropoutMasks | None = None):
                   + ("right-padded mask" if mask is not None else "no mask"))
 
 
+def describe_kernel(spec: GRUSpec, x_shape, n_threads=None) -> str:
+    """Which cuDNN algorithm a call of this shape runs (``n_threads``: unused, the CPU
+    engine's)."""
+    u = spec.units
+    if ALGO != "auto" or u > SMALL_H_UNITS[False]:
+        why = "FASTGRU_CUDNN_ALGO=standard" if ALGO != "auto" else \
+            f"units {u} > {SMALL_H_UNITS[False]}"
+        return (f"cuDNN algorithm STANDARD (a GEMV and an elementwise kernel per step; {why}: "
+                f"no persistent kernel)")
+    limit = (f"float32 inference, or training at units <= {SMALL_H_UNITS[True]}"
+             if u > SMALL_H_UNITS[True] else "float32")
+    return (f"cuDNN algorithm PERSIST_STATIC_SMALL_H (the whole sequence in one persistent "
+            f"kernel) for {limit} with no row shortened by the mask, where this cuDNN accepts "
+            f"it; STANDARD otherwise")
+
+
 # ---------------------------------------------------------------------------------------------
 # The cuDNN backend (CuPy + ctypes). Everything that talks to the library is in this class.
 
@@ -121,6 +137,46 @@ class _Owned:
                 pass
 
 
+#: cuDNN algorithm choice: "auto" runs PERSIST_STATIC_SMALL_H (one persistent kernel for the
+#: whole sequence) where it applies and falls back to STANDARD (a GEMV and an elementwise launch
+#: per step) where cuDNN refuses it; "standard" always runs STANDARD.
+ALGO = os.environ.get("FASTGRU_CUDNN_ALGO", "auto")
+
+#: The persistent small-H kernel's reach, as PyTorch uses it: float32, units <= 192 for
+#: inference and <= 128 for training (its backward's limit: a training forward and its
+#: backward must use the same algorithm), every row full length.
+SMALL_H_UNITS = {False: 192, True: 128}
+
+# name -> (algorithm, data layout, padded-IO flag). Tried in this order; "standard" takes
+# every configuration. The seq-major variant is for cuDNN builds whose persistent kernel
+# refuses batch-major data: x, y, dy and dx are transposed around the call (free at B == 1).
+_VARIANTS = {
+    "persist-small-h": (api.RNN_ALGO_PERSIST_STATIC_SMALL_H, api.RNN_DATA_BATCH_MAJOR_UNPACKED,
+                        api.RNN_PADDED_IO_ENABLED),
+    "persist-small-h-seq-major": (api.RNN_ALGO_PERSIST_STATIC_SMALL_H,
+                                  api.RNN_DATA_SEQ_MAJOR_PACKED, api.RNN_PADDED_IO_DISABLED),
+    "standard": (api.RNN_ALGO_STANDARD, api.RNN_DATA_BATCH_MAJOR_UNPACKED,
+                 api.RNN_PADDED_IO_ENABLED),
+}
+
+
+def _refusal(e: api.CudnnError) -> bool:
+    """cuDNN declined a configuration (BAD_PARAM or NOT_SUPPORTED and their sub-codes)."""
+    return e.status // 1000 in (2, 3)
+
+
+class _Run:
+    """What one (B, T, lengths, training) call runs: the variant's RNN descriptor, its data
+    descriptors, temp sizes and device lengths."""
+
+    __slots__ = ("name", "rnn", "seq_major", "key", "xd", "yd", "work_b", "res_b", "dev_len")
+
+    def __init__(self, name, rnn, key, xd, yd, work_b, res_b, dev_len):
+        self.name, self.rnn, self.key = name, rnn, key
+        self.seq_major = _VARIANTS[name][1] == api.RNN_DATA_SEQ_MAJOR_PACKED
+        self.xd, self.yd, self.work_b, self.res_b, self.dev_len = xd, yd, work_b, res_b, dev_len
+
+
 class _Plan:
     """Descriptors, weight layout and per-shape caches of one (device, dtype, D, u, dirs)
     config; ``dirs`` 2 is CUDNN_BIDIRECTIONAL (h is (2, B, u), y (B, T, 2u))."""
@@ -131,18 +187,13 @@ class _Plan:
         self.dtype = np.dtype(dtype)
         self.D, self.u, self.dirs = D, u, dirs
         self.dt_code = api.DATA_DOUBLE if self.dtype == np.float64 else api.DATA_FLOAT
-        math = api.DEFAULT_MATH
+        self.math = api.DEFAULT_MATH
         if self.dtype == np.float32 and not ALLOW_TF32:
-            math = api.FMA_MATH  # no TF32: exact fp32 FMAs
+            self.math = api.FMA_MATH  # no TF32: exact fp32 FMAs
         self.dropout = _Owned("cudnnCreateDropoutDescriptor", "cudnnDestroyDropoutDescriptor")
         api.call("cudnnSetDropoutDescriptor", self.dropout.ptr, handle, ctypes.c_float(0.0),
                  None, c_size_t(0), ctypes.c_ulonglong(0))
-        self.rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
-        api.call("cudnnSetRNNDescriptor_v8", self.rnn.ptr, api.RNN_ALGO_STANDARD,
-                 api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS,
-                 api.BIDIRECTIONAL if dirs == 2 else api.UNIDIRECTIONAL, api.LINEAR_INPUT,
-                 self.dt_code, self.dt_code, math, D, u, u, 1, self.dropout.ptr,
-                 api.RNN_PADDED_IO_ENABLED)
+        self.rnn = self._rnn_desc("standard")
         size = c_size_t()
         api.call("cudnnGetRNNWeightSpaceSize", handle, self.rnn.ptr, byref(size))
         self.weight_bytes = size.value
@@ -151,15 +202,47 @@ class _Plan:
                                  f"{self.weight_bytes} bytes is not a whole number of "
                                  f"{self.dtype} elements")
         self.n_elems = self.weight_bytes // self.dtype.itemsize
-        params = self._weight_params(handle, cupy)
-        idx = layout.pack_index(params, self.n_elems, D, u, dirs)
+        self.params = self._weight_params(handle, cupy, self.rnn)
+        idx = layout.pack_index(self.params, self.n_elems, D, u, dirs)
         self.pack_idx = cupy.asarray(idx)
         self.unpack_idx = cupy.asarray(layout.unpack_index(idx, D, u, dirs))
+        self.variants = {"standard": self.rnn}  # name -> RNN descriptor, None if unusable
+        self.refused = set()  # (variant, run key) that cuDNN declined at call time
         self.h_descs = {}
-        self.data = collections.OrderedDict()  # (B, T, lengths) -> (xd, yd, sizes, dev_len)
+        self.data = collections.OrderedDict()  # run key -> _Run
         self._lock = threading.Lock()  # the caches are shared by threads
 
-    def _weight_params(self, handle, cupy):
+    def _rnn_desc(self, name):
+        algo, _, padded_io = _VARIANTS[name]
+        rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
+        api.call("cudnnSetRNNDescriptor_v8", rnn.ptr, algo, api.RNN_MODE_GRU,
+                 api.RNN_DOUBLE_BIAS, api.BIDIRECTIONAL if self.dirs == 2 else
+                 api.UNIDIRECTIONAL, api.LINEAR_INPUT, self.dt_code, self.dt_code, self.math,
+                 self.D, self.u, self.u, 1, self.dropout.ptr, padded_io)
+        return rnn
+
+    def _variant(self, handle, name):
+        """The RNN descriptor of variant ``name``; None where cuDNN refuses the descriptor or
+        lays out its weight space differently from STANDARD's (the packed space is shared)."""
+        import cupy
+
+        if name not in self.variants:
+            rnn = None
+            try:
+                rnn = self._rnn_desc(name)
+                size = c_size_t()
+                api.call("cudnnGetRNNWeightSpaceSize", handle, rnn.ptr, byref(size))
+                if size.value != self.weight_bytes or \
+                        self._weight_params(handle, cupy, rnn) != self.params:
+                    rnn = None
+            except api.CudnnError as e:
+                if not _refusal(e):
+                    raise
+                rnn = None
+            self.variants[name] = rnn
+        return self.variants[name]
+
+    def _weight_params(self, handle, cupy, rnn):
         """Ask cudnnGetRNNWeightParams where each matrix and bias lives (offsets in elements)."""
         space = cupy.zeros(self.n_elems, self.dtype)
         base = _addr(space)
@@ -169,7 +252,7 @@ class _Plan:
         for pseudo in range(self.dirs):  # 0 forward, 1 backward direction (BIDIRECTIONAL)
             for lin in range(6):
                 maddr, baddr = c_void_p(), c_void_p()
-                api.call("cudnnGetRNNWeightParams", handle, self.rnn.ptr, pseudo,
+                api.call("cudnnGetRNNWeightParams", handle, rnn.ptr, pseudo,
                          c_size_t(self.weight_bytes), c_void_p(base), lin, mdesc.ptr,
                          byref(maddr), bdesc.ptr, byref(baddr))
                 for kind, desc, addr in (("W", mdesc, maddr), ("b", bdesc, baddr)):
@@ -198,37 +281,69 @@ class _Plan:
             self.h_descs[B] = d
         return d
 
-    def data_descs(self, handle, B: int, T: int, lengths: np.ndarray, training: bool):
-        """(xDesc, yDesc, workspace bytes, reserve bytes, device lengths), cached (LRU 16)."""
+    def candidates(self, T: int, lengths: np.ndarray, training: bool):
+        """The variants worth trying for this call, fastest first."""
+        if ALGO == "auto" and self.dirs == 1 and self.dtype == np.float32 and \
+                self.u <= SMALL_H_UNITS[bool(training)] and bool((lengths == T).all()):
+            return ("persist-small-h", "persist-small-h-seq-major", "standard")
+        return ("standard",)
+
+    def data_descs(self, handle, B: int, T: int, lengths: np.ndarray, training: bool) -> _Run:
+        """The :class:`_Run` of a call (cached, LRU 16): the first variant cuDNN accepts."""
         with self._lock:
             return self._data_descs(handle, B, T, lengths, training)
 
-    def _data_descs(self, handle, B, T, lengths, training):
-        import cupy
+    def refuse(self, run: _Run):
+        """cuDNN declined ``run`` at call time: the next lookup of its key tries the next
+        variant."""
+        with self._lock:
+            self.refused.add((run.name, run.key))
+            if self.data.get(run.key) is run:
+                del self.data[run.key]
 
-        key = (B, T, lengths.tobytes(), training)
+    def _data_descs(self, handle, B, T, lengths, training):
+        key = (B, T, lengths.tobytes(), bool(training), ALGO)
         hit = self.data.get(key)
         if hit is not None:
             self.data.move_to_end(key)
             return hit
-        seqlen = api.int_array(lengths)
-        fill = api.scalar(0.0, self.dt_code)
-        xd = _Owned("cudnnCreateRNNDataDescriptor", "cudnnDestroyRNNDataDescriptor")
-        yd = _Owned("cudnnCreateRNNDataDescriptor", "cudnnDestroyRNNDataDescriptor")
-        api.call("cudnnSetRNNDataDescriptor", xd.ptr, self.dt_code,
-                 api.RNN_DATA_BATCH_MAJOR_UNPACKED, T, B, self.D, seqlen, byref(fill))
-        api.call("cudnnSetRNNDataDescriptor", yd.ptr, self.dt_code,  # y: vectorSize u * dirs
-                 api.RNN_DATA_BATCH_MAJOR_UNPACKED, T, B, self.u * self.dirs, seqlen,
-                 byref(fill))
-        work, reserve = c_size_t(), c_size_t()
-        mode = api.FWD_MODE_TRAINING if training else api.FWD_MODE_INFERENCE
-        api.call("cudnnGetRNNTempSpaceSizes", handle, self.rnn.ptr, mode, xd.ptr, byref(work),
-                 byref(reserve))
-        entry = (xd, yd, work.value, reserve.value, cupy.asarray(lengths, dtype=cupy.int32))
+        for name in self.candidates(T, lengths, training):
+            if name != "standard" and (name, key) in self.refused:
+                continue
+            rnn = self._variant(handle, name)
+            if rnn is None:
+                continue
+            try:
+                entry = self._make_run(handle, name, rnn, key, B, T, lengths, training)
+            except api.CudnnError as e:
+                if name == "standard" or not _refusal(e):
+                    raise
+                self.refused.add((name, key))
+                continue
+            break
         self.data[key] = entry
         if len(self.data) > 16:
             self.data.popitem(last=False)
         return entry
+
+    def _make_run(self, handle, name, rnn, key, B, T, lengths, training):
+        import cupy
+
+        data_layout = _VARIANTS[name][1]
+        seqlen = api.int_array(lengths)
+        fill = api.scalar(0.0, self.dt_code)
+        xd = _Owned("cudnnCreateRNNDataDescriptor", "cudnnDestroyRNNDataDescriptor")
+        yd = _Owned("cudnnCreateRNNDataDescriptor", "cudnnDestroyRNNDataDescriptor")
+        api.call("cudnnSetRNNDataDescriptor", xd.ptr, self.dt_code, data_layout, T, B, self.D,
+                 seqlen, byref(fill))
+        api.call("cudnnSetRNNDataDescriptor", yd.ptr, self.dt_code,  # y: vectorSize u * dirs
+                 data_layout, T, B, self.u * self.dirs, seqlen, byref(fill))
+        work, reserve = c_size_t(), c_size_t()
+        mode = api.FWD_MODE_TRAINING if training else api.FWD_MODE_INFERENCE
+        api.call("cudnnGetRNNTempSpaceSizes", handle, rnn.ptr, mode, xd.ptr, byref(work),
+                 byref(reserve))
+        return _Run(name, rnn, key, xd, yd, work.value, reserve.value,
+                    cupy.asarray(lengths, dtype=cupy.int32))
 
 
 def _nd_dims(desc) -> tuple:
@@ -294,47 +409,82 @@ class CudnnBackend:
 
         B, T, _ = x_c.shape
         h = self.handle()
-        xd, yd, work_b, res_b, dev_len = plan.data_descs(h, B, T, lengths, training)
+        run = plan.data_descs(h, B, T, lengths, training)
         hd = plan.h_desc(B)
-        y = cupy.empty((B, T, plan.u * plan.dirs), plan.dtype)
+        x_in = _to_run_layout(cupy, x_c, run)
+        y = cupy.empty(x_in.shape[:2] + (plan.u * plan.dirs,), plan.dtype)
         hy = cupy.empty(h0.shape, plan.dtype)
-        work = cupy.empty(max(work_b, 1), cupy.uint8)
-        reserve = cupy.empty(max(res_b, 1), cupy.uint8) if training else None
+        work = cupy.empty(max(run.work_b, 1), cupy.uint8)
+        reserve = cupy.empty(max(run.res_b, 1), cupy.uint8) if training else None
         mode = api.FWD_MODE_TRAINING if training else api.FWD_MODE_INFERENCE
-        api.call("cudnnRNNForward", h, plan.rnn.ptr, mode, _ptr(dev_len), xd.ptr, _ptr(x_c),
-                 yd.ptr, _ptr(y), hd.ptr, _ptr(h0), _ptr(hy), hd.ptr, None, None,
-                 c_size_t(plan.weight_bytes), _ptr(space), c_size_t(work_b), _ptr(work),
-                 c_size_t(res_b if training else 0), _ptr(reserve))
+        try:
+            api.call("cudnnRNNForward", h, run.rnn.ptr, mode, _ptr(run.dev_len), run.xd.ptr,
+                     _ptr(x_in), run.yd.ptr, _ptr(y), hd.ptr, _ptr(h0), _ptr(hy), hd.ptr, None,
+                     None, c_size_t(plan.weight_bytes), _ptr(space), c_size_t(run.work_b),
+                     _ptr(work), c_size_t(run.res_b if training else 0), _ptr(reserve))
+        except api.CudnnError as e:
+            if run.name == "standard" or not _refusal(e):
+                raise
+            plan.refuse(run)
+            return self.forward(plan, space, x_c, h0, lengths, training)
         ctx = None
         if training:
-            ctx = dict(x=x_c, h0=h0, y=y, reserve=reserve, res_b=res_b, lengths=lengths)
-        return y, hy, ctx
+            ctx = dict(x=x_in, x_c=x_c, h0=h0, y=y, reserve=reserve, run=run, lengths=lengths)
+        return _from_run_layout(cupy, y, run), hy, ctx
 
     def backward(self, plan, space, ctx, dy, dhy):
-        """cudnnRNNBackwardData_v8 then cudnnRNNBackwardWeights_v8 (ADD into zeros).
+        """cudnnRNNBackwardData_v8 then cudnnRNNBackwardWeights_v8 (ADD into zeros), with the
+        forward's variant (its reserve space is that algorithm's).
 
         Returns (dx (B, T, D), dh0 shaped like the forward's h0, d weight space (n_elems,))."""
         import cupy
 
-        x_c, h0, y = ctx["x"], ctx["h0"], ctx["y"]
-        B, T, _ = x_c.shape
+        run, x_in, h0, y = ctx["run"], ctx["x"], ctx["h0"], ctx["y"]
         h = self.handle()
-        xd, yd, work_b, res_b, dev_len = plan.data_descs(h, B, T, ctx["lengths"], True)
-        hd = plan.h_desc(B)
+        hd = plan.h_desc(ctx["x_c"].shape[0])
         reserve = ctx["reserve"]
-        dx = cupy.empty_like(x_c)
+        dy_in = _to_run_layout(cupy, dy, run)
+        dx = cupy.empty_like(x_in)
         dhx = cupy.empty(h0.shape, plan.dtype)
         dw = cupy.zeros(plan.n_elems, plan.dtype)
-        work = cupy.empty(max(work_b, 1), cupy.uint8)
-        api.call("cudnnRNNBackwardData_v8", h, plan.rnn.ptr, _ptr(dev_len), yd.ptr, _ptr(y),
-                 _ptr(dy), xd.ptr, _ptr(dx), hd.ptr, _ptr(h0), _ptr(dhy), _ptr(dhx), hd.ptr,
-                 None, None, None, c_size_t(plan.weight_bytes), _ptr(space), c_size_t(work_b),
-                 _ptr(work), c_size_t(res_b), _ptr(reserve))
-        api.call("cudnnRNNBackwardWeights_v8", h, plan.rnn.ptr, api.WGRAD_MODE_ADD,
-                 _ptr(dev_len), xd.ptr, _ptr(x_c), hd.ptr, _ptr(h0), yd.ptr, _ptr(y),
-                 c_size_t(plan.weight_bytes), _ptr(dw), c_size_t(work_b), _ptr(work),
-                 c_size_t(res_b), _ptr(reserve))
-        return dx, dhx, dw
+        work = cupy.empty(max(run.work_b, 1), cupy.uint8)
+        try:
+            api.call("cudnnRNNBackwardData_v8", h, run.rnn.ptr, _ptr(run.dev_len), run.yd.ptr,
+                     _ptr(y), _ptr(dy_in), run.xd.ptr, _ptr(dx), hd.ptr, _ptr(h0), _ptr(dhy),
+                     _ptr(dhx), hd.ptr, None, None, None, c_size_t(plan.weight_bytes),
+                     _ptr(space), c_size_t(run.work_b), _ptr(work), c_size_t(run.res_b),
+                     _ptr(reserve))
+            api.call("cudnnRNNBackwardWeights_v8", h, run.rnn.ptr, api.WGRAD_MODE_ADD,
+                     _ptr(run.dev_len), run.xd.ptr, _ptr(x_in), hd.ptr, _ptr(h0), run.yd.ptr,
+                     _ptr(y), c_size_t(plan.weight_bytes), _ptr(dw), c_size_t(run.work_b),
+                     _ptr(work), c_size_t(run.res_b), _ptr(reserve))
+        except api.CudnnError as e:
+            if run.name == "standard" or not _refusal(e):
+                raise
+            # The backward refused what the forward accepted: redo the forward with the next
+            # variant (same outputs) for a reserve space the backward can read.
+            plan.refuse(run)
+            _, _, ctx = self.forward(plan, space, ctx["x_c"], h0, ctx["lengths"], True)
+            return self.backward(plan, space, ctx, dy, dhy)
+        return _from_run_layout(cupy, dx, run), dhx, dw
+
+
+def _to_run_layout(cupy, a, run):
+    """(B, T, F) -> the run's data layout: itself, or (T, B, F) for a seq-major run."""
+    if not run.seq_major:
+        return a
+    if a.shape[0] == 1:
+        return a.reshape(a.shape[1], 1, a.shape[2])  # same memory
+    return cupy.ascontiguousarray(a.transpose(1, 0, 2))
+
+
+def _from_run_layout(cupy, a, run):
+    """The run's (T, B, F) seq-major data back as (B, T, F) (a view at B == 1)."""
+    if not run.seq_major:
+        return a
+    if a.shape[1] == 1:
+        return a.reshape(1, a.shape[0], a.shape[2])
+    return cupy.ascontiguousarray(a.transpose(1, 0, 2))
 
 
 _BACKEND = None

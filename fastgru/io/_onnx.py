@@ -421,8 +421,12 @@ def to_onnx(model, path=None, *, sequence_lens: bool = False, initial_state: boo
     outputs = [helper.make_tensor_value_info(n, elem, s)
                for n, s in zip(output_names, out_shapes, strict=True)]
     graph = helper.make_graph(g.nodes, model.name, inputs, outputs, initializer=g.inits)
-    proto = helper.make_model(graph, producer_name="fastgru",
-                              opset_imports=[helper.make_opsetid("", opset)])
+    opsets = [helper.make_opsetid("", opset)]
+    # The oldest IR version that expresses the opset, not the installed onnx's newest: an
+    # ONNX Runtime older than that onnx rejects newer IR versions ("Unsupported model IR
+    # version") even when it implements every operator.
+    proto = helper.make_model(graph, producer_name="fastgru", opset_imports=opsets,
+                              ir_version=helper.find_min_ir_version_for(opsets))
     onnx.checker.check_model(proto)
     if path is not None:
         onnx.save(proto, path)

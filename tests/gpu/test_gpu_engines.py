@@ -116,6 +116,31 @@ def test_cudnn_larger_shapes_float32(shape):
     check(cudnn, spec, host, dev, 1e-4)
 
 
+@pytest.mark.parametrize("B", [1, 8])
+@pytest.mark.parametrize("u,training,persistent", [(64, True, True), (128, True, True),
+                                                   (160, False, True), (160, True, False),
+                                                   (256, False, False)])
+def test_cudnn_persistent_small_h_on_this_gpu(B, u, training, persistent):
+    """float32 at small units runs cuDNN's persistent kernel here (which layout it took is
+    printed), and it agrees with the reference like STANDARD does."""
+    rng = np.random.default_rng(5)
+    D, T = 16, 30
+    host, dev = make(rng, B, T, D, u, np.float32)
+    spec = GRUSpec(u, TANH, SIGMOID, return_sequences=True)
+    if training:
+        check(cudnn, spec, host, dev, 1e-4)
+    else:
+        want = reference.forward(host["x"], host["w"], host["h0"], spec)[0]
+        rel_close(cudnn.forward(dev["x"], dev["w"], dev["h0"], spec)[0], want, 1e-4, "outputs")
+    plan = cudnn.backend().plan(np.float32, D, u)
+    names = {r.name for k, r in plan.data.items() if k[:2] == (B, T) and k[3] == training}
+    print(f"B={B} u={u} training={training}: {names}")
+    if persistent:
+        assert names and names <= {"persist-small-h", "persist-small-h-seq-major"}, names
+    else:
+        assert names == {"standard"}
+
+
 def test_cudnn_weight_space_layout_report():
     """Confirms on the GPU what CUDNN_NOTES.md marks [GPU: verify]: the weight-space size and
     whether cudnnGetRNNWeightParams reports the layout JAX and PyTorch observed. The engine

@@ -1,0 +1,146 @@
+"""The cuDNN engine's algorithm choice, against the simulated libcudnn of test_cudnn_rules.
+
+cuDNN's STANDARD algorithm launches a GEMV and an elementwise kernel per step; at small
+hidden sizes PERSIST_STATIC_SMALL_H runs the whole sequence in one persistent kernel (5-10x
+faster on an H200 at 100 steps, see the README). The engine tries it where it applies
+(float32, units <= 192 inference / 128 training, no shortened row), first on batch-major data,
+then seq-major (x, y, dy and dx transposed around the call), and falls back to STANDARD at
+whichever stage cuDNN declines: descriptor, temp sizes, forward or backward. These tests drive
+every fallback through the real ctypes calls and check the numbers against the reference.
+"""
+
+import numpy as np
+import pytest
+from test_cudnn_rules import SimulatedLibcudnn, simulated, spec  # noqa: F401  (fixture)
+
+from fastgru.engines import _cudnn_api as api
+from fastgru.engines import cudnn, reference
+from fastgru.engines.base import Weights
+
+SMALL_H, STANDARD = api.RNN_ALGO_PERSIST_STATIC_SMALL_H, api.RNN_ALGO_STANDARD
+BATCH, SEQ = api.RNN_DATA_BATCH_MAJOR_UNPACKED, api.RNN_DATA_SEQ_MAJOR_PACKED
+
+
+def case(B=3, T=4, D=3, u=2, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(B, T, D))
+    w = Weights(rng.normal(size=(D, 3 * u)) * 0.5, rng.normal(size=(u, 3 * u)) * 0.5,
+                rng.normal(size=(2, 3 * u)) * 0.5)
+    return x, w, rng.normal(size=(B, u)), rng
+
+
+def run(x, w, h0, rng, dtype=np.float32, mask=None, training=True, **kw):
+    """forward (+ backward) through the engine and the reference; asserts they agree."""
+    sp = spec(units=h0.shape[1], return_sequences=True, **kw)
+    c = [a.astype(dtype) for a in (x, *w, h0)]
+    out, h, tape = cudnn.forward(c[0], Weights(*c[1:4]), c[4], sp, mask, training=training)
+    r_out, r_h, r_tape = reference.forward(x, w, h0, sp, mask, training=True)
+    tol = 1e-5 if dtype == np.float32 else 1e-10
+    np.testing.assert_allclose(out, r_out, rtol=tol, atol=tol)
+    np.testing.assert_allclose(h, r_h, rtol=tol, atol=tol)
+    if training:
+        d_out, d_h = rng.normal(size=out.shape), rng.normal(size=h.shape)
+        g = cudnn.backward(tape, d_out.astype(dtype), d_h.astype(dtype))
+        gr = reference.backward(r_tape, d_out, d_h)
+        for name in ("x", "h0", "kernel", "recurrent_kernel", "bias"):
+            np.testing.assert_allclose(getattr(g, name), getattr(gr, name), rtol=tol * 10,
+                                       atol=tol * 10, err_msg=name)
+
+
+def ran(lib, stage=None):
+    return [(a, lay) for s, a, lay in lib.ran if stage in (None, s)]
+
+
+def test_small_h_batch_major_for_float32_small_units(simulated):
+    x, w, h0, rng = case()
+    run(x, w, h0, rng)
+    assert ran(simulated) == [(SMALL_H, BATCH)] * 2  # forward, then backward on the same
+
+
+@pytest.mark.parametrize("dtype,u,training,mask_row,want", [
+    (np.float64, 2, False, None, STANDARD),      # the persistent kernels take no double
+    (np.float32, 192, False, None, SMALL_H),     # inference up to 192 units
+    (np.float32, 193, False, None, STANDARD),
+    (np.float32, 128, True, None, SMALL_H),      # training up to 128 (its backward's limit)
+    (np.float32, 129, True, None, STANDARD),
+    (np.float32, 2, True, [1, 1, 1, 0], STANDARD),  # a shortened row: lengths differ
+    (np.float32, 2, True, [1, 1, 1, 1], SMALL_H),   # a mask that masks nothing
+])
+def test_which_rows_take_the_persistent_kernel(simulated, dtype, u, training, mask_row, want):
+    x, w, h0, rng = case(B=2, T=4, D=2, u=u)
+    mask = None
+    if mask_row is not None:
+        mask = np.array([[1, 1, 1, 1], mask_row], bool)
+    run(x, w, h0, rng, dtype, mask, training)
+    assert {a for a, _ in ran(simulated)} == {want}
+
+
+def test_algo_standard_setting(simulated, monkeypatch):
+    monkeypatch.setattr(cudnn, "ALGO", "standard")
+    x, w, h0, rng = case()
+    run(x, w, h0, rng)
+    assert ran(simulated) == [(STANDARD, BATCH)] * 2
+    assert all(c.get("algo") == STANDARD for c in simulated.rnn.values())
+
+
+@pytest.mark.parametrize("B", [1, 3])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_seq_major_when_batch_major_is_declined(simulated, B, go_backwards):
+    """x, y, dy and dx transposed around the seq-major call (a reshape at B == 1)."""
+    simulated.refuse["temp"] = lambda c, d: 3000 if (c["algo"], d["layout"]) == (
+        SMALL_H, BATCH) else 0
+    x, w, h0, rng = case(B=B, seed=B)
+    run(x, w, h0, rng, go_backwards=go_backwards)
+    assert ran(simulated) == [(SMALL_H, SEQ)] * 2
+
+
+def test_declined_at_forward_is_remembered(simulated):
+    simulated.refuse["forward"] = lambda c, d: 3000 if c["algo"] == SMALL_H else 0
+    x, w, h0, rng = case()
+    for _ in range(2):
+        run(x, w, h0, rng, training=False)
+    # the first call tried both persistent variants, the second went straight to STANDARD
+    assert ran(simulated) == [(STANDARD, BATCH)] * 2
+    assert simulated.calls.count("cudnnRNNForward") == 4
+
+
+def test_declined_at_backward_reruns_the_forward_with_standard(simulated):
+    """A reserve space is the forward algorithm's: a backward that cuDNN declines redoes the
+    forward with the next variant and runs that one's backward; the next step starts with
+    STANDARD."""
+    simulated.refuse["backward"] = lambda c, d: 3000 if c["algo"] == SMALL_H else 0
+    x, w, h0, rng = case()
+    run(x, w, h0, rng)
+    # each declined backward redoes the forward with the next variant
+    assert simulated.ran == [("forward", SMALL_H, BATCH), ("forward", SMALL_H, SEQ),
+                             ("forward", STANDARD, BATCH), ("backward", STANDARD, BATCH)]
+    simulated.ran.clear()
+    run(x, w, h0, rng)
+    assert simulated.ran == [("forward", STANDARD, BATCH), ("backward", STANDARD, BATCH)]
+
+
+def test_other_errors_are_not_swallowed(simulated):
+    simulated.refuse["forward"] = lambda c, d: 4000  # CUDNN_STATUS_INTERNAL_ERROR
+    x, w, h0, rng = case()
+    with pytest.raises(api.CudnnError, match="cudnnRNNForward failed with status 4000"):
+        run(x, w, h0, rng)
+
+
+def test_small_h_unused_when_its_weight_layout_differs(simulated):
+    """The packed weight space is shared by the variants: one laid out differently is never
+    used (its descriptor is made once and set aside)."""
+    simulated.small_h_layout_differs = True
+    x, w, h0, rng = case()
+    for _ in range(2):
+        run(x, w, h0, rng)
+    assert {a for a, _ in ran(simulated)} == {STANDARD}
+    assert simulated.calls.count("cudnnSetRNNDescriptor_v8") == 3  # standard + two small-h
+
+
+def test_describe_kernel_names_the_algorithm():
+    small = spec(units=64)
+    assert "PERSIST_STATIC_SMALL_H" in cudnn.describe_kernel(small, (8, 100, 32))
+    assert "STANDARD" in cudnn.describe_kernel(small, (8, 100, 32))
+    big = spec(units=256)
+    text = cudnn.describe_kernel(big, (8, 100, 32))
+    assert "PERSIST" not in text and "STANDARD" in text
