@@ -1,12 +1,13 @@
 """The cuDNN engine's algorithm choice, against the simulated libcudnn of test_cudnn_rules.
 
-cuDNN's STANDARD algorithm launches a GEMV and an elementwise kernel per step; at small
-hidden sizes PERSIST_STATIC_SMALL_H runs the whole sequence in one persistent kernel (5-10x
-faster on an H200 at 100 steps, see the README). The engine tries it where it applies
-(float32, units <= 192 inference / 128 training, no shortened row), first on batch-major data,
-then seq-major (x, y, dy and dx transposed around the call), and falls back to STANDARD at
-whichever stage cuDNN declines: descriptor, temp sizes, forward or backward. These tests drive
-every fallback through the real ctypes calls and check the numbers against the reference.
+cuDNN's STANDARD algorithm launches a GEMV and an elementwise kernel per step; the persistent
+ones run the whole sequence in one kernel (3-10x faster on an H200 at 100 steps where they
+apply, see the README). The engine tries PERSIST_STATIC_SMALL_H (float32, units <= 192
+inference / 128 training) or else PERSIST_STATIC (float32, <= 4 rows, <= 1024 units) when no
+row is shortened, first on batch-major data, then seq-major (x, y, dy and dx transposed
+around the call), and falls back to STANDARD at whichever stage cuDNN declines: descriptor,
+temp sizes, forward or backward. These tests drive every fallback through the real ctypes
+calls and check the numbers against the reference.
 """
 
 import numpy as np
@@ -17,15 +18,16 @@ from fastgru.engines import _cudnn_api as api
 from fastgru.engines import cudnn, reference
 from fastgru.engines.base import Weights
 
-SMALL_H, STANDARD = api.RNN_ALGO_PERSIST_STATIC_SMALL_H, api.RNN_ALGO_STANDARD
+SMALL_H, STATIC = api.RNN_ALGO_PERSIST_STATIC_SMALL_H, api.RNN_ALGO_PERSIST_STATIC
+STANDARD = api.RNN_ALGO_STANDARD
 BATCH, SEQ = api.RNN_DATA_BATCH_MAJOR_UNPACKED, api.RNN_DATA_SEQ_MAJOR_PACKED
 
 
 def case(B=3, T=4, D=3, u=2, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(B, T, D))
-    w = Weights(rng.normal(size=(D, 3 * u)) * 0.5, rng.normal(size=(u, 3 * u)) * 0.5,
-                rng.normal(size=(2, 3 * u)) * 0.5)
+    w = Weights(rng.normal(size=(D, 3 * u)) / np.sqrt(D), rng.normal(size=(u, 3 * u)) /
+                np.sqrt(u), rng.normal(size=(2, 3 * u)) * 0.5)
     return x, w, rng.normal(size=(B, u)), rng
 
 
@@ -57,22 +59,38 @@ def test_small_h_batch_major_for_float32_small_units(simulated):
     assert ran(simulated) == [(SMALL_H, BATCH)] * 2  # forward, then backward on the same
 
 
-@pytest.mark.parametrize("dtype,u,training,mask_row,want", [
-    (np.float64, 2, False, None, STANDARD),      # the persistent kernels take no double
-    (np.float32, 192, False, None, SMALL_H),     # inference up to 192 units
-    (np.float32, 193, False, None, STANDARD),
-    (np.float32, 128, True, None, SMALL_H),      # training up to 128 (its backward's limit)
-    (np.float32, 129, True, None, STANDARD),
-    (np.float32, 2, True, [1, 1, 1, 0], STANDARD),  # a shortened row: lengths differ
-    (np.float32, 2, True, [1, 1, 1, 1], SMALL_H),   # a mask that masks nothing
+@pytest.mark.parametrize("dtype,B,u,training,mask_row,want", [
+    (np.float64, 2, 2, False, None, STANDARD),      # the persistent kernels take no double
+    (np.float32, 2, 192, False, None, SMALL_H),     # inference up to 192 units
+    (np.float32, 2, 128, True, None, SMALL_H),      # training up to 128 (its backward's limit)
+    (np.float32, 2, 2, True, [1, 1, 1, 0], STANDARD),  # a shortened row: lengths differ
+    (np.float32, 2, 2, True, [1, 1, 1, 1], SMALL_H),   # a mask that masks nothing
+    # beyond SMALL_H: PERSIST_STATIC at up to 4 rows and 1024 units
+    (np.float32, 4, 193, False, None, STATIC),
+    (np.float32, 1, 129, True, None, STATIC),
+    (np.float32, 1, 1024, False, None, STATIC),
+    (np.float32, 5, 193, False, None, STANDARD),
+    (np.float32, 1, 1025, False, None, STANDARD),
+    (np.float32, 2, 200, True, [1, 1, 1, 0], STANDARD),
 ])
-def test_which_rows_take_the_persistent_kernel(simulated, dtype, u, training, mask_row, want):
-    x, w, h0, rng = case(B=2, T=4, D=2, u=u)
+def test_which_calls_take_a_persistent_kernel(simulated, dtype, B, u, training, mask_row, want):
+    x, w, h0, rng = case(B=B, T=4, D=2, u=u)
     mask = None
     if mask_row is not None:
-        mask = np.array([[1, 1, 1, 1], mask_row], bool)
+        mask = np.array([[1, 1, 1, 1]] * (B - 1) + [mask_row], bool)
     run(x, w, h0, rng, dtype, mask, training)
     assert {a for a, _ in ran(simulated)} == {want}
+
+
+@pytest.mark.parametrize("u", [2, 300])
+def test_persistent_kernels_fall_back_to_seq_major(simulated, u):
+    """Batch-major declined at the temp sizes: the same algorithm on seq-major data."""
+    simulated.refuse["temp"] = lambda c, d: 3000 if c["algo"] != STANDARD and \
+        d["layout"] == BATCH else 0
+    x, w, h0, rng = case(B=1, T=3, D=2, u=u)
+    run(x, w, h0, rng)
+    want = SMALL_H if u == 2 else STATIC
+    assert ran(simulated) == [(want, SEQ)] * 2
 
 
 def test_algo_standard_setting(simulated, monkeypatch):
@@ -137,10 +155,17 @@ def test_small_h_unused_when_its_weight_layout_differs(simulated):
     assert simulated.calls.count("cudnnSetRNNDescriptor_v8") == 3  # standard + two small-h
 
 
-def test_describe_kernel_names_the_algorithm():
-    small = spec(units=64)
-    assert "PERSIST_STATIC_SMALL_H" in cudnn.describe_kernel(small, (8, 100, 32))
-    assert "STANDARD" in cudnn.describe_kernel(small, (8, 100, 32))
-    big = spec(units=256)
-    text = cudnn.describe_kernel(big, (8, 100, 32))
-    assert "PERSIST" not in text and "STANDARD" in text
+def test_describe_kernel_names_the_algorithm(monkeypatch):
+    text = cudnn.describe_kernel(spec(units=64), (8, 100, 32))
+    assert text.startswith("cuDNN algorithm PERSIST_STATIC_SMALL_H") and "STANDARD for" in text
+    text = cudnn.describe_kernel(spec(units=160), (2, 100, 32))
+    assert "PERSIST_STATIC_SMALL_H (" in text and "PERSIST_STATIC for training" in text
+    text = cudnn.describe_kernel(spec(units=160), (8, 100, 32))
+    assert "STANDARD for training" in text
+    assert cudnn.describe_kernel(spec(units=512), (4, 100, 32)).startswith(
+        "cuDNN algorithm PERSIST_STATIC (")
+    text = cudnn.describe_kernel(spec(units=512), (5, 100, 32))
+    assert "PERSIST" not in text and "batch 5 > 4" in text
+    assert "units 2048 > 1024" in cudnn.describe_kernel(spec(units=2048), (1, 100, 32))
+    monkeypatch.setattr(cudnn, "ALGO", "standard")
+    assert "FASTGRU_CUDNN_ALGO=standard" in cudnn.describe_kernel(spec(units=64), (1, 9, 3))

@@ -308,7 +308,8 @@ class SimulatedLibcudnn:
                                   proj, layers, drop, aux):
         assert (mode, bias, dirm, inm, layers) == (
             api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS, api.UNIDIRECTIONAL, api.LINEAR_INPUT, 1)
-        assert algo in (api.RNN_ALGO_STANDARD, api.RNN_ALGO_PERSIST_STATIC_SMALL_H)
+        assert algo in (api.RNN_ALGO_STANDARD, api.RNN_ALGO_PERSIST_STATIC,
+                        api.RNN_ALGO_PERSIST_STATIC_SMALL_H)
         assert aux in (api.RNN_PADDED_IO_ENABLED, api.RNN_PADDED_IO_DISABLED)
         assert dt == prec and proj == H
         self.rnn[self._val(r)] = dict(dt=dt, D=D, H=H, math=math, algo=algo, aux=aux)

@@ -116,13 +116,14 @@ def test_cudnn_larger_shapes_float32(shape):
     check(cudnn, spec, host, dev, 1e-4)
 
 
-@pytest.mark.parametrize("B", [1, 8])
-@pytest.mark.parametrize("u,training,persistent", [(64, True, True), (128, True, True),
-                                                   (160, False, True), (160, True, False),
-                                                   (256, False, False)])
-def test_cudnn_persistent_small_h_on_this_gpu(B, u, training, persistent):
-    """float32 at small units runs cuDNN's persistent kernel here (which layout it took is
-    printed), and it agrees with the reference like STANDARD does."""
+@pytest.mark.parametrize("B,u,training,want", [
+    (1, 64, True, "persist-small-h"), (8, 128, True, "persist-small-h"),
+    (8, 160, False, "persist-small-h"), (1, 160, True, "persist-static"),
+    (8, 160, True, "standard"), (4, 256, True, "persist-static"),
+    (1, 1024, False, "persist-static"), (8, 256, False, "standard")])
+def test_cudnn_persistent_kernels_on_this_gpu(B, u, training, want):
+    """float32 runs cuDNN's persistent kernels where the engine's rules pick them (which layout
+    it took is printed), and they agree with the reference like STANDARD does."""
     rng = np.random.default_rng(5)
     D, T = 16, 30
     host, dev = make(rng, B, T, D, u, np.float32)
@@ -130,15 +131,13 @@ def test_cudnn_persistent_small_h_on_this_gpu(B, u, training, persistent):
     if training:
         check(cudnn, spec, host, dev, 1e-4)
     else:
-        want = reference.forward(host["x"], host["w"], host["h0"], spec)[0]
-        rel_close(cudnn.forward(dev["x"], dev["w"], dev["h0"], spec)[0], want, 1e-4, "outputs")
+        want_out = reference.forward(host["x"], host["w"], host["h0"], spec)[0]
+        rel_close(cudnn.forward(dev["x"], dev["w"], dev["h0"], spec)[0], want_out, 1e-4,
+                  "outputs")
     plan = cudnn.backend().plan(np.float32, D, u)
     names = {r.name for k, r in plan.data.items() if k[:2] == (B, T) and k[3] == training}
     print(f"B={B} u={u} training={training}: {names}")
-    if persistent:
-        assert names and names <= {"persist-small-h", "persist-small-h-seq-major"}, names
-    else:
-        assert names == {"standard"}
+    assert names in ({want}, {want + "-seq-major"}), names
 
 
 def test_cudnn_weight_space_layout_report():
