@@ -8,6 +8,7 @@
 #define FASTGRU_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 /* Packed recurrent weights: column panels of FG_PANEL_BYTES, i.e. 64 floats or 32 doubles. */
 #define FG_PANEL_BYTES 256
@@ -47,6 +48,10 @@ void fg_set_ptr_prefetch(int v); /* 0 / 1, or -1: the default (between calls onl
  * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */
 void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst);
 void fg_pack_d(const double *src, long ld, int K, int col0, int ncols, double *dst);
+/* Whether dst holds exactly what fg_pack put there from src, every unit in 32-bit words (a
+ * float is one, a double two): the exact check on a cached packed kernel, reading each once. */
+int fg_same_packed(const uint32_t *src, long ld, int K, long col0, long ncols,
+                   const uint32_t *dst);
 
 /* C[i, p*W + c] = sum_{k<K} A[i*lda + k] * P[p*pstride + k*W + c] for i < M, p < np, c < W.
  * The k sum runs in order 0..K-1 with one fused multiply-add per term on every ISA, so each

@@ -8,6 +8,7 @@
  */
 #include <math.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 #include "fastgru.h"
 #include "colsum_inline.h"
@@ -71,6 +72,29 @@ int fg_isa_best(void)
     }
 FG_DEFINE_PACK(f, float, FG_WF)
 FG_DEFINE_PACK(d, double, FG_WD)
+
+/* Whether dst holds exactly columns [col0, col0 + ncols) of src as fg_pack laid them out,
+ * compared as 32-bit words (all units here are words: a panel row is 64 of them, 256 bytes):
+ * bitwise, so -0.0 and NaN payloads count; padding is not read. One pass over both, no early
+ * exit (a difference is the rare case). */
+FG_CLONES int fg_same_packed(const uint32_t *src, long ld, int K, long col0, long ncols,
+                             const uint32_t *dst)
+{
+    const long W = 64, np = (ncols + W - 1) / W;
+    uint32_t acc = 0;
+    /* row-major over src (one sequential run per row); each panel is then read forwards too,
+     * one 256-byte row per src row: streams the prefetchers follow (panel-major order read src
+     * in 256-byte pieces a whole row apart: 2.4x slower once U outgrew L2) */
+    for (long k = 0; k < K; k++) {
+        const uint32_t *s = src + k * ld + col0;
+        for (long p = 0; p < np; p++) {
+            long w = ncols - p * W < W ? ncols - p * W : W;
+            const uint32_t *d = dst + (p * K + k) * W, *sp = s + p * W;
+            for (long j = 0; j < w; j++) acc |= sp[j] ^ d[j];
+        }
+    }
+    return acc == 0;
+}
 
 /* Generic: fma() keeps the bits equal to the vector kernels (hardware FMA where it exists). */
 #define FG_DEFINE_GENERIC(SUF, REAL, W, FMA)                                                  \

@@ -925,8 +925,71 @@ def test_packed_weights_cache_by_caller_key(rng):
     u = w.recurrent_kernel
     swapped = u.copy()
     swapped[[0, 1]] = swapped[[1, 0]]
-    assert not _gru.same(swapped, u) and _gru.same(u.copy(), u)
-    assert not _gru.same(u.astype(np.float32), u)
+    packed = cpu._pack_recurrent(u, spec.units)
+    assert not _gru.same_packed(swapped, packed, 3) and _gru.same_packed(u.copy(), packed, 3)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,n_threads", [(1, 1), (1, 2), (6, 2)])
+@pytest.mark.parametrize("where", ["U first", "U last", "W first", "W last", "both"])
+@pytest.mark.parametrize("kernel", [None, "generic"])  # generic: W unpacked, only U cached
+def test_cached_packed_kernels_catch_in_place_edits(rng, monkeypatch, dtype, B, n_threads,
+                                                    where, kernel):
+    """With a key the cached packed kernels are compared with the weights on every call: an
+    edit anywhere, in either matrix, is found, repacked and computed with the new weights."""
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
+    args, kw = make_case(rng, B, 4, 5, 70, return_sequences=True, dtype=dtype)
+    kw = dict(kw, kernel=kernel)
+    x, w, h0, spec = args
+    key = ("edits", where, B, n_threads, kernel)
+    first = cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)[0]
+    assert np.array_equal(cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)[0],
+                          first)
+    for name in ("U", "W"):
+        if name in where or where == "both":
+            mat = w.recurrent_kernel if name == "U" else w.kernel
+            mat.flat[0 if "first" in where else -1] += 0.25
+    got = cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)[0]
+    assert not np.array_equal(got, first)
+    assert np.array_equal(got, cpu.forward(*args, **kw, n_threads=n_threads)[0])
+    assert np.array_equal(cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)[0],
+                          got)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("K,n", [(1, 1), (3, 64), (5, 70), (2, 130)])
+def test_same_packed_compares_every_bit_of_every_panel(dtype, K, n):
+    """same_packed against the packing it checks: equal, then a one-bit change at each element
+    in turn (first and last of a group, a panel's edge, the ragged last panel), a -0.0 for a
+    0.0 and a NaN payload are differences; the panels' zero padding is not compared."""
+    from fastgru._cpu import _gru
+
+    rng = np.random.default_rng(K * 1000 + n)
+    U = rng.normal(size=(K, 3 * n)).astype(dtype)
+    U[0, 0] = 0.0
+    packed = cpu._pack_recurrent(U, n)
+    assert _gru.same_packed(U, packed, 3)
+    bits = U.view(np.uint32 if dtype == np.float32 else np.uint64)
+    cols = sorted({0, n - 1, n, 2 * n, 3 * n - 1, min(63, n - 1), min(64, 3 * n - 1)})
+    for k in sorted({0, K - 1}):
+        for c in cols:
+            for bit in (0, 8 * U.itemsize - 1):
+                bits[k, c] ^= 1 << bit
+                assert not _gru.same_packed(U, packed, 3), (k, c, bit)
+                bits[k, c] ^= 1 << bit
+    assert _gru.same_packed(U, packed, 3)
+    U[0, 0] = -0.0
+    assert not _gru.same_packed(U, packed, 3)
+    U[0, 0] = 0.0
+    padded = packed.copy()
+    per = packed.size // 3
+    if n % (256 // U.itemsize):  # a ragged last panel: its padding columns are free
+        padded[per - 1] = 7.0
+        assert _gru.same_packed(U, padded, 3)
+    assert not _gru.same_packed(U, packed[:-1], 3)  # wrong size
+    assert not _gru.same_packed(U.astype(np.float64 if dtype == np.float32 else np.float32),
+                                packed, 3)
 
 
 def _fork_child_forward(case):

@@ -7,8 +7,8 @@ C-contiguity, size) and then run the kernels without the GIL.
 """
 
 cimport numpy as cnp
+from libc.stdint cimport uint32_t
 from libc.stdlib cimport getenv
-from libc.string cimport memcmp
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from ._kernels cimport *
@@ -109,20 +109,29 @@ def pack(src, int col0, int ncols, dst):
             fg_pack_f(<float *>s, ld, K, col0, ncols, <float *>d)
 
 
-def same(a, b):
-    """Whether two C-contiguous arrays of one dtype hold the same bytes (memcmp, no GIL): the
-    exact check on a cached packed kernel."""
-    cdef int t = _typenum(a)
-    if _typenum(b) != t or a.size != b.size:
+def same_packed(src, packed, int ngroups):
+    """Whether ``packed`` holds exactly what packing src's columns in ``ngroups`` equal groups
+    (each into its own panels, as engines.cpu._pack_recurrent does) put there: bitwise, one
+    pass over each (no kept copy of src needed). src (K, ngroups * n) C-contiguous."""
+    cdef int t = _typenum(src)
+    if _typenum(packed) != t or src.ndim != 2 or ngroups < 1 or src.shape[1] % ngroups:
         return False
-    cdef Py_ssize_t n = a.size
-    cdef void *p = _p(a, t, n, "a")
-    cdef void *q = _p(b, t, n, "b")
-    cdef size_t nbytes = <size_t>n * (8 if t == cnp.NPY_FLOAT64 else 4)
-    cdef int r
+    cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
+    cdef int K = src.shape[0]
+    cdef long ld = src.shape[1], n = ld // ngroups
+    cdef long per = ((n + W - 1) // W) * K * W  # elements of one group's panels
+    if packed.size != ngroups * per:
+        return False
+    cdef const uint32_t *s = <const uint32_t *>_p(src, t, <Py_ssize_t>K * ld, "src")
+    cdef const uint32_t *d = <const uint32_t *>_p(packed, t, ngroups * per, "packed")
+    cdef long m = 2 if t == cnp.NPY_FLOAT64 else 1  # 32-bit words per element
+    cdef int g, ok = 1
     with nogil:
-        r = memcmp(p, q, nbytes)
-    return r == 0
+        for g in range(ngroups):
+            if not fg_same_packed(s, ld * m, K, g * n * m, n * m, d + g * per * m):
+                ok = 0
+                break
+    return ok == 1
 
 
 def gemm_panels(int isa, A, P, int K, int npanels, C):

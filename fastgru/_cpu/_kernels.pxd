@@ -1,5 +1,8 @@
 # Declarations of the C kernels in src_c/fastgru.h (see that header for shapes and contracts).
 
+from libc.stdint cimport uint32_t
+
+
 cdef extern from "fastgru.h" nogil:
     int FG_WF
     int FG_WD
@@ -22,6 +25,8 @@ cdef extern from "fastgru.h" nogil:
     void fg_ws_poison()
     void fg_pack_f(const float *src, long ld, int K, int col0, int ncols, float *dst)
     void fg_pack_d(const double *src, long ld, int K, int col0, int ncols, double *dst)
+    int fg_same_packed(const uint32_t *src, long ld, int K, long col0, long ncols,
+                       const uint32_t *dst)
     void fg_gemm_panels_f(int isa, int M, int K, const float *A, long lda, const float *P,
                           long pstride, int np, float *C, long ldc)
     void fg_gemm_panels_d(int isa, int M, int K, const double *A, long lda, const double *P,

@@ -431,13 +431,13 @@ _pack_lock = threading.Lock()
 
 def _packed(U, u, key):
     """Packed (recurrent) kernel, cached under the caller's ``key`` (e.g. the Variables'
-    ``(uid, version)`` plus which matrix). A hit is trusted only if U still holds the bytes it
-    was packed from (a memcmp against a kept copy: exact, and cheaper than packing), so in-place
-    edits that skip a version bump (finite-difference checks, direct writes into
-    ``Variable.value``) repack instead of reusing stale weights. A new entry evicts those packed
-    from the same memory (older versions of weights updated in place: a training loop would
-    otherwise keep 16 of them), whose buffers the record pool then reuses. Without a key it is
-    packed on every call."""
+    ``(uid, version)`` plus which matrix). A hit is trusted only if it still holds exactly U's
+    values (a bitwise comparison of U with the panels: exact, no kept copy, one pass over each,
+    and the panels are then warm for the kernel), so in-place edits that skip a version bump
+    (finite-difference checks, direct writes into ``Variable.value``) repack instead of
+    reusing stale weights. A new entry evicts those packed from the same memory (older
+    versions of weights updated in place: a training loop would otherwise keep 16 of them),
+    whose buffers the record pool then reuses. Without a key it is packed on every call."""
     if key is None:
         return _pack_recurrent(U, u)
     full = (key, U.dtype.str, U.shape)
@@ -445,17 +445,15 @@ def _packed(U, u, key):
         hit = _PACK_CACHE.get(full)
         if hit is not None:
             _PACK_CACHE.move_to_end(full)
-    if hit is not None and _gru.same(hit[0], U):
-        return hit[1]
+    if hit is not None and _gru.same_packed(U, hit[0], 3):
+        return hit[0]
     packed = _pack_recurrent(U, u)
-    kept = _record_array(U.shape, U.dtype)
-    np.copyto(kept, U)
     src = U.ctypes.data
     with _pack_lock:
         for k in [k for k, e in _PACK_CACHE.items()
-                  if e[2] == src and k[0][1] == key[1] and k[1:] == full[1:]]:
+                  if e[1] == src and k[0][1] == key[1] and k[1:] == full[1:]]:
             del _PACK_CACHE[k]
-        _PACK_CACHE[full] = (kept, packed, src)
+        _PACK_CACHE[full] = (packed, src)
         while len(_PACK_CACHE) > _PACK_CACHE_SIZE:
             _PACK_CACHE.popitem(last=False)
     return packed
