@@ -204,5 +204,6 @@ def describe(engine, reason: str, spec: GRUSpec, x, n_threads=None) -> str:
     text = f"engine '{name}': {reason}"
     kernel = getattr(engine, "describe_kernel", None)
     if kernel is not None:
-        text += f"; {kernel(spec, tuple(x.shape), n_threads=n_threads).rstrip('.')}"
+        text += (f"; {kernel(spec, tuple(x.shape), n_threads=n_threads, dtype=x.dtype)}"
+                 .rstrip("."))
     return text + "."

@@ -144,15 +144,44 @@ def test_other_errors_are_not_swallowed(simulated):
         run(x, w, h0, rng)
 
 
-def test_small_h_unused_when_its_weight_layout_differs(simulated):
-    """The packed weight space is shared by the variants: one laid out differently is never
-    used (its descriptor is made once and set aside)."""
-    simulated.small_h_layout_differs = True
+@pytest.mark.parametrize("how", ["offsets", "missing bias", "strides"])
+def test_persistent_variant_unusable_when_its_weights_cannot_be_matched(simulated, how):
+    """The packed weight space is shared by the variants: one whose descriptor lays it out
+    differently (offsets; a matrix stored transposed) or reports a parameter as missing is set
+    aside: STANDARD runs, no error, and its descriptor is made once."""
+    if how == "offsets":
+        simulated.small_h_layout_differs = True
+    elif how == "missing bias":
+        simulated.missing_param = (SMALL_H, 5)
+    else:
+        simulated.small_h_strides_differ = True
     x, w, h0, rng = case()
     for _ in range(2):
         run(x, w, h0, rng)
     assert {a for a, _ in ran(simulated)} == {STANDARD}
     assert simulated.calls.count("cudnnSetRNNDescriptor_v8") == 3  # standard + two small-h
+
+
+def test_runs_are_per_stream(simulated, monkeypatch):
+    """A run's device lengths live in the pool of the stream they were made on: each stream
+    gets its own run."""
+    import types
+
+    import cupy  # the fixture's stand-in
+
+    x, w, h0, rng = case()
+    for ptr in (0, 7, 0):
+        monkeypatch.setattr(cupy.cuda, "get_current_stream",
+                            lambda ptr=ptr: types.SimpleNamespace(ptr=ptr))
+        run(x, w, h0, rng, training=False)
+    plan = next(iter(cudnn.backend()._plans.values()))
+    assert sorted(k[-1] for k in plan.data) == [0, 7]
+
+
+def test_algo_setting_validated(monkeypatch):
+    monkeypatch.setattr(cudnn, "ALGO", "Auto")
+    with pytest.raises(ValueError, match="FASTGRU_CUDNN_ALGO.*'auto' or 'standard'.*'Auto'"):
+        cudnn.candidates(np.float32, 8, 1, True, False)
 
 
 def test_describe_kernel_names_the_algorithm(monkeypatch):
@@ -167,5 +196,9 @@ def test_describe_kernel_names_the_algorithm(monkeypatch):
     text = cudnn.describe_kernel(spec(units=512), (5, 100, 32))
     assert "PERSIST" not in text and "batch 5 > 4" in text
     assert "units 2048 > 1024" in cudnn.describe_kernel(spec(units=2048), (1, 100, 32))
+    text = cudnn.describe_kernel(spec(units=160), (8, 100, 32))
+    assert "STANDARD for training (units 160 > 128 and batch 8 > 4)" in text
+    text = cudnn.describe_kernel(spec(units=64), (1, 100, 32), dtype=np.float64)
+    assert text.startswith("cuDNN algorithm STANDARD") and "float64" in text
     monkeypatch.setattr(cudnn, "ALGO", "standard")
     assert "FASTGRU_CUDNN_ALGO=standard" in cudnn.describe_kernel(spec(units=64), (1, 9, 3))

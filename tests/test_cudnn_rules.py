@@ -202,12 +202,12 @@ def test_real_library_host_side_descriptor_calls(monkeypatch):
     (int arrays, paddingFill pointer, enums) against the real library where it is installed."""
     if _real_library() is None:
         pytest.skip("libcudnn.so.9 not installed")
-    from fastgru.engines.cudnn import _nd_dims, _Owned
+    from fastgru.engines.cudnn import _nd_desc, _Owned
 
     d = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
     api.call("cudnnSetTensorNdDescriptor", d.ptr, api.DATA_DOUBLE, 3, api.int_array((1, 5, 7)),
              api.int_array((35, 7, 1)))
-    assert _nd_dims(d.ptr) == (1, 5, 7)
+    assert _nd_desc(d.ptr) == ((1, 5, 7), (35, 7, 1))
     drop = _Owned("cudnnCreateDropoutDescriptor", "cudnnDestroyDropoutDescriptor")
     rnn = _Owned("cudnnCreateRNNDescriptor", "cudnnDestroyRNNDescriptor")
     args = [rnn.ptr, api.RNN_ALGO_STANDARD, api.RNN_MODE_GRU, api.RNN_DOUBLE_BIAS,
@@ -247,7 +247,8 @@ class SimulatedLibcudnn:
         # stages "temp" (cudnnGetRNNTempSpaceSizes), "forward", "backward"; as cuDNN declines
         # an algorithm/layout it cannot run. ran: (stage, algo, layout) of every run call.
         self.refuse, self.ran = {}, []
-        self.small_h_layout_differs = False
+        self.small_h_layout_differs = self.small_h_strides_differ = False
+        self.missing_param = None  # (algo, lin): cudnnGetRNNWeightParams reports no bias there
 
     # -- plumbing: prototypes, arity, conversions
     def __getattr__(self, name):
@@ -298,10 +299,12 @@ class SimulatedLibcudnn:
         return 0
 
     def _cudnnGetTensorNdDescriptor(self, d, nreq, dt, nb, dims, strides):
-        t, ds, _ = self.tensors[self._val(d)]
+        t, ds, st = self.tensors[self._val(d)]
         dt._obj.value, nb._obj.value = t, len(ds)
         for i, v in enumerate(ds):
             dims[i] = v
+        for i, v in enumerate(st):
+            strides[i] = v
         return 0
 
     def _cudnnSetRNNDescriptor_v8(self, r, algo, mode, bias, dirm, inm, dt, prec, math, D, H,
@@ -350,13 +353,17 @@ class SimulatedLibcudnn:
         c = self._cfg(r)
         assert pseudo == 0 and wsize.value == (self._layout(c)[1] + self.extra) * \
             self._itemsize(c)
-        moved = self.small_h_layout_differs and c["algo"] != api.RNN_ALGO_STANDARD
+        persistent = c["algo"] != api.RNN_ALGO_STANDARD
+        moved = self.small_h_layout_differs and persistent
         for p in self._layout(c)[0]:
-            if p.lin == lin:
+            if p.lin == lin and not (p.kind == "b" and self.missing_param == (c["algo"], lin)):
                 addr, desc = (maddr, mdesc) if p.kind == "W" else (baddr, bdesc)
                 addr._obj.value = self._val(wspace) + (p.offset + moved) * self._itemsize(c)
                 dims = (1,) + tuple(p.shape) + ((1,) if p.kind == "b" else ())
-                self.tensors[self._val(desc)] = (c["dt"], dims, ())
+                strides = (dims[1] * dims[2], dims[2], 1)
+                if self.small_h_strides_differ and persistent and p.kind == "W":
+                    strides = (dims[1] * dims[2], 1, dims[1])  # the matrix stored transposed
+                self.tensors[self._val(desc)] = (c["dt"], dims, strides)
         return 0
 
     def _cudnnSetRNNDataDescriptor(self, d, dt, lay, T, B, V, lens, fill):

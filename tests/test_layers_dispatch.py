@@ -72,7 +72,7 @@ def test_numpy_picks_cpu_and_passes_n_threads_only_to_it(engines, rng):
     calls = []
     cpu = fake_engine("cpu", calls, available=lambda: True,
                       supports=lambda s: (True, "built-in activations"),
-                      describe_kernel=lambda s, shape, n_threads=None:
+                      describe_kernel=lambda s, shape, n_threads=None, dtype=None:
                       f"fused kernel on {shape}, {n_threads} threads")
     engines(cpu=cpu)
     eng, why = _dispatch.choose(spec(), np.zeros((1, 2, 3)))

@@ -157,6 +157,9 @@ _VARIANTS = {
 
 def candidates(dtype, u: int, B: int, full_length: bool, training: bool, dirs: int = 1):
     """The variants worth trying for a call, fastest first (the last always "standard")."""
+    if ALGO not in ("auto", "standard"):
+        raise ValueError(f"FASTGRU_CUDNN_ALGO (fastgru.engines.cudnn.ALGO) must be 'auto' or "
+                         f"'standard', got {ALGO!r}")
     if ALGO == "auto" and dirs == 1 and np.dtype(dtype) == np.float32 and full_length:
         if u <= SMALL_H_UNITS[bool(training)]:
             return ("persist-small-h", "persist-small-h-seq-major", "standard")
@@ -165,23 +168,26 @@ def candidates(dtype, u: int, B: int, full_length: bool, training: bool, dirs: i
     return ("standard",)
 
 
-def describe_kernel(spec: GRUSpec, x_shape, n_threads=None) -> str:
-    """Which cuDNN algorithm a float32 call of this shape runs, where this cuDNN accepts it
+def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, dtype=np.float32) -> str:
+    """Which cuDNN algorithm a call of this shape and dtype runs, where this cuDNN accepts it
     (``n_threads``: unused, the CPU engine's)."""
     B, u = x_shape[0], spec.units
     names = {"persist-small-h": "PERSIST_STATIC_SMALL_H", "persist-static": "PERSIST_STATIC"}
-    infer, train = (candidates(np.float32, u, B, True, t)[0] for t in (False, True))
+    infer, train = (candidates(dtype, u, B, True, t)[0] for t in (False, True))
     if infer == "standard":
-        why = ("FASTGRU_CUDNN_ALGO=standard" if ALGO != "auto" else
+        why = (f"FASTGRU_CUDNN_ALGO={ALGO}" if ALGO != "auto" else
+               f"{np.dtype(dtype).name}: the persistent kernels are float32"
+               if np.dtype(dtype) != np.float32 else
                f"units {u} > {PERSIST_STATIC_MAX_UNITS}" if u > PERSIST_STATIC_MAX_UNITS else
                f"batch {B} > {PERSIST_STATIC_MAX_BATCH} at units {u} > {SMALL_H_UNITS[False]}")
         return f"cuDNN algorithm STANDARD (a GEMV and an elementwise kernel per step; {why})"
     text = f"cuDNN algorithm {names[infer]} (the whole sequence in one persistent kernel)"
     if train != infer:
-        text += (f" for inference, {names.get(train, 'STANDARD')} for training (units {u} > "
-                 f"{SMALL_H_UNITS[True]})")
-    return text + ("; STANDARD for float64, a row shortened by the mask, or where cuDNN "
-                   "declines it")
+        why = f"units {u} > {SMALL_H_UNITS[True]}"
+        if train == "standard":
+            why += f" and batch {B} > {PERSIST_STATIC_MAX_BATCH}"
+        text += f" for inference, {names.get(train, 'STANDARD')} for training ({why})"
+    return text + "; STANDARD for a row shortened by the mask or where cuDNN declines it"
 
 
 def _refusal(e: api.CudnnError) -> bool:
@@ -226,7 +232,8 @@ class _Plan:
                                  f"{self.weight_bytes} bytes is not a whole number of "
                                  f"{self.dtype} elements")
         self.n_elems = self.weight_bytes // self.dtype.itemsize
-        self.params = self._weight_params(handle, cupy, self.rnn)
+        self.strides = []
+        self.params = self._weight_params(handle, cupy, self.rnn, self.strides)
         idx = layout.pack_index(self.params, self.n_elems, D, u, dirs)
         self.pack_idx = cupy.asarray(idx)
         self.unpack_idx = cupy.asarray(layout.unpack_index(idx, D, u, dirs))
@@ -256,18 +263,19 @@ class _Plan:
                 rnn = self._rnn_desc(name)
                 size = c_size_t()
                 api.call("cudnnGetRNNWeightSpaceSize", handle, rnn.ptr, byref(size))
+                strides = []
                 if size.value != self.weight_bytes or \
-                        self._weight_params(handle, cupy, rnn) != self.params:
+                        self._weight_params(handle, cupy, rnn, strides) != self.params or \
+                        strides != self.strides:
                     rnn = None
-            except api.CudnnError as e:
-                if not _refusal(e):
-                    raise
+            except api.CudnnError:  # declined, or a layout it cannot report: STANDARD runs
                 rnn = None
             self.variants[name] = rnn
         return self.variants[name]
 
-    def _weight_params(self, handle, cupy, rnn):
-        """Ask cudnnGetRNNWeightParams where each matrix and bias lives (offsets in elements)."""
+    def _weight_params(self, handle, cupy, rnn, strides=None):
+        """Ask cudnnGetRNNWeightParams where each matrix and bias lives (offsets in elements);
+        ``strides``: a list to receive each one's strides too (the variants' layout check)."""
         space = cupy.zeros(self.n_elems, self.dtype)
         base = _addr(space)
         mdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
@@ -284,10 +292,12 @@ class _Plan:
                         raise api.CudnnError("cudnnGetRNNWeightParams", -1, "missing parameter",
                                              f"pseudoLayer {pseudo} linLayerID {lin} has no "
                                              f"{kind}")
-                    dims = _nd_dims(desc.ptr)
+                    dims, st = _nd_desc(desc.ptr)
                     shape = (dims[1], dims[2]) if kind == "W" else (dims[1],)
                     off = (addr.value - base) // self.dtype.itemsize
                     params.append(layout.Param(lin, kind, off, shape, pseudo))
+                    if strides is not None:
+                        strides.append(st)
         return params
 
     def h_desc(self, B: int):
@@ -312,20 +322,31 @@ class _Plan:
 
     def refuse(self, run: _Run):
         """cuDNN declined ``run`` at call time: the next lookup of its key tries the next
-        variant."""
+        variant (for good: a refusal is a property of the configuration)."""
         with self._lock:
-            self.refused.add((run.name, run.key))
+            self._refuse(run.name, run.key)
             if self.data.get(run.key) is run:
                 del self.data[run.key]
 
+    def _refuse(self, name, key):
+        if len(self.refused) >= 4096:  # bounded: forgets all, each key re-learns once
+            self.refused.clear()
+        self.refused.add((name, key))
+
     def _data_descs(self, handle, B, T, lengths, training):
-        key = (B, T, lengths.tobytes(), bool(training), ALGO)
+        import cupy
+
+        names = candidates(self.dtype, self.u, B, bool((lengths == T).all()), training,
+                           self.dirs)
+        # the stream: the device lengths are freed into (and reused from) the pool of the
+        # stream they were made on, so a run serves only calls queued behind it
+        key = (B, T, lengths.tobytes(), bool(training), names,
+               cupy.cuda.get_current_stream().ptr)
         hit = self.data.get(key)
         if hit is not None:
             self.data.move_to_end(key)
             return hit
-        for name in candidates(self.dtype, self.u, B, bool((lengths == T).all()), training,
-                               self.dirs):
+        for name in names:
             if name != "standard" and (name, key) in self.refused:
                 continue
             rnn = self._variant(handle, name)
@@ -336,7 +357,7 @@ class _Plan:
             except api.CudnnError as e:
                 if name == "standard" or not _refusal(e):
                     raise
-                self.refused.add((name, key))
+                self._refuse(name, key)
                 continue
             break
         self.data[key] = entry
@@ -364,11 +385,12 @@ class _Plan:
                     cupy.asarray(lengths, dtype=cupy.int32))
 
 
-def _nd_dims(desc) -> tuple:
+def _nd_desc(desc):
+    """(dims, strides) of a 3-D tensor descriptor."""
     dt, nb = c_int(), c_int()
     dims, strides = (c_int * 3)(), (c_int * 3)()
     api.call("cudnnGetTensorNdDescriptor", desc, 3, byref(dt), byref(nb), dims, strides)
-    return tuple(dims[: nb.value])
+    return tuple(dims[: nb.value]), tuple(strides[: nb.value])
 
 
 def _addr(a) -> int:
