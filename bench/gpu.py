@@ -11,6 +11,7 @@ columns are PyTorch's time divided by fastgru's: above 1, fastgru is faster.
 
     python bench/gpu.py                      # all shapes, all peers
     python bench/gpu.py --shapes 32x100x64x128 --peers cudnn,torch --repeats 50
+    python bench/gpu.py --peers cudnn --algo persist-static --shapes 8x100x128x256
 
 Shapes are B x T x D x H (batch, timesteps, input features, units).
 """
@@ -45,6 +46,10 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=20, help="timed runs per cell (median)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     p.add_argument("--tf32", action="store_true", help="allow TF32 (fastgru and PyTorch)")
+    p.add_argument("--algo", choices=("auto", "standard", "persist-small-h", "persist-static"),
+                   default=None, help="the cuDNN engine's algorithm choice (FASTGRU_CUDNN_ALGO;"
+                   " default: the environment's, else auto); a forced persistent kernel runs "
+                   "wherever cuDNN takes it, to measure the engine's rules")
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
     args.shapes = [parse_shape(s) for s in args.shapes.split(",") if s.strip()]
@@ -190,6 +195,8 @@ def main(argv=None):
     from fastgru.engines import xp as xp_engine
 
     cudnn_engine.ALLOW_TF32 = args.tf32
+    if args.algo is not None:
+        cudnn_engine.ALGO = args.algo
     torch = None
     if "torch" in args.peers:
         try:

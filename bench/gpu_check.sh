@@ -2,7 +2,8 @@
 # One prepared run on a CUDA machine (CuPy, cuDNN 9, pytest there): build in place, the GPU
 # tests, bench/gpu.py against PyTorch, then the whole suite. Logs go to $OUT (the device tool's
 # folder) or ./gpu-logs. Each stage has its own time limit so that a slow one cannot hide the
-# others' logs:  T_TESTS, T_BENCH, T_SUITE (seconds).   bash bench/gpu_check.sh
+# others' logs:  T_TESTS, T_BENCH, T_SUITE (seconds); SWEEP=1 adds a sweep of the cuDNN
+# algorithms around the engine's rule.   bash bench/gpu_check.sh
 out=${OUT:-gpu-logs}
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
@@ -40,6 +41,17 @@ timeout 60 $py bench/gpu.py --peers cudnn,xp --shapes 1x100x64x128,32x100x64x128
   --repeats 5 --warmup 1 >"$out/bench_xp.log" 2>&1
 echo "rc=$?"
 cat "$out/bench_xp.log"
+
+if [ -n "${SWEEP:-}" ]; then  # SWEEP=1: the persistent kernels forced at batches around the rule
+  echo "== algorithm sweep (forced persistent kernels vs the engine's choice)"
+  for algo in auto standard persist-static; do
+    timeout 120 $py bench/gpu.py --peers cudnn --algo $algo --repeats 10 --shapes \
+      4x100x128x256,8x100x128x256,16x100x128x256,8x100x512x1024,2x100x1024x2048 \
+      >"$out/sweep_$algo.log" 2>&1
+    echo "-- $algo rc=$?"
+    grep "^| [0-9]" "$out/sweep_$algo.log"
+  done
+fi
 
 echo "== whole suite"
 timeout "${T_SUITE:-150}" $py -m pytest -q -p no:cacheprovider -n 8 >"$out/suite.log" 2>&1

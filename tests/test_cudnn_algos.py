@@ -180,8 +180,24 @@ def test_runs_are_per_stream(simulated, monkeypatch):
 
 def test_algo_setting_validated(monkeypatch):
     monkeypatch.setattr(cudnn, "ALGO", "Auto")
-    with pytest.raises(ValueError, match="FASTGRU_CUDNN_ALGO.*'auto' or 'standard'.*'Auto'"):
+    with pytest.raises(ValueError, match="FASTGRU_CUDNN_ALGO.*'auto', 'standard', "
+                                         "'persist-small-h', 'persist-static'; got 'Auto'"):
         cudnn.candidates(np.float32, 8, 1, True, False)
+
+
+@pytest.mark.parametrize("algo,want", [("persist-static", STATIC), ("persist-small-h", SMALL_H)])
+def test_forced_algorithm_outside_the_rules(simulated, monkeypatch, algo, want):
+    """FASTGRU_CUDNN_ALGO=persist-*: that kernel on every float32 full-length call (8 rows at
+    300 units is outside both rules), with the same fallbacks; float64 stays STANDARD."""
+    monkeypatch.setattr(cudnn, "ALGO", algo)
+    x, w, h0, rng = case(B=8, T=3, D=2, u=300)
+    run(x, w, h0, rng)
+    assert ran(simulated) == [(want, BATCH)] * 2
+    simulated.ran.clear()
+    run(x, w, h0, rng, dtype=np.float64)
+    assert {a for a, _ in ran(simulated)} == {STANDARD}
+    text = cudnn.describe_kernel(spec(units=300), (8, 3, 2))
+    assert f"forced by FASTGRU_CUDNN_ALGO={algo}" in text
 
 
 def test_describe_kernel_names_the_algorithm(monkeypatch):

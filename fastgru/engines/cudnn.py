@@ -124,8 +124,10 @@ class _Owned:
 #: cuDNN algorithm choice: "auto" runs a persistent kernel (the whole sequence in one launch)
 #: where one applies and is faster, and falls back to STANDARD (a GEMV and an elementwise
 #: launch per step, host-bound at ~10 us a step) where cuDNN declines it; "standard" always
-#: runs STANDARD.
+#: runs STANDARD; "persist-small-h" / "persist-static" try that kernel on every float32,
+#: full-length call whatever its size (to measure the rules below; STANDARD where declined).
 ALGO = os.environ.get("FASTGRU_CUDNN_ALGO", "auto")
+_ALGOS = ("auto", "standard", "persist-small-h", "persist-static")
 
 #: PERSIST_STATIC_SMALL_H's reach, as PyTorch uses it: float32, units <= 192 for inference and
 #: <= 128 for training (its backward's limit: a training forward and its backward must use the
@@ -157,10 +159,12 @@ _VARIANTS = {
 
 def candidates(dtype, u: int, B: int, full_length: bool, training: bool, dirs: int = 1):
     """The variants worth trying for a call, fastest first (the last always "standard")."""
-    if ALGO not in ("auto", "standard"):
-        raise ValueError(f"FASTGRU_CUDNN_ALGO (fastgru.engines.cudnn.ALGO) must be 'auto' or "
-                         f"'standard', got {ALGO!r}")
-    if ALGO == "auto" and dirs == 1 and np.dtype(dtype) == np.float32 and full_length:
+    if ALGO not in _ALGOS:
+        raise ValueError(f"FASTGRU_CUDNN_ALGO (fastgru.engines.cudnn.ALGO) must be one of "
+                         f"{', '.join(map(repr, _ALGOS))}; got {ALGO!r}")
+    if ALGO != "standard" and dirs == 1 and np.dtype(dtype) == np.float32 and full_length:
+        if ALGO != "auto":
+            return (ALGO, ALGO + "-seq-major", "standard")
         if u <= SMALL_H_UNITS[bool(training)]:
             return ("persist-small-h", "persist-small-h-seq-major", "standard")
         if B <= PERSIST_STATIC_MAX_BATCH and u <= PERSIST_STATIC_MAX_UNITS:
@@ -174,6 +178,9 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, dtype=np.float32) ->
     B, u = x_shape[0], spec.units
     names = {"persist-small-h": "PERSIST_STATIC_SMALL_H", "persist-static": "PERSIST_STATIC"}
     infer, train = (candidates(dtype, u, B, True, t)[0] for t in (False, True))
+    if ALGO not in ("auto", "standard") and infer != "standard":
+        return (f"cuDNN algorithm {names[infer]} (forced by FASTGRU_CUDNN_ALGO={ALGO}; "
+                f"STANDARD for float64, a row shortened by the mask, or where cuDNN declines it)")
     if infer == "standard":
         why = (f"FASTGRU_CUDNN_ALGO={ALGO}" if ALGO != "auto" else
                f"{np.dtype(dtype).name}: the persistent kernels are float32"
