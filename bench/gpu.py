@@ -46,7 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=20, help="timed runs per cell (median)")
     p.add_argument("--warmup", type=int, default=3, help="untimed runs before timing")
     p.add_argument("--tf32", action="store_true", help="allow TF32 (fastgru and PyTorch)")
-    p.add_argument("--algo", choices=("auto", "standard", "persist-small-h", "persist-static"),
+    from fastgru.engines.cudnn import ALGOS  # loads neither CuPy nor cuDNN
+
+    p.add_argument("--algo", choices=ALGOS,
                    default=None, help="the cuDNN engine's algorithm choice (FASTGRU_CUDNN_ALGO;"
                    " default: the environment's, else auto); a forced persistent kernel runs "
                    "wherever cuDNN takes it, to measure the engine's rules")
@@ -182,9 +184,8 @@ def torch_runner(torch, K, R, b, x, tf32):
 
 
 def cudnn_algorithm(cudnn_engine, B, T, D, u, training):
-    """The variant(s) the cuDNN engine ran for this shape (its per-plan run cache)."""
-    plan = cudnn_engine.backend().plan(np.float32, D, u)
-    names = {r.name for k, r in plan.data.items() if k[:2] == (B, T) and k[3] == training}
+    """The variant(s) the cuDNN engine ran for this shape."""
+    names = cudnn_engine.backend().plan(np.float32, D, u).ran(B, T, training)
     return "/".join(sorted(names)) or "-"
 
 

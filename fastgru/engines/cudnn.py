@@ -127,7 +127,7 @@ class _Owned:
 #: runs STANDARD; "persist-small-h" / "persist-static" try that kernel on every float32,
 #: full-length call whatever its size (to measure the rules below; STANDARD where declined).
 ALGO = os.environ.get("FASTGRU_CUDNN_ALGO", "auto")
-_ALGOS = ("auto", "standard", "persist-small-h", "persist-static")
+ALGOS = ("auto", "standard", "persist-small-h", "persist-static")  # ALGO's values
 
 #: PERSIST_STATIC_SMALL_H's reach, as PyTorch uses it: float32, units <= 192 for inference and
 #: <= 128 for training (its backward's limit: a training forward and its backward must use the
@@ -159,9 +159,9 @@ _VARIANTS = {
 
 def candidates(dtype, u: int, B: int, full_length: bool, training: bool, dirs: int = 1):
     """The variants worth trying for a call, fastest first (the last always "standard")."""
-    if ALGO not in _ALGOS:
+    if ALGO not in ALGOS:
         raise ValueError(f"FASTGRU_CUDNN_ALGO (fastgru.engines.cudnn.ALGO) must be one of "
-                         f"{', '.join(map(repr, _ALGOS))}; got {ALGO!r}")
+                         f"{', '.join(map(repr, ALGOS))}; got {ALGO!r}")
     if ALGO != "standard" and dirs == 1 and np.dtype(dtype) == np.float32 and full_length:
         if ALGO != "auto":
             return (ALGO, ALGO + "-seq-major", "standard")
@@ -197,9 +197,10 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, dtype=np.float32) ->
     return text + "; STANDARD for a row shortened by the mask or where cuDNN declines it"
 
 
-def _refusal(e: api.CudnnError) -> bool:
-    """cuDNN declined a configuration (BAD_PARAM or NOT_SUPPORTED and their sub-codes)."""
-    return e.status // 1000 in (2, 3)
+def _declined(name: str, e: api.CudnnError) -> bool:
+    """Whether ``e`` is cuDNN declining variant ``name`` (BAD_PARAM or NOT_SUPPORTED and their
+    sub-codes), which the next variant may take; never for "standard", the last resort."""
+    return name != "standard" and e.status // 1000 in (2, 3)
 
 
 class _Run:
@@ -230,21 +231,20 @@ class _Plan:
         self.dropout = _Owned("cudnnCreateDropoutDescriptor", "cudnnDestroyDropoutDescriptor")
         api.call("cudnnSetDropoutDescriptor", self.dropout.ptr, handle, ctypes.c_float(0.0),
                  None, c_size_t(0), ctypes.c_ulonglong(0))
-        self.rnn = self._rnn_desc("standard")
+        rnn = self._rnn_desc("standard")
         size = c_size_t()
-        api.call("cudnnGetRNNWeightSpaceSize", handle, self.rnn.ptr, byref(size))
+        api.call("cudnnGetRNNWeightSpaceSize", handle, rnn.ptr, byref(size))
         self.weight_bytes = size.value
         if self.weight_bytes % self.dtype.itemsize:
             raise api.CudnnError("cudnnGetRNNWeightSpaceSize", -1, "unexpected size",
                                  f"{self.weight_bytes} bytes is not a whole number of "
                                  f"{self.dtype} elements")
         self.n_elems = self.weight_bytes // self.dtype.itemsize
-        self.strides = []
-        self.params = self._weight_params(handle, cupy, self.rnn, self.strides)
+        self.params, self.strides = self._weight_params(handle, cupy, rnn)
         idx = layout.pack_index(self.params, self.n_elems, D, u, dirs)
         self.pack_idx = cupy.asarray(idx)
         self.unpack_idx = cupy.asarray(layout.unpack_index(idx, D, u, dirs))
-        self.variants = {"standard": self.rnn}  # name -> RNN descriptor, None if unusable
+        self.variants = {"standard": rnn}  # name -> RNN descriptor, None if unusable
         self.refused = set()  # (variant, run key) that cuDNN declined at call time
         self.h_descs = {}
         self.data = collections.OrderedDict()  # run key -> _Run
@@ -270,24 +270,22 @@ class _Plan:
                 rnn = self._rnn_desc(name)
                 size = c_size_t()
                 api.call("cudnnGetRNNWeightSpaceSize", handle, rnn.ptr, byref(size))
-                strides = []
                 if size.value != self.weight_bytes or \
-                        self._weight_params(handle, cupy, rnn, strides) != self.params or \
-                        strides != self.strides:
+                        self._weight_params(handle, cupy, rnn) != (self.params, self.strides):
                     rnn = None
             except api.CudnnError:  # declined, or a layout it cannot report: STANDARD runs
                 rnn = None
             self.variants[name] = rnn
         return self.variants[name]
 
-    def _weight_params(self, handle, cupy, rnn, strides=None):
-        """Ask cudnnGetRNNWeightParams where each matrix and bias lives (offsets in elements);
-        ``strides``: a list to receive each one's strides too (the variants' layout check)."""
+    def _weight_params(self, handle, cupy, rnn):
+        """Ask cudnnGetRNNWeightParams where each matrix and bias lives: (params with offsets
+        in elements, their strides) (the strides for the variants' layout check)."""
         space = cupy.zeros(self.n_elems, self.dtype)
         base = _addr(space)
         mdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
         bdesc = _Owned("cudnnCreateTensorDescriptor", "cudnnDestroyTensorDescriptor")
-        params = []
+        params, strides = [], []
         for pseudo in range(self.dirs):  # 0 forward, 1 backward direction (BIDIRECTIONAL)
             for lin in range(6):
                 maddr, baddr = c_void_p(), c_void_p()
@@ -303,9 +301,8 @@ class _Plan:
                     shape = (dims[1], dims[2]) if kind == "W" else (dims[1],)
                     off = (addr.value - base) // self.dtype.itemsize
                     params.append(layout.Param(lin, kind, off, shape, pseudo))
-                    if strides is not None:
-                        strides.append(st)
-        return params
+                    strides.append(st)
+        return params, strides
 
     def h_desc(self, B: int):
         with self._lock:
@@ -362,7 +359,7 @@ class _Plan:
             try:
                 entry = self._make_run(handle, name, rnn, key, B, T, lengths, training)
             except api.CudnnError as e:
-                if name == "standard" or not _refusal(e):
+                if not _declined(name, e):
                     raise
                 self._refuse(name, key)
                 continue
@@ -371,6 +368,13 @@ class _Plan:
         if len(self.data) > 16:
             self.data.popitem(last=False)
         return entry
+
+    def ran(self, B: int, T: int, training: bool) -> set:
+        """The variants of the cached runs of (B, T) calls (benchmarks and GPU tests report
+        which algorithm ran)."""
+        with self._lock:
+            return {r.name for k, r in self.data.items() if k[:2] == (B, T)
+                    and k[3] == bool(training)}
 
     def _make_run(self, handle, name, rnn, key, B, T, lengths, training):
         import cupy
@@ -470,7 +474,7 @@ class CudnnBackend:
                      None, c_size_t(plan.weight_bytes), _ptr(space), c_size_t(run.work_b),
                      _ptr(work), c_size_t(run.res_b if training else 0), _ptr(reserve))
         except api.CudnnError as e:
-            if run.name == "standard" or not _refusal(e):
+            if not _declined(run.name, e):
                 raise
             plan.refuse(run)
             return self.forward(plan, space, x_c, h0, lengths, training)
@@ -506,7 +510,7 @@ class CudnnBackend:
                      _ptr(y), c_size_t(plan.weight_bytes), _ptr(dw), c_size_t(run.work_b),
                      _ptr(work), c_size_t(run.res_b), _ptr(reserve))
         except api.CudnnError as e:
-            if run.name == "standard" or not _refusal(e):
+            if not _declined(run.name, e):
                 raise
             # The backward refused what the forward accepted: redo the forward with the next
             # variant (same outputs) for a reserve space the backward can read.
