@@ -71,6 +71,32 @@ void fg_gemm_panels_grp_d(int isa, int M, int K, const double *A, long lda, cons
                           long pstride, long gstride, int npg, int ng, double *C, long ldc,
                           long cgstride);
 
+/* One input-projection job of a fused batch-1 step: rows x[r] (D elements each) times one
+ * packed input-kernel panel w (D x W) into out[r] (W elements each), r < FG_PJ_ROWS. Float or
+ * double as the call. */
+#define FG_PJ_ROWS 4
+typedef struct {
+    const void *x[4];
+    const void *w;
+    void *out[4];
+} fg_proj_job;
+
+/* The most jobs one fused step takes, and whether a time loop of `rows` rows whose thread owns
+ * npt panels per gate fuses its input projection so (gru.c). */
+#define FG_PJ_MAX_JOBS 64
+int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D);
+
+/* fg_gemm_panels_grp, plus nj projection jobs of depth D computed in the same
+ * pass (AVX-512, one row: while the product streams the panels; otherwise one after the other). Every
+ * element's bits are those of fg_gemm_panels. */
+void fg_gemm_panels_grp_proj_f(int isa, int M, int K, const float *A, long lda, const float *P,
+                               long pstride, long gstride, int npg, int ng, float *C, long ldc,
+                               long cgstride, int D, const fg_proj_job *jobs, int nj);
+void fg_gemm_panels_grp_proj_d(int isa, int M, int K, const double *A, long lda,
+                               const double *P, long pstride, long gstride, int npg, int ng,
+                               double *C, long ldc, long cgstride, int D,
+                               const fg_proj_job *jobs, int nj);
+
 /* Elementwise activation (code = fastgru.activations.CODES) and its derivative, out may alias in.
  * Return 0, or -1 for an unknown code. */
 int fg_act_f(int code, int n, const float *in, float *out);
@@ -92,6 +118,7 @@ int fg_dact_d(int code, int n, const double *in, double *out);
  * split_units: 1 = all threads share the rows and split the units (one barrier per step),
  * 0 = threads take disjoint rows. chunk: time steps per input-projection GEMM.
  * no_fuse: 1 = the separate gate passes even where the fused one applies (tests compare them).
+ * no_fuse_proj: 1 = project whole chunks up front even where batch-1/2 steps could fuse it.
  * Returns 0, or -1 when memory ran out. */
 typedef struct {
     int is_double;
@@ -104,7 +131,7 @@ typedef struct {
     int mx_per_gate;
     void *out, *h_last;
     void *pre, *hprev, *rp;
-    int n_threads, isa, chunk, split_units, no_fuse;
+    int n_threads, isa, chunk, split_units, no_fuse, no_fuse_proj;
     fg_sgemm_t sgemm;
     fg_dgemm_t dgemm;
 } fg_fwd_args;

@@ -440,24 +440,162 @@ FG_DEFINE_AVX2(gemm_avx2_d, __m256d, double, FG_WD, 4, _mm256_loadu_pd, _mm256_s
 FG_DEFINE_DISPATCH(f, float)
 FG_DEFINE_DISPATCH(d, double)
 
-/* Grouped: ng groups of npg panels (group g at P + g * gstride, its output at C + g * cgstride).
- * One or two rows with AVX-512 run all ng * npg panels through the pointer tiles in one pass;
- * otherwise one fg_gemm_panels call per group. The same bits either way. */
-#define FG_DEFINE_GRP(SUF, REAL, W)                                                           \
+
+/* ---------------------------------------------------------------------------------------- */
+/* The fused batch-1 step: the grouped product of one row (above), with input-projection jobs
+ * of future steps riding along (fg_proj_job). The one-row product is bound by reading U from
+ * L2 (one load per FMA), leaving about half the FMA issue slots idle; a job (four future rows x
+ * one input-kernel panel, 16 accumulators, one panel load per four FMAs) fills them. A fused
+ * tile pairs a 1 x 2 (or 1 x 1) pointer tile of U with one job: 8 + 16 accumulators, and for
+ * every k below both K and D one step of each. (A 1 x 4 tile with half-panel jobs: 1-3%
+ * slower than none, the jobs' panel loads doubled.) Every element of either is still one FMA
+ * chain from zero over its k in order: the bits of the separate product and projection. */
+#ifdef FG_X86
+#define FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP, PF, SFX) \
+    static inline __attribute__((always_inline, target("avx512f,fma"))) void                  \
+        NAME##_f##MR##x##NP##SFX(int K, const REAL *A, long lda, const REAL *const *Pq,       \
+                                 REAL *const *Cq, long ldc, int D, const fg_proj_job *jb)     \
+    {                                                                                         \
+        VT acc[MR][NP * 4], pacc[4][4];                                                       \
+        const REAL *x0 = jb->x[0], *x1 = jb->x[1], *x2 = jb->x[2], *x3 = jb->x[3];            \
+        const REAL *wp = jb->w;                                                               \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int v = 0; v < NP * 4; v++) acc[r][v] = ZERO();                              \
+        for (int r = 0; r < 4; r++)                                                           \
+            for (int v = 0; v < 4; v++) pacc[r][v] = ZERO();                                  \
+        const int kb = K < D ? K : D;                                                         \
+        int k = 0;                                                                            \
+        for (; k < kb; k++) {                                                                 \
+            FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                           \
+            FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                             \
+        }                                                                                     \
+        for (int k1 = k; k1 < K; k1++) {                                                      \
+            const int k = k1;                                                                 \
+            FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                           \
+        }                                                                                     \
+        for (int k1 = k; k1 < D; k1++) {                                                      \
+            const int k = k1;                                                                 \
+            FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                             \
+        }                                                                                     \
+        for (int r = 0; r < MR; r++)                                                          \
+            for (int q = 0; q < NP; q++)                                                      \
+                for (int v = 0; v < 4; v++)                                                   \
+                    STORE(Cq[q] + (long)r * ldc + v * VW, acc[r][q * 4 + v]);                \
+        for (int r = 0; r < 4; r++)                                                           \
+            for (int v = 0; v < 4; v++) STORE((REAL *)jb->out[r] + v * VW, pacc[r][v]);        \
+    }
+/* One k of the U tile (as in FG_DEFINE_PTILE) and of the job. */
+#define FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                               \
+    for (int q = 0; q < NP * PF; q++)                                                         \
+        for (int v = 0; v < 4; v++)                                                           \
+            _mm_prefetch((const char *)(Pq[q] + (long)(k + FG_PF_K) * W + v * VW), _MM_HINT_T0); \
+    {                                                                                         \
+        VT a[MR];                                                                             \
+        for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                       \
+        for (int q = 0; q < NP; q++)                                                          \
+            for (int v = 0; v < 4; v++) {                                                     \
+                VT b = LOAD(Pq[q] + (long)k * W + v * VW);                                    \
+                for (int r = 0; r < MR; r++) acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]); \
+            }                                                                                 \
+    }
+#define FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                                 \
+    {                                                                                         \
+        VT a0 = SET1(x0[k]), a1 = SET1(x1[k]), a2 = SET1(x2[k]), a3 = SET1(x3[k]);            \
+        for (int v = 0; v < 4; v++) {                                                         \
+            VT b = LOAD(wp + (long)k * W + v * VW);                                           \
+            pacc[0][v] = FMADD(a0, b, pacc[0][v]);                                            \
+            pacc[1][v] = FMADD(a1, b, pacc[1][v]);                                            \
+            pacc[2][v] = FMADD(a2, b, pacc[2][v]);                                            \
+            pacc[3][v] = FMADD(a3, b, pacc[3][v]);                                            \
+        }                                                                                     \
+    }
+
+/* A job alone (jobs beyond the step's tiles, or no U work). */
+#define FG_DEFINE_JTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                 \
+    static inline __attribute__((always_inline, target("avx512f,fma"))) void NAME##_job(     \
+        int D, const fg_proj_job *jb)                                                         \
+    {                                                                                         \
+        VT pacc[4][4];                                                                  \
+        const REAL *x0 = jb->x[0], *x1 = jb->x[1], *x2 = jb->x[2], *x3 = jb->x[3];            \
+        const REAL *wp = jb->w;                                                               \
+        for (int r = 0; r < 4; r++)                                                           \
+            for (int v = 0; v < 4; v++) pacc[r][v] = ZERO();                                  \
+        for (int k = 0; k < D; k++) FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                     \
+        for (int r = 0; r < 4; r++)                                                           \
+            for (int v = 0; v < 4; v++) STORE((REAL *)jb->out[r] + v * VW, pacc[r][v]);        \
+    }
+
+#define FG_DEFINE_FUSED512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)              \
+    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2, 0, _np)     \
+    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2, 1, _pf)     \
+    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1, 0, _np)     \
+    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1, 1, _pf)     \
+    FG_DEFINE_JTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                    \
+    /* one row over n panels Pq / Cq: the first nj tiles of 1 x 2 (or 1 x 1) fused with a job,\
+     * the rest on the pointer tiles; then the jobs left alone */                           \
+    static __attribute__((target("avx512f,fma"))) void NAME##_fused(                          \
+        int K, const REAL *A, const REAL *const *Pq, REAL *const *Cq, int n, int pf, int D,   \
+        const fg_proj_job *jobs, int nj)                                                      \
+    {                                                                                         \
+        int q = 0, j = 0;                                                                     \
+        for (; q < n; j++) {                                                                  \
+            const int w = n - q >= 2 ? 2 : 1;                                                 \
+            if (j >= nj) { /* no job left: the plain pointer tiles */                         \
+                NAME##_ptr(1, K, A, 1, Pq + q, Cq + q, n - q, 0, pf);                         \
+                break;                                                                        \
+            }                                                                                 \
+            const fg_proj_job *jb = jobs + j;                                                 \
+            if (w == 2 && pf) NAME##_f1x2_pf(K, A, 0, Pq + q, Cq + q, 0, D, jb);         \
+            else if (w == 2) NAME##_f1x2_np(K, A, 0, Pq + q, Cq + q, 0, D, jb);               \
+            else if (pf) NAME##_f1x1_pf(K, A, 0, Pq + q, Cq + q, 0, D, jb);                   \
+            else NAME##_f1x1_np(K, A, 0, Pq + q, Cq + q, 0, D, jb);                           \
+            q += w;                                                                           \
+        }                                                                                     \
+        for (; j < nj; j++) NAME##_job(D, jobs + j);                                          \
+    }
+
+FG_DEFINE_FUSED512(gemm_avx512_f, __m512, float, FG_WF, 16, _mm512_loadu_ps, _mm512_storeu_ps,
+                   _mm512_set1_ps, _mm512_setzero_ps, _mm512_fmadd_ps)
+FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _mm512_storeu_pd,
+                   _mm512_set1_pd, _mm512_setzero_pd, _mm512_fmadd_pd)
+#endif
+
+/* Grouped: ng groups of npg panels (group g at P + g * gstride, its output at C + g * cgstride),
+ * and nj projection jobs of depth D (fg_gemm_panels_grp_proj). One or two rows with AVX-512 run
+ * all ng * npg panels through the pointer tiles in one pass, one row with its jobs fused in;
+ * otherwise one fg_gemm_panels call per group, then the jobs. The same bits either way. */
+#define FG_DEFINE_GRP(SUF, REAL, W, FMA)                                                      \
+    void fg_gemm_panels_grp_proj_##SUF(int isa, int M, int K, const REAL *A, long lda,        \
+                                       const REAL *P, long pstride, long gstride, int npg,    \
+                                       int ng, REAL *C, long ldc, long cgstride, int D,       \
+                                       const fg_proj_job *jobs, int nj)                       \
+    {                                                                                         \
+        if (M > 0 && npg > 0 && ng > 0) {                                                     \
+            FG_X86_GRP(SUF, REAL, W)                                                          \
+            for (int g = 0; g < ng; g++)                                                      \
+                fg_gemm_panels_##SUF(isa, M, K, A, lda, P + g * gstride, pstride, npg,        \
+                                     C + g * cgstride, ldc);                                  \
+        }                                                                                     \
+        for (int j = 0; j < nj; j++) /* the tiles' sums: one fma chain over d per element */ \
+            for (int r = 0; r < 4; r++)                                                       \
+                for (int c = 0; c < W; c++) {                                                 \
+                    const REAL *x = jobs[j].x[r], *w = (const REAL *)jobs[j].w + c;           \
+                    REAL acc = 0;                                                             \
+                    for (int d = 0; d < D; d++) acc = FMA(x[d], w[(long)d * W], acc);         \
+                    ((REAL *)jobs[j].out[r])[c] = acc;                                        \
+                }                                                                             \
+    }                                                                                         \
     void fg_gemm_panels_grp_##SUF(int isa, int M, int K, const REAL *A, long lda,             \
                                   const REAL *P, long pstride, long gstride, int npg, int ng, \
                                   REAL *C, long ldc, long cgstride)                           \
     {                                                                                         \
-        if (M <= 0 || npg <= 0 || ng <= 0) return;                                            \
-        FG_X86_GRP(SUF, REAL, W)                                                              \
-        for (int g = 0; g < ng; g++)                                                          \
-            fg_gemm_panels_##SUF(isa, M, K, A, lda, P + g * gstride, pstride, npg,            \
-                                 C + g * cgstride, ldc);                                      \
+        fg_gemm_panels_grp_proj_##SUF(isa, M, K, A, lda, P, pstride, gstride, npg, ng, C, ldc, \
+                                      cgstride, 0, 0, 0);                                     \
     }
 #ifdef FG_X86
 #define FG_X86_GRP(SUF, REAL, W)                                                              \
     if (isa == FG_ISA_AVX512 && M <= 2) {                                                     \
-        enum { CH = 24 }; /* pointer batches; a multiple of 3 and 4 */                        \
+        enum { CH = 24 }; /* pointer batches; a multiple of 2, 3 and 4 */                     \
         const REAL *pq[CH];                                                                   \
         REAL *cq[CH];                                                                         \
         int n = 0, tot = npg * ng;                                                            \
@@ -467,17 +605,23 @@ FG_DEFINE_DISPATCH(d, double)
             pq[n] = P + g * gstride + p * pstride;                                            \
             cq[n] = C + g * cgstride + (long)p * W;                                           \
             if (++n == CH || v == tot - 1) {                                                  \
-                gemm_avx512_##SUF##_ptr(M, K, A, lda, pq, cq, n, ldc, pf);                     \
+                /* one row: as many jobs as this batch has fused tiles (the last takes all) */ \
+                const int take = M > 1 ? 0 : v == tot - 1 ? nj : nj < (n + 1) / 2 ? nj        \
+                                                                : (n + 1) / 2;               \
+                if (take) gemm_avx512_##SUF##_fused(K, A, pq, cq, n, pf, D, jobs, take);      \
+                else gemm_avx512_##SUF##_ptr(M, K, A, lda, pq, cq, n, ldc, pf);               \
+                jobs += take, nj -= take;                                                     \
                 n = 0;                                                                        \
             }                                                                                 \
         }                                                                                     \
+        if (nj) gemm_avx512_##SUF##_fused(K, A, pq, cq, 0, pf, D, jobs, nj); /* two rows */   \
         return;                                                                               \
     }
 #else
 #define FG_X86_GRP(SUF, REAL, W)
 #endif
-FG_DEFINE_GRP(f, float, FG_WF)
-FG_DEFINE_GRP(d, double, FG_WD)
+FG_DEFINE_GRP(f, float, FG_WF, fmaf)
+FG_DEFINE_GRP(d, double, FG_WD, fma)
 
 /* ---------------------------------------------------------------------------------------- */
 /* Weight- and input-gradient GEMMs (row-major C = op(A) @ op(B), K of tens of thousands) on the

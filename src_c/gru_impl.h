@@ -20,6 +20,7 @@ static void FN(rgemm)(GEMMT gemm, int M, int N, int K, const REAL *A, int lda, c
     gemm(&tr, &tr, &N, &M, &K, &one, (REAL *)B, &ldb, (REAL *)A, &lda, &zero, C, &ldc);
 }
 
+
 /* Input projection of chunk rows [i0, i1): row i is (step k0 + i / nr, batch row r0 + i % nr).
  * gx[i] = (x[b, t_k] * input mask) @ kernel, gate g at column g * gs of a row of 3 * gs
  * (gs = up with the packed kernel a->wpk, whose panels write whole widths; else u). The packed
@@ -75,7 +76,7 @@ typedef struct {
 } FN(team_buf);
 
 typedef struct {
-    REAL *xb, *pad, *hg, *tmp;
+    REAL *xb, *pad, *hg, *tmp, *sink;
 } FN(priv_buf);
 
 /* A team's buffers from one block of rows x (5u + 3up) + (chunk rows) x 3u elements. */
@@ -222,7 +223,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                          fg_barrier *bar)
 {
     int bgen = 0; /* this thread's count of passed barriers */
-    const int B = a->B, T = a->T, u = a->u, u3 = 3 * u;
+    const int B = a->B, T = a->T, D = a->D, u = a->u, u3 = 3 * u;
     const int npu = (u + W - 1) / W, up = npu * W, ldgh = 3 * up;
     const long pstride = (long)u * W;
     const int ulo = p_lo * W < u ? p_lo * W : u, uhi = p_hi * W < u ? p_hi * W : u;
@@ -238,6 +239,14 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     /* tanh / sigmoid with reset_after (Keras' defaults) take the fused gate pass */
     const int fused = ra && a->act == 1 && a->rec_act == 2 && !a->no_fuse;
     REAL *az = pb->tmp, *ar = az + u, *ah = ar + u, *zv = ah + u, *rv = zv + u, *hh = rv + u;
+    /* One row per step (packed input kernel, no dropout, fg_fuse_projection): only the first
+     * FG_PJ_ROWS rows of a chunk are projected up front; the rest by jobs of FG_PJ_ROWS future
+     * rows x one of this thread's input-kernel panels, riding along each step's product
+     * (fg_gemm_panels_grp_proj), one block ahead of the steps. */
+    const int npt = p_hi - p_lo, npw = 3 * npt; /* jobs per block */
+    const int fproj = !a->no_fuse_proj && a->wpk && !a->mx && !mh
+                      && fg_fuse_projection(a->isa, a->is_double, nr, npt, u, D);
+    const REAL *x = (const REAL *)a->x, *wpk = (const REAL *)a->wpk;
 
     for (int i = 0; i < nr; i++)
         for (int j = ulo; j < uhi; j++) {
@@ -247,9 +256,13 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     fg_barrier_wait(bar, tid, nteam, &bgen);
     for (int k0 = 0; k0 < T; k0 += tc) {
         int kc = T - k0 < tc ? T - k0 : tc, M = kc * nr;
-        FN(project)(a, r0, nr, k0, (int)((long)M * tid / nteam), (int)((long)M * (tid + 1) / nteam),
-                    pb->xb, pb->pad, tb->gx);
+        const int Mup = fproj && M > FG_PJ_ROWS ? FG_PJ_ROWS : M; /* rows projected up front */
+        FN(project)(a, r0, nr, k0, (int)((long)Mup * tid / nteam),
+                    (int)((long)Mup * (tid + 1) / nteam), pb->xb, pb->pad, tb->gx);
         fg_barrier_wait(bar, tid, nteam, &bgen);
+        /* jobs of this chunk: block b >= 1 of FG_PJ_ROWS rows x part p is job (b - 1) npw + p */
+        const int jtot = Mup < M ? ((M + FG_PJ_ROWS - 1) / FG_PJ_ROWS - 1) * npw : 0;
+        int jdone = 0;
         for (int kk = 0; kk < kc; kk++) {
             const int k = k0 + kk, t = a->go_backwards ? T - 1 - k : k;
             const REAL *hc = tb->h[k & 1];
@@ -269,7 +282,28 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                     Ag[g] = hg;
                 }
             }
-            if (!mh) /* this thread's panels of every gate in one pass */
+            if (!mh && jdone < jtot) {
+                /* by the end of step kk, ceil((kk + 1) nr npw / FG_PJ_ROWS) jobs: block b is
+                 * complete before the step that first reads it */
+                long want = ((long)(kk + 1) * nr * npw + FG_PJ_ROWS - 1) / FG_PJ_ROWS;
+                int nj = 0;
+                fg_proj_job jobs[FG_PJ_MAX_JOBS];
+                for (; jdone < jtot && jdone < want; jdone++, nj++) {
+                    const int b = 1 + jdone / npw, pw = jdone % npw, g = pw / npt;
+                    const int pl = p_lo + pw % npt;
+                    jobs[nj].w = wpk + ((long)g * npu + pl) * D * W;
+                    for (int r = 0; r < FG_PJ_ROWS; r++) {
+                        const int i = b * FG_PJ_ROWS + r, ic = i < M ? i : M - 1;
+                        const int kx = k0 + ic / nr, tx = a->go_backwards ? T - 1 - kx : kx;
+                        jobs[nj].x[r] = x + ((long)(r0 + ic % nr) * T + tx) * D;
+                        jobs[nj].out[r] = i < M ? tb->gx + (long)i * ldgx + g * gs + pl * W
+                                                : pb->sink;
+                    }
+                }
+                PANELS_GRP_PROJ(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
+                                (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W,
+                                ldgh, up, D, jobs, nj);
+            } else if (!mh) /* this thread's panels of every gate in one pass */
                 PANELS_GRP(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
                            (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W, ldgh,
                            up);
@@ -364,8 +398,8 @@ static int FN(forward)(const fg_fwd_args *a)
     int proj_rows = tc * rows_max;
     /* team buffers: h[2], y, zs, q (rows x u), gh (rows x 3up), gx (tc*rows x 3up or 3u) */
     size_t team_n = (size_t)rows_max * (5 * u + 3 * up) + (size_t)tc * rows_max * (a->wpk ? 3 * up : u3);
-    /* private: xb ((proj_rows + 2) x D), pad (2 x 3u), hg (3 x rows x u), tmp (6u) */
-    size_t priv_n = (size_t)(proj_rows + 2) * D + 2 * (size_t)u3 + (a->mh ? 3 * (size_t)rows_max * u : 0) + 6 * (size_t)u;
+    /* private: xb ((proj_rows + 2) x D), pad (2 x 3u), hg (3 x rows x u), tmp (6u), sink (W) */
+    size_t priv_n = (size_t)(proj_rows + 2) * D + 2 * (size_t)u3 + (a->mh ? 3 * (size_t)rows_max * u : 0) + 6 * (size_t)u + W;
     size_t team_got = 0, priv_got = 0;
     REAL *team_mem = fg_ws_alloc(team_n * ngroups * sizeof(REAL), &team_got);
     REAL *priv_mem = fg_ws_alloc(priv_n * nthr * sizeof(REAL), &priv_got);
@@ -383,7 +417,8 @@ static int FN(forward)(const fg_fwd_args *a)
         pb.xb = p, p += (size_t)(proj_rows + 2) * D;
         pb.pad = p, p += 2 * (size_t)u3;
         pb.hg = p, p += a->mh ? 3 * (size_t)rows_max * u : 0;
-        pb.tmp = p;
+        pb.tmp = p, p += 6 * (size_t)u;
+        pb.sink = p;
         if (split) {
             /* nact may be below nthr (OMP_THREAD_LIMIT): then one thread does it all, since the
              * barriers need the whole planned team. */

@@ -384,6 +384,50 @@ def test_gemm_panels_every_isa(isa, dtype, rng):
             assert np.array_equal(one[0], C[i])
 
 
+@pytest.mark.skipif("avx512" not in supported_isas(), reason="AVX-512 only")
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_fused_step_product_and_jobs_are_the_separate_bits(dtype, rng):
+    """The fused one-row step (fg_gemm_panels_grp_proj: 1 x 2 / 1 x 1 pointer tiles of U each
+    with a projection job of four rows x one input-kernel panel riding along, then the rest of
+    the panels alone, then the jobs left over alone) gives exactly the bits of the separate
+    products, with K above, equal to and below D, fewer and more jobs than fused tiles, more
+    panels than one pointer batch (24), and with and without the tiles' L1 prefetches; two or
+    three rows run the product and then the jobs, the same bits."""
+    from fastgru._cpu import _gru
+
+    W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
+    cases = [(M, n, K, D, nj) for M in (1, 2, 3)
+             for n, K, D, nj in [(1, 9, 5, 1), (2, 20, 20, 1), (3, 33, 7, 2), (3, 7, 33, 2),
+                                 (4, 64, 64, 4), (5, 16, 3, 1), (6, 40, 12, 5), (7, 3, 9, 0),
+                                 (9, 128, 64, 3), (2, 5, 8, 4), (30, 6, 5, 14), (50, 4, 3, 40)]]
+    try:
+        for pf in (False, True):
+            _gru.set_ptr_prefetch(pf)
+            for M, n, K, D, nj in cases:
+                A = rng.standard_normal((M, K)).astype(dtype)
+                P = rng.standard_normal(n * K * W).astype(dtype)
+                X = rng.standard_normal((4 * nj, D)).astype(dtype)
+                WP = rng.standard_normal(nj * D * W).astype(dtype)
+                C = np.full((M, n * W), np.nan, dtype)
+                Y = np.full((4 * nj, W), np.nan, dtype)
+                _gru.gemm_panels_proj(2, A, P, n, C, X, WP, Y)
+                want = np.empty_like(C)
+                _gru.gemm_panels(0, A, P, K, n, want)
+                assert np.array_equal(C, want), (M, n, K, D, nj, pf)
+                for j in range(nj):
+                    y = np.empty((4, W), dtype)
+                    _gru.gemm_panels(0, X[4 * j : 4 * j + 4].copy(),
+                                     WP[j * D * W : (j + 1) * D * W], D, 1, y)
+                    assert np.array_equal(Y[4 * j : 4 * j + 4], y), (M, n, K, D, nj, j, pf)
+                # other ISAs (no fused tiles) run the product and then the jobs: same bits
+                for isa in range(_gru.isa_best()):
+                    C2, Y2 = np.empty_like(C), np.empty_like(Y)
+                    _gru.gemm_panels_proj(isa, A, P, n, C2, X, WP, Y2)
+                    assert np.array_equal(C2, C) and np.array_equal(Y2, Y), (isa, M, n, nj)
+    finally:
+        _gru.set_ptr_prefetch(None)
+
+
 @pytest.mark.parametrize("proj", ["panels", "blas"])
 @pytest.mark.parametrize("reset_after", [True, False])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -582,6 +626,54 @@ def test_fused_gate_pass_bits_equal_separate_passes(dtype, mask, rng, monkeypatc
                 g = cpu.backward(tape, np.cos(o), np.sin(h), n_threads=n)
                 got[fused] = [o, h] + [tape.saved[k] for k in ("pre", "hprev", "rp")] + list(g)
             assert all(np.array_equal(a, b) for a, b in zip(got["1"], got["0"])), (B, u, n)
+
+
+@pytest.mark.skipif("avx512" not in supported_isas(), reason="AVX-512 only")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_fused_projection_bits_equal_projection_up_front(dtype, rng, monkeypatch):
+    """A one-row time loop (AVX-512, D <= u, panels within L2) projects all but each chunk's
+    first four steps inside earlier steps' products, one block of four steps ahead: the bits of
+    projecting each chunk up front (FASTGRU_CPU_FUSED_PROJ=0), outputs, last state and training
+    record, with T below, at and beyond one block and across chunks (16 steps here), odd panel
+    counts, both gate forms, masks, go_backwards, one thread, unit-split teams and rows split
+    one per thread; explain says when it applies."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "_PROJ_ROWS", 16)
+    W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
+    cases = [  # B, T, D, u, reset_after, mask, go_backwards, return_sequences
+        (1, 1, 8, 70, True, "none", False, True),
+        (1, 5, 8, 70, True, "none", False, True),
+        (1, 7, 20, 130, False, "arbitrary", True, False),
+        (1, 40, 33, 64, True, "right", False, True),
+        (1, 23, 70, 70, True, "none", True, True),
+        (1, 18, 5, 150, False, "none", False, True),
+        (2, 21, 9, 33, True, "arbitrary", False, True),
+    ]
+    for B, T, D, u, ra, mask, back, rs in cases:
+        npu = -(-u // W)
+        assert _gru.fuse_projection(2, dtype == np.float64, 1, npu, u, D)
+        args, kw = make_case(rng, B, T, D, u, reset_after=ra, mask=mask, go_backwards=back,
+                             return_sequences=rs, dtype=dtype, scale=0.3)
+        for n in (1, 2, 3):
+            got = {}
+            for fuse in ("1", "0"):
+                monkeypatch.setenv("FASTGRU_CPU_FUSED_PROJ", fuse)
+                o, h, tape = cpu.forward(*args, **kw, n_threads=n, training=True)
+                got[fuse] = [o, h] + [tape.saved[k] for k in ("pre", "hprev", "rp")]
+            assert all(np.array_equal(a, b) for a, b in zip(got["1"], got["0"])), (B, T, u, n)
+        assert rel_err(got["1"][0], ref_forward(args, kw)[0]) < TOL[dtype]
+    tanh, sig = activations.get("tanh"), activations.get("sigmoid")
+    monkeypatch.setenv("FASTGRU_CPU_FUSED_PROJ", "1")
+    inside = "projected inside earlier steps' recurrent products"
+    assert inside in cpu.describe_kernel(GRUSpec(128, tanh, sig), (1, 100, 64), 1, dtype=dtype)
+    for shape, n in (((1, 100, 256), 1), ((4, 100, 64), 1), ((1, 100, 512), 2)):  # D > u; rows
+        assert inside not in cpu.describe_kernel(GRUSpec(128, tanh, sig), shape, n, dtype=dtype)
+    assert not _gru.fuse_projection(2, False, 1, 4, 256, 128)  # 1.2 MB of panels: beyond L2
+    assert not _gru.fuse_projection(1, False, 1, 2, 128, 64)  # AVX2: no fused tiles
+    monkeypatch.setenv("FASTGRU_CPU_FUSED_PROJ", "0")
+    assert inside not in cpu.describe_kernel(GRUSpec(128, tanh, sig), (1, 100, 64), 1)
 
 
 def test_training_record_all_or_none():

@@ -8,7 +8,7 @@ C-contiguity, size) and then run the kernels without the GIL.
 
 cimport numpy as cnp
 from libc.stdint cimport uint32_t
-from libc.stdlib cimport getenv
+from libc.stdlib cimport free, getenv, malloc
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from ._kernels cimport *
@@ -57,6 +57,13 @@ def ptr_prefetch(long panel_bytes=0):
     issue software L1 prefetches (off by default; FASTGRU_CPU_L1_PREFETCH=0/1, read once,
     overrides). Panels beyond 1 MB (streamed from L3) take them regardless."""
     return bool(fg_ptr_prefetch_at(panel_bytes))
+
+
+def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D):
+    """Whether a time loop of ``rows`` batch rows, on a thread owning ``npt`` panels of each
+    gate, projects its inputs inside the steps' recurrent products (src_c/gru.c), given a
+    packed input kernel and no dropout."""
+    return bool(fg_fuse_projection(isa, is_double, rows, npt, units, D))
 
 
 def set_ptr_prefetch(v):
@@ -152,6 +159,41 @@ def gemm_panels(int isa, A, P, int K, int npanels, C):
         else:
             fg_gemm_panels_f(isa, M, K, <float *>a, K, <float *>p, <long>K * W, npanels,
                              <float *>c, <long>npanels * W)
+
+
+def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y):
+    """A step product with projection jobs (fg_gemm_panels_grp_proj): C (M, npanels*W) = A
+    (M, K) @ the packed panels P (npanels of K x W), and per job j, Y[4j:4j+4] (4, W) =
+    X[4j:4j+4] (rows of D) @ panel j of WP (panels of D x W). For tests."""
+    cdef int t = _typenum(A)
+    cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
+    cdef Py_ssize_t it = 8 if t == cnp.NPY_FLOAT64 else 4
+    if A.ndim != 2 or C.shape != (A.shape[0], npanels * W) or X.ndim != 2 \
+            or X.shape[0] % 4 or Y.shape != (X.shape[0], W):
+        raise ValueError("gemm_panels_proj: inconsistent shapes")
+    cdef int M = A.shape[0], K = A.shape[1], D = X.shape[1], nj = X.shape[0] // 4, j, r
+    cdef char *a = <char *>_p(A, t, <Py_ssize_t>M * K, "A")
+    cdef char *p = <char *>_p(P, t, <Py_ssize_t>npanels * K * W, "P")
+    cdef char *c = <char *>_p(C, t, <Py_ssize_t>M * npanels * W, "C")
+    cdef char *x = <char *>_p(X, t, <Py_ssize_t>4 * nj * D, "X")
+    cdef char *wp = <char *>_p(WP, t, <Py_ssize_t>nj * D * W, "WP")
+    cdef char *y = <char *>_p(Y, t, <Py_ssize_t>4 * nj * W, "Y")
+    cdef fg_proj_job *jobs = <fg_proj_job *>malloc(max(nj, 1) * sizeof(fg_proj_job))
+    if jobs == NULL:
+        raise MemoryError()
+    for j in range(nj):
+        jobs[j].w = wp + <Py_ssize_t>j * D * W * it
+        for r in range(4):
+            jobs[j].x[r] = x + (<Py_ssize_t>4 * j + r) * D * it
+            jobs[j].out[r] = y + (<Py_ssize_t>4 * j + r) * W * it
+    with nogil:
+        if t == cnp.NPY_FLOAT64:
+            fg_gemm_panels_grp_proj_d(isa, M, K, <double *>a, K, <double *>p, <long>K * W, 0,
+                                      npanels, 1, <double *>c, <long>npanels * W, 0, D, jobs, nj)
+        else:
+            fg_gemm_panels_grp_proj_f(isa, M, K, <float *>a, K, <float *>p, <long>K * W, 0,
+                                      npanels, 1, <float *>c, <long>npanels * W, 0, D, jobs, nj)
+    free(jobs)
 
 
 cdef int _ld(object m, str name) except -1:
@@ -267,7 +309,8 @@ def activation(int code, x, out, bint derivative=False):
 def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh, out, h_last,
             pre, hprev, rp, int units, bint reset_after, bint go_backwards,
             bint return_sequences, bint zero_output_for_mask, int act, int rec_act,
-            int n_threads, int isa, int chunk, bint split_units, bint fused=True):
+            int n_threads, int isa, int chunk, bint split_units, bint fused=True,
+            bint fuse_projection=True):
     """Run fg_forward; see src_c/fastgru.h for every argument's shape."""
     cdef int t = _typenum(x)
     cdef fg_fwd_args a
@@ -300,6 +343,7 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
     a.rp = _p(rp, t, BT * u, "rp")
     a.n_threads, a.isa, a.chunk, a.split_units = n_threads, isa, chunk, split_units
     a.no_fuse = not fused
+    a.no_fuse_proj = not fuse_projection
     if (pre is None) != (hprev is None) or (pre is None) != (rp is None):
         raise ValueError("pre, hprev and rp: all three (training) or none (inference)")
     a.sgemm = sgemm

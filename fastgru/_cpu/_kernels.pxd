@@ -19,6 +19,7 @@ cdef extern from "fastgru.h" nogil:
     int fg_ptr_prefetch()
     int fg_ptr_prefetch_at(long nbytes)
     void fg_set_ptr_prefetch(int v)
+    int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     size_t fg_ws_trim()
     size_t fg_ws_kept()
@@ -35,6 +36,19 @@ cdef extern from "fastgru.h" nogil:
     int fg_act_d(int code, int n, const double *inp, double *out)
     int fg_dact_f(int code, int n, const float *inp, float *out)
     int fg_dact_d(int code, int n, const double *inp, double *out)
+
+    ctypedef struct fg_proj_job:
+        const void *x[4]
+        const void *w
+        void *out[4]
+    void fg_gemm_panels_grp_proj_f(int isa, int M, int K, const float *A, long lda,
+                                   const float *P, long pstride, long gstride, int npg, int ng,
+                                   float *C, long ldc, long cgstride, int D,
+                                   const fg_proj_job *jobs, int nj)
+    void fg_gemm_panels_grp_proj_d(int isa, int M, int K, const double *A, long lda,
+                                   const double *P, long pstride, long gstride, int npg, int ng,
+                                   double *C, long ldc, long cgstride, int D,
+                                   const fg_proj_job *jobs, int nj)
 
     ctypedef struct fg_fwd_args:
         int is_double
@@ -57,7 +71,7 @@ cdef extern from "fastgru.h" nogil:
         void *pre
         void *hprev
         void *rp
-        int n_threads, isa, chunk, split_units, no_fuse
+        int n_threads, isa, chunk, split_units, no_fuse, no_fuse_proj
         fg_sgemm_t sgemm
         fg_dgemm_t dgemm
 

@@ -9,7 +9,9 @@ and made C-contiguous here, then ``fastgru._cpu._gru`` runs the whole layer with
   kernel or ``FASTGRU_CPU_PROJ=blas`` (the portable path and a cross-check);
 - per step, the recurrent product by a fixed-order FMA kernel over packed column panels
   (AVX-512 / AVX2 / generic chosen at run time; every variant gives the same bits), then one
-  fused C pass for the gates, mask select and output write;
+  fused C pass for the gates, mask select and output write; a one-row AVX-512 step also
+  projects the inputs of later steps (a block of four ahead) in the FMA slots its L2-bound
+  product leaves idle (src_c/gru.c, fg_fuse_projection);
 - threads: batch rows split across OpenMP threads, each running its rows' whole time loop; a
   batch smaller than the thread count splits the units instead (one barrier per step).
 
@@ -20,7 +22,9 @@ is row-independent by construction).
 Kernel selection for tests and diagnosis: ``kernel=`` argument or the ``FASTGRU_CPU_KERNEL``
 environment variable, one of "auto", "avx512", "avx2", "generic".
 ``FASTGRU_CPU_FUSED=0`` runs the separate gate passes instead of the fused one (same bits;
-for tests), ``FASTGRU_CPU_WGRAD=blas`` the backward's GEMMs on BLAS instead of the AVX2/AVX-512
+for tests), ``FASTGRU_CPU_FUSED_PROJ=0`` projects whole chunks up front even where one-row
+steps would project later steps inside their recurrent product (same bits),
+``FASTGRU_CPU_WGRAD=blas`` the backward's GEMMs on BLAS instead of the AVX2/AVX-512
 packed kernel.
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
@@ -206,6 +210,12 @@ def _fused_gates() -> bool:
     return _env("FASTGRU_CPU_FUSED", "1") != "0"
 
 
+def _fused_projection() -> bool:
+    """Whether batch-1/2 steps may compute the input projection of later steps inside their
+    recurrent product (AVX-512; ``FASTGRU_CPU_FUSED_PROJ=0``: never; the same bits either way)."""
+    return _env("FASTGRU_CPU_FUSED_PROJ", "1") != "0"
+
+
 def _isa(kernel) -> int:
     best = _gru.isa_best()
     name = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
@@ -320,16 +330,24 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     proj = (f"the {isa} packed-panel FMA kernel (kernel packed once per weight version)"
             if _packed_projection(_isa(kernel)) else "BLAS GEMMs")
     rows = max(B, 1) if split else -(-max(B, 1) // max(nthr, 1))  # rows per time loop
+    infused = ""
     if isa == "avx512" and rows <= 2:
         panel = 256 // np.dtype(dtype).itemsize
         npu = -(-spec.units // panel)
-        share = 3 * -(-npu // (nthr if split else 1)) * spec.units * 256  # bytes per thread
+        npt = -(-npu // (nthr if split else 1))  # panels per gate of the busiest thread
+        share = 3 * npt * spec.units * 256  # bytes per thread
         gemms += (" (one-/two-row pointer tiles over the thread's panels of all gates, "
                   + ("with" if _gru.ptr_prefetch(share) else "without")
                   + " software L1 prefetches: off while a thread's panels fit in 1 MB,"
                     " FASTGRU_CPU_L1_PREFETCH=1 turns them on)")
+        if (_packed_projection(_isa(kernel)) and _fused_projection()
+                and _gru.fuse_projection(_ISA[isa], np.dtype(dtype).itemsize == 8, rows, npt,
+                                         spec.units, D)):
+            infused = (" (all but each chunk's first 4 steps projected inside earlier steps'"
+                       " recurrent products, in the FMA slots a one-row product leaves idle while"
+                       " U streams from L2; not with input or recurrent dropout)")
     return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
-            f"projection by {proj} over chunks of {chunk} steps; per step {gemms} by the {isa} "
+            f"projection by {proj} over chunks of {chunk} steps{infused}; per step {gemms} by the {isa} "
             f"packed-panel FMA kernel, then {gate}; threads: {how}; training: per-step "
             f"backward on "
             f"{min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on {nbwd} by "
@@ -541,7 +559,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                          spec.reset_after, spec.go_backwards, spec.return_sequences,
                          spec.zero_output_for_mask, spec.activation.code,
                          spec.recurrent_activation.code, nthr, isa, chunk, split,
-                         _fused_gates())
+                         _fused_gates(), _fused_projection())
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
