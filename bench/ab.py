@@ -9,12 +9,14 @@ all variants return the same bits (they should: no switch may change a result).
     python bench/ab.py --so old.so,new.so 1x100x64x128,64x200x128x256 --threads 1,2
     python bench/ab.py --l1-prefetch 1,0 1x1000x128x256 --threads 1,2
     python bench/ab.py --env FASTGRU_CPU_PROJ=panels,blas 32x100x64x128 --mode training
+    python bench/ab.py --env FASTGRU_CPU_FUSED_PROJ=0,1 1x200x128x128 --stat min --rounds 30 --seconds 0.08
 
 --so: paths of built extensions (fastgru/_cpu/_gru*.so copied aside after each build); --env:
 NAME=v1,v2,... (settings the engine reads on every call); --l1-prefetch 1,0: the setting
 FASTGRU_CPU_L1_PREFETCH gives the batch-1/2 grouped products (otherwise read once per process;
 a thread's panels beyond 1 MB keep their prefetches either way). --mode inference (the engine
-forward, return_sequences=True) or training (forward + backward). Timings only; not a test.
+forward, return_sequences=True) or training (forward + backward); --stat median (default) or
+min of the rounds. Timings only; not a test.
 """
 
 from __future__ import annotations
@@ -82,6 +84,10 @@ def main(argv=None):
     ap.add_argument("--mode", choices=["inference", "training"], default="inference")
     ap.add_argument("--rounds", type=int, default=8, help="alternating rounds (default 8)")
     ap.add_argument("--seconds", type=float, default=0.3, help="per variant and round")
+    ap.add_argument("--stat", choices=["median", "min"], default="median",
+                    help="of the rounds' times per call (min: least disturbed by other work on "
+                         "a noisy machine; use many short rounds, e.g. --rounds 30 --seconds "
+                         "0.08)")
     args = ap.parse_args(argv)
     variants = _variants(args)
     passes = 1 if args.mode == "inference" else 3  # a training step counts 3x the forward
@@ -111,7 +117,7 @@ def main(argv=None):
                     for _ in range(reps):
                         call()
                     times[j].append((time.perf_counter() - t) / reps)
-            med = [float(np.median(t)) for t in times]
+            med = [float(np.median(t) if args.stat == "median" else np.min(t)) for t in times]
             same = all(all(a is None and b is None or np.array_equal(a, b)
                            for a, b in zip(results[0], res)) for res in results)
             gflop = shape.flops * passes / 1e9
