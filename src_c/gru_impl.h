@@ -20,7 +20,6 @@ static void FN(rgemm)(GEMMT gemm, int M, int N, int K, const REAL *A, int lda, c
     gemm(&tr, &tr, &N, &M, &K, &one, (REAL *)B, &ldb, (REAL *)A, &lda, &zero, C, &ldc);
 }
 
-
 /* Input projection of chunk rows [i0, i1): row i is (step k0 + i / nr, batch row r0 + i % nr).
  * gx[i] = (x[b, t_k] * input mask) @ kernel, gate g at column g * gs of a row of 3 * gs
  * (gs = up with the packed kernel a->wpk, whose panels write whole widths; else u). The packed
@@ -242,10 +241,12 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     /* One row per step (packed input kernel, no dropout, fg_fuse_projection): only the first
      * FG_PJ_ROWS rows of a chunk are projected up front; the rest by jobs of FG_PJ_ROWS future
      * rows x one of this thread's input-kernel panels, riding along each step's product
-     * (fg_gemm_panels_grp_proj), one block ahead of the steps. */
+     * (fg_gemm_panels_grp_proj), one block ahead of the steps. One decision for the whole team
+     * (by its busiest thread): the rows projected up front are split between its threads. */
     const int npt = p_hi - p_lo, npw = 3 * npt; /* jobs per block */
     const int fproj = !a->no_fuse_proj && a->wpk && !a->mx && !mh
-                      && fg_fuse_projection(a->isa, a->is_double, nr, npt, u, D);
+                      && fg_fuse_projection(a->isa, a->is_double, nr, (npu + nteam - 1) / nteam,
+                                            u, D);
     const REAL *x = (const REAL *)a->x, *wpk = (const REAL *)a->wpk;
 
     for (int i = 0; i < nr; i++)
@@ -260,7 +261,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
         FN(project)(a, r0, nr, k0, (int)((long)Mup * tid / nteam),
                     (int)((long)Mup * (tid + 1) / nteam), pb->xb, pb->pad, tb->gx);
         fg_barrier_wait(bar, tid, nteam, &bgen);
-        /* jobs of this chunk: block b >= 1 of FG_PJ_ROWS rows x part p is job (b - 1) npw + p */
+        /* jobs of this chunk: block b >= 1 of FG_PJ_ROWS rows x panel p is job (b - 1) npw + p */
         const int jtot = Mup < M ? ((M + FG_PJ_ROWS - 1) / FG_PJ_ROWS - 1) * npw : 0;
         int jdone = 0;
         for (int kk = 0; kk < kc; kk++) {

@@ -636,7 +636,9 @@ def test_fused_projection_bits_equal_projection_up_front(dtype, rng, monkeypatch
     projecting each chunk up front (FASTGRU_CPU_FUSED_PROJ=0), outputs, last state and training
     record, with T below, at and beyond one block and across chunks (16 steps here), odd panel
     counts, both gate forms, masks, go_backwards, one thread, unit-split teams and rows split
-    one per thread; explain says when it applies."""
+    one per thread, and a team whose threads own unequal panel counts (one alone would fuse,
+    the other not: the team decides as one); the kernels' scratch is poisoned before every
+    call, so no row can pass unprojected. Explain says when it applies."""
     from fastgru._cpu import _gru
 
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
@@ -651,15 +653,21 @@ def test_fused_projection_bits_equal_projection_up_front(dtype, rng, monkeypatch
         (1, 18, 5, 150, False, "none", False, True),
         (2, 21, 9, 33, True, "arbitrary", False, True),
     ]
-    for B, T, D, u, ra, mask, back, rs in cases:
+    uneven = (1, 9, 100, 320, True, "none", False, True) if W == 64 else \
+        (1, 9, 64, 224, True, "none", False, True)  # 5 / 7 panels: 2 + 3 / 3 + 4 per thread
+    npu = -(-uneven[3] // W)
+    assert _gru.fuse_projection(2, W == 32, 1, npu // 2, uneven[3], uneven[2])
+    assert not _gru.fuse_projection(2, W == 32, 1, npu - npu // 2, uneven[3], uneven[2])
+    for B, T, D, u, ra, mask, back, rs in cases + [uneven]:
         npu = -(-u // W)
-        assert _gru.fuse_projection(2, dtype == np.float64, 1, npu, u, D)
+        assert _gru.fuse_projection(2, dtype == np.float64, 1, npu, u, D) or u == uneven[3]
         args, kw = make_case(rng, B, T, D, u, reset_after=ra, mask=mask, go_backwards=back,
                              return_sequences=rs, dtype=dtype, scale=0.3)
         for n in (1, 2, 3):
             got = {}
             for fuse in ("1", "0"):
                 monkeypatch.setenv("FASTGRU_CPU_FUSED_PROJ", fuse)
+                _gru.workspace("poison")
                 o, h, tape = cpu.forward(*args, **kw, n_threads=n, training=True)
                 got[fuse] = [o, h] + [tape.saved[k] for k in ("pre", "hprev", "rp")]
             assert all(np.array_equal(a, b) for a, b in zip(got["1"], got["0"])), (B, T, u, n)
