@@ -426,6 +426,11 @@ def test_fused_step_product_and_jobs_are_the_separate_bits(dtype, rng):
                     assert np.array_equal(C2, C) and np.array_equal(Y2, Y), (isa, M, n, nj)
     finally:
         _gru.set_ptr_prefetch(None)
+    for bad in (-1, _gru.isa_best() + 1):  # a kernel this CPU lacks would fault (SIGILL)
+        with pytest.raises(ValueError, match="isa must be"):
+            _gru.gemm_panels_proj(bad, A, P, n, C, X, WP, Y)
+        with pytest.raises(ValueError, match="isa must be"):
+            _gru.gemm_panels(bad, A, P, K, n, C)
 
 
 @pytest.mark.parametrize("proj", ["panels", "blas"])
@@ -676,6 +681,9 @@ def test_fused_projection_bits_equal_projection_up_front(dtype, rng, monkeypatch
     monkeypatch.setenv("FASTGRU_CPU_FUSED_PROJ", "1")
     inside = "projected inside earlier steps' recurrent products"
     assert inside in cpu.describe_kernel(GRUSpec(128, tanh, sig), (1, 100, 64), 1, dtype=dtype)
+    # a 3-row batch on 2 threads (u = 32: one panel, no unit split) runs loops of 1 and 2 rows
+    text = cpu.describe_kernel(GRUSpec(32, tanh, sig), (3, 1000, 32), 2, dtype=dtype)
+    assert "in the time loops of one row: all but" in text and inside in text
     for shape, n in (((1, 100, 256), 1), ((4, 100, 64), 1), ((1, 100, 512), 2)):  # D > u; rows
         assert inside not in cpu.describe_kernel(GRUSpec(128, tanh, sig), shape, n, dtype=dtype)
     assert not _gru.fuse_projection(2, False, 1, 4, 256, 128)  # 1.2 MB of panels: beyond L2

@@ -141,8 +141,16 @@ def same_packed(src, packed, int ngroups):
     return ok == 1
 
 
+cdef int _check_isa(int isa) except -1:
+    """A per-step kernel's isa code this CPU runs (a higher one would fault: SIGILL)."""
+    if isa < FG_ISA_GENERIC or isa > fg_isa_best():
+        raise ValueError(f"isa must be {FG_ISA_GENERIC}..{fg_isa_best()} on this CPU, got {isa}")
+    return 0
+
+
 def gemm_panels(int isa, A, P, int K, int npanels, C):
     """C (M, npanels*W) = A (M, K) @ the packed panels P (npanels panels of K x W)."""
+    _check_isa(isa)
     cdef int t = _typenum(A)
     cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
     if A.ndim != 2 or C.ndim != 2 or A.shape[1] != K or C.shape[0] != A.shape[0] \
@@ -165,6 +173,7 @@ def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y):
     """A step product with projection jobs (fg_gemm_panels_grp_proj): C (M, npanels*W) = A
     (M, K) @ the packed panels P (npanels of K x W), and per job j, Y[4j:4j+4] (4, W) =
     X[4j:4j+4] (rows of D) @ panel j of WP (panels of D x W). For tests."""
+    _check_isa(isa)
     cdef int t = _typenum(A)
     cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
     cdef Py_ssize_t it = 8 if t == cnp.NPY_FLOAT64 else 4

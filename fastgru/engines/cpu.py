@@ -340,10 +340,13 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                   + ("with" if _gru.ptr_prefetch(share) else "without")
                   + " software L1 prefetches: off while a thread's panels fit in 1 MB,"
                     " FASTGRU_CPU_L1_PREFETCH=1 turns them on)")
-        if (_packed_projection(_isa(kernel)) and _fused_projection()
-                and _gru.fuse_projection(_ISA[isa], np.dtype(dtype).itemsize == 8, rows, npt,
+        # batch-split time loops take floor or ceil(B / threads) rows: those of one row fuse
+        one_row = max(B, 1) if split else max(B, 1) // max(nthr, 1)
+        if (one_row == 1 and _packed_projection(_isa(kernel)) and _fused_projection()
+                and _gru.fuse_projection(_ISA[isa], np.dtype(dtype).itemsize == 8, 1, npt,
                                          spec.units, D)):
-            infused = (" (all but each chunk's first 4 steps projected inside earlier steps'"
+            infused = (" (" + ("" if rows == 1 else "in the time loops of one row: ")
+                       + "all but each chunk's first 4 steps projected inside earlier steps'"
                        " recurrent products, in the FMA slots a one-row product leaves idle while"
                        " U streams from L2; not with input or recurrent dropout)")
     return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
