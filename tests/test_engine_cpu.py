@@ -692,6 +692,45 @@ def test_fused_projection_bits_equal_projection_up_front(dtype, rng, monkeypatch
     assert inside not in cpu.describe_kernel(GRUSpec(128, tanh, sig), (1, 100, 64), 1)
 
 
+@pytest.mark.skipif("avx512" not in supported_isas(), reason="AVX-512 only")
+@settings(max_examples=80, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    B=st.sampled_from([1, 1, 1, 2, 3]),
+    T=st.one_of(st.integers(5, 40), st.integers(1, 4)),
+    u=st.one_of(st.integers(1, 330), st.sampled_from([63, 64, 65, 127, 128, 129, 192, 320])),
+    d_frac=st.floats(0.0, 1.0),
+    n_threads=st.integers(1, 3),
+    proj_rows=st.sampled_from([5, 7, 8, 13, 16, 512, 4]),
+    reset_after=st.booleans(),
+    mask=st.sampled_from(["none", "arbitrary"]),
+    go_backwards=st.booleans(),
+    training=st.booleans(),
+    dtype=st.sampled_from([np.float32, np.float64]),
+    seed=st.integers(0, 2**31),
+)
+def test_fused_projection_property(B, T, u, d_frac, n_threads, proj_rows, reset_after, mask,
+                                   go_backwards, training, dtype, seed, monkeypatch):
+    """Any configuration: the fused projection (where it applies) gives the bits of the
+    up-front one, with the kernels' scratch poisoned before each call."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "_PROJ_ROWS", proj_rows)
+    D = max(1, round(d_frac * u))
+    args, kw = make_case(np.random.default_rng(seed), B, T, D, u, reset_after=reset_after,
+                         mask=mask, go_backwards=go_backwards, return_sequences=True,
+                         dtype=dtype, scale=0.3)
+    got = {}
+    for fuse in ("1", "0"):
+        monkeypatch.setenv("FASTGRU_CPU_FUSED_PROJ", fuse)
+        _gru.workspace("poison")
+        o, h, tape = cpu.forward(*args, **kw, n_threads=n_threads, training=training)
+        got[fuse] = [o, h] + ([tape.saved[k] for k in ("pre", "hprev", "rp")] if training
+                              else [])
+    assert all(np.array_equal(a, b) for a, b in zip(got["1"], got["0"]))
+
+
 def test_training_record_all_or_none():
     from fastgru._cpu import _gru
 
