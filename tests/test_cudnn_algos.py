@@ -162,6 +162,15 @@ def test_persistent_variant_unusable_when_its_weights_cannot_be_matched(simulate
     assert simulated.calls.count("cudnnSetRNNDescriptor_v8") == 3  # standard + two small-h
 
 
+def test_persistent_variant_kept_when_only_strides_of_size_one_dims_differ(simulated):
+    """A variant may report any stride for a dimension of size 1 (the leading 1 of a matrix,
+    the trailing 1 of a bias): that is no layout difference, and the variant still runs."""
+    simulated.small_h_unit_strides_differ = True
+    x, w, h0, rng = case()
+    run(x, w, h0, rng)
+    assert {a for a, _ in ran(simulated)} == {SMALL_H}
+
+
 def test_runs_are_per_stream(simulated, monkeypatch):
     """A run's device lengths live in the pool of the stream they were made on: each stream
     gets its own run."""

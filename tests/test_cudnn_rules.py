@@ -248,6 +248,7 @@ class SimulatedLibcudnn:
         # an algorithm/layout it cannot run. ran: (stage, algo, layout) of every run call.
         self.refuse, self.ran = {}, []
         self.small_h_layout_differs = self.small_h_strides_differ = False
+        self.small_h_unit_strides_differ = False
         self.missing_param = None  # (algo, lin): cudnnGetRNNWeightParams reports no bias there
 
     # -- plumbing: prototypes, arity, conversions
@@ -363,6 +364,8 @@ class SimulatedLibcudnn:
                 strides = (dims[1] * dims[2], dims[2], 1)
                 if self.small_h_strides_differ and persistent and p.kind == "W":
                     strides = (dims[1] * dims[2], 1, dims[1])  # the matrix stored transposed
+                if self.small_h_unit_strides_differ and persistent:  # size-1 dims: no layout
+                    strides = tuple(7 * s + 3 if d == 1 else s for d, s in zip(dims, strides))
                 self.tensors[self._val(desc)] = (c["dt"], dims, strides)
         return 0
 

@@ -301,7 +301,9 @@ class _Plan:
                     shape = (dims[1], dims[2]) if kind == "W" else (dims[1],)
                     off = (addr.value - base) // self.dtype.itemsize
                     params.append(layout.Param(lin, kind, off, shape, pseudo))
-                    strides.append(st)
+                    # a dimension of size 1 has no layout: its stride, whatever a variant
+                    # reports, must not set that variant aside
+                    strides.append(tuple(s if d > 1 else 0 for d, s in zip(dims, st)))
         return params, strides
 
     def h_desc(self, B: int):
