@@ -71,14 +71,15 @@ void fg_gemm_panels_grp_d(int isa, int M, int K, const double *A, long lda, cons
                           long pstride, long gstride, int npg, int ng, double *C, long ldc,
                           long cgstride);
 
-/* One input-projection job of a fused batch-1 step: rows x[r] (D elements each) times one
- * packed input-kernel panel w (D x W) into out[r] (W elements each), r < FG_PJ_ROWS. Float or
+/* One input-projection job of a fused batch-1 step: rows x[r] (D elements each), r <
+ * FG_PJ_ROWS, times half a panel of a packed input kernel (two vectors, W / 2 columns: w points
+ * at its first column in panel row 0, rows W apart) into out[r] (W / 2 elements each). Float or
  * double as the call. */
-#define FG_PJ_ROWS 4
+#define FG_PJ_ROWS 8
 typedef struct {
-    const void *x[4];
+    const void *x[FG_PJ_ROWS];
     const void *w;
-    void *out[4];
+    void *out[FG_PJ_ROWS];
 } fg_proj_job;
 
 /* The most jobs one fused step takes, and whether a time loop of `rows` rows whose thread owns
@@ -86,8 +87,8 @@ typedef struct {
 #define FG_PJ_MAX_JOBS 64
 int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D);
 
-/* fg_gemm_panels_grp, plus nj projection jobs of depth D computed in the same
- * pass (AVX-512, one row: while the product streams the panels; otherwise one after the other). Every
+/* fg_gemm_panels_grp, plus nj projection jobs of depth D computed in the same pass (AVX-512,
+ * one row: while the product streams the panels; otherwise one after the other). Every
  * element's bits are those of fg_gemm_panels. */
 void fg_gemm_panels_grp_proj_f(int isa, int M, int K, const float *A, long lda, const float *P,
                                long pstride, long gstride, int npg, int ng, float *C, long ldc,

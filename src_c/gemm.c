@@ -444,25 +444,27 @@ FG_DEFINE_DISPATCH(d, double)
 /* ---------------------------------------------------------------------------------------- */
 /* The fused batch-1 step: the grouped product of one row (above), with input-projection jobs
  * of future steps riding along (fg_proj_job). The one-row product is bound by reading U from
- * L2 (one load per FMA), leaving about half the FMA issue slots idle; a job (four future rows x
- * one input-kernel panel, 16 accumulators, one panel load per four FMAs) fills them. A fused
+ * L2 (one load per FMA), leaving about half the FMA issue slots idle; a job (eight future rows x
+ * half an input-kernel panel: 16 accumulators, one load per eight FMAs) fills them. A fused
  * tile pairs a 1 x 2 (or 1 x 1) pointer tile of U with one job: 8 + 16 accumulators, and for
- * every k below both K and D one step of each. (A 1 x 4 tile with half-panel jobs: 1-3%
- * slower than none, the jobs' panel loads doubled.) Every element of either is still one FMA
- * chain from zero over its k in order: the bits of the separate product and projection. */
+ * every k below both K and D one step of each. Measured against the alternatives (one-process
+ * A/Bs on Zen 4): four rows x a whole panel, the same accumulators but twice the jobs' panel
+ * loads, matched it up to ~700 KB of panels and lost 1-3% beyond (1x1000x128x256: +4.5% with
+ * eight rows); 1 x 4 tiles of U with four-row half-panel jobs lost 1-3%. Every element of
+ * either is still one FMA chain from zero over its k in order: the bits of the separate
+ * product and projection (tiles above, fg_gemm_panels). */
 #ifdef FG_X86
 #define FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP, PF, SFX) \
     static inline __attribute__((always_inline, target("avx512f,fma"))) void                  \
         NAME##_f##MR##x##NP##SFX(int K, const REAL *A, long lda, const REAL *const *Pq,       \
                                  REAL *const *Cq, long ldc, int D, const fg_proj_job *jb)     \
     {                                                                                         \
-        VT acc[MR][NP * 4], pacc[4][4];                                                       \
-        const REAL *x0 = jb->x[0], *x1 = jb->x[1], *x2 = jb->x[2], *x3 = jb->x[3];            \
-        const REAL *wp = jb->w;                                                               \
+        VT acc[MR][NP * 4], pacc[FG_PJ_ROWS][2];                                              \
+        const REAL *xr[FG_PJ_ROWS], *wp = jb->w;                                              \
+        for (int r = 0; r < FG_PJ_ROWS; r++) xr[r] = jb->x[r];                                \
         for (int r = 0; r < MR; r++)                                                          \
             for (int v = 0; v < NP * 4; v++) acc[r][v] = ZERO();                              \
-        for (int r = 0; r < 4; r++)                                                           \
-            for (int v = 0; v < 4; v++) pacc[r][v] = ZERO();                                  \
+        for (int r = 0; r < FG_PJ_ROWS; r++) pacc[r][0] = pacc[r][1] = ZERO();                \
         const int kb = K < D ? K : D;                                                         \
         int k = 0;                                                                            \
         for (; k < kb; k++) {                                                                 \
@@ -481,10 +483,9 @@ FG_DEFINE_DISPATCH(d, double)
             for (int q = 0; q < NP; q++)                                                      \
                 for (int v = 0; v < 4; v++)                                                   \
                     STORE(Cq[q] + (long)r * ldc + v * VW, acc[r][q * 4 + v]);                \
-        for (int r = 0; r < 4; r++)                                                           \
-            for (int v = 0; v < 4; v++) STORE((REAL *)jb->out[r] + v * VW, pacc[r][v]);        \
+        FG_FT_JSTORE(REAL, VW, STORE)                                                         \
     }
-/* One k of the U tile (as in FG_DEFINE_PTILE) and of the job. */
+/* One k of the U tile (as in FG_DEFINE_PTILE) and of the job; the job's stores. */
 #define FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                               \
     for (int q = 0; q < NP * PF; q++)                                                         \
         for (int v = 0; v < 4; v++)                                                           \
@@ -500,14 +501,17 @@ FG_DEFINE_DISPATCH(d, double)
     }
 #define FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                                 \
     {                                                                                         \
-        VT a0 = SET1(x0[k]), a1 = SET1(x1[k]), a2 = SET1(x2[k]), a3 = SET1(x3[k]);            \
-        for (int v = 0; v < 4; v++) {                                                         \
-            VT b = LOAD(wp + (long)k * W + v * VW);                                           \
-            pacc[0][v] = FMADD(a0, b, pacc[0][v]);                                            \
-            pacc[1][v] = FMADD(a1, b, pacc[1][v]);                                            \
-            pacc[2][v] = FMADD(a2, b, pacc[2][v]);                                            \
-            pacc[3][v] = FMADD(a3, b, pacc[3][v]);                                            \
+        const VT b0 = LOAD(wp + (long)k * W), b1 = LOAD(wp + (long)k * W + VW);              \
+        for (int r = 0; r < FG_PJ_ROWS; r++) {                                                \
+            const VT a = SET1(xr[r][k]);                                                      \
+            pacc[r][0] = FMADD(a, b0, pacc[r][0]);                                            \
+            pacc[r][1] = FMADD(a, b1, pacc[r][1]);                                            \
         }                                                                                     \
+    }
+#define FG_FT_JSTORE(REAL, VW, STORE)                                                         \
+    for (int r = 0; r < FG_PJ_ROWS; r++) {                                                    \
+        STORE((REAL *)jb->out[r], pacc[r][0]);                                                \
+        STORE((REAL *)jb->out[r] + VW, pacc[r][1]);                                           \
     }
 
 /* A job alone (jobs beyond the step's tiles, or no U work). */
@@ -515,14 +519,12 @@ FG_DEFINE_DISPATCH(d, double)
     static inline __attribute__((always_inline, target("avx512f,fma"))) void NAME##_job(     \
         int D, const fg_proj_job *jb)                                                         \
     {                                                                                         \
-        VT pacc[4][4];                                                                  \
-        const REAL *x0 = jb->x[0], *x1 = jb->x[1], *x2 = jb->x[2], *x3 = jb->x[3];            \
-        const REAL *wp = jb->w;                                                               \
-        for (int r = 0; r < 4; r++)                                                           \
-            for (int v = 0; v < 4; v++) pacc[r][v] = ZERO();                                  \
+        VT pacc[FG_PJ_ROWS][2];                                                               \
+        const REAL *xr[FG_PJ_ROWS], *wp = jb->w;                                              \
+        for (int r = 0; r < FG_PJ_ROWS; r++) xr[r] = jb->x[r];                                \
+        for (int r = 0; r < FG_PJ_ROWS; r++) pacc[r][0] = pacc[r][1] = ZERO();                \
         for (int k = 0; k < D; k++) FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                     \
-        for (int r = 0; r < 4; r++)                                                           \
-            for (int v = 0; v < 4; v++) STORE((REAL *)jb->out[r] + v * VW, pacc[r][v]);        \
+        FG_FT_JSTORE(REAL, VW, STORE)                                                         \
     }
 
 #define FG_DEFINE_FUSED512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)              \
@@ -577,8 +579,8 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
                                      C + g * cgstride, ldc);                                  \
         }                                                                                     \
         for (int j = 0; j < nj; j++) /* the tiles' sums: one fma chain over d per element */ \
-            for (int r = 0; r < 4; r++)                                                       \
-                for (int c = 0; c < W; c++) {                                                 \
+            for (int r = 0; r < FG_PJ_ROWS; r++)                                              \
+                for (int c = 0; c < W / 2; c++) {                                             \
                     const REAL *x = jobs[j].x[r], *w = (const REAL *)jobs[j].w + c;           \
                     REAL acc = 0;                                                             \
                     for (int d = 0; d < D; d++) acc = FMA(x[d], w[(long)d * W], acc);         \

@@ -61,18 +61,19 @@ static void fg_barrier_wait(fg_barrier *b, int tid, int n, int *my_gen)
 /* Whether a time loop of `rows` rows whose thread owns npt panels per gate projects its inputs
  * inside the steps' products (fg_gemm_panels_grp_proj): AVX-512, one row, D <= u (a job then
  * hides in the product's k loop), and the thread's panels of U and of the input kernel within
- * FG_PJ_L2 bytes. One-process A/B on Zen 4 (min of 30 alternating rounds), fused / not: 1
- * thread 1x100x64x128 +4-5%, 1x1000x64x128 +6%, 1x200x128x128 +12%, 1x300x64x96 +7%,
- * 1x500x128x192 +3%; 2 threads (half the panels each) 1x200x128x128 +8%, 1x100x64x128 level.
- * Slower beyond: 1x1000x128x256 on 1 thread (1.2 MB of panels) -1 to -3%, 1x100x512x1024 -25%
- * (the jobs' panels stream from L3 beside U's); D > u (1x200x256x128) -1 to -3%. */
-#define FG_PJ_L2 (768L << 10)
+ * FG_PJ_BYTES. One-process A/B on Zen 4 (`bench/ab.py --stat min --rounds 30`), fused / not, 1 /
+ * 2 threads: 1x100x64x128 +4% / level, 1x200x128x128 +10-14% / +8-9%, 1x1000x64x128 +6% / +2%,
+ * 1x500x128x192 +7-11% / +4%, 1x1000x128x256 (1.2 MB of panels on one thread) +2.5-4.5% / +6%.
+ * Beyond 1.5 MB it varies: 1x100x256x512 (4.7 / 2.4 MB) +5% / +6%, but 1x300x64x512 (3.5 /
+ * 1.8 MB) level / -2% and 1x50x512x1024 (18 MB: U and the jobs' panels stream from L3 side by
+ * side) -8% / -14%; D > u (1x200x256x128) -1 to -3%. */
+#define FG_PJ_BYTES (1536L << 10)
 int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
 {
     const long w = is_double ? FG_WD : FG_WF, size = is_double ? 8 : 4;
     return isa == FG_ISA_AVX512 && rows == 1 && npt > 0 && D <= u
-           && 3L * npt <= (long)FG_PJ_ROWS * FG_PJ_MAX_JOBS - 3
-           && 3L * npt * (u + D) * w * size <= FG_PJ_L2;
+           && 6L * npt <= (long)FG_PJ_ROWS * FG_PJ_MAX_JOBS - (FG_PJ_ROWS - 1)
+           && 3L * npt * (u + D) * w * size <= FG_PJ_BYTES;
 }
 
 #define REAL float

@@ -240,10 +240,10 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     REAL *az = pb->tmp, *ar = az + u, *ah = ar + u, *zv = ah + u, *rv = zv + u, *hh = rv + u;
     /* One row per step (packed input kernel, no dropout, fg_fuse_projection): only the first
      * FG_PJ_ROWS rows of a chunk are projected up front; the rest by jobs of FG_PJ_ROWS future
-     * rows x one of this thread's input-kernel panels, riding along each step's product
+     * rows x half of one of this thread's input-kernel panels, riding along each step's product
      * (fg_gemm_panels_grp_proj), one block ahead of the steps. One decision for the whole team
      * (by its busiest thread): the rows projected up front are split between its threads. */
-    const int npt = p_hi - p_lo, npw = 3 * npt; /* jobs per block */
+    const int npt = p_hi - p_lo, npw = 6 * npt; /* jobs per block: 3 gates x 2 halves */
     const int fproj = !a->no_fuse_proj && a->wpk && !a->mx && !mh
                       && fg_fuse_projection(a->isa, a->is_double, nr, (npu + nteam - 1) / nteam,
                                             u, D);
@@ -261,7 +261,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
         FN(project)(a, r0, nr, k0, (int)((long)Mup * tid / nteam),
                     (int)((long)Mup * (tid + 1) / nteam), pb->xb, pb->pad, tb->gx);
         fg_barrier_wait(bar, tid, nteam, &bgen);
-        /* jobs of this chunk: block b >= 1 of FG_PJ_ROWS rows x panel p is job (b - 1) npw + p */
+        /* jobs of this chunk: block b >= 1 of FG_PJ_ROWS rows x half panel p: job (b - 1) npw + p */
         const int jtot = Mup < M ? ((M + FG_PJ_ROWS - 1) / FG_PJ_ROWS - 1) * npw : 0;
         int jdone = 0;
         for (int kk = 0; kk < kc; kk++) {
@@ -290,14 +290,14 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 int nj = 0;
                 fg_proj_job jobs[FG_PJ_MAX_JOBS];
                 for (; jdone < jtot && jdone < want; jdone++, nj++) {
-                    const int b = 1 + jdone / npw, pw = jdone % npw, g = pw / npt;
-                    const int pl = p_lo + pw % npt;
-                    jobs[nj].w = wpk + ((long)g * npu + pl) * D * W;
+                    const int b = 1 + jdone / npw, pw = jdone % npw, g = pw / (2 * npt);
+                    const int pl = p_lo + pw / 2 % npt, c0 = pw % 2 * (W / 2);
+                    jobs[nj].w = wpk + ((long)g * npu + pl) * D * W + c0;
                     for (int r = 0; r < FG_PJ_ROWS; r++) {
                         const int i = b * FG_PJ_ROWS + r, ic = i < M ? i : M - 1;
                         const int kx = k0 + ic / nr, tx = a->go_backwards ? T - 1 - kx : kx;
                         jobs[nj].x[r] = x + ((long)(r0 + ic % nr) * T + tx) * D;
-                        jobs[nj].out[r] = i < M ? tb->gx + (long)i * ldgx + g * gs + pl * W
+                        jobs[nj].out[r] = i < M ? tb->gx + (long)i * ldgx + g * gs + pl * W + c0
                                                 : pb->sink;
                     }
                 }

@@ -16,6 +16,7 @@ from ._kernels cimport *
 cnp.import_array()
 
 PANEL_F = FG_WF
+PROJ_JOB_ROWS = FG_PJ_ROWS
 PANEL_D = FG_WD
 ISA_NAMES = {FG_ISA_GENERIC: "generic", FG_ISA_AVX2: "avx2", FG_ISA_AVX512: "avx512"}
 
@@ -171,30 +172,31 @@ def gemm_panels(int isa, A, P, int K, int npanels, C):
 
 def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y):
     """A step product with projection jobs (fg_gemm_panels_grp_proj): C (M, npanels*W) = A
-    (M, K) @ the packed panels P (npanels of K x W), and per job j, Y[4j:4j+4] (4, W) =
-    X[4j:4j+4] (rows of D) @ panel j of WP (panels of D x W). For tests."""
+    (M, K) @ the packed panels P (npanels of K x W), and per job j, Y[8j:8j+8] (8, W/2) =
+    X[8j:8j+8] (rows of D) @ half j % 2 of panel j // 2 of WP (panels of D x W). For tests."""
     _check_isa(isa)
     cdef int t = _typenum(A)
     cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
     cdef Py_ssize_t it = 8 if t == cnp.NPY_FLOAT64 else 4
+    cdef int R = FG_PJ_ROWS
     if A.ndim != 2 or C.shape != (A.shape[0], npanels * W) or X.ndim != 2 \
-            or X.shape[0] % 4 or Y.shape != (X.shape[0], W):
+            or X.shape[0] % R or Y.shape != (X.shape[0], W // 2):
         raise ValueError("gemm_panels_proj: inconsistent shapes")
-    cdef int M = A.shape[0], K = A.shape[1], D = X.shape[1], nj = X.shape[0] // 4, j, r
+    cdef int M = A.shape[0], K = A.shape[1], D = X.shape[1], nj = X.shape[0] // R, j, r
     cdef char *a = <char *>_p(A, t, <Py_ssize_t>M * K, "A")
     cdef char *p = <char *>_p(P, t, <Py_ssize_t>npanels * K * W, "P")
     cdef char *c = <char *>_p(C, t, <Py_ssize_t>M * npanels * W, "C")
-    cdef char *x = <char *>_p(X, t, <Py_ssize_t>4 * nj * D, "X")
-    cdef char *wp = <char *>_p(WP, t, <Py_ssize_t>nj * D * W, "WP")
-    cdef char *y = <char *>_p(Y, t, <Py_ssize_t>4 * nj * W, "Y")
+    cdef char *x = <char *>_p(X, t, <Py_ssize_t>R * nj * D, "X")
+    cdef char *wp = <char *>_p(WP, t, <Py_ssize_t>(nj + 1) // 2 * D * W, "WP")
+    cdef char *y = <char *>_p(Y, t, <Py_ssize_t>R * nj * (W // 2), "Y")
     cdef fg_proj_job *jobs = <fg_proj_job *>malloc(max(nj, 1) * sizeof(fg_proj_job))
     if jobs == NULL:
         raise MemoryError()
     for j in range(nj):
-        jobs[j].w = wp + <Py_ssize_t>j * D * W * it
-        for r in range(4):
-            jobs[j].x[r] = x + (<Py_ssize_t>4 * j + r) * D * it
-            jobs[j].out[r] = y + (<Py_ssize_t>4 * j + r) * W * it
+        jobs[j].w = wp + (<Py_ssize_t>(j // 2) * D * W + (j % 2) * (W // 2)) * it
+        for r in range(R):
+            jobs[j].x[r] = x + (<Py_ssize_t>R * j + r) * D * it
+            jobs[j].out[r] = y + (<Py_ssize_t>R * j + r) * (W // 2) * it
     with nogil:
         if t == cnp.NPY_FLOAT64:
             fg_gemm_panels_grp_proj_d(isa, M, K, <double *>a, K, <double *>p, <long>K * W, 0,

@@ -37,10 +37,11 @@ cdef extern from "fastgru.h" nogil:
     int fg_dact_f(int code, int n, const float *inp, float *out)
     int fg_dact_d(int code, int n, const double *inp, double *out)
 
+    int FG_PJ_ROWS
     ctypedef struct fg_proj_job:
-        const void *x[4]
+        const void *x[8]
         const void *w
-        void *out[4]
+        void *out[8]
     void fg_gemm_panels_grp_proj_f(int isa, int M, int K, const float *A, long lda,
                                    const float *P, long pstride, long gstride, int npg, int ng,
                                    float *C, long ldc, long cgstride, int D,

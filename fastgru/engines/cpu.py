@@ -346,7 +346,8 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                 and _gru.fuse_projection(_ISA[isa], np.dtype(dtype).itemsize == 8, 1, npt,
                                          spec.units, D)):
             infused = (" (" + ("" if rows == 1 else "in the time loops of one row: ")
-                       + "all but each chunk's first 4 steps projected inside earlier steps'"
+                       + f"all but each chunk's first {_gru.PROJ_JOB_ROWS} steps projected"
+                         " inside earlier steps'"
                        " recurrent products, in the FMA slots a one-row product leaves idle while"
                        " U streams from L2; not with input or recurrent dropout)")
     return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
