@@ -10,7 +10,7 @@ and made C-contiguous here, then ``fastgru._cpu._gru`` runs the whole layer with
 - per step, the recurrent product by a fixed-order FMA kernel over packed column panels
   (AVX-512 / AVX2 / generic chosen at run time; every variant gives the same bits), then one
   fused C pass for the gates, mask select and output write; a one-row AVX-512 step also
-  projects the inputs of later steps (a block of four ahead) in the FMA slots its L2-bound
+  projects the inputs of later steps (a block of eight ahead) in the FMA slots its L2-bound
   product leaves idle (src_c/gru.c, fg_fuse_projection);
 - threads: batch rows split across OpenMP threads, each running its rows' whole time loop; a
   batch smaller than the thread count splits the units instead (one barrier per step).
