@@ -496,7 +496,8 @@ FG_DEFINE_DISPATCH(d, double)
         for (int q = 0; q < NP; q++)                                                          \
             for (int v = 0; v < 4; v++) {                                                     \
                 VT b = LOAD(Pq[q] + (long)k * W + v * VW);                                    \
-                for (int r = 0; r < MR; r++) acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]); \
+                for (int r = 0; r < MR; r++)                                                  \
+                    acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]);                   \
             }                                                                                 \
     }
 #define FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                                 \
@@ -547,7 +548,7 @@ FG_DEFINE_DISPATCH(d, double)
                 break;                                                                        \
             }                                                                                 \
             const fg_proj_job *jb = jobs + j;                                                 \
-            if (w == 2 && pf) NAME##_f1x2_pf(K, A, 0, Pq + q, Cq + q, 0, D, jb);         \
+            if (w == 2 && pf) NAME##_f1x2_pf(K, A, 0, Pq + q, Cq + q, 0, D, jb);              \
             else if (w == 2) NAME##_f1x2_np(K, A, 0, Pq + q, Cq + q, 0, D, jb);               \
             else if (pf) NAME##_f1x1_pf(K, A, 0, Pq + q, Cq + q, 0, D, jb);                   \
             else NAME##_f1x1_np(K, A, 0, Pq + q, Cq + q, 0, D, jb);                           \

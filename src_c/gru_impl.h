@@ -261,7 +261,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
         FN(project)(a, r0, nr, k0, (int)((long)Mup * tid / nteam),
                     (int)((long)Mup * (tid + 1) / nteam), pb->xb, pb->pad, tb->gx);
         fg_barrier_wait(bar, tid, nteam, &bgen);
-        /* jobs of this chunk: block b >= 1 of FG_PJ_ROWS rows x half panel p: job (b - 1) npw + p */
+        /* this chunk's jobs: block b >= 1 of FG_PJ_ROWS rows x half panel p is job (b-1) npw + p */
         const int jtot = Mup < M ? ((M + FG_PJ_ROWS - 1) / FG_PJ_ROWS - 1) * npw : 0;
         int jdone = 0;
         for (int kk = 0; kk < kc; kk++) {
@@ -400,7 +400,8 @@ static int FN(forward)(const fg_fwd_args *a)
     /* team buffers: h[2], y, zs, q (rows x u), gh (rows x 3up), gx (tc*rows x 3up or 3u) */
     size_t team_n = (size_t)rows_max * (5 * u + 3 * up) + (size_t)tc * rows_max * (a->wpk ? 3 * up : u3);
     /* private: xb ((proj_rows + 2) x D), pad (2 x 3u), hg (3 x rows x u), tmp (6u), sink (W) */
-    size_t priv_n = (size_t)(proj_rows + 2) * D + 2 * (size_t)u3 + (a->mh ? 3 * (size_t)rows_max * u : 0) + 6 * (size_t)u + W;
+    size_t priv_n = (size_t)(proj_rows + 2) * D + 2 * (size_t)u3
+                    + (a->mh ? 3 * (size_t)rows_max * u : 0) + 6 * (size_t)u + W;
     size_t team_got = 0, priv_got = 0;
     REAL *team_mem = fg_ws_alloc(team_n * ngroups * sizeof(REAL), &team_got);
     REAL *priv_mem = fg_ws_alloc(priv_n * nthr * sizeof(REAL), &priv_got);
