@@ -331,6 +331,22 @@ int fg_ptr_prefetch_at(long bytes)
         }                                                                                     \
     }
 
+/* One k of an MR x NP pointer tile (FG_DEFINE_PTILE, and the fused tiles below): PF > 0 also
+ * prefetches the panel rows FG_PF_K rows of k ahead into L1. */
+#define FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                               \
+    for (int q = 0; q < NP * PF; q++)                                                         \
+        for (int v = 0; v < 4; v++)                                                           \
+            _mm_prefetch((const char *)(Pq[q] + (long)(k + FG_PF_K) * W + v * VW), _MM_HINT_T0); \
+    {                                                                                         \
+        VT a[MR];                                                                             \
+        for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                       \
+        for (int q = 0; q < NP; q++)                                                          \
+            for (int v = 0; v < 4; v++) {                                                     \
+                VT b = LOAD(Pq[q] + (long)k * W + v * VW);                                    \
+                for (int r = 0; r < MR; r++)                                                  \
+                    acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]);                   \
+            }                                                                                 \
+    }
 /* One or two rows over NP panels given by pointers (any addresses): the grouped product of a
  * thread's own panels of several gates in one pass (fg_gemm_panels_grp), with as many FMA
  * chains in flight as the contiguous 1 x 4 / 2 x 2 tiles; the k order of every element is the
@@ -345,18 +361,7 @@ int fg_ptr_prefetch_at(long bytes)
         for (int r = 0; r < MR; r++)                                                          \
             for (int v = 0; v < NP * 4; v++) acc[r][v] = ZERO();                              \
         for (int k = 0; k < K; k++) {                                                         \
-            for (int q = 0; q < NP * PF; q++)                                                 \
-                for (int v = 0; v < 4; v++)                                                   \
-                    _mm_prefetch((const char *)(Pq[q] + (long)(k + FG_PF_K) * W + v * VW),    \
-                                 _MM_HINT_T0);                                                \
-            VT a[MR];                                                                         \
-            for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                   \
-            for (int q = 0; q < NP; q++)                                                      \
-                for (int v = 0; v < 4; v++) {                                                 \
-                    VT b = LOAD(Pq[q] + (long)k * W + v * VW);                                \
-                    for (int r = 0; r < MR; r++)                                              \
-                        acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]);               \
-                }                                                                             \
+            FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                           \
         }                                                                                     \
         for (int r = 0; r < MR; r++)                                                          \
             for (int q = 0; q < NP; q++)                                                      \
@@ -485,21 +490,7 @@ FG_DEFINE_DISPATCH(d, double)
                     STORE(Cq[q] + (long)r * ldc + v * VW, acc[r][q * 4 + v]);                \
         FG_FT_JSTORE(REAL, VW, STORE)                                                         \
     }
-/* One k of the U tile (as in FG_DEFINE_PTILE) and of the job; the job's stores. */
-#define FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                               \
-    for (int q = 0; q < NP * PF; q++)                                                         \
-        for (int v = 0; v < 4; v++)                                                           \
-            _mm_prefetch((const char *)(Pq[q] + (long)(k + FG_PF_K) * W + v * VW), _MM_HINT_T0); \
-    {                                                                                         \
-        VT a[MR];                                                                             \
-        for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                       \
-        for (int q = 0; q < NP; q++)                                                          \
-            for (int v = 0; v < 4; v++) {                                                     \
-                VT b = LOAD(Pq[q] + (long)k * W + v * VW);                                    \
-                for (int r = 0; r < MR; r++)                                                  \
-                    acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]);                   \
-            }                                                                                 \
-    }
+/* One k of the job; the job's stores. */
 #define FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                                 \
     {                                                                                         \
         const VT b0 = LOAD(wp + (long)k * W), b1 = LOAD(wp + (long)k * W + VW);              \

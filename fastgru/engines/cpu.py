@@ -316,7 +316,9 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     nbwd = _work_threads(B * T * 3 * spec.units * (D + spec.units), n)
     if _forked_child or not _gru.openmp():
         nbwd = 1
-    isa = _ISA_NAME[_isa(kernel)]
+    isa_code = _isa(kernel)
+    isa = _ISA_NAME[isa_code]
+    packed_proj = _packed_projection(isa_code)
     forced = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
     isa_why = (f"forced by {'kernel=' if kernel is not None else 'FASTGRU_CPU_KERNEL'}"
                if forced not in (None, "", "auto") else
@@ -328,7 +330,7 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     gate = ("one fused gate/mask/output loop per row (tanh/sigmoid, reset_after)" if fused
             else "separate gate passes (activation loops by code)")
     proj = (f"the {isa} packed-panel FMA kernel (kernel packed once per weight version)"
-            if _packed_projection(_isa(kernel)) else "BLAS GEMMs")
+            if packed_proj else "BLAS GEMMs")
     rows = max(B, 1) if split else -(-max(B, 1) // max(nthr, 1))  # rows per time loop
     infused = ""
     if isa == "avx512" and rows <= 2:
@@ -342,20 +344,20 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                     " FASTGRU_CPU_L1_PREFETCH=1 turns them on)")
         # batch-split time loops take floor or ceil(B / threads) rows: those of one row fuse
         one_row = max(B, 1) if split else max(B, 1) // max(nthr, 1)
-        if (one_row == 1 and _packed_projection(_isa(kernel)) and _fused_projection()
-                and _gru.fuse_projection(_ISA[isa], np.dtype(dtype).itemsize == 8, 1, npt,
+        if (one_row == 1 and packed_proj and _fused_projection()
+                and _gru.fuse_projection(isa_code, np.dtype(dtype).itemsize == 8, 1, npt,
                                          spec.units, D)):
             infused = (" (" + ("" if rows == 1 else "in the time loops of one row: ")
                        + f"all but each chunk's first {_gru.PROJ_JOB_ROWS} steps projected"
-                         " inside earlier steps'"
-                       " recurrent products, in the FMA slots a one-row product leaves idle while"
-                       " U streams from L2; not with input or recurrent dropout)")
+                         " inside earlier steps' recurrent products, in the FMA slots a one-row"
+                         " product leaves idle while U streams from L2; not with input or"
+                         " recurrent dropout)")
     return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
-            f"projection by {proj} over chunks of {chunk} steps{infused}; per step {gemms} by the {isa} "
-            f"packed-panel FMA kernel, then {gate}; threads: {how}; training: per-step "
-            f"backward on "
-            f"{min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on {nbwd} by "
-            + (f"the K-blocked {isa} packed-panel kernel" if _packed_wgrad(_isa(kernel))
+            f"projection by {proj} over chunks of {chunk} steps{infused}; per step {gemms} by "
+            f"the {isa} packed-panel FMA kernel, then {gate}; threads: {how}; training: "
+            f"per-step backward on {min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on "
+            f"{nbwd} by "
+            + (f"the K-blocked {isa} packed-panel kernel" if _packed_wgrad(isa_code)
                is not None else "BLAS (one thread per block)") + ".")
 
 
