@@ -120,7 +120,12 @@ int fg_dact_d(int code, int n, const double *in, double *out);
  * 0 = threads take disjoint rows. chunk: time steps per input-projection GEMM.
  * no_fuse: 1 = the separate gate passes even where the fused one applies (tests compare them).
  * no_fuse_proj: 1 = project whole chunks up front even where batch-1/2 steps could fuse it.
- * Returns 0, or -1 when memory ran out. */
+ * verify: bit 1 = first check that upk holds exactly rec_kernel (u,3u) packed, bit 2 = that
+ * wpk holds kernel packed (fg_same_packed), each thread its share of the panels (a cached
+ * packed kernel is compared with the weights on every call: in parallel, and each core's L2
+ * is left holding the panels it is about to stream); nothing runs on a difference.
+ * Returns 0, 1 when a verified packed kernel differs (nothing was written), or -1 when memory
+ * ran out. */
 typedef struct {
     int is_double;
     int B, T, D, u;
@@ -133,6 +138,8 @@ typedef struct {
     void *out, *h_last;
     void *pre, *hprev, *rp;
     int n_threads, isa, chunk, split_units, no_fuse, no_fuse_proj;
+    const void *rec_kernel; /* (u,3u), read only with verify & 1 */
+    int verify;
     fg_sgemm_t sgemm;
     fg_dgemm_t dgemm;
 } fg_fwd_args;

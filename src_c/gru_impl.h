@@ -379,6 +379,29 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     }
 }
 
+/* Whether thread tid of n finds its share of the packed kernels a->verify names (panels
+ * [npu tid / n, npu (tid + 1) / n) of each gate: in a split-units team, the ones it streams)
+ * holding exactly the weights (fg_same_packed, in 32-bit words). */
+static int FN(verify_share)(const fg_fwd_args *a, int tid, int n)
+{
+    const int u = a->u, npu = (u + W - 1) / W;
+    const int p0 = (int)((long)npu * tid / n), p1 = (int)((long)npu * (tid + 1) / n);
+    const long m = sizeof(REAL) / 4, c0 = (long)p0 * W, c1 = (long)p1 * W < u ? (long)p1 * W : u;
+    int ok = 1;
+    if (p0 >= p1) return 1;
+    for (int g = 0; g < 3; g++) {
+        if (a->verify & 1)
+            ok &= fg_same_packed((const uint32_t *)a->rec_kernel, 3L * u * m, u,
+                                 ((long)g * u + c0) * m, (c1 - c0) * m,
+                                 (const uint32_t *)a->upk + ((long)g * npu + p0) * u * W * m);
+        if (a->verify & 2)
+            ok &= fg_same_packed((const uint32_t *)a->kernel, 3L * u * m, a->D,
+                                 ((long)g * u + c0) * m, (c1 - c0) * m,
+                                 (const uint32_t *)a->wpk + ((long)g * npu + p0) * a->D * W * m);
+    }
+    return ok;
+}
+
 static int FN(forward)(const fg_fwd_args *a)
 {
     const int B = a->B, T = a->T, D = a->D, u = a->u, u3 = 3 * u;
@@ -411,37 +434,46 @@ static int FN(forward)(const fg_fwd_args *a)
         fg_ws_free(priv_mem, priv_got);
         return -1;
     }
+    atomic_int stale = 0;
 #pragma omp parallel num_threads(nthr)
     {
         int tid = omp_get_thread_num(), nact = omp_get_num_threads();
-        FN(priv_buf) pb;
-        REAL *p = priv_mem + (size_t)tid * priv_n;
-        pb.xb = p, p += (size_t)(proj_rows + 2) * D;
-        pb.pad = p, p += 2 * (size_t)u3;
-        pb.hg = p, p += a->mh ? 3 * (size_t)rows_max * u : 0;
-        pb.tmp = p, p += 6 * (size_t)u;
-        pb.sink = p;
-        if (split) {
-            /* nact may be below nthr (OMP_THREAD_LIMIT): then one thread does it all, since the
-             * barriers need the whole planned team. */
-            int team = (nact == nthr) ? nact : 1;
-            if (tid < team) {
-                FN(team_buf) tb = FN(carve)(team_mem, rows_max, u, up);
-                int p_lo = (int)((long)npu * tid / team), p_hi = (int)((long)npu * (tid + 1) / team);
-                FN(team_run)(a, &tb, &pb, 0, B, tid, team, p_lo, p_hi, tc, &bar);
-            }
-        } else {
-            for (int g = tid; g < ngroups; g += nact) {
-                int r0 = (int)((long)B * g / ngroups), r1 = (int)((long)B * (g + 1) / ngroups);
-                FN(team_buf) tb = FN(carve)(team_mem + team_n * g, rows_max, u, up);
-                FN(team_run)(a, &tb, &pb, r0, r1 - r0, 0, 1, 0, npu, tc, NULL);
+        if (a->verify) {
+            if (!FN(verify_share)(a, tid, nact))
+                atomic_store_explicit(&stale, 1, memory_order_relaxed);
+#pragma omp barrier
+        }
+        if (!atomic_load_explicit(&stale, memory_order_relaxed)) { /* agreed: all or none */
+            FN(priv_buf) pb;
+            REAL *p = priv_mem + (size_t)tid * priv_n;
+            pb.xb = p, p += (size_t)(proj_rows + 2) * D;
+            pb.pad = p, p += 2 * (size_t)u3;
+            pb.hg = p, p += a->mh ? 3 * (size_t)rows_max * u : 0;
+            pb.tmp = p, p += 6 * (size_t)u;
+            pb.sink = p;
+            if (split) {
+                /* nact may be below nthr (OMP_THREAD_LIMIT): then one thread does it all, since
+                 * the barriers need the whole planned team. */
+                int team = (nact == nthr) ? nact : 1;
+                if (tid < team) {
+                    FN(team_buf) tb = FN(carve)(team_mem, rows_max, u, up);
+                    int p_lo = (int)((long)npu * tid / team);
+                    int p_hi = (int)((long)npu * (tid + 1) / team);
+                    FN(team_run)(a, &tb, &pb, 0, B, tid, team, p_lo, p_hi, tc, &bar);
+                }
+            } else {
+                for (int g = tid; g < ngroups; g += nact) {
+                    int r0 = (int)((long)B * g / ngroups), r1 = (int)((long)B * (g + 1) / ngroups);
+                    FN(team_buf) tb = FN(carve)(team_mem + team_n * g, rows_max, u, up);
+                    FN(team_run)(a, &tb, &pb, r0, r1 - r0, 0, 1, 0, npu, tc, NULL);
+                }
             }
         }
     }
     fg_barrier_free(&bar);
     fg_ws_free(team_mem, team_got);
     fg_ws_free(priv_mem, priv_got);
-    return 0;
+    return atomic_load_explicit(&stale, memory_order_relaxed);
 }
 
 /* ---------------------------------------------------------------------------------------- */

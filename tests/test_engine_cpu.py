@@ -1111,6 +1111,47 @@ def test_cached_packed_kernels_catch_in_place_edits(rng, monkeypatch, dtype, B, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("B,n_threads", [(1, 2), (1, 3), (1, 4), (5, 3)])
+def test_kernel_verifies_every_threads_share_of_the_cached_panels(rng, monkeypatch, dtype, B,
+                                                                   n_threads):
+    """The kernel's threads each compare their share of a cache hit's panels with the weights
+    (forward's Cython call returns False and has written nothing when one differs): an edit in
+    any panel of any gate of either matrix, whichever thread's share it is in (u = 150: three
+    float / five double panels per gate, split between 2-4 threads by units or by rows), is
+    found, repacked, and computed with the new weights."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    u, panel = 150, 256 // np.dtype(dtype).itemsize
+    args, kw = make_case(rng, B, 3, 20, u, return_sequences=True, dtype=dtype)
+    x, w, h0, spec = args
+    calls, real = [], _gru.forward
+
+    def spy(*a):
+        out = a[11]
+        out.fill(np.nan)
+        ok = real(*a)
+        calls.append((ok, bool(np.isnan(out).all())))
+        return ok
+
+    monkeypatch.setattr(_gru, "forward", spy)
+    key = ("shares", B, n_threads, np.dtype(dtype).str)
+    cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)
+    for mat in (w.recurrent_kernel, w.kernel):
+        for g in range(3):
+            for p in range(-(-u // panel)):
+                col = g * u + min(p * panel + 5, u - 1)
+                mat[rng.integers(mat.shape[0]), col] += 0.5
+                calls.clear()
+                got = cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)[0]
+                assert calls[0] == (False, True) and calls[1][0], (g, p, calls)
+                assert np.array_equal(got, cpu.forward(*args, **kw, n_threads=n_threads)[0])
+                calls.clear()
+                again = cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)[0]
+                assert calls == [(True, False)] and np.array_equal(again, got)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("K,n", [(1, 1), (3, 64), (5, 70), (2, 130)])
 def test_same_packed_compares_every_bit_of_every_panel(dtype, K, n):
     """same_packed against the packing it checks: equal, then a one-bit change at each element

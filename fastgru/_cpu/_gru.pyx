@@ -321,8 +321,11 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
             pre, hprev, rp, int units, bint reset_after, bint go_backwards,
             bint return_sequences, bint zero_output_for_mask, int act, int rec_act,
             int n_threads, int isa, int chunk, bint split_units, bint fused=True,
-            bint fuse_projection=True):
-    """Run fg_forward; see src_c/fastgru.h for every argument's shape."""
+            bint fuse_projection=True, rec_kernel=None, bint verify_wpk=False):
+    """Run fg_forward; see src_c/fastgru.h for every argument's shape. With rec_kernel (the
+    (u, 3u) weights upk was packed from) and / or verify_wpk, the packed kernels are first
+    compared with the weights (by the threads of the call); False when one differs (nothing
+    was computed), else True."""
     cdef int t = _typenum(x)
     cdef fg_fwd_args a
     cdef int B = x.shape[0], T = x.shape[1], D = x.shape[2], u = units
@@ -355,6 +358,10 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
     a.n_threads, a.isa, a.chunk, a.split_units = n_threads, isa, chunk, split_units
     a.no_fuse = not fused
     a.no_fuse_proj = not fuse_projection
+    a.rec_kernel = _p(rec_kernel, t, <Py_ssize_t>u * 3 * u, "recurrent kernel")
+    a.verify = (1 if rec_kernel is not None else 0) | (2 if verify_wpk else 0)
+    if verify_wpk and wpk is None:
+        raise ValueError("verify_wpk needs the packed kernel wpk")
     if (pre is None) != (hprev is None) or (pre is None) != (rp is None):
         raise ValueError("pre, hprev and rp: all three (training) or none (inference)")
     a.sgemm = sgemm
@@ -362,8 +369,9 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
     cdef int rc
     with nogil:
         rc = fg_forward(&a)
-    if rc:
+    if rc < 0:
         raise MemoryError("fastgru cpu forward: out of memory for its workspace")
+    return rc == 0
 
 
 def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,

@@ -73,6 +73,8 @@ cdef extern from "fastgru.h" nogil:
         void *hprev
         void *rp
         int n_threads, isa, chunk, split_units, no_fuse, no_fuse_proj
+        const void *rec_kernel
+        int verify
         fg_sgemm_t sgemm
         fg_dgemm_t dgemm
 

@@ -455,23 +455,29 @@ _pack_lock = threading.Lock()
 
 def _packed(U, u, key):
     """Packed (recurrent) kernel, cached under the caller's ``key`` (e.g. the Variables'
-    ``(uid, version)`` plus which matrix). A hit is trusted only if it still holds exactly U's
-    values (a bitwise comparison of U with the panels: exact, no kept copy, one pass over each,
-    and the panels are then warm for the kernel), so in-place edits that skip a version bump
-    (finite-difference checks, direct writes into ``Variable.value``) repack instead of
-    reusing stale weights. A new entry evicts those packed from the same memory (older
-    versions of weights updated in place: a training loop would otherwise keep 16 of them),
-    whose buffers the record pool then reuses. Without a key it is packed on every call."""
+    ``(uid, version)`` plus which matrix): ``(packed, hit)``. A hit is not to be trusted before
+    it is found to hold exactly U's values: forward's kernel compares it bitwise with U on all
+    its threads, each the panels it is about to stream (exact, no kept copy, one pass over
+    each) and computes nothing on a difference, which forward then repacks (_repack). So
+    in-place edits that skip a version bump (finite-difference checks, direct writes into
+    ``Variable.value``) never reuse stale weights. Without a key it is packed on every call."""
     if key is None:
-        return _pack_recurrent(U, u)
+        return _pack_recurrent(U, u), False
     full = (key, U.dtype.str, U.shape)
     with _pack_lock:
         hit = _PACK_CACHE.get(full)
         if hit is not None:
             _PACK_CACHE.move_to_end(full)
-    if hit is not None and _gru.same_packed(U, hit[0], 3):
-        return hit[0]
+            return hit[0], True
+    return _repack(U, u, key), False
+
+
+def _repack(U, u, key):
+    """Pack U and cache it under ``key`` (see _packed). The new entry evicts those packed from
+    the same memory (older versions of weights updated in place: a training loop would
+    otherwise keep 16 of them), whose buffers the record pool then reuses."""
     packed = _pack_recurrent(U, u)
+    full = (key, U.dtype.str, U.shape)
     src = U.ctypes.data
     with _pack_lock:
         for k in [k for k, e in _PACK_CACHE.items()
@@ -553,19 +559,27 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         n = _threads.resolve(n_threads)
         nthr, split, chunk, _ = _plan(B, T, D, u, dtype.itemsize, n)
         nthr = _max_threads(nthr)
-        upk = _packed(U, u, None if weights_key is None else (weights_key, "U"))
+        ukey = wkey = None
+        if weights_key is not None:
+            ukey, wkey = (weights_key, "U"), (weights_key, "W")
+        # cache hits are compared with the weights by the kernel's threads (see _packed)
+        upk, check_u = _packed(U, u, ukey)
         isa = _isa(kernel)
-        wpk = None
+        wpk, check_w = None, False
         if _packed_projection(isa):
-            wpk = _packed(W, u, None if weights_key is None else (weights_key, "W"))
+            wpk, check_w = _packed(W, u, wkey)
+        args = (xc, W, wpk, upk, b_in, b_rec, h0, m8, mx, mx is not None and mx.ndim == 3, mh,
+                out, h_last, pre, hprev, rp, u, spec.reset_after, spec.go_backwards,
+                spec.return_sequences, spec.zero_output_for_mask, spec.activation.code,
+                spec.recurrent_activation.code, nthr, isa, chunk, split, _fused_gates(),
+                _fused_projection())
         # BLAS runs only for the projection's generic path: pinning it costs ~5 us per call
         with _threads.blas_threads(1) if wpk is None else _NO_PIN:
-            _gru.forward(xc, W, wpk, upk, b_in, b_rec, h0, m8, mx,
-                         mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev, rp, u,
-                         spec.reset_after, spec.go_backwards, spec.return_sequences,
-                         spec.zero_output_for_mask, spec.activation.code,
-                         spec.recurrent_activation.code, nthr, isa, chunk, split,
-                         _fused_gates(), _fused_projection())
+            if not _gru.forward(*args, U if check_u else None, check_w):
+                # an in-place edit under the same key: repack the hits, compute unverified
+                upk = _repack(U, u, ukey) if check_u else upk
+                wpk = _repack(W, u, wkey) if check_w else wpk
+                _gru.forward(*args[:2], wpk, upk, *args[4:])
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
