@@ -1021,7 +1021,6 @@ def test_small_work_runs_on_one_thread(monkeypatch):
     from fastgru._cpu import _gru
 
     monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 1 << 23)
-    monkeypatch.setattr(cpu, "_AWAKE_SECONDS", 0.0)  # every call counts as the first of a burst
     tanh, sig = activations.get("tanh"), activations.get("sigmoid")
     tiny = cpu.describe_kernel(GRUSpec(3, tanh, sig), (2, 10, 4), n_threads=2)
     assert "capped at 1 by the work" in tiny and "1 thread(s)" in tiny
@@ -1033,36 +1032,6 @@ def test_small_work_runs_on_one_thread(monkeypatch):
         assert cpu._plan(32, 100, 64, 128, 4, 2)[0] == 2 and "GEMMs on 2" in big
     # 3 threads asked, work for 2
     assert cpu._plan(64, 14, 64, 64, 4, 3)[0] == 2
-
-
-def test_a_call_right_after_another_takes_its_threads_whatever_the_work(rng, monkeypatch):
-    """Within _AWAKE_SECONDS of the end of this thread's previous call (its OpenMP workers still
-    spin) the work cap is lifted, forward and backward alike, and explain says why a call
-    otherwise is capped; the threads never change a number."""
-    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 1 << 23)
-    monkeypatch.setattr(cpu, "_SPIN_OURS", True)
-    args, kw = make_case(rng, 8, 3, 5, 70, return_sequences=True, dtype=np.float32)
-    spec = args[3]
-    monkeypatch.setattr(cpu, "_AWAKE_SECONDS", 0.0)
-    out1, h1, tape = cpu.forward(*args, **kw, n_threads=2, training=True)
-    g1 = cpu.backward(tape, np.ones_like(out1), n_threads=2)
-    assert cpu._plan(8, 3, 5, 70, 4, 2)[0] == 1
-    text = cpu.describe_kernel(spec, (8, 3, 5), n_threads=2)
-    assert "capped at 1 by the work" in text and "previous call" in text
-    monkeypatch.setattr(cpu, "_AWAKE_SECONDS", 3600.0)  # as if every call came right after one
-    cpu._last_call.end = -1e9
-    assert cpu._min_work() == 1 << 23  # no call yet on this thread: capped
-    cpu._call_ended()
-    if cpu._gru.openmp():
-        assert cpu._plan(8, 3, 5, 70, 4, 2)[0] == 2 and cpu._min_work() == 0
-        assert "capped" not in cpu.describe_kernel(spec, (8, 3, 5), n_threads=2)
-    out2, h2, tape = cpu.forward(*args, **kw, n_threads=2, training=True)
-    g2 = cpu.backward(tape, np.ones_like(out2), n_threads=2)
-    assert np.array_equal(out1, out2) and np.array_equal(h1, h2)
-    for a, b in zip(g1, g2):
-        assert (a is None and b is None) or np.array_equal(a, b)
-    monkeypatch.setattr(cpu, "_SPIN_OURS", False)  # a user's spin setting: the cap always
-    assert cpu._min_work() == 1 << 23
 
 
 def test_few_rows_split_the_units_whatever_the_work(monkeypatch):

@@ -30,9 +30,8 @@ packed kernel.
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
 their version with ``weights_key`` (the kernel's threads compare a hit bitwise with the weights
 before they use it). Threads: ``n_threads`` per call, default
-``fastgru._threads.get_num_threads()``, capped by the work unless the call comes right after
-another (the OpenMP workers still awake); a process fork()ed from a parent that ran OpenMP
-threads runs on one thread (GNU OpenMP would hang it).
+``fastgru._threads.get_num_threads()``, capped by the work; a process fork()ed from a parent
+that ran OpenMP threads runs on one thread (GNU OpenMP would hang it).
 """
 
 from __future__ import annotations
@@ -42,7 +41,6 @@ import functools
 import math
 import os
 import threading
-import time
 import weakref
 from collections import OrderedDict
 
@@ -80,12 +78,8 @@ def _user_set_spin() -> bool:
         return False
 
 
-_SPIN_OURS = False  # whether this module set GNU OpenMP's spin (the workers' wake window)
-
-
 def _import_extension():
-    global _SPIN_OURS
-    mine = _SPIN_OURS = not _user_set_spin()
+    mine = not _user_set_spin()
     if mine:
         os.environ["GOMP_SPINCOUNT"] = _SPIN_DEFAULT
     try:
@@ -133,29 +127,13 @@ _SPLIT_MIN_WORK = 1 << 14
 # the woken thread may wait a whole scheduler time slice (milliseconds) for a core, and the
 # call waits with it: a tiny problem (B=2, u=3) took 5-12 ms on 2 threads against 0.02-0.2 ms
 # on one. Below the threshold the loss from a delayed thread exceeds the best-case gain.
-# Not applied to a split of the units (see _plan), whose gain is per step, nor to a call right
-# after another (_min_work).
+# Not applied to a split of the units (see _plan), whose gain is per step. Tried and reverted
+# (a1f0ea6): lifting the cap for a call within 0.1 ms of the previous one, while GNU OpenMP's
+# workers still spin. On an idle Zen 4 back-to-back calls gained (32x1x64x128 2 threads 68 ->
+# 44 us median), but with another process holding one core the mean tripled (4x4x64x64: 22 ->
+# 72 us, p99 40 us -> 1.06 ms; 32x1x64x128: 70 -> 217 us): a spinning worker that loses its
+# core makes every call wait for it.
 _MIN_THREAD_WORK = 1 << 22
-# For ~0.2 ms after a parallel region (GOMP_SPINCOUNT above) GNU OpenMP's workers still spin: a
-# team then starts in about a microsecond and pays off at any size, where waking sleeping ones
-# costs 30-70 us. So a call within this many seconds of the end of its thread's previous call
-# (a burst: a service's stream of small requests, a training loop) takes its threads whatever
-# the work; the first of a burst and isolated calls keep the cap. Zen 4, 2 threads, a 1-step
-# call 32x1x64x128: 68 us capped (one thread), 40-47 with the workers awake, 83 after a 0.3 ms
-# pause; 4x2x32x32 11.7 / 10.7 us. Only where this module set the spin.
-_AWAKE_SECONDS = 1e-4
-_last_call = threading.local()  # .end: time.perf_counter() at the end of the thread's last call
-
-
-def _min_work() -> int:
-    """The work per extra thread in force for a call starting now (see _AWAKE_SECONDS)."""
-    if _SPIN_OURS and time.perf_counter() - getattr(_last_call, "end", -1.0) < _AWAKE_SECONDS:
-        return 0
-    return _MIN_THREAD_WORK
-
-
-def _call_ended() -> None:
-    _last_call.end = time.perf_counter()
 
 
 # GNU OpenMP cannot run a multi-threaded region in a fork()ed child once the parent has run one
@@ -256,9 +234,9 @@ def _isa(kernel) -> int:
     return isa
 
 
-def _work_threads(work: int, n_threads: int, min_work: int) -> int:
-    """Threads worth starting for ``work`` multiply-adds: at most one per ``min_work``."""
-    return max(1, min(n_threads, work // min_work)) if min_work else n_threads
+def _work_threads(work: int, n_threads: int) -> int:
+    """Threads worth starting for ``work`` multiply-adds: at most one per _MIN_THREAD_WORK."""
+    return max(1, min(n_threads, work // _MIN_THREAD_WORK)) if _MIN_THREAD_WORK else n_threads
 
 
 def _packed_projection(isa: int) -> bool:
@@ -278,12 +256,12 @@ _NO_PIN = contextlib.nullcontext()
 def _plan(B: int, T: int, D: int, u: int, itemsize: int, n_threads: int):
     """(threads, split_units, chunk steps, reason). The result never changes any number: rows
     are bit-identical on every plan. Cached (with the tunables in the key, which tests patch)."""
-    return _plan_cached(B, T, D, u, itemsize, n_threads, _min_work(), _SPLIT_MIN_WORK,
+    return _plan_cached(B, T, D, u, itemsize, n_threads, _MIN_THREAD_WORK, _SPLIT_MIN_WORK,
                         _U_L2_BYTES, _SPLIT_MAX_ROWS, _PROJ_ROWS, _CHUNK_BYTES)
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_cached(B, T, D, u, itemsize, n_threads, min_work, *_tunables):
+def _plan_cached(B, T, D, u, itemsize, n_threads, *_tunables):
     panel = 256 // itemsize
     npu = -(-u // panel)
     per_step = B * u * 3 * u
@@ -307,11 +285,10 @@ def _plan_cached(B, T, D, u, itemsize, n_threads, min_work, *_tunables):
                + ": each thread streams only its share of U; one barrier per step)")
     else:
         work = B * T * 3 * u * (D + u)
-        if _work_threads(work, n_threads, min_work) < n_threads:
-            n_threads = _work_threads(work, n_threads, min_work)
+        if _work_threads(work, n_threads) < n_threads:
+            n_threads = _work_threads(work, n_threads)
             capped = (f"capped at {n_threads} by the work ({work} multiply-adds; one thread per "
-                      f"{min_work}, unless within {_AWAKE_SECONDS * 1e3:g} ms of this thread's "
-                      "previous call, while the OpenMP workers are still awake): ")
+                      f"{_MIN_THREAD_WORK}): ")
         nthr, split = min(n_threads, max(B, 1)), False
         if nthr == n_threads:
             why = (f"{nthr} thread(s), each running the whole time loop for its share of the "
@@ -341,7 +318,7 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                "GNU OpenMP cannot start a thread team in such a child")
     elif not _gru.openmp() and nthr > 1:
         how = "1 thread: the extension was built without OpenMP (FASTGRU_NO_OPENMP)"
-    nbwd = _work_threads(B * T * 3 * spec.units * (D + spec.units), n, _min_work())
+    nbwd = _work_threads(B * T * 3 * spec.units * (D + spec.units), n)
     if _forked_child or not _gru.openmp():
         nbwd = 1
     isa_code = _isa(kernel)
@@ -608,7 +585,6 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                 upk = _repack(U, u, ukey) if check_u else upk
                 wpk = _repack(W, u, wkey) if check_w else wpk
                 _gru.forward(*args[:2], wpk, upk, *args[4:])
-        _call_ended()
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
@@ -729,7 +705,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
     dR = _scratch("dR", (B, T, u3), dtype) if spec.reset_after else None
     dh0 = np.empty((B, u), dtype)
     # the per-step backward and the weight-gradient GEMMs each do about the forward's work
-    n = _work_threads(B * T * u3 * (D + u), _threads.resolve(n_threads), _min_work())
+    n = _work_threads(B * T * u3 * (D + u), _threads.resolve(n_threads))
     isa = _isa(kernel)
     if B > 0:
         # U^T and its panels: per-thread scratch (fresh 3 MB arrays fault on every call)
@@ -747,10 +723,8 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
     # of this engine's own OpenMP threads.
     packed = _packed_wgrad(isa)
     with _threads.blas_threads(1) if packed is None else _NO_PIN:
-        grads = _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, _max_threads(n),
-                              packed=packed)
-    _call_ended()
-    return grads
+        return _weight_grads(spec, s, x, W, dA, dR, dh0, mask, mx, mh, dtype, _max_threads(n),
+                             packed=packed)
 
 
 def _packed_wgrad(isa: int):
