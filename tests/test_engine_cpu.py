@@ -1111,14 +1111,14 @@ def test_cached_packed_kernels_catch_in_place_edits(rng, monkeypatch, dtype, B, 
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("B,n_threads", [(1, 2), (1, 3), (1, 4), (5, 3)])
+@pytest.mark.parametrize("B,n_threads", [(1, 2), (1, 3), (1, 4), (5, 3), (8, 2), (12, 3)])
 def test_kernel_verifies_every_threads_share_of_the_cached_panels(rng, monkeypatch, dtype, B,
                                                                    n_threads):
     """The kernel's threads each compare their share of a cache hit's panels with the weights
     (forward's Cython call returns False and has written nothing when one differs): an edit in
     any panel of any gate of either matrix, whichever thread's share it is in (u = 150: three
-    float / five double panels per gate, split between 2-4 threads by units or by rows), is
-    found, repacked, and computed with the new weights."""
+    float / five double panels per gate, split between 2-4 threads, whether they split the
+    units or take row groups), is found, repacked, and computed with the new weights."""
     from fastgru._cpu import _gru
 
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
@@ -1136,6 +1136,8 @@ def test_kernel_verifies_every_threads_share_of_the_cached_panels(rng, monkeypat
 
     monkeypatch.setattr(_gru, "forward", spy)
     key = ("shares", B, n_threads, np.dtype(dtype).str)
+    nthr, split = cpu._plan(B, 3, 20, u, np.dtype(dtype).itemsize, n_threads)[:2]
+    assert nthr >= 2 and split == (B < 8)  # units split, or row groups
     cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)
     for mat in (w.recurrent_kernel, w.kernel):
         for g in range(3):
