@@ -451,15 +451,23 @@ FG_DEFINE_DISPATCH(d, double)
  * of future steps riding along (fg_proj_job). The one-row product is bound by reading U from
  * L2 (one load per FMA), leaving about half the FMA issue slots idle; a job (eight future rows x
  * half an input-kernel panel: 16 accumulators, one load per eight FMAs) fills them. A fused
- * tile pairs a 1 x 2 (or 1 x 1) pointer tile of U with one job: 8 + 16 accumulators, and for
- * every k below both K and D one step of each. Measured against the alternatives (one-process
+ * tile pairs a 1 x 2 (or 1 x 1) pointer tile of U with one job: 8 + 16 accumulators. A 1 x 2
+ * tile's k reads 512 bytes of U from L2 (16 cycles at Zen 4's ~32 bytes per cycle) for 8 FMAs;
+ * a d of the job is 16 FMAs: one d per k made those k FMA-bound (24 FMAs), so a 1 x 2 tile
+ * takes its job's d at one per two k (rows 0-3, then 4-7: 16 FMAs per k) for as many d as let
+ * the job end with the k loop, the rest one per k (1 x 1 tiles: all one per k). One-process
+ * A/B on Zen 4, against one d per k, 1 / 2 threads: 1x100x64x128 +2.8% / +1.2-1.6%,
+ * 1x1000x128x256 +2.3-3.7% / +1.4-3%, 1x500x128x192 +2% / +3%, 1x1000x64x128 +2.3-3.1% /
+ * +0.6-2.8%; 1x200x128x128 (D = K: no d at half rate) level; all d at half rate with the
+ * rest after the k loop lost 5% there. Measured against the alternatives (one-process
  * A/Bs on Zen 4): four rows x a whole panel, the same accumulators but twice the jobs' panel
  * loads, matched it up to ~700 KB of panels and lost 1-3% beyond (1x1000x128x256: +4.5% with
  * eight rows); 1 x 4 tiles of U with four-row half-panel jobs lost 1-3%. Every element of
  * either is still one FMA chain from zero over its k in order: the bits of the separate
  * product and projection (tiles above, fg_gemm_panels). */
 #ifdef FG_X86
-#define FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP, PF, SFX) \
+#define FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP, PF, SFX, \
+                        HALF)                                                                 \
     static inline __attribute__((always_inline, target("avx512f,fma"))) void                  \
         NAME##_f##MR##x##NP##SFX(int K, const REAL *A, long lda, const REAL *const *Pq,       \
                                  REAL *const *Cq, long ldc, int D, const fg_proj_job *jb)     \
@@ -470,19 +478,28 @@ FG_DEFINE_DISPATCH(d, double)
         for (int r = 0; r < MR; r++)                                                          \
             for (int v = 0; v < NP * 4; v++) acc[r][v] = ZERO();                              \
         for (int r = 0; r < FG_PJ_ROWS; r++) pacc[r][0] = pacc[r][1] = ZERO();                \
-        const int kb = K < D ? K : D;                                                         \
-        int k = 0;                                                                            \
-        for (; k < kb; k++) {                                                                 \
+        /* HALF: h d's of the job at one per two k (8 + 8 FMAs per k), then one per k: the   \
+         * job ends with the tile's k loop where D <= K (h = K - D, or D where 2 D <= K) */   \
+        const int h = HALF ? (K - D < D ? (K > D ? K - D : 0) : D) : 0;                       \
+        int k = 0, d = 0;                                                                     \
+        for (; d < h; d++) {                                                                  \
+            const VT b0 = LOAD(wp + (long)d * W), b1 = LOAD(wp + (long)d * W + VW);          \
+            k = 2 * d;                                                                        \
             FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                           \
-            FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                             \
+            FG_FT_JROWS(VT, SET1, FMADD, 0, FG_PJ_ROWS / 2, d)                                \
+            k = 2 * d + 1;                                                                    \
+            FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                           \
+            FG_FT_JROWS(VT, SET1, FMADD, FG_PJ_ROWS / 2, FG_PJ_ROWS, d)                       \
         }                                                                                     \
-        for (int k1 = k; k1 < K; k1++) {                                                      \
-            const int k = k1;                                                                 \
+        for (k = 2 * h; k < K && d < D; k++, d++) {                                           \
+            FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                           \
+            FG_FT_J(VT, W, VW, LOAD, SET1, FMADD, d)                                          \
+        }                                                                                     \
+        for (; k < K; k++) {                                                                  \
             FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                           \
         }                                                                                     \
-        for (int k1 = k; k1 < D; k1++) {                                                      \
-            const int k = k1;                                                                 \
-            FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                             \
+        for (; d < D; d++) {                                                                  \
+            FG_FT_J(VT, W, VW, LOAD, SET1, FMADD, d)                                          \
         }                                                                                     \
         for (int r = 0; r < MR; r++)                                                          \
             for (int q = 0; q < NP; q++)                                                      \
@@ -490,15 +507,17 @@ FG_DEFINE_DISPATCH(d, double)
                     STORE(Cq[q] + (long)r * ldc + v * VW, acc[r][q * 4 + v]);                \
         FG_FT_JSTORE(REAL, VW, STORE)                                                         \
     }
-/* One k of the job; the job's stores. */
-#define FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                                                 \
+/* One d of the job (rows [R0, R1) with b0, b1 loaded; all rows); the job's stores. */
+#define FG_FT_JROWS(VT, SET1, FMADD, R0, R1, DI)                                              \
+    for (int r = R0; r < R1; r++) {                                                           \
+        const VT a = SET1(xr[r][DI]);                                                         \
+        pacc[r][0] = FMADD(a, b0, pacc[r][0]);                                                \
+        pacc[r][1] = FMADD(a, b1, pacc[r][1]);                                                \
+    }
+#define FG_FT_J(VT, W, VW, LOAD, SET1, FMADD, DI)                                             \
     {                                                                                         \
-        const VT b0 = LOAD(wp + (long)k * W), b1 = LOAD(wp + (long)k * W + VW);              \
-        for (int r = 0; r < FG_PJ_ROWS; r++) {                                                \
-            const VT a = SET1(xr[r][k]);                                                      \
-            pacc[r][0] = FMADD(a, b0, pacc[r][0]);                                            \
-            pacc[r][1] = FMADD(a, b1, pacc[r][1]);                                            \
-        }                                                                                     \
+        const VT b0 = LOAD(wp + (long)(DI) * W), b1 = LOAD(wp + (long)(DI) * W + VW);        \
+        FG_FT_JROWS(VT, SET1, FMADD, 0, FG_PJ_ROWS, DI)                                       \
     }
 #define FG_FT_JSTORE(REAL, VW, STORE)                                                         \
     for (int r = 0; r < FG_PJ_ROWS; r++) {                                                    \
@@ -515,15 +534,15 @@ FG_DEFINE_DISPATCH(d, double)
         const REAL *xr[FG_PJ_ROWS], *wp = jb->w;                                              \
         for (int r = 0; r < FG_PJ_ROWS; r++) xr[r] = jb->x[r];                                \
         for (int r = 0; r < FG_PJ_ROWS; r++) pacc[r][0] = pacc[r][1] = ZERO();                \
-        for (int k = 0; k < D; k++) FG_FT_J(VT, W, VW, LOAD, SET1, FMADD)                     \
+        for (int k = 0; k < D; k++) FG_FT_J(VT, W, VW, LOAD, SET1, FMADD, k)                  \
         FG_FT_JSTORE(REAL, VW, STORE)                                                         \
     }
 
 #define FG_DEFINE_FUSED512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)              \
-    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2, 0, _np)     \
-    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2, 1, _pf)     \
-    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1, 0, _np)     \
-    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1, 1, _pf)     \
+    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2, 0, _np, 1)  \
+    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2, 1, _pf, 1)  \
+    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1, 0, _np, 0)  \
+    FG_DEFINE_FTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1, 1, _pf, 0)  \
     FG_DEFINE_JTILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                    \
     /* one row over n panels Pq / Cq: the first nj tiles of 1 x 2 (or 1 x 1) fused with a job,\
      * the rest on the pointer tiles; then the jobs left alone */                           \
