@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import central_diff
-from hypothesis import example, given, settings
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 
 from fastgru import activations
@@ -123,6 +123,15 @@ def test_backward_matches_central_differences(cfg):
                    activations.get(cfg["recurrent_activation"]), ra, cfg["use_bias"],
                    cfg["go_backwards"], cfg["return_sequences"], cfg["zero_output_for_mask"])
     out, h, tape = R.forward(x, Weights(kernel, rec, bias), h0, spec, mask, drop, True)
+    # Central differences are wrong across a kink (relu, hard_sigmoid, soft_shrink, ...): skip
+    # examples with a pre-activation that the perturbations could push across one (seed 715
+    # with soft_shrink: a_h within 2e-5 of -0.5, off by 1%). A kink shows as a jump of the
+    # derivative across a window wider than any perturbation (1e-4 x the loss's sensitivity).
+    for a_z, a_r, a_h in tape.saved["pre"]:
+        for act, a in ((spec.recurrent_activation, a_z), (spec.recurrent_activation, a_r),
+                       (spec.activation, a_h)):
+            d_lo, d_hi = act.derivative(a - 1e-2), act.derivative(a + 1e-2)
+            assume(np.all(np.abs(d_hi - d_lo) <= 0.1 * np.maximum(1.0, np.abs(d_hi))))
     d_out = rng.standard_normal(out.shape)
     d_h = rng.standard_normal(h.shape)
     g = R.backward(tape, d_out, d_h)
