@@ -140,11 +140,15 @@ typedef struct {
     int n_threads, isa, chunk, split_units, no_fuse, no_fuse_proj;
     const void *rec_kernel; /* (u,3u), read only with verify & 1 */
     int verify;
+    int *late; /* out, or NULL: barrier waits of a split team that outlasted the spin */
     fg_sgemm_t sgemm;
     fg_dgemm_t dgemm;
 } fg_fwd_args;
 
 int fg_forward(const fg_fwd_args *a);
+/* Pause spins of a barrier wait before it yields the core and counts as late; < 0: the
+ * default (4096). Between calls only (tests). */
+void fg_set_spin_limit(int n);
 
 /* Backpropagation through the recorded steps (per-step work only; the weight and input
  * gradients are GEMMs over all steps done by the caller).

@@ -19,20 +19,28 @@ static inline int omp_get_num_threads(void) { return 1; }
  * for a shared counter and generation (fetch-add, reset, release): ~190 ns per barrier between
  * the two cores of a Zen 3 for the counter. Counts only grow, so a thread that runs ahead into
  * the next barrier never blocks one still leaving this one. After ~4k spins (a partner was
- * descheduled) it yields the core instead of burning it. */
+ * descheduled) it yields the core instead of burning it, and counts the wait as late (the
+ * call reports it: a team that keeps waiting for a descheduled partner runs far slower than
+ * one thread would, and the caller stops splitting for a while). */
 typedef struct {
     _Alignas(64) atomic_int n;
 } fg_slot;
 
 typedef struct {
     fg_slot *slot; /* one per team member */
+    atomic_int late; /* waits that outlasted the spin (a partner was off its core) */
 } fg_barrier;
+
+/* Pause spins before a barrier wait yields the core (fg_set_spin_limit: tests). */
+static int fg_spin_limit = 4096;
+void fg_set_spin_limit(int n) { fg_spin_limit = n < 0 ? 4096 : n; }
 
 static int fg_barrier_init(fg_barrier *b, int n)
 {
     if (posix_memalign((void **)&b->slot, 64, (size_t)(n > 0 ? n : 1) * sizeof(fg_slot)))
         return -1;
     for (int i = 0; i < n; i++) atomic_init(&b->slot[i].n, 0);
+    atomic_init(&b->late, 0);
     return 0;
 }
 
@@ -45,13 +53,15 @@ static void fg_barrier_wait(fg_barrier *b, int tid, int n, int *my_gen)
     atomic_store_explicit(&b->slot[tid].n, g, memory_order_release);
     for (int j = 0; j < n; j++) {
         if (j == tid) continue;
-        unsigned spins = 0;
+        int spins = 0;
         while (atomic_load_explicit(&b->slot[j].n, memory_order_acquire) < g) {
-            if (++spins < 4096) {
+            if (spins++ < fg_spin_limit) {
 #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
 #endif
             } else {
+                if (spins == fg_spin_limit + 1)
+                    atomic_fetch_add_explicit(&b->late, 1, memory_order_relaxed);
                 sched_yield();
             }
         }

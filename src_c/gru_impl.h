@@ -470,6 +470,7 @@ static int FN(forward)(const fg_fwd_args *a)
             }
         }
     }
+    if (a->late) *a->late = atomic_load_explicit(&bar.late, memory_order_relaxed);
     fg_barrier_free(&bar);
     fg_ws_free(team_mem, team_got);
     fg_ws_free(priv_mem, priv_got);

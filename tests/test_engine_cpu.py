@@ -1034,6 +1034,44 @@ def test_small_work_runs_on_one_thread(monkeypatch):
     assert cpu._plan(64, 14, 64, 64, 4, 3)[0] == 2
 
 
+def test_a_split_team_kept_waiting_for_a_descheduled_thread_stops_splitting(rng, monkeypatch):
+    """A barrier wait that outlasts the spin (here: every wait, with the spin limit at 0)
+    counts as late; a call with _LATE_WAITS of them puts what would split on one thread for
+    _CONTENDED_SECONDS, explain says why, and the numbers stay the same. Row groups never wait
+    at a barrier: their calls report none."""
+    import time
+
+    from fastgru._cpu import _gru
+
+    if not _gru.openmp():
+        pytest.skip("built without OpenMP: no thread teams")
+    monkeypatch.setattr(cpu, "_CONTENDED_SECONDS", 30.0)
+    args, kw = make_case(rng, 1, 20, 8, 128, return_sequences=True, dtype=np.float32)
+    spec = args[3]
+    assert cpu._plan(1, 20, 8, 128, 4, 2)[:2] == (2, True)
+    split_out = cpu.forward(*args, **kw, n_threads=2)[0]
+    monkeypatch.setattr(cpu, "_contended_until", 0.0)  # whatever that call met
+    _gru.set_spin_limit(0)
+    try:
+        rows_args, rows_kw = make_case(rng, 8, 20, 8, 128, return_sequences=True,
+                                       dtype=np.float32)
+        assert cpu._plan(8, 20, 8, 128, 4, 2)[:2] == (2, False)
+        cpu.forward(*rows_args, **rows_kw, n_threads=2)
+        assert cpu._contended_until == 0.0  # row groups: no barrier, nothing late
+        assert np.array_equal(cpu.forward(*args, **kw, n_threads=2)[0], split_out)
+    finally:
+        _gru.set_spin_limit(None)
+    assert cpu._contended_until > time.perf_counter() + 20
+    assert cpu._plan(1, 20, 8, 128, 4, 2)[:2] == (1, False)
+    assert cpu._plan(3, 20, 8, 128, 4, 2)[:2] == (1, False)  # not 3 rows in 2 groups either
+    assert cpu._plan(8, 20, 8, 128, 4, 2)[:2] == (2, False)  # row groups as before
+    text = cpu.describe_kernel(spec, (1, 20, 8), n_threads=2)
+    assert "1 thread: for 30 s after a split team kept waiting" in text
+    assert np.array_equal(cpu.forward(*args, **kw, n_threads=2)[0], split_out)
+    monkeypatch.setattr(cpu, "_contended_until", 0.0)
+    assert cpu._plan(1, 20, 8, 128, 4, 2)[:2] == (2, True)
+
+
 def test_few_rows_split_the_units_whatever_the_work(monkeypatch):
     """At most three rows per thread split the units (each thread streams its share of U)
     even where the total work would cap the threads; more rows go by rows; a single panel of
@@ -1130,9 +1168,9 @@ def test_kernel_verifies_every_threads_share_of_the_cached_panels(rng, monkeypat
     def spy(*a):
         out = a[11]
         out.fill(np.nan)
-        ok = real(*a)
-        calls.append((ok, bool(np.isnan(out).all())))
-        return ok
+        rc = real(*a)  # -1: a packed kernel differs; else the late barrier waits
+        calls.append((rc >= 0, bool(np.isnan(out).all())))
+        return rc
 
     monkeypatch.setattr(_gru, "forward", spy)
     key = ("shares", B, n_threads, np.dtype(dtype).str)
@@ -1146,7 +1184,7 @@ def test_kernel_verifies_every_threads_share_of_the_cached_panels(rng, monkeypat
                 mat[rng.integers(mat.shape[0]), col] += 0.5
                 calls.clear()
                 got = cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)[0]
-                assert calls[0] == (False, True) and calls[1][0], (g, p, calls)
+                assert calls[0] == (False, True) and calls[1][0] is True, (g, p, calls)
                 assert np.array_equal(got, cpu.forward(*args, **kw, n_threads=n_threads)[0])
                 calls.clear()
                 again = cpu.forward(*args, **kw, n_threads=n_threads, weights_key=key)[0]

@@ -324,8 +324,9 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
             bint fuse_projection=True, rec_kernel=None, bint verify_wpk=False):
     """Run fg_forward; see src_c/fastgru.h for every argument's shape. With rec_kernel (the
     (u, 3u) weights upk was packed from) and / or verify_wpk, the packed kernels are first
-    compared with the weights (by the threads of the call); False when one differs (nothing
-    was computed), else True."""
+    compared with the weights (by the threads of the call): -1 when one differs (nothing was
+    computed). Else the number of a split team's barrier waits that outlasted the spin (a
+    thread off its core), 0 normally."""
     cdef int t = _typenum(x)
     cdef fg_fwd_args a
     cdef int B = x.shape[0], T = x.shape[1], D = x.shape[2], u = units
@@ -366,12 +367,19 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
         raise ValueError("pre, hprev and rp: all three (training) or none (inference)")
     a.sgemm = sgemm
     a.dgemm = dgemm
-    cdef int rc
+    cdef int rc, late = 0
+    a.late = &late
     with nogil:
         rc = fg_forward(&a)
     if rc < 0:
         raise MemoryError("fastgru cpu forward: out of memory for its workspace")
-    return rc == 0
+    return -1 if rc else late
+
+
+def set_spin_limit(n):
+    """Pause spins of a split team's barrier wait before it yields the core and counts as late
+    (None: the default, 4096); between calls only. For tests."""
+    fg_set_spin_limit(-1 if n is None else max(0, int(n)))
 
 
 def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,

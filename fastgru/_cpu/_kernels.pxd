@@ -75,10 +75,12 @@ cdef extern from "fastgru.h" nogil:
         int n_threads, isa, chunk, split_units, no_fuse, no_fuse_proj
         const void *rec_kernel
         int verify
+        int *late
         fg_sgemm_t sgemm
         fg_dgemm_t dgemm
 
     int fg_forward(const fg_fwd_args *a)
+    void fg_set_spin_limit(int n)
 
     ctypedef struct fg_bwd_args:
         int is_double

@@ -41,6 +41,7 @@ import functools
 import math
 import os
 import threading
+import time
 import weakref
 from collections import OrderedDict
 
@@ -121,6 +122,16 @@ _SPLIT_MAX_ROWS = 32
 # (1,100,64,128) 49152 per step, 2 threads split 0.198 ms against 0.243 on one. 2^14 on Zen 5:
 # (1,100,64,96) (27648 per step) split 0.85 us per step against 1.20 on one thread.
 _SPLIT_MIN_WORK = 1 << 14
+# A split team meets at a barrier every step: when another process takes a core from one of its
+# threads the others wait (spin, then yield) and the call runs far slower than on one thread
+# (Zen 4, 1x100x64x128 with a busy loop on one of the two cores: 2 threads split 0.52 ms mean,
+# p99 11.7 ms, against 0.26 / 0.32 on one thread; idle 0.18 / 0.29). The kernel counts the
+# barrier waits that outlast the spin: a call with _LATE_WAITS of them puts what would split
+# on one thread for _CONTENDED_SECONDS. Measured there: with the busy loop, 6% of the calls had
+# late waits, 37 on average; idle, 0.1% had one (this VM's hiccups), never more.
+_LATE_WAITS = 4
+_CONTENDED_SECONDS = 0.5
+_contended_until = 0.0  # time.perf_counter() until which nothing splits the units
 # A call uses one more thread only per this many multiply-adds of work (B*T*3u*(D+u) forward;
 # the backward and the weight-gradient GEMMs each do about as much). 2^23 is ~0.1-0.3 ms of one
 # core. Starting a second thread costs a few microseconds on an idle machine, but on a busy one
@@ -256,12 +267,20 @@ _NO_PIN = contextlib.nullcontext()
 def _plan(B: int, T: int, D: int, u: int, itemsize: int, n_threads: int):
     """(threads, split_units, chunk steps, reason). The result never changes any number: rows
     are bit-identical on every plan. Cached (with the tunables in the key, which tests patch)."""
-    return _plan_cached(B, T, D, u, itemsize, n_threads, _MIN_THREAD_WORK, _SPLIT_MIN_WORK,
-                        _U_L2_BYTES, _SPLIT_MAX_ROWS, _PROJ_ROWS, _CHUNK_BYTES)
+    contended = time.perf_counter() < _contended_until
+    return _plan_cached(B, T, D, u, itemsize, n_threads, contended, _MIN_THREAD_WORK,
+                        _SPLIT_MIN_WORK, _U_L2_BYTES, _SPLIT_MAX_ROWS, _PROJ_ROWS, _CHUNK_BYTES)
+
+
+def _note_late_waits(late: int) -> None:
+    """After a call: _LATE_WAITS late barrier waits stop the unit split for a while."""
+    global _contended_until
+    if late >= _LATE_WAITS:
+        _contended_until = time.perf_counter() + _CONTENDED_SECONDS
 
 
 @functools.lru_cache(maxsize=256)
-def _plan_cached(B, T, D, u, itemsize, n_threads, *_tunables):
+def _plan_cached(B, T, D, u, itemsize, n_threads, contended, *_tunables):
     panel = 256 // itemsize
     npu = -(-u // panel)
     per_step = B * u * 3 * u
@@ -275,7 +294,13 @@ def _plan_cached(B, T, D, u, itemsize, n_threads, *_tunables):
     # efficient tiles, and a 7-row split takes a 6-row and a 1-row pass over the panels).
     few_rows = B <= 3 * n_threads
     capped = ""
-    if n_threads > 1 and npu >= 2 and per_step >= _SPLIT_MIN_WORK and (big_u or few_rows):
+    splits = n_threads > 1 and npu >= 2 and per_step >= _SPLIT_MIN_WORK and (big_u or few_rows)
+    if splits and contended:
+        # so few rows in row groups would wait for a descheduled thread at the end instead
+        nthr, split = 1, False
+        why = (f"1 thread: for {_CONTENDED_SECONDS:g} s after a split team kept waiting at its "
+               "barriers for threads that had lost their cores (another process is using them)")
+    elif splits:
         # No cap by the total work here: the split pays from the first step (1x1x64x128: 16
         # against 22 us on one thread).
         nthr, split = min(n_threads, npu), True
@@ -287,8 +312,8 @@ def _plan_cached(B, T, D, u, itemsize, n_threads, *_tunables):
         work = B * T * 3 * u * (D + u)
         if _work_threads(work, n_threads) < n_threads:
             n_threads = _work_threads(work, n_threads)
-            capped = (f"capped at {n_threads} by the work ({work} multiply-adds; one thread per "
-                      f"{_MIN_THREAD_WORK}): ")
+            capped += (f"capped at {n_threads} by the work ({work} multiply-adds; one thread "
+                       f"per {_MIN_THREAD_WORK}): ")
         nthr, split = min(n_threads, max(B, 1)), False
         if nthr == n_threads:
             why = (f"{nthr} thread(s), each running the whole time loop for its share of the "
@@ -580,11 +605,13 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                 _fused_projection())
         # BLAS runs only for the projection's generic path: pinning it costs ~5 us per call
         with _threads.blas_threads(1) if wpk is None else _NO_PIN:
-            if not _gru.forward(*args, U if check_u else None, check_w):
+            late = _gru.forward(*args, U if check_u else None, check_w)
+            if late < 0:
                 # an in-place edit under the same key: repack the hits, compute unverified
                 upk = _repack(U, u, ukey) if check_u else upk
                 wpk = _repack(W, u, wkey) if check_w else wpk
-                _gru.forward(*args[:2], wpk, upk, *args[4:])
+                late = _gru.forward(*args[:2], wpk, upk, *args[4:])
+        _note_late_waits(late)
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
