@@ -128,7 +128,7 @@ _SPLIT_MIN_WORK = 1 << 14
 # p99 11.7 ms, against 0.26 / 0.32 on one thread; idle 0.18 / 0.29). The kernel counts the
 # barrier waits that outlast the spin: a call with _LATE_WAITS of them puts what would split
 # on one thread for _CONTENDED_SECONDS. Measured there: with the busy loop, 6% of the calls had
-# late waits, 37 on average; idle, 0.1% had one (this VM's hiccups), never more.
+# late waits, 37 on average; idle, ~0.1% had some (this VM's hiccups), mostly one.
 _LATE_WAITS = 4
 _CONTENDED_SECONDS = 0.5
 _contended_until = 0.0  # time.perf_counter() until which nothing splits the units
