@@ -63,11 +63,13 @@ def check(d: dict, name: str):
     mode = "training" if training else (
         "inference rs=" + ("True" if d.get("return_sequences", True) else "False"))
     shapes = parse_shapes(",".join(d["shapes"]))
+    by_label = {s.label: s for s in shapes}
+    runs = _runs(d)
     largest = {s.label for s in sorted(shapes, key=lambda s: s.flops)[-2:]}
     flops = {s.label: s.flops * (3.0 if training else 1.0) for s in shapes}
     rows = []
     order = {s.label: i for i, s in enumerate(shapes)}
-    for (n, label), times in sorted(_runs(d).items(), key=lambda kv: (order[kv[0][1]], kv[0][0])):
+    for (n, label), times in sorted(runs.items(), key=lambda kv: (order[kv[0][1]], kv[0][0])):
         who, mine = _ours(times)
         if mine is None:
             rows.append((f"{mode} {label} {n}t: fastgru ran", "no verified fastgru result",
@@ -92,8 +94,8 @@ def check(d: dict, name: str):
             rows.append((f"{mode} {label} {n}t: >= {100 * need:.0f}% of the FMA peak",
                          f"{100 * share:.1f}% of {peak:.0f} GFLOP/s", share >= need))
     if not training:
-        b1 = [(t["fastgru"] / int(label.split("x")[1]) * 1e6, n)
-              for (n, label), t in _runs(d).items() if label == BATCH1_SHAPE and "fastgru" in t]
+        b1 = [(t["fastgru"] / by_label[label].T * 1e6, n)
+              for (n, label), t in runs.items() if label == BATCH1_SHAPE and "fastgru" in t]
         if b1:
             us, n = min(b1)
             rows.append((f"{mode} {BATCH1_SHAPE}: under {BATCH1_US} us per step",

@@ -483,7 +483,7 @@ FG_DEFINE_DISPATCH(d, double)
         const int h = HALF ? (K - D < D ? (K > D ? K - D : 0) : D) : 0;                       \
         int k = 0, d = 0;                                                                     \
         for (; d < h; d++) {                                                                  \
-            const VT b0 = LOAD(wp + (long)d * W), b1 = LOAD(wp + (long)d * W + VW);          \
+            FG_FT_JLOAD(VT, W, VW, LOAD, d)                                                   \
             k = 2 * d;                                                                        \
             FG_FT_U(VT, REAL, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                           \
             FG_FT_JROWS(VT, SET1, FMADD, 0, FG_PJ_ROWS / 2, d)                                \
@@ -507,7 +507,10 @@ FG_DEFINE_DISPATCH(d, double)
                     STORE(Cq[q] + (long)r * ldc + v * VW, acc[r][q * 4 + v]);                \
         FG_FT_JSTORE(REAL, VW, STORE)                                                         \
     }
-/* One d of the job (rows [R0, R1) with b0, b1 loaded; all rows); the job's stores. */
+/* The job's panel row DI (b0, b1); one d of the job (rows [R0, R1) with b0, b1 loaded; all
+ * rows); the job's stores. */
+#define FG_FT_JLOAD(VT, W, VW, LOAD, DI)                                                      \
+    const VT b0 = LOAD(wp + (long)(DI) * W), b1 = LOAD(wp + (long)(DI) * W + VW);
 #define FG_FT_JROWS(VT, SET1, FMADD, R0, R1, DI)                                              \
     for (int r = R0; r < R1; r++) {                                                           \
         const VT a = SET1(xr[r][DI]);                                                         \
@@ -516,7 +519,7 @@ FG_DEFINE_DISPATCH(d, double)
     }
 #define FG_FT_J(VT, W, VW, LOAD, SET1, FMADD, DI)                                             \
     {                                                                                         \
-        const VT b0 = LOAD(wp + (long)(DI) * W), b1 = LOAD(wp + (long)(DI) * W + VW);        \
+        FG_FT_JLOAD(VT, W, VW, LOAD, DI)                                                      \
         FG_FT_JROWS(VT, SET1, FMADD, 0, FG_PJ_ROWS, DI)                                       \
     }
 #define FG_FT_JSTORE(REAL, VW, STORE)                                                         \

@@ -50,23 +50,28 @@ static void fg_barrier_wait(fg_barrier *b, int tid, int n, int *my_gen)
 {
     if (n <= 1) return;
     const int g = ++*my_gen;
+    const int limit = fg_spin_limit;
     atomic_store_explicit(&b->slot[tid].n, g, memory_order_release);
     for (int j = 0; j < n; j++) {
         if (j == tid) continue;
         int spins = 0;
         while (atomic_load_explicit(&b->slot[j].n, memory_order_acquire) < g) {
-            if (spins++ < fg_spin_limit) {
+            if (spins++ < limit) {
 #if defined(__x86_64__) || defined(__i386__)
                 __builtin_ia32_pause();
 #endif
             } else {
-                if (spins == fg_spin_limit + 1)
+                if (spins == limit + 1)
                     atomic_fetch_add_explicit(&b->late, 1, memory_order_relaxed);
                 sched_yield();
             }
         }
     }
 }
+
+/* Part i of n things split into `parts` contiguous parts: [fg_part(n, i, parts),
+ * fg_part(n, i + 1, parts)). */
+static inline int fg_part(int n, int i, int parts) { return (int)((long)n * i / parts); }
 
 /* Whether a time loop of `rows` rows whose thread owns npt panels per gate projects its inputs
  * inside the steps' products (fg_gemm_panels_grp_proj): AVX-512, one row, D <= u (a job then

@@ -258,8 +258,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     for (int k0 = 0; k0 < T; k0 += tc) {
         int kc = T - k0 < tc ? T - k0 : tc, M = kc * nr;
         const int Mup = fproj && M > FG_PJ_ROWS ? FG_PJ_ROWS : M; /* rows projected up front */
-        FN(project)(a, r0, nr, k0, (int)((long)Mup * tid / nteam),
-                    (int)((long)Mup * (tid + 1) / nteam), pb->xb, pb->pad, tb->gx);
+        FN(project)(a, r0, nr, k0, fg_part(Mup, tid, nteam), fg_part(Mup, tid + 1, nteam), pb->xb,
+                    pb->pad, tb->gx);
         fg_barrier_wait(bar, tid, nteam, &bgen);
         /* this chunk's jobs: block b >= 1 of FG_PJ_ROWS rows x half panel p is job (b-1) npw + p */
         const int jtot = Mup < M ? ((M + FG_PJ_ROWS - 1) / FG_PJ_ROWS - 1) * npw : 0;
@@ -385,7 +385,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
 static int FN(verify_share)(const fg_fwd_args *a, int tid, int n)
 {
     const int u = a->u, npu = (u + W - 1) / W;
-    const int p0 = (int)((long)npu * tid / n), p1 = (int)((long)npu * (tid + 1) / n);
+    const int p0 = fg_part(npu, tid, n), p1 = fg_part(npu, tid + 1, n);
     const long m = sizeof(REAL) / 4, c0 = (long)p0 * W, c1 = (long)p1 * W < u ? (long)p1 * W : u;
     int ok = 1;
     if (p0 >= p1) return 1;
@@ -457,13 +457,12 @@ static int FN(forward)(const fg_fwd_args *a)
                 int team = (nact == nthr) ? nact : 1;
                 if (tid < team) {
                     FN(team_buf) tb = FN(carve)(team_mem, rows_max, u, up);
-                    int p_lo = (int)((long)npu * tid / team);
-                    int p_hi = (int)((long)npu * (tid + 1) / team);
-                    FN(team_run)(a, &tb, &pb, 0, B, tid, team, p_lo, p_hi, tc, &bar);
+                    FN(team_run)(a, &tb, &pb, 0, B, tid, team, fg_part(npu, tid, team),
+                                 fg_part(npu, tid + 1, team), tc, &bar);
                 }
             } else {
                 for (int g = tid; g < ngroups; g += nact) {
-                    int r0 = (int)((long)B * g / ngroups), r1 = (int)((long)B * (g + 1) / ngroups);
+                    int r0 = fg_part(B, g, ngroups), r1 = fg_part(B, g + 1, ngroups);
                     FN(team_buf) tb = FN(carve)(team_mem + team_n * g, rows_max, u, up);
                     FN(team_run)(a, &tb, &pb, r0, r1 - r0, 0, 1, 0, npu, tc, NULL);
                 }

@@ -483,6 +483,10 @@ _PACK_CACHE_SIZE = 16
 _pack_lock = threading.Lock()
 
 
+def _cache_key(U, key):
+    return key, U.dtype.str, U.shape
+
+
 def _packed(U, u, key):
     """Packed (recurrent) kernel, cached under the caller's ``key`` (e.g. the Variables'
     ``(uid, version)`` plus which matrix): ``(packed, hit)``. A hit is not to be trusted before
@@ -493,7 +497,7 @@ def _packed(U, u, key):
     ``Variable.value``) never reuse stale weights. Without a key it is packed on every call."""
     if key is None:
         return _pack_recurrent(U, u), False
-    full = (key, U.dtype.str, U.shape)
+    full = _cache_key(U, key)
     with _pack_lock:
         hit = _PACK_CACHE.get(full)
         if hit is not None:
@@ -507,7 +511,7 @@ def _repack(U, u, key):
     the same memory (older versions of weights updated in place: a training loop would
     otherwise keep 16 of them), whose buffers the record pool then reuses."""
     packed = _pack_recurrent(U, u)
-    full = (key, U.dtype.str, U.shape)
+    full = _cache_key(U, key)
     src = U.ctypes.data
     with _pack_lock:
         for k in [k for k, e in _PACK_CACHE.items()
@@ -598,19 +602,24 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         wpk, check_w = None, False
         if _packed_projection(isa):
             wpk, check_w = _packed(W, u, wkey)
-        args = (xc, W, wpk, upk, b_in, b_rec, h0, m8, mx, mx is not None and mx.ndim == 3, mh,
-                out, h_last, pre, hprev, rp, u, spec.reset_after, spec.go_backwards,
-                spec.return_sequences, spec.zero_output_for_mask, spec.activation.code,
-                spec.recurrent_activation.code, nthr, isa, chunk, split, _fused_gates(),
-                _fused_projection())
+        fused, fuse_proj = _fused_gates(), _fused_projection()
+
+        def run(wpk, upk, check_u, check_w):
+            return _gru.forward(xc, W, wpk, upk, b_in, b_rec, h0, m8, mx,
+                                mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev,
+                                rp, u, spec.reset_after, spec.go_backwards,
+                                spec.return_sequences, spec.zero_output_for_mask,
+                                spec.activation.code, spec.recurrent_activation.code, nthr, isa,
+                                chunk, split, fused, fuse_proj, U if check_u else None, check_w)
+
         # BLAS runs only for the projection's generic path: pinning it costs ~5 us per call
         with _threads.blas_threads(1) if wpk is None else _NO_PIN:
-            late = _gru.forward(*args, U if check_u else None, check_w)
+            late = run(wpk, upk, check_u, check_w)
             if late < 0:
                 # an in-place edit under the same key: repack the hits, compute unverified
                 upk = _repack(U, u, ukey) if check_u else upk
                 wpk = _repack(W, u, wkey) if check_w else wpk
-                late = _gru.forward(*args[:2], wpk, upk, *args[4:])
+                late = run(wpk, upk, False, False)
         _note_late_waits(late)
     tape = None
     if training:
