@@ -40,6 +40,7 @@ import _common as C  # noqa: E402
 PEERS = {
     "fastgru": ("fastgru",),
     "fastgru.GRU": ("fastgru",),
+    "fastgru.frozen": ("fastgru",),
     "reference": ("fastgru",),
     "torch": ("torch",),
     "onnxruntime": ("onnxruntime", "onnx"),
@@ -47,7 +48,7 @@ PEERS = {
     "keras-tf": ("keras", "tensorflow"),
     "keras-xla": ("keras", "tensorflow"),
 }
-OURS = ("fastgru", "fastgru.GRU", "reference")  # not peers for the speed-up baseline
+OURS = ("fastgru", "fastgru.GRU", "fastgru.frozen", "reference")  # not in the peer baseline
 
 
 class Unavailable(RuntimeError):
@@ -64,10 +65,14 @@ def availability(name: str, mode: str = "inference") -> str | None:
     if (name == "fastgru" and mode == "inference"
             and importlib.util.find_spec("fastgru.engines.cpu") is None):
         return "fastgru.engines.cpu not built yet"
-    if name == "fastgru.GRU":
+    if name in ("fastgru.GRU", "fastgru.frozen"):
         import fastgru
         if not hasattr(fastgru, "GRU"):
             return "fastgru.GRU not there yet"
+        if name == "fastgru.frozen" and not hasattr(fastgru.GRU, "freeze"):
+            return "GRU.freeze not there yet"
+    if name == "fastgru.frozen" and mode == "training":
+        return "inference only (a frozen snapshot)"
     return None
 
 
@@ -223,9 +228,13 @@ class FastGRULayer(FastGRUEngine):
 
     def _layer(self, p, rs):
         import fastgru
+        from threadpoolctl import threadpool_limits
         B, T, I = p["x"].shape
-        layer = fastgru.GRU(p["kernel"].shape[1] // 3, return_sequences=rs)
-        layer.build((B, T, I))
+        # one BLAS thread for the initializers (the orthogonal one's QR), whose woken OpenBLAS
+        # workers would otherwise spin into the timed calls (CPU s per wall s ~2 at 1 thread)
+        with threadpool_limits(limits=1, user_api="blas"):
+            layer = fastgru.GRU(p["kernel"].shape[1] // 3, return_sequences=rs)
+            layer.build((B, T, I))
         layer.set_weights([p["kernel"], p["recurrent_kernel"], p["bias"]])
         if hasattr(layer, "explain"):  # which engine and thread plan ran: kept in the record
             self.path = " ".join(str(layer.explain(p["x"])).split())
@@ -253,6 +262,19 @@ class FastGRULayer(FastGRUEngine):
         if opt is None:
             return grads, grads
         return grads, (lambda: opt.step(run()))
+
+
+class FastGRUFrozen(FastGRULayer):
+    """``fastgru.GRU(...).freeze()``: the layer's inference snapshot (weights copied and packed
+    once, as an ONNX Runtime session or an OpenVINO compiled model holds its own)."""
+
+    def __init__(self):
+        FastGRUEngine.__init__(self, "fastgru.frozen")
+
+    def inference(self, p, rs):
+        frozen, x, h0 = self._layer(p, rs).freeze(), p["x"], p["h0"]
+        self.path = " ".join(str(frozen.explain(x)).split())
+        return (lambda: frozen(x, initial_state=h0)), _ident
 
 
 def _perm(H):
@@ -478,6 +500,7 @@ class Keras:
 
 def make_adapter(name: str):
     return {"fastgru": FastGRUEngine, "fastgru.GRU": FastGRULayer,
+            "fastgru.frozen": FastGRUFrozen,
             "reference": lambda: FastGRUReference("reference"), "torch": Torch,
             "onnxruntime": OnnxRuntime, "openvino": OpenVINO,
             "keras-tf": lambda: Keras(False), "keras-xla": lambda: Keras(True)}[name]()

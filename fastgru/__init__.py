@@ -1,7 +1,7 @@
 """fastgru: a Keras-3-compatible GRU for NumPy and CuPy arrays.
 
 Layers: GRU, GRUCell, RNN (StackedRNNCells for a list of cells), Dense, Sequential,
-Bidirectional. Submodules: activations, initializers, regularizers, constraints, optim,
+Bidirectional; ``layer.freeze()`` gives an inference-only FrozenRNN. Submodules: activations, initializers, regularizers, constraints, optim,
 io (save/load, Keras/PyTorch/ONNX), sklearn (estimators; needs scikit-learn).
 ``set_seed(n)`` restarts the global random stream used by unseeded initializers and dropout.
 """
@@ -14,6 +14,7 @@ from .layers import (
     RNN,
     Bidirectional,
     Dense,
+    FrozenRNN,
     Grads,
     GRUCell,
     Layer,
@@ -29,6 +30,7 @@ __all__ = [
     "GRU",
     "Bidirectional",
     "Dense",
+    "FrozenRNN",
     "GRUCell",
     "Grads",
     "Layer",

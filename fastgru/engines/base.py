@@ -21,6 +21,11 @@ the compute dtype (float32 or float64):
 
 Masked positions never poison results: NaN/Inf in masked inputs leave outputs and gradients
 finite.
+
+Optional, for inference snapshots (``RNN.freeze``): ``Snapshot(weights, spec, *, n_threads=None)``
+copies the weights once and has ``forward(x, h0=None, mask=None) -> (outputs, h_last)`` with the
+same results as ``forward`` in inference (the CPU engine has one; others are called through
+``forward`` on copied weights).
 """
 
 from __future__ import annotations

@@ -629,6 +629,124 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     return out, h_last, tape
 
 
+class Snapshot:
+    """Inference on a frozen copy of one layer's weights, with the least work per call: the
+    engine's counterpart of an ONNX Runtime session (``RNN.freeze`` builds them).
+
+    ``forward`` (cached packed weights under ``weights_key``) compares a cached pack with the
+    caller's weights on every call, since those may be edited in place; at a streaming call
+    (one step, batch 1) that check and the per-call lookups cost about as much as the step.
+    A snapshot copies and packs the weights once, here, and reads the kernel settings
+    (``kernel=`` or FASTGRU_CPU_KERNEL, FASTGRU_CPU_PROJ, FASTGRU_CPU_FUSED,
+    FASTGRU_CPU_FUSED_PROJ) once: later edits of the weights it was made from, or of those
+    settings, do not reach it. Same kernels, plans and bits as ``forward``; ``n_threads``:
+    fixed, or None for fastgru's default at each call.
+    """
+
+    __slots__ = ("spec", "dtype", "D", "_u", "_weights", "_wpk", "_upk", "_b_in", "_b_rec",
+                 "_n", "_isa", "_kernel", "_fused", "_fuse_proj", "_zeros", "__weakref__")
+
+    def __init__(self, weights, spec: GRUSpec, *, n_threads: int | None = None,
+                 kernel: str | None = None):
+        _check_spec(spec)
+        if _gru is None:
+            raise RuntimeError(f"the compiled CPU extension is not built: {_IMPORT_ERROR}")
+        if not isinstance(weights, Weights):
+            if isinstance(weights, (tuple, list)) and len(weights) in (2, 3):
+                weights = Weights(*weights)
+            else:
+                raise TypeError("weights must be a Weights(kernel, recurrent_kernel, bias)")
+        K = np.asarray(weights.kernel)
+        if K.dtype not in (np.float32, np.float64):
+            raise TypeError(f"kernel must be float32 or float64, got {K.dtype}")
+        u = spec.units
+        if K.ndim != 2 or K.shape[1] != 3 * u:
+            raise ValueError(f"kernel must have shape (features, {3 * u}), got {K.shape}")
+        dtype = K.dtype
+        self.spec, self.dtype, self.D, self._u = spec, dtype, K.shape[0], u
+        self._n = None if n_threads is None else _threads.check_n_threads(n_threads)
+        # private copies: nothing the caller holds can change them (kept whole for pickling)
+        W = _array(K, "kernel", dtype, K.shape).copy()
+        U = _array(weights.recurrent_kernel, "recurrent_kernel", dtype, (u, 3 * u)).copy()
+        bias = None if weights.bias is None else np.array(weights.bias, copy=True)
+        self._weights = Weights(W, U, bias)
+        self._b_in, self._b_rec = _biases(self._weights, spec, dtype, u)
+        self._upk = _pack_recurrent(U, u)
+        self._isa = _isa(kernel)
+        forced = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
+        self._kernel = None if forced in (None, "", "auto") else forced
+        self._wpk = _pack_recurrent(W, u) if _packed_projection(self._isa) else None
+        self._fused, self._fuse_proj = _fused_gates(), _fused_projection()
+        self._zeros = {}  # batch -> read-only zero state
+
+    def forward(self, x, h0=None, mask=None):
+        """``(outputs, h_last)`` as the engine's ``forward(x, weights, h0, spec, mask)`` in
+        inference: x (B, T, D) of the snapshot's dtype, h0 (B, u) or None (zeros), mask (B, T)
+        or None."""
+        if type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim != 3 \
+                or x.shape[2] != self.D:
+            x = self._check_x(x)
+        B, T, _ = x.shape
+        if T == 0:
+            raise ValueError("x has 0 timesteps; a GRU needs at least one")
+        u, dtype = self._u, self.dtype
+        if h0 is None:
+            h0 = self._zeros.get(B)
+            if h0 is None:
+                h0 = np.zeros((B, u), dtype)
+                h0.flags.writeable = False
+                if len(self._zeros) >= 8:
+                    self._zeros.clear()
+                self._zeros[B] = h0
+        else:
+            h0 = _array(h0, "h0", dtype, (B, u))
+        m8 = None if mask is None else _mask(mask, B, T)
+        spec = self.spec
+        out = _record_array((B, T, u) if spec.return_sequences else (B, u), dtype)
+        h_last = np.empty((B, u), dtype)
+        if B > 0:
+            n = self._n if self._n is not None else _threads.get_num_threads()
+            nthr, split, chunk, _ = _plan(B, T, self.D, u, dtype.itemsize, n)
+            with _threads.blas_threads(1) if self._wpk is None else _NO_PIN:
+                late = _gru.forward(np.ascontiguousarray(x), self._weights.kernel, self._wpk,
+                                    self._upk,
+                                    self._b_in, self._b_rec, h0, m8, None, False, None, out,
+                                    h_last, None, None, None, u, spec.reset_after,
+                                    spec.go_backwards, spec.return_sequences,
+                                    spec.zero_output_for_mask, spec.activation.code,
+                                    spec.recurrent_activation.code, _max_threads(nthr),
+                                    self._isa, chunk, split, self._fused, self._fuse_proj,
+                                    None, False)
+            _note_late_waits(late)
+        return out, h_last
+
+    def _check_x(self, x):
+        if hasattr(x, "__cuda_array_interface__"):
+            raise TypeError("x: a cpu snapshot takes NumPy arrays")
+        x = np.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(f"x must have shape (batch, timesteps, features), got {x.shape}")
+        if x.dtype != self.dtype:
+            raise TypeError(f"x must have dtype {self.dtype.name} (the weights' dtype), got "
+                            f"{x.dtype}")
+        if x.shape[2] != self.D:
+            raise ValueError(f"x must have {self.D} features (the kernel's rows), got shape "
+                             f"{x.shape}")
+        return x
+
+    def __reduce__(self):  # packed again where it is loaded (alignment, that CPU's kernels)
+        return _snapshot, (self._weights, self.spec, self._n, self._kernel)
+
+    def describe(self, x_shape) -> str:
+        """describe_kernel for this snapshot's settings (its kernel read at creation)."""
+        return describe_kernel(self.spec, x_shape, n_threads=self._n, kernel=self._kernel,
+                               dtype=self.dtype)
+
+
+def _snapshot(weights, spec, n_threads, kernel):
+    return Snapshot(weights, spec, n_threads=n_threads, kernel=kernel)
+
+
 # A training forward's record (pre, hprev, rp) is tens of MB at the benchmark shapes: fresh
 # such arrays come from mmap, and the kernel's zero-filling page faults took 10-17% of a
 # training step in perf (and serialise the threads of a 2-thread forward: 64x200x128x256

@@ -678,6 +678,18 @@ class RNN(Layer):
             return [output_mask] + [None] * len(self.state_size)
         return output_mask
 
+    # ------------------------------------------------------------------ freeze
+    def freeze(self, n_threads: int | None = None):
+        """An inference-only snapshot of this layer (GRU cells): weights copied and packed
+        now, configuration and engine fixed, and the least work per call (layers/frozen.py):
+        ``frozen(sequences, initial_state=None, mask=None)`` returns what ``layer(...)`` does
+        in inference, bit for bit as of now; later changes to the layer do not reach it.
+        ``n_threads``: the CPU engine's threads per call (default: the layer's ``n_threads``,
+        else fastgru's default at each call)."""
+        from .frozen import FrozenRNN
+
+        return FrozenRNN(self, self.n_threads if n_threads is None else n_threads)
+
     # ------------------------------------------------------------------ explain
     def explain(self, x, mask=None) -> str:
         """Which engine a call on ``x`` (with ``mask``) would use, and why (inference)."""

@@ -1,0 +1,256 @@
+"""FrozenRNN: an inference-only snapshot of a GRU layer (``RNN.freeze()``).
+
+What an ONNX Runtime session or an OpenVINO compiled model is to a trained network: the
+weights are copied (and, on the compiled CPU engine, packed) once, when the snapshot is made,
+together with the layer's configuration and the engine chosen for it. A call then does only
+what that call needs: no weight version lookups, no bitwise check that cached packed weights
+still match the layer's (which ``layer(x)`` does on every call, since the weights may be edited
+in place), no engine choice. Same engines and kernels as the layer, so the same bits as
+``layer(x)`` at the moment of freezing; later changes to the layer do not reach the snapshot.
+
+Calls take NumPy arrays (a CuPy layer is frozen from host copies of its weights). A stateful
+layer's snapshot carries its own states, starting from the layer's at freezing time.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .. import _dispatch
+from ..engines.base import Weights
+from ._stacked import StackedRNNCells
+from .base import array_module, to_numpy
+
+__all__ = ["FrozenRNN"]
+
+
+class _EngineCall:
+    """An engine without snapshots (the reference engine, for Python activations): its
+    ``forward`` on private copies of the weights."""
+
+    __slots__ = ("engine", "weights", "spec", "dtype", "units", "zeros_ok")
+
+    def __init__(self, engine, weights, spec, dtype):
+        self.engine, self.weights, self.spec = engine, weights, spec
+        self.dtype, self.units = dtype, spec.units
+        self.zeros_ok = _dispatch.zeros_as_none(engine)
+
+    def __reduce__(self):  # an engine module does not pickle: its name does
+        return _engine_call, (self.engine.__name__, self.weights, self.spec, self.dtype)
+
+    def forward(self, x, h0=None, mask=None):
+        if h0 is None and not self.zeros_ok:
+            h0 = np.zeros((x.shape[0], self.units), self.dtype)
+        out, h_last, _ = self.engine.forward(x, self.weights, h0, self.spec, mask=mask)
+        return out, h_last
+
+
+def _engine_call(engine_name, weights, spec, dtype):
+    import importlib
+
+    return _EngineCall(importlib.import_module(engine_name), weights, spec, dtype)
+
+
+class FrozenRNN:
+    """``layer.freeze()``: call it as the layer in inference, ``frozen(sequences,
+    initial_state=None, mask=None)``, with the layer's return structure. ``reset_state()``
+    zeroes a stateful snapshot's states; ``explain(x)`` names the engine and kernels."""
+
+    def __init__(self, layer, n_threads: int | None = None):
+        from .rnn import _ZERO_STATE, _gru_cells
+
+        cells = _gru_cells(layer.cell)
+        if cells is None:
+            raise TypeError(
+                f"freeze() needs a layer whose cell is a GRUCell or a stack of them; layer "
+                f"'{layer.name}' has {type(layer.cell).__name__}"
+            )
+        if not layer.built or any(c.kernel is None for c in cells):
+            raise ValueError(
+                f"layer '{layer.name}' is not built: call it once, or build(input_shape) or "
+                "set_weights it, before freeze()"
+            )
+        self.name = layer.name
+        self.dtype = np.dtype(layer.dtype)
+        self.return_sequences = bool(layer.return_sequences)
+        self.return_state = bool(layer.return_state)
+        self.go_backwards = bool(layer.go_backwards)
+        self.time_major = bool(layer.time_major)
+        self.stacked = isinstance(layer.cell, StackedRNNCells)
+        self.input_dim = cells[0].input_dim
+        self._units = [c.units for c in cells]
+        self._dtypes = [np.dtype(c.dtype) for c in cells]
+        # cells that make their own initial state (a GRUCell subclass): asked at each call
+        self._init = [None if type(c).get_initial_state is _ZERO_STATE else c for c in cells]
+        probe = np.empty((0, 0, 0))
+        self._runs, self._reasons = [], []
+        for i, cell in enumerate(cells):
+            spec = layer._cell_spec(cell, i, i == len(cells) - 1)
+            engine, reason = _dispatch.choose(spec, probe)
+            w = Weights(*(None if v is None else np.array(to_numpy(v.value), copy=True)
+                          for v in (cell.kernel, cell.recurrent_kernel, cell.bias)))
+            snapshot = getattr(engine, "Snapshot", None)
+            if snapshot is not None:
+                run = snapshot(w, spec, n_threads=n_threads)
+            else:
+                run = _EngineCall(engine, w, spec, self._dtypes[i])
+            self._runs.append(run)
+            self._reasons.append(reason)
+        self.n_threads = n_threads
+        self.stateful = bool(layer.stateful)
+        self.states = None
+        if self.stateful:
+            from .rnn import _flatten
+
+            leaves = [np.array(to_numpy(v.value), copy=True) for v in _flatten(layer.states)]
+            self.states = leaves  # one (B, u) array per cell
+
+    # ------------------------------------------------------------------ calling
+    def __call__(self, sequences, initial_state=None, mask=None):
+        x = sequences
+        if type(x) is not np.ndarray:
+            if array_module(x) is not np:
+                raise TypeError(
+                    f"a frozen layer ('{self.name}') takes NumPy arrays; received "
+                    f"{type(x).__module__}.{type(x).__name__}"
+                )
+            x = np.asarray(x)
+        if x.ndim != 3:
+            raise ValueError(
+                f"Input 0 of frozen layer '{self.name}' must have shape "
+                f"{'(T, B, D)' if self.time_major else '(B, T, D)'}; received shape {x.shape}"
+            )
+        if x.dtype != self.dtype:
+            x = x.astype(self.dtype)
+        if self.time_major:
+            x = x.swapaxes(0, 1)
+        B, T, D = x.shape
+        if T == 0:
+            raise ValueError(f"Frozen layer '{self.name}' needs at least one timestep: the time "
+                             f"axis of `sequences` is empty (shape {np.shape(sequences)})")
+        if D != self.input_dim:
+            raise ValueError(
+                f"Input 0 of frozen layer '{self.name}' has {D} features but the layer was "
+                f"built for D={self.input_dim}; received shape {np.shape(sequences)}"
+            )
+        if mask is not None:
+            mask = self._mask(mask, B, T)
+        h0s, bare = self._states(initial_state, B)
+        mask_proc = mask[:, ::-1] if (mask is not None and self.go_backwards) else mask
+        finals = []
+        inp = x
+        for i, run in enumerate(self._runs):
+            if inp.dtype != self._dtypes[i]:
+                inp = inp.astype(self._dtypes[i])
+            h0 = h0s[i]
+            if h0 is None and self._init[i] is not None:
+                h0 = np.asarray(self._init[i].get_initial_state(B)[0], self._dtypes[i])
+            inp, h_last = run.forward(inp, h0, mask if i == 0 else mask_proc)
+            finals.append(h_last)
+        if self.stateful:
+            self.states = [np.array(h, dtype=s.dtype, copy=True)
+                           for h, s in zip(finals, self.states, strict=True)]
+        return self._structure(inp, finals, bare)
+
+    def _mask(self, mask, B, T):
+        if array_module(mask) is not np:
+            mask = to_numpy(mask)
+        mask = np.asarray(mask)
+        expected = (T, B) if self.time_major else (B, T)
+        if mask.shape != expected:
+            raise ValueError(
+                f"Argument `mask` must have shape {'(T, B)' if self.time_major else '(B, T)'} "
+                f"= {expected} to match `sequences`; received shape {mask.shape}"
+            )
+        mask = mask.astype(bool, copy=False)
+        return mask.T if self.time_major else mask
+
+    def _states(self, initial_state, B):
+        """(per-cell h0 or None for zeros, per-cell whether the user gave a bare array)."""
+        n = len(self._runs)
+        if self.stateful and self.states[0].shape[0] != B:
+            raise ValueError(
+                "If an RNN is stateful, the batch size of the input sequences must be the same "
+                "as the batch size of the initial state. \n- Expected batch size: "
+                f"{self.states[0].shape[0]}\n- Received batch size: {B}"
+            )
+        if initial_state is None:
+            return (list(self.states) if self.stateful else [None] * n), [False] * n
+        nested = isinstance(initial_state, (list, tuple))
+        if not self.stacked:
+            given = initial_state[0] if nested and len(initial_state) else initial_state
+            if nested and not len(initial_state):
+                raise ValueError(f"Argument `initial_state` of frozen layer '{self.name}' must "
+                                 "hold 1 state(s); received 0")
+            return [self._state(given, B, 0, "initial_state")], [not nested]
+        given = list(initial_state) if nested else [initial_state]
+        if n == 1 and (len(given) != 1 or not isinstance(given[0], (list, tuple))):
+            given = [initial_state]
+        if len(given) != n:
+            raise ValueError(f"Argument `initial_state` of frozen layer '{self.name}' must hold "
+                             f"one entry per cell ({n}); received {len(given)}")
+        h0s, bare = [], []
+        for i, g in enumerate(given):
+            leaf = g[0] if isinstance(g, (list, tuple)) else g
+            if isinstance(g, (list, tuple)) and not len(g):
+                raise ValueError(f"Argument `initial_state[{i}]` must hold 1 state(s) for cell "
+                                 f"{i}; received 0")
+            h0s.append(self._state(leaf, B, i, f"initial_state[{i}]"))
+            bare.append(not isinstance(g, (list, tuple)))
+        return h0s, bare
+
+    def _state(self, value, B, i, arg):
+        if array_module(value) is not np:
+            value = to_numpy(value)
+        a = np.asarray(value, dtype=self.dtype)
+        if a.shape != (B, self._units[i]):
+            raise ValueError(
+                f"Argument `{arg}` of frozen layer '{self.name}' must have shape (batch, units) "
+                f"= {(B, self._units[i])}; received shape {a.shape}"
+            )
+        return a.astype(self._dtypes[i], copy=False)
+
+    def _structure(self, output, finals, bare):
+        """The layer's return value (RNN._structure for GRU cells)."""
+        if output.dtype != self.dtype:
+            output = output.astype(self.dtype)
+        if self.return_sequences and self.time_major:
+            output = np.ascontiguousarray(output.swapaxes(0, 1))
+        if not self.return_state:
+            return output
+        states = [h if h.dtype == self.dtype else h.astype(self.dtype) for h in finals]
+        if not self.stacked:
+            return (output, states[0])
+        per_cell = [s if b else [s] for s, b in zip(states, bare, strict=True)]
+        if len(per_cell) == 1:
+            first = per_cell[0]
+            return (output, *(first if isinstance(first, list) else [first]))
+        return (output, *per_cell)
+
+    # ------------------------------------------------------------------ state, explain
+    def reset_state(self):
+        """Zero a stateful snapshot's states (no-op otherwise)."""
+        if self.states is not None:
+            self.states = [np.zeros_like(s) for s in self.states]
+
+    reset_states = reset_state
+
+    def explain(self, x) -> str:
+        """Which engine and kernels a call on ``x`` runs, and why."""
+        shape = tuple(np.shape(x))
+        if len(shape) != 3:
+            raise ValueError(f"x must have 3 dimensions; received shape {shape}")
+        B, T = (shape[1], shape[0]) if self.time_major else shape[:2]
+        parts, D = [], shape[2]
+        for i, (run, reason) in enumerate(zip(self._runs, self._reasons, strict=True)):
+            text = f"engine {getattr(run, 'engine', None).__name__.rsplit('.', 1)[-1]!r}: {reason}" \
+                if isinstance(run, _EngineCall) else \
+                f"engine 'cpu' snapshot (weights copied and packed at freeze()): {reason}; " \
+                + run.describe((B, T, D)).split("; training:")[0].rstrip(".")
+            parts.append(text if len(self._runs) == 1 else f"cell {i}: {text}")
+            D = self._units[i]
+        return f"{self.name} (frozen): " + " ".join(parts) + "."
+
+    def __repr__(self):
+        return (f"<FrozenRNN {self.name!r} units={self._units} dtype={self.dtype.name} "
+                f"return_sequences={self.return_sequences} return_state={self.return_state}>")

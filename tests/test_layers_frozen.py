@@ -1,0 +1,257 @@
+"""Frozen snapshots: ``RNN.freeze()`` (layers/frozen.py) and the CPU engine's ``Snapshot``.
+
+A snapshot must return exactly what the layer (the engine's ``forward``) returns at freezing
+time, bit for bit and in the same structure, for every configuration the layer takes; it must
+own its weights (later edits of the layer never reach it) and carry its own stateful states."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastgru
+from fastgru import GRU, RNN, GRUCell, activations
+from fastgru.engines import cpu
+from fastgru.engines.base import GRUSpec, Weights
+
+needs_cpu = pytest.mark.skipif(not cpu.available(), reason="CPU extension not built")
+
+
+@pytest.fixture(autouse=True)
+def threads_even_for_small_work(monkeypatch):
+    """Tiny problems would otherwise run on one thread: the split paths would go untested."""
+    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
+
+
+def same(a, b):
+    """Equal structure (tuple / list nesting) and bitwise-equal arrays."""
+    if isinstance(a, (tuple, list)):
+        assert type(a) is type(b) and len(a) == len(b), (type(a), type(b))
+        for x, y in zip(a, b, strict=True):
+            same(x, y)
+        return
+    assert isinstance(b, np.ndarray) and a.dtype == b.dtype and a.shape == b.shape
+    np.testing.assert_array_equal(a, b)
+
+
+def layer_for(cfg, D):
+    kw = dict(return_sequences=cfg["seq"], return_state=cfg["state"],
+              go_backwards=cfg["back"], time_major=cfg["tm"],
+              zero_output_for_mask=cfg["zero"], dtype=cfg["dtype"])
+    cell_kw = dict(reset_after=cfg["ra"], use_bias=cfg["bias"], seed=cfg["seed"],
+                   bias_initializer="random_normal")
+    if cfg["cells"] == 1:
+        layer = GRU(cfg["u"], **cell_kw, **kw)
+    else:
+        layer = RNN([GRUCell(cfg["u"] + i, **cell_kw) for i in range(cfg["cells"])], **kw)
+    return layer
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.fixed_dictionaries(dict(
+    B=st.integers(1, 5), T=st.integers(1, 7), D=st.integers(1, 9), u=st.integers(1, 70),
+    seq=st.booleans(), state=st.booleans(), back=st.booleans(), tm=st.booleans(),
+    zero=st.booleans(), ra=st.booleans(), bias=st.booleans(), cells=st.integers(1, 3),
+    dtype=st.sampled_from(["float32", "float64"]), seed=st.integers(0, 99),
+    mask=st.sampled_from(["none", "random"]), init=st.sampled_from(["none", "bare", "list"]),
+    threads=st.integers(1, 3))))
+def test_frozen_matches_layer(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    B, T, D = cfg["B"], cfg["T"], cfg["D"]
+    layer = layer_for(cfg, D)
+    layer.n_threads = cfg["threads"]
+    shape = (T, B, D) if cfg["tm"] else (B, T, D)
+    x = rng.standard_normal(shape).astype(cfg["dtype"])
+    mask = None
+    if cfg["mask"] == "random":
+        mask = rng.random(shape[:2]) < 0.7
+    init = None
+    units = [cfg["u"] + i for i in range(cfg["cells"])]
+    if cfg["init"] != "none":
+        hs = [rng.standard_normal((B, n)).astype(cfg["dtype"]) for n in units]
+        if cfg["cells"] == 1 and not isinstance(layer.cell, fastgru.StackedRNNCells):
+            init = hs[0] if cfg["init"] == "bare" else [hs[0]]
+        else:
+            init = hs if cfg["init"] == "bare" else [[h] for h in hs]
+    expected = layer(x, initial_state=init, mask=mask)
+    frozen = layer.freeze()
+    same(expected, frozen(x, initial_state=init, mask=mask))
+    # its own weights: an in-place edit of the layer's (no version bump) does not reach it
+    for v in layer.weights:
+        v.value += 1
+    same(expected, frozen(x, initial_state=init, mask=mask))
+
+
+def test_frozen_owns_its_weights_and_config():
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((2, 5, 3)).astype(np.float32)
+    layer = GRU(8, return_sequences=True)
+    before = layer(x)
+    frozen = layer.freeze()
+    layer.set_weights([w * 2 for w in layer.get_weights()])
+    layer.return_sequences = False
+    after = layer(x)
+    assert after.shape == (2, 8) and not np.allclose(after, before[:, -1])
+    np.testing.assert_array_equal(frozen(x), before)
+    refrozen = layer.freeze()
+    np.testing.assert_array_equal(refrozen(x), after)
+
+
+def test_frozen_stateful_carries_its_own_states():
+    rng = np.random.default_rng(2)
+    xs = [rng.standard_normal((3, 4, 5)).astype(np.float32) for _ in range(3)]
+    layer = GRU(6, stateful=True, return_sequences=True, return_state=True)
+    layer(xs[0])  # the layer's state is now non-zero
+    start = [v.value.copy() for v in layer.states]
+    frozen = layer.freeze()
+    want = [layer(x) for x in xs]
+    for v, s in zip(layer.states, start, strict=True):  # rewind the layer
+        v.assign(s)
+    got = [frozen(x) for x in xs]
+    for w, g in zip(want, got, strict=True):
+        same(w, g)
+    np.testing.assert_array_equal(frozen.states[0], want[-1][1])
+    frozen.reset_state()
+    layer.reset_state()
+    same(layer(xs[0]), frozen(xs[0]))
+    with pytest.raises(ValueError, match="batch size"):
+        frozen(xs[0][:2])
+
+
+def test_frozen_python_activation_runs_the_reference_engine():
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 3))
+    layer = GRU(5, activation=lambda a: np.tanh(a) * 0.5, dtype="float64",
+                return_sequences=True)
+    expected = layer(x)
+    frozen = layer.freeze()
+    np.testing.assert_array_equal(frozen(x), expected)
+    assert "engine 'reference'" in frozen.explain(x)
+
+
+def test_frozen_input_conversion_and_errors():
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((2, 3, 4))  # float64 into a float32 layer: cast as the layer does
+    layer = GRU(3, return_state=True)
+    expected = layer(x)
+    frozen = layer.freeze()
+    same(expected, frozen(x))
+    same(layer(x.tolist()), frozen(x.tolist()))
+    with pytest.raises(ValueError, match="built for D=4"):
+        frozen(x[..., :3])
+    with pytest.raises(ValueError, match="shape"):
+        frozen(x[0])
+    with pytest.raises(ValueError, match="at least one timestep"):
+        frozen(x[:, :0])
+    with pytest.raises(ValueError, match=r"initial_state.*\(2, 3\)"):
+        frozen(x, initial_state=np.zeros((2, 4)))
+    with pytest.raises(ValueError, match="mask"):
+        frozen(x, mask=np.ones((3, 2), bool))
+    with pytest.raises(TypeError, match="GRUCell"):
+        RNN(_PlainCell()).freeze()
+    with pytest.raises(ValueError, match="not built"):
+        GRU(3).freeze()
+
+
+class _PlainCell:
+    state_size = 2
+
+    def call(self, x, states):  # pragma: no cover - never run
+        return x, states
+
+
+def test_frozen_explain_and_repr():
+    x = np.zeros((1, 2, 3), np.float32)
+    layer = GRU(4)
+    layer(x)
+    frozen = layer.freeze(n_threads=1)
+    text = frozen.explain(x)
+    assert text.startswith("gru") and "frozen" in text
+    if cpu.available():
+        assert "snapshot" in text and "training" not in text
+    assert "FrozenRNN" in repr(frozen)
+
+
+# ------------------------------------------------------------------ the engine's Snapshot
+def make_weights(rng, D, u, dtype, reset_after=True):
+    bias = rng.standard_normal((2, 3 * u) if reset_after else (3 * u,)).astype(dtype)
+    return Weights(rng.standard_normal((D, 3 * u)).astype(dtype) * 0.5,
+                   rng.standard_normal((u, 3 * u)).astype(dtype) * 0.5, bias)
+
+
+@needs_cpu
+@pytest.mark.parametrize("kernel", ["generic", "avx2", "avx512"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_snapshot_matches_forward(kernel, dtype):
+    from fastgru._cpu import _gru
+
+    if ["generic", "avx2", "avx512"].index(kernel) > _gru.isa_best():
+        pytest.skip(f"{kernel} not supported by this CPU")
+    rng = np.random.default_rng(5)
+    for B, T, D, u, ra in ((1, 9, 4, 70, True), (2, 3, 5, 8, False), (5, 12, 3, 33, True),
+                           (1, 20, 16, 64, True)):
+        spec = GRUSpec(u, activations.get("tanh"), activations.get("sigmoid"), reset_after=ra,
+                       return_sequences=True)
+        w = make_weights(rng, D, u, dtype, ra)
+        x = rng.standard_normal((B, T, D)).astype(dtype)
+        h0 = rng.standard_normal((B, u)).astype(dtype)
+        mask = rng.random((B, T)) < 0.7
+        for threads in (1, 2):
+            snap = cpu.Snapshot(w, spec, n_threads=threads, kernel=kernel)
+            for args in ((h0, mask), (None, None)):
+                want = cpu.forward(x, w, args[0], spec, mask=args[1], n_threads=threads,
+                                   kernel=kernel)
+                got = snap.forward(x, *args)
+                np.testing.assert_array_equal(got[0], want[0])
+                np.testing.assert_array_equal(got[1], want[1])
+
+
+@needs_cpu
+def test_snapshot_copies_weights_and_checks_inputs():
+    rng = np.random.default_rng(6)
+    spec = GRUSpec(6, activations.get("tanh"), activations.get("sigmoid"))
+    w = make_weights(rng, 4, 6, np.float32)
+    x = rng.standard_normal((2, 3, 4)).astype(np.float32)
+    snap = cpu.Snapshot(w, spec)
+    want = cpu.forward(x, w, None, spec)
+    for a in w:
+        a *= 3
+    got = snap.forward(x)
+    np.testing.assert_array_equal(got[0], want[0])
+    zeros = snap.forward(x, None)[1]
+    assert not np.array_equal(zeros, cpu.forward(x, w, None, spec)[1])
+    with pytest.raises(TypeError, match="float32"):
+        snap.forward(x.astype(np.float64))
+    with pytest.raises(ValueError, match="4 features"):
+        snap.forward(x[..., :3])
+    with pytest.raises(ValueError, match="h0"):
+        snap.forward(x, np.zeros((3, 6), np.float32))
+    with pytest.raises(ValueError, match="mask"):
+        snap.forward(x, None, np.ones((3, 2), bool))
+    with pytest.raises(ValueError, match="kernel"):
+        cpu.Snapshot(Weights(w.kernel[:, :5], w.recurrent_kernel, w.bias), spec)
+    empty = snap.forward(np.zeros((0, 3, 4), np.float32))
+    assert empty[0].shape == (0, 6) and empty[1].shape == (0, 6)
+
+
+def half_tanh(a):  # a user activation that pickles (by name): the reference engine runs it
+    return np.tanh(a) * 0.5
+
+
+@pytest.mark.parametrize("activation", ["tanh", half_tanh])
+def test_frozen_pickles(activation):
+    import pickle
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((3, 6, 5)).astype(np.float32)
+    layer = RNN([GRUCell(9), GRUCell(4, activation=activation)], return_sequences=True,
+                return_state=True, stateful=True)
+    layer(x)
+    frozen = layer.freeze(n_threads=2)
+    loaded = pickle.loads(pickle.dumps(frozen))
+    if activation is half_tanh:
+        assert "engine 'reference'" in loaded.explain(x)
+    same(frozen(x), loaded(x))
+    same(frozen(x), loaded(x))  # the states moved on alike
