@@ -227,8 +227,9 @@ class FastGRULayer(FastGRUEngine):
         return None
 
     def _layer(self, p, rs):
-        import fastgru
         from threadpoolctl import threadpool_limits
+
+        import fastgru
         B, T, I = p["x"].shape
         # one BLAS thread for the initializers (the orthogonal one's QR), whose woken OpenBLAS
         # workers would otherwise spin into the timed calls (CPU s per wall s ~2 at 1 thread)

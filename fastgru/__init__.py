@@ -1,7 +1,8 @@
 """fastgru: a Keras-3-compatible GRU for NumPy and CuPy arrays.
 
 Layers: GRU, GRUCell, RNN (StackedRNNCells for a list of cells), Dense, Sequential,
-Bidirectional; ``layer.freeze()`` gives an inference-only FrozenRNN. Submodules: activations, initializers, regularizers, constraints, optim,
+Bidirectional; ``layer.freeze()`` gives an inference-only snapshot (FrozenRNN,
+FrozenBidirectional). Submodules: activations, initializers, regularizers, constraints, optim,
 io (save/load, Keras/PyTorch/ONNX), sklearn (estimators; needs scikit-learn).
 ``set_seed(n)`` restarts the global random stream used by unseeded initializers and dropout.
 """
@@ -14,6 +15,7 @@ from .layers import (
     RNN,
     Bidirectional,
     Dense,
+    FrozenBidirectional,
     FrozenRNN,
     Grads,
     GRUCell,
@@ -30,6 +32,7 @@ __all__ = [
     "GRU",
     "Bidirectional",
     "Dense",
+    "FrozenBidirectional",
     "FrozenRNN",
     "GRUCell",
     "Grads",

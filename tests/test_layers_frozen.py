@@ -255,3 +255,27 @@ def test_frozen_pickles(activation):
         assert "engine 'reference'" in loaded.explain(x)
     same(frozen(x), loaded(x))
     same(frozen(x), loaded(x))  # the states moved on alike
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.fixed_dictionaries(dict(
+    merge=st.sampled_from(["concat", "sum", "mul", "ave", None]), seq=st.booleans(),
+    state=st.booleans(), tm=st.booleans(), mask=st.booleans(), init=st.booleans(),
+    stateful=st.booleans(), seed=st.integers(0, 99))))
+def test_frozen_bidirectional_matches_layer(cfg):
+    rng = np.random.default_rng(cfg["seed"])
+    B, T, D, u = 3, 5, 4, 6
+    layer = fastgru.Bidirectional(
+        GRU(u, return_sequences=cfg["seq"], return_state=cfg["state"], time_major=cfg["tm"],
+            stateful=cfg["stateful"], seed=cfg["seed"], bias_initializer="random_normal"),
+        merge_mode=cfg["merge"])
+    shape = (T, B, D) if cfg["tm"] else (B, T, D)
+    x = rng.standard_normal(shape).astype(np.float32)
+    mask = (rng.random(shape[:2]) < 0.7) if cfg["mask"] else None
+    init = [rng.standard_normal((B, u)).astype(np.float32) for _ in range(2)] \
+        if cfg["init"] else None
+    layer(x)  # built (and, stateful, with non-zero states)
+    frozen = layer.freeze()
+    same(layer(x, initial_state=init, mask=mask), frozen(x, initial_state=init, mask=mask))
+    same(layer(x, mask=mask), frozen(x, mask=mask))  # stateful: both carried their states
+    assert "forward" in frozen.explain(x)

@@ -351,6 +351,12 @@ class Bidirectional(Layer):
         return d_out, dh
 
     # ------------------------------------------------------------------ calling
+    def freeze(self, n_threads: int | None = None):
+        """An inference-only snapshot of both directions (``RNN.freeze``), merged as here."""
+        from .frozen import FrozenBidirectional
+
+        return FrozenBidirectional(self, n_threads)
+
     def call(self, sequences, initial_state=None, mask=None, training: bool = False):
         f0, b0 = self._split_state(initial_state)
         fused = self._fused_run(sequences, f0, b0, mask, training, record=False)

@@ -10,6 +10,7 @@ in place), no engine choice. Same engines and kernels as the layer, so the same 
 
 Calls take NumPy arrays (a CuPy layer is frozen from host copies of its weights). A stateful
 layer's snapshot carries its own states, starting from the layer's at freezing time.
+``Bidirectional.freeze()`` freezes both directions and merges as the wrapper does.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from ..engines.base import Weights
 from ._stacked import StackedRNNCells
 from .base import array_module, to_numpy
 
-__all__ = ["FrozenRNN"]
+__all__ = ["FrozenBidirectional", "FrozenRNN"]
 
 
 class _EngineCall:
@@ -243,10 +244,12 @@ class FrozenRNN:
         B, T = (shape[1], shape[0]) if self.time_major else shape[:2]
         parts, D = [], shape[2]
         for i, (run, reason) in enumerate(zip(self._runs, self._reasons, strict=True)):
-            text = f"engine {getattr(run, 'engine', None).__name__.rsplit('.', 1)[-1]!r}: {reason}" \
-                if isinstance(run, _EngineCall) else \
-                f"engine 'cpu' snapshot (weights copied and packed at freeze()): {reason}; " \
-                + run.describe((B, T, D)).split("; training:")[0].rstrip(".")
+            if isinstance(run, _EngineCall):
+                text = f"engine {run.engine.__name__.rsplit('.', 1)[-1]!r}: {reason}"
+            else:
+                text = (f"engine 'cpu' snapshot (weights copied and packed at freeze()): "
+                        f"{reason}; "
+                        + run.describe((B, T, D)).split("; training:")[0].rstrip("."))
             parts.append(text if len(self._runs) == 1 else f"cell {i}: {text}")
             D = self._units[i]
         return f"{self.name} (frozen): " + " ".join(parts) + "."
@@ -254,3 +257,52 @@ class FrozenRNN:
     def __repr__(self):
         return (f"<FrozenRNN {self.name!r} units={self._units} dtype={self.dtype.name} "
                 f"return_sequences={self.return_sequences} return_state={self.return_state}>")
+
+
+class FrozenBidirectional:
+    """``Bidirectional.freeze()``: both directions frozen (FrozenRNN each), merged as the
+    wrapper merges them (its own merge code); called as the wrapper in inference."""
+
+    def __init__(self, layer, n_threads: int | None = None):
+        for sub in (layer.forward_layer, layer.backward_layer):
+            if not hasattr(sub, "freeze"):
+                raise TypeError(f"freeze() needs recurrent layers inside Bidirectional; "
+                                f"'{sub.name}' is a {type(sub).__name__}")
+        self.name = layer.name
+        self.forward_layer = layer.forward_layer.freeze(n_threads)
+        self.backward_layer = layer.backward_layer.freeze(n_threads)
+        self.dtype = np.dtype(layer.dtype)
+        self.merge_mode = layer.merge_mode
+        self.return_sequences = bool(layer.return_sequences)
+        self.return_state = bool(layer.return_state)
+        self.time_major = bool(layer.time_major)
+
+    from .bidirectional import Bidirectional as _B
+
+    _split_state, _merge, _structure = _B._split_state, _B._merge, _B._structure
+    _parts, _time_axis = staticmethod(_B._parts), _B._time_axis
+    del _B
+
+    def __call__(self, sequences, initial_state=None, mask=None):
+        f0, b0 = self._split_state(initial_state)
+        y, fs = self._parts(self.forward_layer(sequences, initial_state=f0, mask=mask),
+                            self.return_state)
+        y_rev, bs = self._parts(self.backward_layer(sequences, initial_state=b0, mask=mask),
+                                self.return_state)
+        return self._structure(self._merge(y, y_rev)[0], fs, bs)
+
+    def reset_state(self):
+        """Zero both directions' states (stateful layers; no-op otherwise)."""
+        self.forward_layer.reset_state()
+        self.backward_layer.reset_state()
+
+    reset_states = reset_state
+
+    def explain(self, x) -> str:
+        """Which engine and kernels each direction runs, and why."""
+        return (f"{self.name} (frozen): forward: {self.forward_layer.explain(x)} backward: "
+                f"{self.backward_layer.explain(x)}")
+
+    def __repr__(self):
+        return (f"<FrozenBidirectional {self.name!r} merge_mode={self.merge_mode!r} "
+                f"dtype={self.dtype.name}>")
