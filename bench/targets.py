@@ -14,9 +14,9 @@ Each target is printed with its margin and PASS / FAIL (exit status 1 if any fai
   FMA peak at 256x50x256x512;
 - batch 1 at 1x100x64x128: under 1.2 us per step with some thread count (the per-step floor
   that reading U from cache sets is what `cpu_inference.py` prints below its table).
-fastgru's time is the faster of its engine row ("fastgru") and its frozen layer
-("fastgru.frozen", GRU.freeze(): an inference snapshot, as the ONNX Runtime session and the
-OpenVINO compiled model are); the live layer row (fastgru.GRU) where neither ran. Timings
+fastgru's time is its frozen layer's row ("fastgru.frozen", GRU.freeze(): an inference snapshot,
+as the ONNX Runtime session and the OpenVINO compiled model are) where it ran (inference), else
+the engine row ("fastgru"), else the live layer's ("fastgru.GRU"). Timings
 are the runs' own statistic (median per call, best of the rounds). Not a test: it judges
 numbers, and numbers depend on the machine and its load.
 """
@@ -28,7 +28,7 @@ import json
 import sys
 from pathlib import Path
 
-from _common import FASTEST_OURS, STAT_KEY, ours_time, parse_shapes, peak_for
+from _common import OURS_ORDER, STAT_KEY, ours_time, parse_shapes, peak_for
 
 OURS = ("fastgru", "fastgru.GRU", "fastgru.frozen", "reference")
 # the issue's peers: a target is met only against all of them (a peer that failed to run or
@@ -90,7 +90,7 @@ def check(d: dict, name: str):
                          f"{100 * share:.1f}% of {peak:.0f} GFLOP/s", share >= need))
     if not training:
         b1 = [(ours_time(t) / by_label[label].T * 1e6, n) for (n, label), t in runs.items()
-              if label == BATCH1_SHAPE and any(p in t for p in FASTEST_OURS)]
+              if label == BATCH1_SHAPE and any(p in t for p in OURS_ORDER)]
         if b1:
             us, n = min(b1)
             rows.append((f"{mode} {BATCH1_SHAPE}: under {BATCH1_US} us per step",

@@ -1072,6 +1072,24 @@ def test_a_split_team_kept_waiting_for_a_descheduled_thread_stops_splitting(rng,
     assert cpu._plan(1, 20, 8, 128, 4, 2)[:2] == (2, True)
 
 
+def test_late_waits_count_against_the_steps_of_the_call(monkeypatch):
+    """Long steps outlast the barrier's spin on mere imbalance: a call counts as contended only
+    with _LATE_WAITS late waits that are also _LATE_SHARE of its steps (idle 16x500x512x1024:
+    up to 24 of 500; with a busy loop on a core: 193 and more)."""
+    import time
+
+    monkeypatch.setattr(cpu, "_CONTENDED_SECONDS", 30.0)
+    monkeypatch.setattr(cpu, "_contended_until", 0.0)
+    for late, steps in ((24, 500), (62, 500), (3, 3), (0, 1)):
+        cpu._note_late_waits(late, steps)
+        assert cpu._contended_until == 0.0, (late, steps)
+    cpu._note_late_waits(63, 500)
+    assert cpu._contended_until > time.perf_counter() + 20
+    monkeypatch.setattr(cpu, "_contended_until", 0.0)
+    cpu._note_late_waits(4, 20)
+    assert cpu._contended_until > 0.0
+
+
 def test_few_rows_split_the_units_whatever_the_work(monkeypatch):
     """At most three rows per thread split the units (each thread streams its share of U)
     even where the total work would cap the threads; more rows go by rows; a single panel of

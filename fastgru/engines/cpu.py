@@ -126,10 +126,16 @@ _SPLIT_MIN_WORK = 1 << 14
 # threads the others wait (spin, then yield) and the call runs far slower than on one thread
 # (Zen 4, 1x100x64x128 with a busy loop on one of the two cores: 2 threads split 0.52 ms mean,
 # p99 11.7 ms, against 0.26 / 0.32 on one thread; idle 0.18 / 0.29). The kernel counts the
-# barrier waits that outlast the spin: a call with _LATE_WAITS of them puts what would split
-# on one thread for _CONTENDED_SECONDS. Measured there: with the busy loop, 6% of the calls had
-# late waits, 37 on average; idle, ~0.1% had some (this VM's hiccups), mostly one.
+# barrier waits that outlast the spin: a call with _LATE_WAITS of them, and at least
+# _LATE_SHARE of its steps, puts what would split on one thread for _CONTENDED_SECONDS.
+# Measured there: with the busy loop, 6% of the calls had late waits, 37 on average; idle,
+# ~0.1% had some (this VM's hiccups), mostly one. The share: long steps (16x500x512x1024, U
+# streaming from L3, ~0.7 ms a step) outlast the spin (~0.1 ms) on mere imbalance or a hiccup:
+# 2-24 of 500 waits per call when idle, and with the count alone every other call then ran on
+# one thread (0.69 s against 0.35; a benchmark median of 0.53); with the busy loop 193-271 of
+# 500 (1x1000x128x256: all of them, 114 ms against 9.5 on one thread).
 _LATE_WAITS = 4
+_LATE_SHARE = 1 / 8
 _CONTENDED_SECONDS = 0.5
 _contended_until = 0.0  # time.perf_counter() until which nothing splits the units
 # A call uses one more thread only per this many multiply-adds of work (B*T*3u*(D+u) forward;
@@ -272,10 +278,11 @@ def _plan(B: int, T: int, D: int, u: int, itemsize: int, n_threads: int):
                         _SPLIT_MIN_WORK, _U_L2_BYTES, _SPLIT_MAX_ROWS, _PROJ_ROWS, _CHUNK_BYTES)
 
 
-def _note_late_waits(late: int) -> None:
-    """After a call: _LATE_WAITS late barrier waits stop the unit split for a while."""
+def _note_late_waits(late: int, steps: int) -> None:
+    """After a call of ``steps`` time steps: _LATE_WAITS late barrier waits, and at least
+    _LATE_SHARE of its steps, stop the unit split for a while."""
     global _contended_until
-    if late >= _LATE_WAITS:
+    if late >= _LATE_WAITS and late >= _LATE_SHARE * steps:
         _contended_until = time.perf_counter() + _CONTENDED_SECONDS
 
 
@@ -620,7 +627,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                 upk = _repack(U, u, ukey) if check_u else upk
                 wpk = _repack(W, u, wkey) if check_w else wpk
                 late = run(wpk, upk, False, False)
-        _note_late_waits(late)
+        _note_late_waits(late, T)
     tape = None
     if training:
         saved = dict(x=xc, kernel=W, recurrent_kernel=U, has_bias=weights.bias is not None,
@@ -717,7 +724,7 @@ class Snapshot:
                                     spec.recurrent_activation.code, _max_threads(nthr),
                                     self._isa, chunk, split, self._fused, self._fuse_proj,
                                     None, False)
-            _note_late_waits(late)
+            _note_late_waits(late, T)
         return out, h_last
 
     def _check_x(self, x):
