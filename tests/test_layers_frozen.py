@@ -279,3 +279,33 @@ def test_frozen_bidirectional_matches_layer(cfg):
     same(layer(x, initial_state=init, mask=mask), frozen(x, initial_state=init, mask=mask))
     same(layer(x, mask=mask), frozen(x, mask=mask))  # stateful: both carried their states
     assert "forward" in frozen.explain(x)
+
+
+def test_frozen_concurrent_calls_bit_identical():
+    """A server shares one snapshot between its threads: concurrent calls (split-units teams
+    at batch 1, row groups at batch 6) return what serial calls return."""
+    import threading
+
+    rng = np.random.default_rng(8)
+    layer = GRU(70, return_sequences=True, return_state=True)
+    xs = [rng.standard_normal((b, 9, 5)).astype(np.float32) for b in (1, 6, 1, 6)]
+    layer(xs[0])
+    frozen = layer.freeze(n_threads=2)
+    want = [frozen(x) for x in xs]
+    results, errors = [], []
+
+    def work(i):
+        try:
+            for _ in range(10):
+                results.append((i, frozen(xs[i])))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and len(results) == 40
+    for i, got in results:
+        same(want[i], got)

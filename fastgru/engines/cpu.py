@@ -709,7 +709,9 @@ class Snapshot:
             h0 = _array(h0, "h0", dtype, (B, u))
         m8 = None if mask is None else _mask(mask, B, T)
         spec = self.spec
-        out = _record_array((B, T, u) if spec.return_sequences else (B, u), dtype)
+        shape = (B, T, u) if spec.return_sequences else (B, u)
+        out = np.empty(shape, dtype) if B * T * u * dtype.itemsize < _POOL_MIN_BYTES \
+            else _record_array(shape, dtype)  # (below the pool's size, what it would do)
         h_last = np.empty((B, u), dtype)
         if B > 0:
             n = self._n if self._n is not None else _threads.get_num_threads()

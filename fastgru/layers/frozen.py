@@ -219,9 +219,10 @@ class FrozenRNN:
             output = np.ascontiguousarray(output.swapaxes(0, 1))
         if not self.return_state:
             return output
-        states = [h if h.dtype == self.dtype else h.astype(self.dtype) for h in finals]
         if not self.stacked:
-            return (output, states[0])
+            h = finals[0]
+            return (output, h if h.dtype == self.dtype else h.astype(self.dtype))
+        states = [h if h.dtype == self.dtype else h.astype(self.dtype) for h in finals]
         per_cell = [s if b else [s] for s, b in zip(states, bare, strict=True)]
         if len(per_cell) == 1:
             first = per_cell[0]
