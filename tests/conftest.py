@@ -36,6 +36,33 @@ def fd():
     return central_diff
 
 
+def run_in_threads(work, n):
+    """work(i) for i < n, each in a Python thread of its own, all started before any is
+    joined; re-raises the first exception a thread raised."""
+    import threading
+
+    errors = []
+
+    def guarded(i):
+        try:
+            work(i)
+        except BaseException as exc:  # pragma: no cover - re-raised below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+@pytest.fixture
+def in_threads():
+    return run_in_threads
+
+
 @pytest.fixture(autouse=True)
 def plans_independent_of_descheduled_threads(monkeypatch):
     """The CPU engine stops splitting units for a while after a split team waited for a

@@ -3,8 +3,6 @@ activations, per-step kernels (every ISA path), determinism, threads and input v
 
 from __future__ import annotations
 
-import threading
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -870,26 +868,18 @@ def test_l1_prefetch_default_off_below_1mb(tmp_path):
         assert out == ["False", "False", "True"], (value, out)
 
 
-def test_concurrent_calls_bit_identical(rng):
+def test_concurrent_calls_bit_identical(rng, in_threads):
     cases = [make_case(rng, 6, 20, 8, 40, mask="arbitrary", return_sequences=True,
                        dtype=dt) for dt in (np.float32, np.float64)]
     want = [cpu.forward(*a, **k)[0] for a, k in cases]
-    results, errors = [], []
+    results = []
 
     def work(i):
-        try:
-            for _ in range(5):
-                a, k = cases[i % 2]
-                results.append((i % 2, cpu.forward(*a, **k, n_threads=2)[0]))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(5):
+            a, k = cases[i % 2]
+            results.append((i % 2, cpu.forward(*a, **k, n_threads=2)[0]))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors
+    in_threads(work, 4)
     assert len(results) == 20
     assert all(np.array_equal(o, want[i]) for i, o in results)
 

@@ -281,31 +281,22 @@ def test_frozen_bidirectional_matches_layer(cfg):
     assert "forward" in frozen.explain(x)
 
 
-def test_frozen_concurrent_calls_bit_identical():
+def test_frozen_concurrent_calls_bit_identical(in_threads):
     """A server shares one snapshot between its threads: concurrent calls (split-units teams
     at batch 1, row groups at batch 6) return what serial calls return."""
-    import threading
-
     rng = np.random.default_rng(8)
     layer = GRU(70, return_sequences=True, return_state=True)
     xs = [rng.standard_normal((b, 9, 5)).astype(np.float32) for b in (1, 6, 1, 6)]
     layer(xs[0])
     frozen = layer.freeze(n_threads=2)
     want = [frozen(x) for x in xs]
-    results, errors = [], []
+    results = []
 
     def work(i):
-        try:
-            for _ in range(10):
-                results.append((i, frozen(xs[i])))
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
+        for _ in range(10):
+            results.append((i, frozen(xs[i])))
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and len(results) == 40
+    in_threads(work, 4)
+    assert len(results) == 40
     for i, got in results:
         same(want[i], got)
