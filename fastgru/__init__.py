@@ -2,8 +2,9 @@
 
 Layers: GRU, GRUCell, RNN (StackedRNNCells for a list of cells), Dense, Sequential,
 Bidirectional; ``layer.freeze()`` gives an inference-only snapshot (FrozenRNN,
-FrozenBidirectional). Submodules: activations, initializers, regularizers, constraints, optim,
-io (save/load, Keras/PyTorch/ONNX), sklearn (estimators; needs scikit-learn).
+FrozenBidirectional, FrozenSequential). Submodules: activations, initializers, regularizers,
+constraints, optim, io (save/load, Keras/PyTorch/ONNX), sklearn (estimators; needs
+scikit-learn).
 ``set_seed(n)`` restarts the global random stream used by unseeded initializers and dropout.
 """
 
@@ -17,6 +18,7 @@ from .layers import (
     Dense,
     FrozenBidirectional,
     FrozenRNN,
+    FrozenSequential,
     Grads,
     GRUCell,
     Layer,
@@ -34,6 +36,7 @@ __all__ = [
     "Dense",
     "FrozenBidirectional",
     "FrozenRNN",
+    "FrozenSequential",
     "GRUCell",
     "Grads",
     "Layer",

@@ -300,3 +300,32 @@ def test_frozen_concurrent_calls_bit_identical(in_threads):
     assert len(results) == 40
     for i, got in results:
         same(want[i], got)
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_frozen_sequential_matches_model(masked):
+    import pickle
+
+    rng = np.random.default_rng(9)
+    x = rng.standard_normal((4, 7, 5)).astype(np.float32)
+    mask = (rng.random((4, 7)) < 0.7) if masked else None
+    inner = fastgru.Sequential([GRU(6, return_sequences=True, go_backwards=True),
+                                fastgru.Dense(5, activation="tanh")])
+    model = fastgru.Sequential([
+        GRU(8, return_sequences=True, seed=1, bias_initializer="random_normal"),
+        fastgru.Bidirectional(GRU(6, return_sequences=True, seed=2), merge_mode="sum"),
+        inner, GRU(4, seed=3), fastgru.Dense(3, activation="relu")])
+    expected = model(x, mask=mask)
+    frozen = model.freeze(n_threads=2)
+    np.testing.assert_array_equal(frozen(x, mask=mask), expected)
+    model.set_weights([w * 0.5 for w in model.get_weights()])  # not the snapshot's business
+    assert not np.array_equal(model(x, mask=mask), expected)
+    np.testing.assert_array_equal(frozen(x, mask=mask), expected)
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(frozen))(x, mask=mask), expected)
+    text = frozen.explain(x)
+    assert len(frozen.layers) == 5 and text.count("engine 'cpu' snapshot") == 5  # 4 GRUs + 1
+    assert frozen.compute_mask(x, mask) is None  # the last GRU drops it, as in the model
+    gru = GRU(3, return_state=True)
+    gru(x)
+    with pytest.raises(ValueError, match="returns 2"):  # as the model's own call says
+        fastgru.Sequential([gru]).freeze()(x)

@@ -29,7 +29,8 @@ packed kernel.
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
 their version with ``weights_key`` (the kernel's threads compare a hit bitwise with the weights
-before they use it). Threads: ``n_threads`` per call, default
+before they use it). ``Snapshot`` (behind ``RNN.freeze``) copies and packs them once instead
+and trusts its own copies: the per-call check and lookups go. Threads: ``n_threads`` per call, default
 ``fastgru._threads.get_num_threads()``, capped by the work; a process fork()ed from a parent
 that ran OpenMP threads runs on one thread (GNU OpenMP would hang it).
 """

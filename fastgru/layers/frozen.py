@@ -10,10 +10,13 @@ in place), no engine choice. Same engines and kernels as the layer, so the same 
 
 Calls take NumPy arrays (a CuPy layer is frozen from host copies of its weights). A stateful
 layer's snapshot carries its own states, starting from the layer's at freezing time.
-``Bidirectional.freeze()`` freezes both directions and merges as the wrapper does.
+``Bidirectional.freeze()`` freezes both directions and merges as the wrapper does;
+``Sequential.freeze()`` freezes its recurrent layers and takes private copies of the others.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 
@@ -22,7 +25,7 @@ from ..engines.base import Weights
 from ._stacked import StackedRNNCells
 from .base import array_module, to_numpy
 
-__all__ = ["FrozenBidirectional", "FrozenRNN"]
+__all__ = ["FrozenBidirectional", "FrozenRNN", "FrozenSequential"]
 
 
 class _EngineCall:
@@ -78,6 +81,7 @@ class FrozenRNN:
         self.go_backwards = bool(layer.go_backwards)
         self.time_major = bool(layer.time_major)
         self.stacked = isinstance(layer.cell, StackedRNNCells)
+        self.state_size = list(layer.state_size)
         self.input_dim = cells[0].input_dim
         self._units = [c.units for c in cells]
         self._dtypes = [np.dtype(c.dtype) for c in cells]
@@ -229,6 +233,11 @@ class FrozenRNN:
             return (output, *(first if isinstance(first, list) else [first]))
         return (output, *per_cell)
 
+    from .rnn import RNN as _R
+
+    compute_mask = _R.compute_mask  # the layer's mask rule (uses the copied state_size)
+    del _R
+
     # ------------------------------------------------------------------ state, explain
     def reset_state(self):
         """Zero a stateful snapshot's states (no-op otherwise)."""
@@ -281,6 +290,7 @@ class FrozenBidirectional:
     from .bidirectional import Bidirectional as _B
 
     _split_state, _merge, _structure = _B._split_state, _B._merge, _B._structure
+    compute_mask = _B.compute_mask
     _parts, _time_axis = staticmethod(_B._parts), _B._time_axis
     del _B
 
@@ -307,3 +317,67 @@ class FrozenBidirectional:
     def __repr__(self):
         return (f"<FrozenBidirectional {self.name!r} merge_mode={self.merge_mode!r} "
                 f"dtype={self.dtype.name}>")
+
+
+class FrozenSequential:
+    """``Sequential.freeze()``: each recurrent layer frozen (``freeze()``), every other layer a
+    private deep copy on the host (its weights as of freezing), called in turn as the model
+    calls them in inference, masks propagated as there."""
+
+    def __init__(self, model, n_threads: int | None = None):
+        if not model.layers:
+            raise ValueError(f"Sequential '{model.name}' has no layers.")
+        self.name = model.name
+        self._layers = []
+        for layer in model.layers:
+            if hasattr(layer, "freeze"):
+                self._layers.append(layer.freeze(n_threads))
+            else:
+                mine = copy.deepcopy(layer)
+                if hasattr(mine, "to"):
+                    mine.to("cpu")
+                self._layers.append(mine)
+
+    from .sequential import Sequential as _S
+
+    _kwargs, compute_mask = staticmethod(_S._kwargs), _S.compute_mask  # the model's rules
+    del _S
+
+    @property
+    def layers(self) -> list:
+        return list(self._layers)
+
+    def __call__(self, inputs, mask=None):
+        from .sequential import _single, next_mask
+
+        x = inputs
+        for layer in self._layers:
+            # a frozen layer's signature by its class (_takes caches per function)
+            fn = type(layer).__call__ if isinstance(layer, _FROZEN) else layer.call
+            y = _single(layer, layer(x, **self._kwargs(fn, mask, False)))
+            mask = next_mask(layer, x, mask)
+            x = y
+        return x
+
+    def reset_state(self):
+        """Zero the frozen recurrent layers' states (stateful ones; no-op otherwise)."""
+        for layer in self._layers:
+            if isinstance(layer, _FROZEN):
+                layer.reset_state()
+
+    reset_states = reset_state
+
+    def explain(self, x) -> str:
+        """The frozen recurrent layers' engines and kernels, layer by layer."""
+        lines = []
+        for layer in self._layers:
+            if isinstance(layer, _FROZEN):
+                lines.append(layer.explain(x))
+            x = layer(x)
+        return "\n".join(lines)
+
+    def __repr__(self):
+        return f"<FrozenSequential {self.name!r} layers={len(self._layers)}>"
+
+
+_FROZEN = (FrozenRNN, FrozenBidirectional, FrozenSequential)

@@ -213,6 +213,13 @@ class Sequential(Layer):
             layer.to(device)
         return self
 
+    def freeze(self, n_threads: int | None = None):
+        """An inference-only snapshot (layers/frozen.py): recurrent layers frozen
+        (``RNN.freeze``), the others copied, as of now."""
+        from .frozen import FrozenSequential
+
+        return FrozenSequential(self, n_threads)
+
     def explain(self, x, mask=None) -> str:
         """Each layer's engine choice for an inference call on ``x``."""
         lines = []
