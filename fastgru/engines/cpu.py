@@ -30,9 +30,9 @@ packed kernel.
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
 their version with ``weights_key`` (the kernel's threads compare a hit bitwise with the weights
 before they use it). ``Snapshot`` (behind ``RNN.freeze``) copies and packs them once instead
-and trusts its own copies: the per-call check and lookups go. Threads: ``n_threads`` per call, default
-``fastgru._threads.get_num_threads()``, capped by the work; a process fork()ed from a parent
-that ran OpenMP threads runs on one thread (GNU OpenMP would hang it).
+and trusts its own copies: the per-call check and lookups go. Threads: ``n_threads`` per
+call, default ``fastgru._threads.get_num_threads()``, capped by the work; a process fork()ed
+from a parent that ran OpenMP threads runs on one thread (GNU OpenMP would hang it).
 """
 
 from __future__ import annotations
@@ -613,12 +613,10 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         fused, fuse_proj = _fused_gates(), _fused_projection()
 
         def run(wpk, upk, check_u, check_w):
-            return _gru.forward(xc, W, wpk, upk, b_in, b_rec, h0, m8, mx,
-                                mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev,
-                                rp, u, spec.reset_after, spec.go_backwards,
-                                spec.return_sequences, spec.zero_output_for_mask,
-                                spec.activation.code, spec.recurrent_activation.code, nthr, isa,
-                                chunk, split, fused, fuse_proj, U if check_u else None, check_w)
+            return _kernel_forward(spec, xc, W, wpk, upk, b_in, b_rec, h0, m8, out, h_last,
+                                   nthr, isa, chunk, split, fused, fuse_proj, mx=mx, mh=mh,
+                                   record=(pre, hprev, rp), check_u=U if check_u else None,
+                                   check_w=check_w)
 
         # BLAS runs only for the projection's generic path: pinning it costs ~5 us per call
         with _threads.blas_threads(1) if wpk is None else _NO_PIN:
@@ -635,6 +633,20 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
                      mask=m8, mx=mx, mh=mh, pre=pre, hprev=hprev, rp=rp)
         tape = Tape(NAME, spec, saved, batch=B, steps=T, dtype=dtype)
     return out, h_last, tape
+
+
+def _kernel_forward(spec, x, W, wpk, upk, b_in, b_rec, h0, m8, out, h_last, nthr, isa, chunk,
+                    split, fused, fuse_proj, *, mx=None, mh=None, record=(None, None, None),
+                    check_u=None, check_w=False):
+    """The compiled forward on checked, C-contiguous arrays (forward and Snapshot.forward):
+    the late barrier waits, or -1 when a checked cached pack differs from the weights."""
+    pre, hprev, rp = record
+    return _gru.forward(x, W, wpk, upk, b_in, b_rec, h0, m8, mx,
+                        mx is not None and mx.ndim == 3, mh, out, h_last, pre, hprev, rp,
+                        spec.units, spec.reset_after, spec.go_backwards, spec.return_sequences,
+                        spec.zero_output_for_mask, spec.activation.code,
+                        spec.recurrent_activation.code, nthr, isa, chunk, split, fused,
+                        fuse_proj, check_u, check_w)
 
 
 class Snapshot:
@@ -718,15 +730,10 @@ class Snapshot:
             n = self._n if self._n is not None else _threads.get_num_threads()
             nthr, split, chunk, _ = _plan(B, T, self.D, u, dtype.itemsize, n)
             with _threads.blas_threads(1) if self._wpk is None else _NO_PIN:
-                late = _gru.forward(np.ascontiguousarray(x), self._weights.kernel, self._wpk,
-                                    self._upk,
-                                    self._b_in, self._b_rec, h0, m8, None, False, None, out,
-                                    h_last, None, None, None, u, spec.reset_after,
-                                    spec.go_backwards, spec.return_sequences,
-                                    spec.zero_output_for_mask, spec.activation.code,
-                                    spec.recurrent_activation.code, _max_threads(nthr),
-                                    self._isa, chunk, split, self._fused, self._fuse_proj,
-                                    None, False)
+                late = _kernel_forward(spec, np.ascontiguousarray(x), self._weights.kernel,
+                                       self._wpk, self._upk, self._b_in, self._b_rec, h0, m8,
+                                       out, h_last, _max_threads(nthr), self._isa, chunk, split,
+                                       self._fused, self._fuse_proj)
             _note_late_waits(late, T)
         return out, h_last
 
