@@ -329,3 +329,34 @@ def test_frozen_sequential_matches_model(masked):
     gru(x)
     with pytest.raises(ValueError, match="returns 2"):  # as the model's own call says
         fastgru.Sequential([gru]).freeze()(x)
+
+
+def test_frozen_from_device_weights_takes_host_copies(monkeypatch):
+    """A layer whose weights and states live on the GPU (CuPy arrays) is frozen from host
+    copies (``.get()``): here a stand-in 'cupy' module and array type."""
+    import sys
+    import types
+
+    class DeviceArray:
+        def __init__(self, a):
+            self._a = np.array(a)
+            self.shape, self.dtype = self._a.shape, self._a.dtype
+
+        def get(self):
+            return self._a.copy()
+
+    fake = types.ModuleType("cupy")
+    DeviceArray.__module__ = "cupy"
+    monkeypatch.setitem(sys.modules, "cupy", fake)
+    rng = np.random.default_rng(10)
+    x = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    layer = GRU(5, stateful=True, return_sequences=True, bias_initializer="random_normal")
+    layer(x)
+    state = layer.states[0].value.copy()  # non-zero
+    want = layer(x)
+    layer.states[0].value = DeviceArray(state)  # back to that state, on the "device"
+    for v in layer.weights:
+        v.value = DeviceArray(v.value)
+    frozen = layer.freeze()
+    assert all(type(s) is np.ndarray for s in frozen.states)
+    np.testing.assert_array_equal(frozen(x), want)
