@@ -322,7 +322,8 @@ def test_frozen_sequential_matches_model(masked):
     np.testing.assert_array_equal(frozen(x, mask=mask), expected)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(frozen))(x, mask=mask), expected)
     text = frozen.explain(x)
-    assert len(frozen.layers) == 5 and text.count("engine 'cpu' snapshot") == 5  # 4 GRUs + 1
+    assert len(frozen.layers) == 5
+    assert text.count("engine 'cpu' snapshot" if cpu.available() else "engine 'reference'") == 5
     assert frozen.compute_mask(x, mask) is None  # the last GRU drops it, as in the model
     gru = GRU(3, return_state=True)
     gru(x)
