@@ -166,7 +166,7 @@ def test_frozen_explain_and_repr():
     layer = GRU(4)
     layer(x)
     frozen = layer.freeze(n_threads=1)
-    text = frozen.explain(x)
+    text = fastgru.explain(frozen, x)
     assert text.startswith("gru") and "frozen" in text
     if cpu.available():
         assert "snapshot" in text and "training" not in text
@@ -321,7 +321,7 @@ def test_frozen_sequential_matches_model(masked):
     assert not np.array_equal(model(x, mask=mask), expected)
     np.testing.assert_array_equal(frozen(x, mask=mask), expected)
     np.testing.assert_array_equal(pickle.loads(pickle.dumps(frozen))(x, mask=mask), expected)
-    text = frozen.explain(x)
+    text = fastgru.explain(frozen, x, mask=mask)
     assert len(frozen.layers) == 5
     assert text.count("engine 'cpu' snapshot" if cpu.available() else "engine 'reference'") == 5
     assert frozen.compute_mask(x, mask) is None  # the last GRU drops it, as in the model

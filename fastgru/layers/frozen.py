@@ -246,8 +246,9 @@ class FrozenRNN:
 
     reset_states = reset_state
 
-    def explain(self, x) -> str:
-        """Which engine and kernels a call on ``x`` runs, and why."""
+    def explain(self, x, mask=None) -> str:
+        """Which engine and kernels a call on ``x`` runs, and why (``mask``, as the layer's
+        explain takes it, changes neither: fastgru.explain(frozen, x) works too)."""
         shape = tuple(np.shape(x))
         if len(shape) != 3:
             raise ValueError(f"x must have 3 dimensions; received shape {shape}")
@@ -309,10 +310,10 @@ class FrozenBidirectional:
 
     reset_states = reset_state
 
-    def explain(self, x) -> str:
+    def explain(self, x, mask=None) -> str:
         """Which engine and kernels each direction runs, and why."""
-        return (f"{self.name} (frozen): forward: {self.forward_layer.explain(x)} backward: "
-                f"{self.backward_layer.explain(x)}")
+        return (f"{self.name} (frozen): forward: {self.forward_layer.explain(x, mask)} "
+                f"backward: {self.backward_layer.explain(x, mask)}")
 
     def __repr__(self):
         return (f"<FrozenBidirectional {self.name!r} merge_mode={self.merge_mode!r} "
@@ -348,16 +349,19 @@ class FrozenSequential:
         return list(self._layers)
 
     def __call__(self, inputs, mask=None):
-        from .sequential import _single, next_mask
-
         x = inputs
         for layer in self._layers:
-            # a frozen layer's signature by its class (_takes caches per function)
-            fn = type(layer).__call__ if isinstance(layer, _FROZEN) else layer.call
-            y = _single(layer, layer(x, **self._kwargs(fn, mask, False)))
-            mask = next_mask(layer, x, mask)
-            x = y
+            x, mask = self._apply(layer, x, mask)
         return x
+
+    def _apply(self, layer, x, mask):
+        """(layer's output, the mask after it), as the model's call runs a layer."""
+        from .sequential import _single, next_mask
+
+        # a frozen layer's signature by its class (_takes caches per function)
+        fn = type(layer).__call__ if isinstance(layer, _FROZEN) else layer.call
+        y = _single(layer, layer(x, **self._kwargs(fn, mask, False)))
+        return y, next_mask(layer, x, mask)
 
     def reset_state(self):
         """Zero the frozen recurrent layers' states (stateful ones; no-op otherwise)."""
@@ -367,13 +371,13 @@ class FrozenSequential:
 
     reset_states = reset_state
 
-    def explain(self, x) -> str:
+    def explain(self, x, mask=None) -> str:
         """The frozen recurrent layers' engines and kernels, layer by layer."""
         lines = []
         for layer in self._layers:
             if isinstance(layer, _FROZEN):
-                lines.append(layer.explain(x))
-            x = layer(x)
+                lines.append(layer.explain(x, mask))
+            x, mask = self._apply(layer, x, mask)
         return "\n".join(lines)
 
     def __repr__(self):
