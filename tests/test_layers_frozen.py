@@ -360,3 +360,32 @@ def test_frozen_from_device_weights_takes_host_copies(monkeypatch):
     frozen = layer.freeze()
     assert all(type(s) is np.ndarray for s in frozen.states)
     np.testing.assert_array_equal(frozen(x), want)
+
+
+_INHERITED = {}  # what a fork()ed worker inherits from its parent
+
+
+def _call_inherited(x):
+    return _INHERITED["frozen"](x)
+
+
+@needs_cpu
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork()")
+def test_frozen_in_a_forked_worker():
+    """A pre-forking server freezes once and forks: the worker calls the inherited snapshot
+    (one thread there, since GNU OpenMP hangs a child whose parent ran a team; same bits)."""
+    import multiprocessing
+
+    rng = np.random.default_rng(11)
+    x = rng.standard_normal((1, 12, 6)).astype(np.float32)
+    layer = GRU(70, return_sequences=True)
+    layer(x)
+    frozen = layer.freeze(n_threads=2)
+    want = frozen(x)  # the parent has run a 2-thread team (batch 1 splits the units)
+    _INHERITED["frozen"] = frozen
+    try:
+        with multiprocessing.get_context("fork").Pool(1) as pool:
+            got = pool.apply_async(_call_inherited, (x,)).get(timeout=60)
+    finally:
+        _INHERITED.clear()
+    np.testing.assert_array_equal(got, want)
