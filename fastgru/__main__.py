@@ -26,8 +26,12 @@ def _parse(argv):
     p.add_argument("--repeat", type=int, default=10, help="timed calls after one warm-up call")
     p.add_argument("--reset-after", choices=("true", "false"), default="true")
     p.add_argument("--last-only", action="store_true", help="return_sequences=False")
-    p.add_argument("--train", action="store_true",
-                   help="time a training step (forward + backward) instead of inference")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--train", action="store_true",
+                      help="time a training step (forward + backward) instead of inference")
+    mode.add_argument("--frozen", action="store_true",
+                      help="time the layer's inference snapshot (layer.freeze()): the same "
+                           "kernels without the live layer's per-call checks")
     return p.parse_args(argv)
 
 
@@ -43,13 +47,16 @@ def main(argv=None) -> int:
                         reset_after=args.reset_after == "true", dtype=args.dtype, seed=0)
     layer.build(x.shape)
 
+    timed = layer
     if args.train:
         def run():
             y, tape = layer.forward(x, training=True)
             layer.backward(tape, np.ones_like(y))
     else:
+        timed = layer.freeze() if args.frozen else layer
+
         def run():
-            layer(x)
+            timed(x)
 
     run()  # warm-up: first-call packing and thread start-up are not throughput
     times = []
@@ -63,13 +70,14 @@ def main(argv=None) -> int:
     if args.train:
         flops *= 3
     print(f"fastgru {fastgru.__version__}")
-    print(layer.explain(x))
+    print(timed.explain(x))
     from .engines import cpu
     if cpu._gru is None:  # e.g. "pip install ." then run inside the source checkout
         print(f"note: the compiled CPU engine was not importable from {cpu.__file__}: in a "
               "source checkout install with 'pip install -e .' (builds it in place) or run from "
               "another directory")
-    print(f"workload: {'training step' if args.train else 'inference'}, batch={args.batch} "
+    what = "training step" if args.train else "inference (frozen)" if args.frozen else "inference"
+    print(f"workload: {what}, batch={args.batch} "
           f"steps={args.steps} features={args.features} units={args.units} {args.dtype}, "
           f"threads={fastgru.get_num_threads()}")
     print(f"median of {len(times)}: {med * 1e3:.3f} ms per call, "
