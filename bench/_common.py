@@ -581,7 +581,6 @@ STAT_KEY = {"median": "median_s", "min": "min_s", "cpu": "cpu_median_s"}  # in e
 
 
 def results_table(shapes, threads, peers, results, machine, flops_factor: float = 1.0,
-                  ours=("fastgru", "fastgru.GRU", "fastgru.frozen", "reference"),
                   stat: str = "median") -> str:
     """Markdown table: one row per (shape, threads), times in ms per peer, fastgru's speed-up
     over the fastest *verified* peer, and achieved GFLOP/s against the measured peaks.
@@ -611,7 +610,7 @@ def results_table(shapes, threads, peers, results, machine, flops_factor: float 
                 else:
                     cells.append(fmt_ms(r[key]) + ("" if r["ok"] else "!"))
             good = lambda r: r is not None and "error" not in r and r["ok"]  # noqa: E731
-            peer_t = {p: recs[p][key] for p in shown if p not in ours and good(recs[p])}
+            peer_t = {p: recs[p][key] for p in shown if p not in OURS and good(recs[p])}
             best = min(peer_t, key=peer_t.get) if peer_t else None
             flops = s.flops * flops_factor
             mine = ours_time({p: recs[p][key] for p in shown if good(recs[p])})
@@ -632,6 +631,7 @@ def results_table(shapes, threads, peers, results, machine, flops_factor: float 
 # is one), the engine call, the live layer. One row, not the best of several: every
 # implementation gets the same number of chances on this noisy machine.
 OURS_ORDER = ("fastgru.frozen", "fastgru", "fastgru.GRU")
+OURS = OURS_ORDER + ("reference",)  # fastgru's rows: never the peers' baseline
 
 
 def ours_time(times: dict):

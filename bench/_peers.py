@@ -48,7 +48,6 @@ PEERS = {
     "keras-tf": ("keras", "tensorflow"),
     "keras-xla": ("keras", "tensorflow"),
 }
-OURS = ("fastgru", "fastgru.GRU", "fastgru.frozen", "reference")  # not in the peer baseline
 
 
 class Unavailable(RuntimeError):

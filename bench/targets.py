@@ -30,7 +30,6 @@ from pathlib import Path
 
 from _common import OURS_ORDER, STAT_KEY, ours_time, parse_shapes, peak_for
 
-OURS = ("fastgru", "fastgru.GRU", "fastgru.frozen", "reference")
 # the peers: a target is met only against all of them (a peer that failed to run or
 # disagreed with the reference leaves it unmet)
 PEERS = {"inference": ("torch", "onnxruntime", "openvino", "keras-tf", "keras-xla"),

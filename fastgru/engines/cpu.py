@@ -239,10 +239,16 @@ def _fused_projection() -> bool:
     return _env("FASTGRU_CPU_FUSED_PROJ", "1") != "0"
 
 
+def _kernel_request(kernel):
+    """The kernel asked for: ``kernel=``, else FASTGRU_CPU_KERNEL; None for "auto"."""
+    name = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
+    return None if name in (None, "", "auto") else name
+
+
 def _isa(kernel) -> int:
     best = _gru.isa_best()
-    name = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
-    if name in (None, "", "auto"):
+    name = _kernel_request(kernel)
+    if name is None:
         return best
     if name not in _ISA:
         raise ValueError(f"kernel must be one of 'auto', 'avx512', 'avx2', 'generic'; got {name!r}")
@@ -338,8 +344,9 @@ def _plan_cached(B, T, D, u, itemsize, n_threads, contended, *_tunables):
 
 
 def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
-                    dtype=np.float32) -> str:
-    """Which kernels and threading a call with input shape ``x_shape`` would use, and why."""
+                    dtype=np.float32, training=True) -> str:
+    """Which kernels and threading a call with input shape ``x_shape`` would use, and why
+    (``training``: also the backward's)."""
     ok, why = supports(spec)
     if not ok:
         return f"cpu engine unavailable: {why}"
@@ -357,9 +364,8 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     isa_code = _isa(kernel)
     isa = _ISA_NAME[isa_code]
     packed_proj = _packed_projection(isa_code)
-    forced = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
     isa_why = (f"forced by {'kernel=' if kernel is not None else 'FASTGRU_CPU_KERNEL'}"
-               if forced not in (None, "", "auto") else
+               if _kernel_request(kernel) is not None else
                "the best this CPU runs; order avx512, avx2, generic; CPUID at load")
     gemms = "one GEMM" if spec.reset_after else "two GEMMs (z|r, then (r*h)@Uh)"
     fused = (spec.reset_after and spec.activation.code == 1
@@ -390,11 +396,13 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                          " inside earlier steps' recurrent products, in the FMA slots a one-row"
                          " product leaves idle while U streams from L2; not with input or"
                          " recurrent dropout)")
-    return (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
+    text = (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
             f"projection by {proj} over chunks of {chunk} steps{infused}; per step {gemms} by "
-            f"the {isa} packed-panel FMA kernel, then {gate}; threads: {how}; training: "
-            f"per-step backward on {min(nbwd, max(B, 1))} thread(s), weight-gradient GEMMs on "
-            f"{nbwd} by "
+            f"the {isa} packed-panel FMA kernel, then {gate}; threads: {how}")
+    if not training:
+        return text + "."
+    return (text + f"; training: per-step backward on {min(nbwd, max(B, 1))} thread(s), "
+            f"weight-gradient GEMMs on {nbwd} by "
             + (f"the K-blocked {isa} packed-panel kernel" if _packed_wgrad(isa_code)
                is not None else "BLAS (one thread per block)") + ".")
 
@@ -416,6 +424,33 @@ def _array(a, name, dtype, shape):
     if a.shape != tuple(shape):
         raise ValueError(f"{name} must have shape {tuple(shape)}, got {a.shape}")
     return np.ascontiguousarray(a)
+
+
+_NO_STEPS = "x has 0 timesteps; a GRU needs at least one"
+
+
+def _input(x, dtype=None):
+    """x as a NumPy array of 3 dimensions and a float dtype (``dtype`` where given)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        raise TypeError("x: the cpu engine takes NumPy arrays (use the GPU engines for device "
+                        "arrays)")
+    x = np.asarray(x)
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (batch, timesteps, features), got {x.shape}")
+    if dtype is None and x.dtype not in (np.float32, np.float64):
+        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    if dtype is not None and x.dtype != dtype:
+        raise TypeError(f"x must have dtype {np.dtype(dtype).name} (the weights' dtype), got "
+                        f"{x.dtype}")
+    return x
+
+
+def _as_weights(weights) -> Weights:
+    if isinstance(weights, Weights):
+        return weights
+    if isinstance(weights, (tuple, list)) and len(weights) in (2, 3):
+        return Weights(*weights)
+    raise TypeError("weights must be a Weights(kernel, recurrent_kernel, bias)")
 
 
 def _mask(mask, B, T):
@@ -556,24 +591,13 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     _check_spec(spec)
     if _gru is None:
         raise RuntimeError(f"the compiled CPU extension is not built: {_IMPORT_ERROR}")
-    if hasattr(x, "__cuda_array_interface__"):
-        raise TypeError("x: the cpu engine takes NumPy arrays (use the GPU engines for device "
-                        "arrays)")
-    x = np.asarray(x)
-    if x.ndim != 3:
-        raise ValueError(f"x must have shape (batch, timesteps, features), got {x.shape}")
-    if x.dtype not in (np.float32, np.float64):
-        raise TypeError(f"x must be float32 or float64, got {x.dtype}")
+    x = _input(x)
     dtype = x.dtype
     B, T, D = x.shape
     u = spec.units
     if T == 0:
-        raise ValueError("x has 0 timesteps; a GRU needs at least one")
-    if not isinstance(weights, Weights):
-        if isinstance(weights, (tuple, list)) and len(weights) in (2, 3):
-            weights = Weights(*weights)
-        else:
-            raise TypeError("weights must be a Weights(kernel, recurrent_kernel, bias)")
+        raise ValueError(_NO_STEPS)
+    weights = _as_weights(weights)
     W = _array(weights.kernel, "kernel", dtype, (D, 3 * u))
     U = _array(weights.recurrent_kernel, "recurrent_kernel", dtype, (u, 3 * u))
     b_in, b_rec = _biases(weights, spec, dtype, u)
@@ -663,19 +687,15 @@ class Snapshot:
     fixed, or None for fastgru's default at each call.
     """
 
-    __slots__ = ("spec", "dtype", "D", "_u", "_weights", "_wpk", "_upk", "_b_in", "_b_rec",
-                 "_n", "_isa", "_kernel", "_fused", "_fuse_proj", "_zeros", "__weakref__")
+    __slots__ = ("spec", "dtype", "D", "_weights", "_wpk", "_upk", "_b_in", "_b_rec", "_n",
+                 "_isa", "_kernel", "_fused", "_fuse_proj", "__weakref__")
 
     def __init__(self, weights, spec: GRUSpec, *, n_threads: int | None = None,
                  kernel: str | None = None):
         _check_spec(spec)
         if _gru is None:
             raise RuntimeError(f"the compiled CPU extension is not built: {_IMPORT_ERROR}")
-        if not isinstance(weights, Weights):
-            if isinstance(weights, (tuple, list)) and len(weights) in (2, 3):
-                weights = Weights(*weights)
-            else:
-                raise TypeError("weights must be a Weights(kernel, recurrent_kernel, bias)")
+        weights = _as_weights(weights)
         K = np.asarray(weights.kernel)
         if K.dtype not in (np.float32, np.float64):
             raise TypeError(f"kernel must be float32 or float64, got {K.dtype}")
@@ -683,7 +703,7 @@ class Snapshot:
         if K.ndim != 2 or K.shape[1] != 3 * u:
             raise ValueError(f"kernel must have shape (features, {3 * u}), got {K.shape}")
         dtype = K.dtype
-        self.spec, self.dtype, self.D, self._u = spec, dtype, K.shape[0], u
+        self.spec, self.dtype, self.D = spec, dtype, K.shape[0]
         self._n = None if n_threads is None else _threads.check_n_threads(n_threads)
         # private copies: nothing the caller holds can change them (kept whole for pickling)
         W = _array(K, "kernel", dtype, K.shape).copy()
@@ -692,43 +712,31 @@ class Snapshot:
         self._weights = Weights(W, U, bias)
         self._b_in, self._b_rec = _biases(self._weights, spec, dtype, u)
         self._upk = _pack_recurrent(U, u)
-        self._isa = _isa(kernel)
-        forced = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
-        self._kernel = None if forced in (None, "", "auto") else forced
+        self._isa, self._kernel = _isa(kernel), _kernel_request(kernel)
         self._wpk = _pack_recurrent(W, u) if _packed_projection(self._isa) else None
         self._fused, self._fuse_proj = _fused_gates(), _fused_projection()
-        self._zeros = {}  # batch -> read-only zero state
 
     def forward(self, x, h0=None, mask=None):
         """``(outputs, h_last)`` as the engine's ``forward(x, weights, h0, spec, mask)`` in
         inference: x (B, T, D) of the snapshot's dtype, h0 (B, u) or None (zeros), mask (B, T)
         or None."""
-        if type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim != 3 \
-                or x.shape[2] != self.D:
-            x = self._check_x(x)
-        B, T, _ = x.shape
+        if type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim != 3:
+            x = _input(x, self.dtype)
+        B, T, D = x.shape
+        if D != self.D:
+            raise ValueError(f"x must have {self.D} features (the kernel's rows), got shape "
+                             f"{x.shape}")
         if T == 0:
-            raise ValueError("x has 0 timesteps; a GRU needs at least one")
-        u, dtype = self._u, self.dtype
-        if h0 is None:
-            h0 = self._zeros.get(B)
-            if h0 is None:
-                h0 = np.zeros((B, u), dtype)
-                h0.flags.writeable = False
-                if len(self._zeros) >= 8:
-                    self._zeros.clear()
-                self._zeros[B] = h0
-        else:
-            h0 = _array(h0, "h0", dtype, (B, u))
+            raise ValueError(_NO_STEPS)
+        spec, dtype = self.spec, self.dtype
+        u = spec.units
+        h0 = np.zeros((B, u), dtype) if h0 is None else _array(h0, "h0", dtype, (B, u))
         m8 = None if mask is None else _mask(mask, B, T)
-        spec = self.spec
-        shape = (B, T, u) if spec.return_sequences else (B, u)
-        out = np.empty(shape, dtype) if B * T * u * dtype.itemsize < _POOL_MIN_BYTES \
-            else _record_array(shape, dtype)  # (below the pool's size, what it would do)
+        out = _record_array((B, T, u) if spec.return_sequences else (B, u), dtype)
         h_last = np.empty((B, u), dtype)
         if B > 0:
             n = self._n if self._n is not None else _threads.get_num_threads()
-            nthr, split, chunk, _ = _plan(B, T, self.D, u, dtype.itemsize, n)
+            nthr, split, chunk, _ = _plan(B, T, D, u, dtype.itemsize, n)
             with _threads.blas_threads(1) if self._wpk is None else _NO_PIN:
                 late = _kernel_forward(spec, np.ascontiguousarray(x), self._weights.kernel,
                                        self._wpk, self._upk, self._b_in, self._b_rec, h0, m8,
@@ -737,27 +745,14 @@ class Snapshot:
             _note_late_waits(late, T)
         return out, h_last
 
-    def _check_x(self, x):
-        if hasattr(x, "__cuda_array_interface__"):
-            raise TypeError("x: a cpu snapshot takes NumPy arrays")
-        x = np.asarray(x)
-        if x.ndim != 3:
-            raise ValueError(f"x must have shape (batch, timesteps, features), got {x.shape}")
-        if x.dtype != self.dtype:
-            raise TypeError(f"x must have dtype {self.dtype.name} (the weights' dtype), got "
-                            f"{x.dtype}")
-        if x.shape[2] != self.D:
-            raise ValueError(f"x must have {self.D} features (the kernel's rows), got shape "
-                             f"{x.shape}")
-        return x
-
     def __reduce__(self):  # packed again where it is loaded (alignment, that CPU's kernels)
         return _snapshot, (self._weights, self.spec, self._n, self._kernel)
 
     def describe(self, x_shape) -> str:
-        """describe_kernel for this snapshot's settings (its kernel read at creation)."""
+        """describe_kernel for this snapshot's settings (its kernel read at creation), for
+        inference."""
         return describe_kernel(self.spec, x_shape, n_threads=self._n, kernel=self._kernel,
-                               dtype=self.dtype)
+                               dtype=self.dtype, training=False)
 
 
 def _snapshot(weights, spec, n_threads, kernel):

@@ -80,7 +80,7 @@ class FrozenRNN:
         self.return_state = bool(layer.return_state)
         self.go_backwards = bool(layer.go_backwards)
         self.time_major = bool(layer.time_major)
-        self.stacked = isinstance(layer.cell, StackedRNNCells)
+        self._stacked = isinstance(layer.cell, StackedRNNCells)
         self.state_size = list(layer.state_size)
         self.input_dim = cells[0].input_dim
         self._units = [c.units for c in cells]
@@ -138,8 +138,7 @@ class FrozenRNN:
                 f"Input 0 of frozen layer '{self.name}' has {D} features but the layer was "
                 f"built for D={self.input_dim}; received shape {np.shape(sequences)}"
             )
-        if mask is not None:
-            mask = self._mask(mask, B, T)
+        mask = self._standardize_mask(mask, np, B, T)
         h0s, bare = self._states(initial_state, B)
         mask_proc = mask[:, ::-1] if (mask is not None and self.go_backwards) else mask
         finals = []
@@ -155,20 +154,8 @@ class FrozenRNN:
         if self.stateful:
             self.states = [np.array(h, dtype=s.dtype, copy=True)
                            for h, s in zip(finals, self.states, strict=True)]
-        return self._structure(inp, finals, bare)
-
-    def _mask(self, mask, B, T):
-        if array_module(mask) is not np:
-            mask = to_numpy(mask)
-        mask = np.asarray(mask)
-        expected = (T, B) if self.time_major else (B, T)
-        if mask.shape != expected:
-            raise ValueError(
-                f"Argument `mask` must have shape {'(T, B)' if self.time_major else '(B, T)'} "
-                f"= {expected} to match `sequences`; received shape {mask.shape}"
-            )
-        mask = mask.astype(bool, copy=False)
-        return mask.T if self.time_major else mask
+        return self._structure(inp, [[h] for h in finals] if self._stacked else finals[:1],
+                               bare)
 
     def _states(self, initial_state, B):
         """(per-cell h0 or None for zeros, per-cell whether the user gave a bare array)."""
@@ -182,7 +169,7 @@ class FrozenRNN:
         if initial_state is None:
             return (list(self.states) if self.stateful else [None] * n), [False] * n
         nested = isinstance(initial_state, (list, tuple))
-        if not self.stacked:
+        if not self._stacked:
             given = initial_state[0] if nested and len(initial_state) else initial_state
             if nested and not len(initial_state):
                 raise ValueError(f"Argument `initial_state` of frozen layer '{self.name}' must "
@@ -205,37 +192,15 @@ class FrozenRNN:
         return h0s, bare
 
     def _state(self, value, B, i, arg):
-        if array_module(value) is not np:
-            value = to_numpy(value)
-        a = np.asarray(value, dtype=self.dtype)
-        if a.shape != (B, self._units[i]):
-            raise ValueError(
-                f"Argument `{arg}` of frozen layer '{self.name}' must have shape (batch, units) "
-                f"= {(B, self._units[i])}; received shape {a.shape}"
-            )
+        a = self._state_array(value, np, B, self._units[i], arg)
         return a.astype(self._dtypes[i], copy=False)
 
-    def _structure(self, output, finals, bare):
-        """The layer's return value (RNN._structure for GRU cells)."""
-        if output.dtype != self.dtype:
-            output = output.astype(self.dtype)
-        if self.return_sequences and self.time_major:
-            output = np.ascontiguousarray(output.swapaxes(0, 1))
-        if not self.return_state:
-            return output
-        if not self.stacked:
-            h = finals[0]
-            return (output, h if h.dtype == self.dtype else h.astype(self.dtype))
-        states = [h if h.dtype == self.dtype else h.astype(self.dtype) for h in finals]
-        per_cell = [s if b else [s] for s, b in zip(states, bare, strict=True)]
-        if len(per_cell) == 1:
-            first = per_cell[0]
-            return (output, *(first if isinstance(first, list) else [first]))
-        return (output, *per_cell)
-
+    # the layer's own rules, on the copied configuration (dtype, time_major, return_*,
+    # _stacked, state_size, name)
     from .rnn import RNN as _R
 
-    compute_mask = _R.compute_mask  # the layer's mask rule (uses the copied state_size)
+    _standardize_mask, _state_array, _to = _R._standardize_mask, _R._state_array, _R._to
+    _structure, compute_mask = _R._structure, _R.compute_mask
     del _R
 
     # ------------------------------------------------------------------ state, explain
@@ -259,8 +224,7 @@ class FrozenRNN:
                 text = f"engine {run.engine.__name__.rsplit('.', 1)[-1]!r}: {reason}"
             else:
                 text = (f"engine 'cpu' snapshot (weights copied and packed at freeze()): "
-                        f"{reason}; "
-                        + run.describe((B, T, D)).split("; training:")[0].rstrip("."))
+                        f"{reason}; " + run.describe((B, T, D)).rstrip("."))
             parts.append(text if len(self._runs) == 1 else f"cell {i}: {text}")
             D = self._units[i]
         return f"{self.name} (frozen): " + " ".join(parts) + "."

@@ -536,16 +536,24 @@ class RNN(Layer):
                 if array_module(var.value) is xp else xp.asarray(value).astype(var.value.dtype)
             var.bump()
 
+    @property
+    def _stacked(self) -> bool:
+        return isinstance(self.cell, StackedRNNCells)
+
     def _structure(self, output, final, bare):
-        """Cast to the layer dtype, restore time-major layout, build the return value."""
-        xp = array_module(output)
-        output = output.astype(self.dtype, copy=False)
+        """Cast to the layer dtype, restore time-major layout, build the return value (on
+        every call, frozen ones too: no conversion where none is needed)."""
+        dtype = self.dtype
+        if output.dtype != dtype:
+            output = output.astype(dtype)
         if self.return_sequences and self.time_major:
-            output = xp.ascontiguousarray(output.swapaxes(0, 1))
+            output = array_module(output).ascontiguousarray(output.swapaxes(0, 1))
         if not self.return_state:
             return output
-        cast = lambda s: s.astype(self.dtype, copy=False)  # noqa: E731
-        if isinstance(self.cell, StackedRNNCells):
+        cast = lambda s: s if s.dtype == dtype else s.astype(dtype)  # noqa: E731
+        if len(final) == 1 and not _is_nested(final[0]):  # one cell, one state (GRU)
+            return (output, cast(final[0]))
+        if self._stacked:
             per_cell = []
             for s, b in zip(final, bare, strict=True):
                 s = list(s) if _is_nested(s) else [s]
