@@ -21,14 +21,16 @@ static void FN(rgemm)(GEMMT gemm, int M, int N, int K, const REAL *A, int lda, c
 }
 
 /* Input projection of chunk rows [i0, i1): row i is (step k0 + i / nr, batch row r0 + i % nr).
- * gx[i] = (x[b, t_k] * input mask) @ kernel, gate g at column g * gs of a row of 3 * gs
- * (gs = up with the packed kernel a->wpk, whose panels write whole widths; else u). The packed
- * kernel gives every element one FMA chain over d = 0..D-1, whatever the rows of the call.
+ * gx[i] = (x[b, t_k] * input mask) @ kernel, gate g at column g * gs of a row of 3 * gs. The
+ * packed kernel a->wpk gives every element one FMA chain over d = 0..D-1, whatever the rows of
+ * the call, and projects panels [pl0, pl1) of each gate, gx pointing at panel pl0's column
+ * (gs = up for all panels; a split-units thread's own rows hold only its panels). BLAS: all
+ * columns, gs = u.
  * BLAS path: xb: private (i1 - i0 + 2) x D scratch, pad: private 2 x 3u. A one-row product is
  * padded to two rows so BLAS never takes its M == 1 (gemv) route, whose rounding differs from
  * the multi-row one. */
 static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, int i1, REAL *xb,
-                        REAL *pad, REAL *gx)
+                        REAL *pad, REAL *gx, int gs, int pl0, int pl1)
 {
     const int T = a->T, D = a->D, u = a->u, u3 = 3 * u, B = a->B;
     const int npu = (u + W - 1) / W, up = npu * W;
@@ -50,11 +52,14 @@ static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, in
                 for (int d = 0; d < D; d++) dst[d] = src[d] * m[d];
             }
         }
+        if (wpk && ngate == 1 && pl0 == 0 && pl1 == npu && gs == up) { /* all in one call */
+            PANELS(a->isa, M, D, xb, D, wpk, (long)D * W, 3 * npu, gx + (long)i0 * 3 * gs, 3 * gs);
+            continue;
+        }
         if (wpk) {
-            const long pstride = (long)D * W;
-            REAL *gr = gx + (long)i0 * 3 * up + (ngate == 3 ? g * up : 0);
-            PANELS(a->isa, M, D, xb, D, wpk + (ngate == 3 ? (long)g * npu * pstride : 0), pstride,
-                   ngate == 3 ? npu : 3 * npu, gr, 3 * up);
+            for (int gg = ngate == 3 ? g : 0; gg < (ngate == 3 ? g + 1 : 3); gg++)
+                PANELS(a->isa, M, D, xb, D, wpk + ((long)gg * npu + pl0) * D * W, (long)D * W,
+                       pl1 - pl0, gx + (long)i0 * 3 * gs + (long)gg * gs, 3 * gs);
             continue;
         }
         int N = ngate == 3 ? u : u3, ldk = u3;
@@ -72,21 +77,24 @@ static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, in
 
 typedef struct {
     REAL *h[2], *y, *gh, *gx, *q, *zs;
+    int gs, c0; /* gx rows: gates gs apart, holding units [c0, c0 + gs) of each */
 } FN(team_buf);
 
 typedef struct {
     REAL *xb, *pad, *hg, *tmp, *sink;
 } FN(priv_buf);
 
-/* A team's buffers from one block of rows x (5u + 3up) + (chunk rows) x 3u elements. */
-static FN(team_buf) FN(carve)(REAL *q, int rows, int u, int up)
+/* A team's buffers from one block of rows x (5u + 3up) + (chunk rows) x 3gs elements: first
+ * those a split-units team exchanges (h, q), then those each of its threads keeps to itself. */
+static FN(team_buf) FN(carve)(REAL *q, int rows, int u, int up, int gs)
 {
     FN(team_buf) tb;
+    tb.gs = gs, tb.c0 = 0;
     tb.h[0] = q, q += (size_t)rows * u;
     tb.h[1] = q, q += (size_t)rows * u;
+    tb.q = q, q += (size_t)rows * u;
     tb.y = q, q += (size_t)rows * u;
     tb.zs = q, q += (size_t)rows * u;
-    tb.q = q, q += (size_t)rows * u;
     tb.gh = q, q += (size_t)rows * 3 * up;
     tb.gx = q;
     return tb;
@@ -227,7 +235,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     const long pstride = (long)u * W;
     const int ulo = p_lo * W < u ? p_lo * W : u, uhi = p_hi * W < u ? p_hi * W : u;
     const int nu = uhi - ulo;
-    const int gs = a->wpk ? up : u, ldgx = 3 * gs; /* gx layout, see project() */
+    const int gs = tb->gs, ldgx = 3 * gs, gxo = ulo - tb->c0; /* gx layout, see project() */
     const REAL *upk = (const REAL *)a->upk, *h0 = (const REAL *)a->h0;
     const REAL *bi = (const REAL *)a->b_in, *br = (const REAL *)a->b_rec;
     const REAL *mh = (const REAL *)a->mh;
@@ -258,9 +266,14 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
     for (int k0 = 0; k0 < T; k0 += tc) {
         int kc = T - k0 < tc ? T - k0 : tc, M = kc * nr;
         const int Mup = fproj && M > FG_PJ_ROWS ? FG_PJ_ROWS : M; /* rows projected up front */
-        FN(project)(a, r0, nr, k0, fg_part(Mup, tid, nteam), fg_part(Mup, tid + 1, nteam), pb->xb,
-                    pb->pad, tb->gx);
-        fg_barrier_wait(bar, tid, nteam, &bgen);
+        if (a->wpk) { /* packed kernel: each thread projects its own panels of every row */
+            FN(project)(a, r0, nr, k0, 0, Mup, pb->xb, pb->pad, tb->gx + (p_lo * W - tb->c0), gs,
+                        p_lo, p_hi);
+        } else { /* BLAS: the rows split, all columns, into the team's shared gx */
+            FN(project)(a, r0, nr, k0, fg_part(Mup, tid, nteam), fg_part(Mup, tid + 1, nteam),
+                        pb->xb, pb->pad, tb->gx, gs, 0, npu);
+            fg_barrier_wait(bar, tid, nteam, &bgen);
+        }
         /* this chunk's jobs: block b >= 1 of FG_PJ_ROWS rows x half panel p is job (b-1) npw + p */
         const int jtot = Mup < M ? ((M + FG_PJ_ROWS - 1) / FG_PJ_ROWS - 1) * npw : 0;
         int jdone = 0;
@@ -297,7 +310,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                         const int i = b * FG_PJ_ROWS + r, ic = i < M ? i : M - 1;
                         const int kx = k0 + ic / nr, tx = a->go_backwards ? T - 1 - kx : kx;
                         jobs[nj].x[r] = x + ((long)(r0 + ic % nr) * T + tx) * D;
-                        jobs[nj].out[r] = i < M ? tb->gx + (long)i * ldgx + g * gs + pl * W + c0
+                        jobs[nj].out[r] = i < M ? tb->gx + (long)i * ldgx + g * gs + (pl * W - tb->c0) + c0
                                                 : pb->sink;
                     }
                 }
@@ -313,15 +326,15 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                     PANELS(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride,
                            pstride, p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
             for (int i = 0; i < nr; i++) {
-                const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx, *ghr = tb->gh + (long)i * ldgh;
+                const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx + gxo, *ghr = tb->gh + (long)i * ldgh;
                 if (i + 1 < nr) /* the next row's inputs, on their way while this row computes */
-                    FN(prefetch_gates)(nu, gxr + ldgx + ulo, gs, ghr + ldgh + ulo, up);
+                    FN(prefetch_gates)(nu, gxr + ldgx, gs, ghr + ldgh + ulo, up);
                 if (fused && (!mask || mask[(long)(r0 + i) * T + t])) {
                     long base = (long)(r0 + i) * T + k;
                     /* without a mask the last output is needed only for !rs: with rs the
                      * pass writes the outputs in place of it (no copy) */
                     REAL *yo = rs ? out + base * u + ulo : NULL;
-                    FN(gates_std)(nu, gxr + ulo, gs, ghr + ulo, up, bi + ulo, br + ulo, u,
+                    FN(gates_std)(nu, gxr, gs, ghr + ulo, up, bi + ulo, br + ulo, u,
                                   hc + (long)i * u + ulo, hn + (long)i * u + ulo,
                                   yo && !mask ? yo : tb->y + (long)i * u + ulo,
                                   mask ? yo : NULL,
@@ -330,8 +343,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                                   pre ? (REAL *)a->hprev + base * u + ulo : NULL, zv, ah);
                     continue;
                 }
-                FN(add3)(nu, gxr + ulo, bi + ulo, ghr + ulo, ra ? br + ulo : NULL, az);
-                FN(add3)(nu, gxr + gs + ulo, bi + u + ulo, ghr + up + ulo, ra ? br + u + ulo : NULL, ar);
+                FN(add3)(nu, gxr, bi + ulo, ghr + ulo, ra ? br + ulo : NULL, az);
+                FN(add3)(nu, gxr + gs, bi + u + ulo, ghr + up + ulo, ra ? br + u + ulo : NULL, ar);
                 ACT(a->rec_act, nu, az, zv);
                 ACT(a->rec_act, nu, ar, rv);
                 long base = (long)(r0 + i) * T + k;
@@ -341,7 +354,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 }
                 if (ra) {
                     REAL *rpv = hh; /* reuse as scratch until act() overwrites it */
-                    FN(cand_after)(nu, gxr + 2 * gs + ulo, bi + 2 * u + ulo, ghr + 2 * up + ulo,
+                    FN(cand_after)(nu, gxr + 2 * gs, bi + 2 * u + ulo, ghr + 2 * up + ulo,
                                    br + 2 * u + ulo, rv, rpv, ah);
                     if (rpt) memcpy(rpt + base * u + ulo, rpv, (size_t)nu * sizeof(REAL));
                     memcpy(tb->zs + (long)i * u + ulo, zv, (size_t)nu * sizeof(REAL));
@@ -363,8 +376,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 PANELS(a->isa, nr, u, tb->q, u, upk + ((long)2 * npu + p_lo) * pstride, pstride,
                        p_hi - p_lo, tb->gh + 2 * up + p_lo * W, ldgh);
                 for (int i = 0; i < nr; i++) {
-                    const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx, *ghr = tb->gh + (long)i * ldgh;
-                    FN(add3)(nu, gxr + 2 * gs + ulo, bi + 2 * u + ulo, ghr + 2 * up + ulo, NULL, ah);
+                    const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx + gxo, *ghr = tb->gh + (long)i * ldgh;
+                    FN(add3)(nu, gxr + 2 * gs, bi + 2 * u + ulo, ghr + 2 * up + ulo, NULL, ah);
                     FN(finish)(a, ah, hh, hc + (long)i * u, tb->zs + (long)i * u, hn + (long)i * u,
                                tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
                 }
@@ -420,13 +433,28 @@ static int FN(forward)(const fg_fwd_args *a)
     int rows_max = (B + ngroups - 1) / ngroups;
     int tc = a->chunk < 1 ? 1 : (a->chunk > T ? T : a->chunk);
     int proj_rows = tc * rows_max;
-    /* team buffers: h[2], y, zs, q (rows x u), gh (rows x 3up), gx (tc*rows x 3up or 3u) */
-    size_t team_n = (size_t)rows_max * (5 * u + 3 * up) + (size_t)tc * rows_max * (a->wpk ? 3 * up : u3);
+    /* team buffers: h[2], q, y, zs (rows x u), gh (rows x 3up), gx (tc*rows x 3gs: gs = up with
+     * the packed kernel, else u), each set in whole cache lines. A split-units team shares one
+     * set for h and q (and gx without the packed kernel) and gives each thread a set of its own
+     * for the rest, its gx rows holding only its own panels: a thread's units of a row sat next
+     * to its partner's, and the cores' spatial prefetchers pulled the partner's lines of gh, gx
+     * and y across, each then crossing back when its owner wrote it. With a ~330 ns core-to-core
+     * round trip (some phases of this Zen 4 VM) that cost ~1,000 of ~6,250 TSC cycles per step
+     * at 1x1000x64x128 on two threads (the gate pass 850 -> 330); see the README. */
+    const size_t line = 64 / sizeof(REAL), rows_n = (size_t)rows_max * (5 * u + 3 * up);
+    const int gs_all = a->wpk ? up : u, nptm = (npu + nthr - 1) / nthr;
+    size_t team_n = rows_n + (size_t)tc * rows_max * 3 * gs_all, own_n = 0;
+    team_n = (team_n + line - 1) / line * line;
+    if (split) {
+        own_n = rows_n + (a->wpk ? (size_t)tc * rows_max * 3 * nptm * W : 0);
+        own_n = (own_n + line - 1) / line * line;
+    }
     /* private: xb ((proj_rows + 2) x D), pad (2 x 3u), hg (3 x rows x u), tmp (6u), sink (W) */
     size_t priv_n = (size_t)(proj_rows + 2) * D + 2 * (size_t)u3
                     + (a->mh ? 3 * (size_t)rows_max * u : 0) + 6 * (size_t)u + W;
     size_t team_got = 0, priv_got = 0;
-    REAL *team_mem = fg_ws_alloc(team_n * ngroups * sizeof(REAL), &team_got);
+    REAL *team_mem = fg_ws_alloc((team_n * (split ? 1 : ngroups) + own_n * nthr) * sizeof(REAL),
+                                 &team_got);
     REAL *priv_mem = fg_ws_alloc(priv_n * nthr * sizeof(REAL), &priv_got);
     fg_barrier bar;
     if (!team_mem || !priv_mem || fg_barrier_init(&bar, nthr)) {
@@ -456,14 +484,19 @@ static int FN(forward)(const fg_fwd_args *a)
                  * the barriers need the whole planned team. */
                 int team = (nact == nthr) ? nact : 1;
                 if (tid < team) {
-                    FN(team_buf) tb = FN(carve)(team_mem, rows_max, u, up);
-                    FN(team_run)(a, &tb, &pb, 0, B, tid, team, fg_part(npu, tid, team),
-                                 fg_part(npu, tid + 1, team), tc, &bar);
+                    const int p_lo = fg_part(npu, tid, team), p_hi = fg_part(npu, tid + 1, team);
+                    FN(team_buf) sh = FN(carve)(team_mem, rows_max, u, up, gs_all);
+                    FN(team_buf) tb = FN(carve)(team_mem + team_n + own_n * tid, rows_max, u, up,
+                                                (p_hi - p_lo) * W);
+                    tb.h[0] = sh.h[0], tb.h[1] = sh.h[1], tb.q = sh.q, tb.c0 = p_lo * W;
+                    if (!a->wpk || team == 1) /* the shared gx, all columns */
+                        tb.gx = sh.gx, tb.gs = gs_all, tb.c0 = 0;
+                    FN(team_run)(a, &tb, &pb, 0, B, tid, team, p_lo, p_hi, tc, &bar);
                 }
             } else {
                 for (int g = tid; g < ngroups; g += nact) {
                     int r0 = fg_part(B, g, ngroups), r1 = fg_part(B, g + 1, ngroups);
-                    FN(team_buf) tb = FN(carve)(team_mem + team_n * g, rows_max, u, up);
+                    FN(team_buf) tb = FN(carve)(team_mem + team_n * g, rows_max, u, up, gs_all);
                     FN(team_run)(a, &tb, &pb, r0, r1 - r0, 0, 1, 0, npu, tc, NULL);
                 }
             }
