@@ -324,7 +324,26 @@ def _compile_fma_peak(tmpdir: str):
                                 ctypes.POINTER(ctypes.c_double)]
     so.cache_read_run.restype = ctypes.c_double
     so.cache_read_run.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_int]
+    so.core_round_trip_ns.restype = ctypes.c_double
+    so.core_round_trip_ns.argtypes = [ctypes.c_long]
     return so
+
+
+def core_round_trip(iters: int = 200_000) -> float | None:
+    """Nanoseconds for a cache line to go from one core to another and back (best of 3);
+    None without a compiler or a second core. On a VM it changes with where the hypervisor
+    places the vCPUs (the Zen 4 VM of 2026-12-05: ~55 ns in some phases, ~330 in others), and
+    it is what a split-units team (batch 1-6 on several threads) pays at every step."""
+    if (os.cpu_count() or 1) < 2:
+        return None
+    with tempfile.TemporaryDirectory(prefix="fastgru_fma_") as tmp:
+        try:
+            so = _compile_fma_peak(tmp)
+        except (OSError, subprocess.CalledProcessError):
+            return None
+        vals = [so.core_round_trip_ns(iters) for _ in range(3)]
+    vals = [v for v in vals if v > 0]
+    return min(vals) if vals else None
 
 
 def cache_read_rates(cases, seconds: float = 0.05) -> dict:
@@ -352,10 +371,12 @@ def cache_read_rates(cases, seconds: float = 0.05) -> dict:
     return out
 
 
-def batch1_floor_report(shapes, threads, results, stat: str) -> list[str]:
+def batch1_floor_report(shapes, threads, results, stat: str,
+                        round_trips: list | None = None) -> list[str]:
     """Lines on the batch-1 shapes: the time n cores need to read the recurrent kernel
     (u x 3u float32) once from their caches, each its 1/n share as fastgru's split-units plan
-    does, measured on this machine, against fastgru's time per step."""
+    does, measured on this machine, against fastgru's time per step; and the run's core-to-core
+    round trips (machine_report), which the two-thread steps pay on top."""
     key = STAT_KEY[stat]
     cases = {}
     for sh in shapes:
@@ -377,9 +398,15 @@ def batch1_floor_report(shapes, threads, results, stat: str) -> list[str]:
         ratio = f"{t / sh.T / floor:.2f}x" if t else "-"
         rows.append([sh.label, str(n), f"{share:,}", f"{rates[(share, n)] / 1e9:.0f}",
                      f"{floor * 1e6:.3f}", step, ratio])
+    trips = ""
+    if round_trips and any(n > 1 for n in threads):
+        trips = (" Core-to-core round trip of a cache line in this run (start, end): "
+                 + ", ".join(f"{v:.0f}" for v in round_trips) + " ns; a two-thread step waits "
+                 "for about two of them (the barrier, then the partner's lines of h) beyond "
+                 "the floor.")
     return ["\nbatch 1: the floor that cache bandwidth sets on a step (each of n cores reads its "
             "1/n share of the recurrent kernel once, at the rate measured here for a working "
-            "set of that size) and fastgru's time per step:", "",
+            "set of that size) and fastgru's time per step." + trips, "",
             markdown_table(["B x T x I x H", "thr", "bytes per core", "GB/s per core",
                             "floor us/step", "fastgru us/step", "x floor"], rows)]
 
@@ -467,6 +494,11 @@ def machine_report(threads, quick: bool) -> dict:
     for n, (wall, by_cpu) in sorted(gemm.items()):
         print(f"SGEMM NumPy float32 {2048 if not quick else 1536}^3, {n} thread(s): "
               f"{by_cpu:8.1f} GFLOP/s per CPU second ({wall:.1f} per wall second)")
+    if max(threads) > 1:
+        info["core_round_trip_ns"] = [rt] if (rt := core_round_trip()) else []
+        if rt:
+            print(f"core-to-core round trip of a cache line: {rt:.0f} ns (paid at every step of a "
+                  "split-units team: batch 1-6 on several threads)")
     return info
 
 
@@ -540,9 +572,14 @@ def remeasure_peaks(info: dict, threads, quick: bool) -> None:
                      ("sgemm_wall_gflops", {f"{n}t": v[0] for n, v in gemm.items()})):
         for k, v in new.items():
             info[key][k] = max(v, info[key].get(k, 0.0))
+    if "core_round_trip_ns" in info and (rt := core_round_trip()):
+        info["core_round_trip_ns"].append(rt)
     print("\npeaks per CPU second, best of start and end of the run: FMA " + ", ".join(
         f"{k} {v:.0f}" for k, v in info["fma_gflops"].items()) + "; SGEMM " + ", ".join(
         f"{k} {v:.0f}" for k, v in info["sgemm_gflops"].items()) + " GFLOP/s")
+    if rts := info.get("core_round_trip_ns"):
+        print("core-to-core round trip at start and end of the run: "
+              + ", ".join(f"{v:.0f}" for v in rts) + " ns")
 
 
 def peak_for(info: dict, n: int) -> float | None:

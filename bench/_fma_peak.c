@@ -160,3 +160,34 @@ double cache_read_run(long bytes, long reps, int nthreads)
     fma_peak_sink = total;
     return failed ? -1.0 : t1 - t0;
 }
+
+/* Core-to-core round trip of one cache line: two OpenMP threads hand a counter back and forth
+ * `iters` times (each waits for the other's increment). Returns nanoseconds per round trip,
+ * or -1 when OpenMP gives fewer than two threads. A split-units team (batch 1-6 on several
+ * threads) pays this latency at every step's barrier and for the partner's lines of h. */
+double core_round_trip_ns(long iters)
+{
+    static _Alignas(64) volatile long flag;
+    double t0 = 0.0, t1 = 0.0;
+    int got = 0;
+    flag = 0;
+#pragma omp parallel num_threads(2)
+    {
+        const int me = omp_get_thread_num();
+#pragma omp master
+        got = omp_get_num_threads();
+#pragma omp barrier
+        if (got == 2) {
+#pragma omp master
+            t0 = omp_get_wtime();
+            for (long i = me; i < 2 * iters; i += 2) {
+                while (__atomic_load_n(&flag, __ATOMIC_ACQUIRE) != i) __builtin_ia32_pause();
+                __atomic_store_n(&flag, i + 1, __ATOMIC_RELEASE);
+            }
+#pragma omp barrier
+#pragma omp master
+            t1 = omp_get_wtime();
+        }
+    }
+    return got == 2 ? (t1 - t0) / (double)iters * 1e9 : -1.0;
+}

@@ -53,7 +53,8 @@ def main(argv=None) -> int:
                                               args.ref_max_gflop, budget, min_reps, timeout)
     C.print_report(args, "cpu_inference", machine, results, versions, notes, t_start,
                    extra={"return_sequences": args.return_sequences})
-    for line in C.batch1_floor_report(args.shapes, args.threads, results, args.stat):
+    for line in C.batch1_floor_report(args.shapes, args.threads, results, args.stat,
+                                       machine.get("core_round_trip_ns")):
         print(line)
     return 0
 
