@@ -435,8 +435,9 @@ static int FN(forward)(const fg_fwd_args *a)
     int proj_rows = tc * rows_max;
     /* team buffers: h[2], q, y, zs (rows x u), gh (rows x 3up), gx (tc*rows x 3gs: gs = up with
      * the packed kernel, else u), each set in whole cache lines. A split-units team shares one
-     * set for h and q (and gx without the packed kernel) and gives each thread a set of its own
-     * for the rest, its gx rows holding only its own panels: a thread's units of a row sat next
+     * set for h and q (and its full-width gx without the packed kernel, or when OpenMP grants the
+     * team one thread) and gives each thread a set of its own for the rest, its gx rows holding
+     * only its own panels (so ~2x the memory of one shared set): a thread's units of a row sat next
      * to its partner's, and the cores' spatial prefetchers pulled the partner's lines of gh, gx
      * and y across, each then crossing back when its owner wrote it. With a ~330 ns core-to-core
      * round trip (some phases of this Zen 4 VM) that cost ~1,000 of ~6,250 TSC cycles per step
