@@ -788,9 +788,13 @@ FG_DEFINE_SUMROW(d, double)
 #ifdef FG_X86
 #define FG_KB_BODY(SUF, REAL, W)                                                              \
         /* equal row blocks (multiples of 6, at most FG_MB): with M = 256 and blocks of 192 \
-         * and 64 one thread of two got three quarters of the work */                         \
+         * and 64 one thread of two got three quarters of the work; and at least one (block, \
+         * panel) per thread while blocks keep two 6-row tiles (dx = dA W^T at 1x100x64x128: \
+         * one panel, 100 rows, was one block: the second thread idled) */                    \
         const int mbmax = isa == FG_ISA_AVX512 ? FG_MB : FG_MB2;                              \
-        const int np = (N + W - 1) / W, nmb0 = (M + mbmax - 1) / mbmax;                       \
+        const int np = (N + W - 1) / W, nmb_thr = (nthr + np - 1) / np, m12 = (M + 11) / 12;  \
+        int nmb0 = (M + mbmax - 1) / mbmax;                                                   \
+        if (nmb0 < nmb_thr) nmb0 = nmb_thr < m12 ? nmb_thr : m12;                             \
         const int mbs = ((M + nmb0 - 1) / nmb0 + 5) / 6 * 6, nmb = (M + mbs - 1) / mbs;       \
         const long rs = ta ? 1 : lda, ks = ta ? lda : 1;                                      \
         void (*rows)(int, int, const REAL *, long, long, const REAL *, REAL *, long, int,      \

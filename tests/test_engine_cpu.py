@@ -312,10 +312,11 @@ def test_packed_gemm_every_layout_row_exact(dtype, rng):
     if not isas:
         pytest.skip("this CPU has neither AVX2 nor AVX-512")
     tol = 1e-12 if dtype == np.float64 else 2e-5
+    # (30, 40, 70): one panel, so 2 and 3 threads cut the 30 rows into 2 and 3 row blocks;
     # the last three pack over 1 MB of B per K block: AVX-512 row tiles then prefetch the next
     # panel into L2 (4, 2 and 1 lines per k for one, two and four or more tiles per block)
     for M, N, K in [(1, 1, 1), (7, 65, 3), (13, 100, 1100), (200, 130, 515), (17, 17, 0),
-                    (6, 600, 520), (12, 600, 520), (200, 600, 700)]:
+                    (30, 40, 70), (6, 600, 520), (12, 600, 520), (200, 600, 700)]:
         for ta in (False, True):
             for tb in (False, True):
                 a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
