@@ -137,12 +137,17 @@ FG_CLONES static void FN(mix)(int n, const REAL *restrict z, const REAL *restric
 }
 
 /* The whole gate pass of one kept row for reset_after with sigmoid / tanh (Keras' defaults):
- * the operations, in the order, of add3 / ACT / cand_after / mix, fused into one loop so that
- * each input is loaded once and only the new state and the outputs are stored; the same bits
- * as the separate passes. g*: gate z, r, h at +0, +gs / +gh_s, +2 gs / +2 gh_s; b / br: the
- * input / recurrent bias (3u, from unit 0 of this span); y2: the output row in `out` or NULL.
+ * the operations, in the order, of add3 / ACT / cand_after / mix, fused so that each input is
+ * loaded once and only the new state and the outputs are stored; the same bits as the
+ * separate passes. g*: gate z, r, h at +0, +gs / +gh_s, +2 gs / +2 gh_s; b / br: the input /
+ * recurrent bias (3u, from unit 0 of this span); y2: the output row in `out` or NULL.
  * Training record (pre != NULL): pre (z, r, h rows of 3u), rp, hprev. zt, at: n elements of
- * scratch each (inference's two loops). */
+ * scratch each. Two loops, z / r / the candidate's pre-activation into zt / at (and the
+ * record), then tanh and the mix: in one, an iteration's dependency chain (two exp-reciprocal
+ * chains, then tanh's) was too long for the out-of-order window to overlap the next. One-process
+ * A/B: inference 32x100x64x128 +3-4%, 16x200x32x64 +7-9% (1 thread); training (2026-12-05)
+ * 1x100x64x128 +1.9-2.3%, 4x100x64x128 +1.5-1.6%, 64x200x128x256 and 256x50x256x512 level on
+ * one thread, -3% to +6% on two (this VM's phases). */
 FG_CLONES static void FN(gates_std)(int n, const REAL *restrict gx, long gs, const REAL *restrict gh,
                                     long ghs, const REAL *restrict b, const REAL *restrict br,
                                     long u, const REAL *restrict h, REAL *restrict hn,
@@ -150,25 +155,19 @@ FG_CLONES static void FN(gates_std)(int n, const REAL *restrict gx, long gs, con
                                     REAL *restrict rp, REAL *restrict hp, REAL *restrict zt,
                                     REAL *restrict at)
 {
-    if (pre) { /* training: one loop (split like inference, its extra stores cost 2%) */
+    if (pre) {
 #pragma omp simd
         for (int j = 0; j < n; j++) {
             REAL az = ((gx[j] + b[j]) + gh[j]) + br[j];
             REAL ar = ((gx[gs + j] + b[u + j]) + gh[ghs + j]) + br[u + j];
-            REAL z = SIGV(az), r = SIGV(ar);
+            REAL r = SIGV(ar);
             REAL v = gh[2 * ghs + j] + br[2 * u + j];
             REAL ah = (gx[2 * gs + j] + b[2 * u + j]) + r * v;
-            REAL hh = TANHV(ah);
-            REAL o = z * h[j] + (1 - z) * hh;
+            zt[j] = SIGV(az), at[j] = ah;
             pre[j] = az, pre[u + j] = ar, pre[2 * u + j] = ah;
             rp[j] = v, hp[j] = h[j];
-            hn[j] = o, y[j] = o;
         }
     } else {
-        /* inference: two loops, z / r / the candidate's pre-activation into zt / at, then
-         * tanh and the mix. In one, an iteration's dependency chain (two exp-reciprocal
-         * chains, then tanh's) was too long for the out-of-order window to overlap the next:
-         * 32x100x64x128 +3-4%, 16x200x32x64 +7-9% (1 thread, one-process A/B). */
 #pragma omp simd
         for (int j = 0; j < n; j++) {
             REAL az = ((gx[j] + b[j]) + gh[j]) + br[j];
@@ -177,12 +176,12 @@ FG_CLONES static void FN(gates_std)(int n, const REAL *restrict gx, long gs, con
             REAL v = gh[2 * ghs + j] + br[2 * u + j];
             zt[j] = SIGV(az), at[j] = (gx[2 * gs + j] + b[2 * u + j]) + r * v;
         }
+    }
 #pragma omp simd
-        for (int j = 0; j < n; j++) {
-            REAL z = zt[j], hh = TANHV(at[j]);
-            REAL o = z * h[j] + (1 - z) * hh;
-            hn[j] = o, y[j] = o;
-        }
+    for (int j = 0; j < n; j++) {
+        REAL z = zt[j], hh = TANHV(at[j]);
+        REAL o = z * h[j] + (1 - z) * hh;
+        hn[j] = o, y[j] = o;
     }
     if (y2) memcpy(y2, y, (size_t)n * sizeof(REAL));
 }
