@@ -7,11 +7,14 @@ together with the float64 reference results used to verify each peer before it i
 
 from __future__ import annotations
 
+import atexit
 import ctypes
+import functools
 import inspect
 import json
 import os
 import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -313,7 +316,13 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _compile_fma_peak(tmpdir: str):
+@functools.lru_cache(maxsize=1)
+def _fma_lib():
+    """bench/_fma_peak.c compiled once per process (FMA peak, cache read rates, round trip,
+    each measured at the start and end of a run), in a directory removed at exit; raises
+    OSError / CalledProcessError without a compiler (not cached: the next call tries again)."""
+    tmpdir = tempfile.mkdtemp(prefix="fastgru_fma_")
+    atexit.register(shutil.rmtree, tmpdir, True)
     src = BENCH_DIR / "_fma_peak.c"
     lib = os.path.join(tmpdir, "fma_peak.so")
     cmd = [os.environ.get("CC", "gcc"), "-O2", "-fopenmp", "-shared", "-fPIC", str(src), "-o", lib]
@@ -336,12 +345,11 @@ def core_round_trip(iters: int = 200_000) -> float | None:
     it is what a split-units team (batch 1-6 on several threads) pays at every step."""
     if (os.cpu_count() or 1) < 2:
         return None
-    with tempfile.TemporaryDirectory(prefix="fastgru_fma_") as tmp:
-        try:
-            so = _compile_fma_peak(tmp)
-        except (OSError, subprocess.CalledProcessError):
-            return None
-        vals = [so.core_round_trip_ns(iters) for _ in range(3)]
+    try:
+        so = _fma_lib()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    vals = [so.core_round_trip_ns(iters) for _ in range(3)]
     vals = [v for v in vals if v > 0]
     return min(vals) if vals else None
 
@@ -351,23 +359,22 @@ def cache_read_rates(cases, seconds: float = 0.05) -> dict:
     ``bytes`` while n_threads cores do the same} (bench/_fma_peak.c; best of 5 runs of at least
     ``seconds``); {} without a compiler or vector loads."""
     out = {}
-    with tempfile.TemporaryDirectory(prefix="fastgru_fma_") as tmp:
-        try:
-            so = _compile_fma_peak(tmp)
-        except (OSError, subprocess.CalledProcessError):
+    try:
+        so = _fma_lib()
+    except (OSError, subprocess.CalledProcessError):
+        return out
+    for nbytes, n in cases:
+        reps, dt = 16, 0.0
+        while True:
+            dt = so.cache_read_run(nbytes, reps, n)
+            if dt < 0 or dt >= seconds:
+                break
+            reps = int(reps * min(16.0, max(2.0, 1.2 * seconds / max(dt, 1e-6))))
+        if dt < 0:
             return out
-        for nbytes, n in cases:
-            reps, dt = 16, 0.0
-            while True:
-                dt = so.cache_read_run(nbytes, reps, n)
-                if dt < 0 or dt >= seconds:
-                    break
-                reps = int(reps * min(16.0, max(2.0, 1.2 * seconds / max(dt, 1e-6))))
-            if dt < 0:
-                return out
-            block = -(-nbytes // 1024) * 1024  # as cache_read_run rounds it
-            out[(nbytes, n)] = max(block * reps / so.cache_read_run(nbytes, reps, n)
-                                   for _ in range(5))
+        block = -(-nbytes // 1024) * 1024  # as cache_read_run rounds it
+        out[(nbytes, n)] = max(block * reps / so.cache_read_run(nbytes, reps, n)
+                               for _ in range(5))
     return out
 
 
@@ -415,31 +422,30 @@ def fma_peak(threads, seconds: float = 0.3) -> dict:
     """{(width, n_threads): (wall GFLOP/s, CPU-time GFLOP/s)} measured by bench/_fma_peak.c;
     {} without a compiler. Best of 3 runs each."""
     out = {}
-    with tempfile.TemporaryDirectory(prefix="fastgru_fma_") as tmp:
-        try:
-            so = _compile_fma_peak(tmp)
-        except (OSError, subprocess.CalledProcessError) as e:
-            detail = getattr(e, "stderr", "") or str(e)
-            print(f"note: FMA peak not measured (compiling _fma_peak.c failed: {detail.strip()})")
-            return out
-        for width, lanes, nacc in ((512, 16, so.fma_peak_acc512()), (256, 8, so.fma_peak_acc256())):
-            for n in threads:
-                cpu = (ctypes.c_double * n)()
-                iters = 1 << 20
-                while True:  # grow until one run lasts long enough to time
-                    dt = so.fma_peak_run(width, iters, n, cpu)
-                    if dt < 0 or dt >= seconds:
-                        break
-                    iters = int(iters * min(16.0, max(2.0, 1.2 * seconds / max(dt, 1e-6))))
-                if dt < 0:
-                    break  # the CPU lacks this instruction set
-                per_thread = iters * nacc * lanes * 2 / 1e9
-                wall, by_cpu = 0.0, 0.0
-                for _ in range(3):
-                    dt = so.fma_peak_run(width, iters, n, cpu)
-                    wall = max(wall, n * per_thread / dt)
-                    by_cpu = max(by_cpu, sum(per_thread / max(c, 1e-9) for c in cpu))
-                out[(width, n)] = (wall, by_cpu)
+    try:
+        so = _fma_lib()
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        print(f"note: FMA peak not measured (compiling _fma_peak.c failed: {detail.strip()})")
+        return out
+    for width, lanes, nacc in ((512, 16, so.fma_peak_acc512()), (256, 8, so.fma_peak_acc256())):
+        for n in threads:
+            cpu = (ctypes.c_double * n)()
+            iters = 1 << 20
+            while True:  # grow until one run lasts long enough to time
+                dt = so.fma_peak_run(width, iters, n, cpu)
+                if dt < 0 or dt >= seconds:
+                    break
+                iters = int(iters * min(16.0, max(2.0, 1.2 * seconds / max(dt, 1e-6))))
+            if dt < 0:
+                break  # the CPU lacks this instruction set
+            per_thread = iters * nacc * lanes * 2 / 1e9
+            wall, by_cpu = 0.0, 0.0
+            for _ in range(3):
+                dt = so.fma_peak_run(width, iters, n, cpu)
+                wall = max(wall, n * per_thread / dt)
+                by_cpu = max(by_cpu, sum(per_thread / max(c, 1e-9) for c in cpu))
+            out[(width, n)] = (wall, by_cpu)
     return out
 
 
