@@ -24,6 +24,9 @@ from .. import _dispatch
 from ..engines.base import Weights
 from ._stacked import StackedRNNCells
 from .base import array_module, to_numpy
+from .bidirectional import Bidirectional
+from .rnn import _ZERO_STATE, RNN, _flatten, _gru_cells
+from .sequential import Sequential, _single, next_mask
 
 __all__ = ["FrozenBidirectional", "FrozenRNN", "FrozenSequential"]
 
@@ -61,8 +64,6 @@ class FrozenRNN:
     zeroes a stateful snapshot's states; ``explain(x)`` names the engine and kernels."""
 
     def __init__(self, layer, n_threads: int | None = None):
-        from .rnn import _ZERO_STATE, _gru_cells
-
         cells = _gru_cells(layer.cell)
         if cells is None:
             raise TypeError(
@@ -82,6 +83,7 @@ class FrozenRNN:
         self.time_major = bool(layer.time_major)
         self._stacked = isinstance(layer.cell, StackedRNNCells)
         self.state_size = list(layer.state_size)
+        self._cell_sizes = layer._cell_state_sizes()
         self.input_dim = cells[0].input_dim
         self._units = [c.units for c in cells]
         self._dtypes = [np.dtype(c.dtype) for c in cells]
@@ -105,8 +107,6 @@ class FrozenRNN:
         self.stateful = bool(layer.stateful)
         self.states = None
         if self.stateful:
-            from .rnn import _flatten
-
             leaves = [np.array(to_numpy(v.value), copy=True) for v in _flatten(layer.states)]
             self.states = leaves  # one (B, u) array per cell
 
@@ -159,49 +159,20 @@ class FrozenRNN:
 
     def _states(self, initial_state, B):
         """(per-cell h0 or None for zeros, per-cell whether the user gave a bare array)."""
-        n = len(self._runs)
-        if self.stateful and self.states[0].shape[0] != B:
-            raise ValueError(
-                "If an RNN is stateful, the batch size of the input sequences must be the same "
-                "as the batch size of the initial state. \n- Expected batch size: "
-                f"{self.states[0].shape[0]}\n- Received batch size: {B}"
-            )
+        if self.stateful:
+            self._check_stateful_batch(B)
         if initial_state is None:
+            n = len(self._runs)
             return (list(self.states) if self.stateful else [None] * n), [False] * n
-        nested = isinstance(initial_state, (list, tuple))
-        if not self._stacked:
-            given = initial_state[0] if nested and len(initial_state) else initial_state
-            if nested and not len(initial_state):
-                raise ValueError(f"Argument `initial_state` of frozen layer '{self.name}' must "
-                                 "hold 1 state(s); received 0")
-            return [self._state(given, B, 0, "initial_state")], [not nested]
-        given = list(initial_state) if nested else [initial_state]
-        if n == 1 and (len(given) != 1 or not isinstance(given[0], (list, tuple))):
-            given = [initial_state]
-        if len(given) != n:
-            raise ValueError(f"Argument `initial_state` of frozen layer '{self.name}' must hold "
-                             f"one entry per cell ({n}); received {len(given)}")
-        h0s, bare = [], []
-        for i, g in enumerate(given):
-            leaf = g[0] if isinstance(g, (list, tuple)) else g
-            if isinstance(g, (list, tuple)) and not len(g):
-                raise ValueError(f"Argument `initial_state[{i}]` must hold 1 state(s) for cell "
-                                 f"{i}; received 0")
-            h0s.append(self._state(leaf, B, i, f"initial_state[{i}]"))
-            bare.append(not isinstance(g, (list, tuple)))
-        return h0s, bare
-
-    def _state(self, value, B, i, arg):
-        a = self._state_array(value, np, B, self._units[i], arg)
-        return a.astype(self._dtypes[i], copy=False)
+        states, bare = self._given_states(initial_state, np, B, self._stacked, self._cell_sizes)
+        h0s = [s[0] for s in states] if self._stacked else states[:1]
+        return [h.astype(dt, copy=False) for h, dt in zip(h0s, self._dtypes, strict=True)], bare
 
     # the layer's own rules, on the copied configuration (dtype, time_major, return_*,
-    # _stacked, state_size, name)
-    from .rnn import RNN as _R
-
-    _standardize_mask, _state_array, _to = _R._standardize_mask, _R._state_array, _R._to
-    _structure, compute_mask = _R._structure, _R.compute_mask
-    del _R
+    # _stacked, state_size, name, states)
+    _standardize_mask, _state_array, _to = RNN._standardize_mask, RNN._state_array, RNN._to
+    _given_states, _check_stateful_batch = RNN._given_states, RNN._check_stateful_batch
+    _structure, compute_mask = RNN._structure, RNN.compute_mask
 
     # ------------------------------------------------------------------ state, explain
     def reset_state(self):
@@ -252,12 +223,10 @@ class FrozenBidirectional:
         self.return_state = bool(layer.return_state)
         self.time_major = bool(layer.time_major)
 
-    from .bidirectional import Bidirectional as _B
-
-    _split_state, _merge, _structure = _B._split_state, _B._merge, _B._structure
-    compute_mask = _B.compute_mask
-    _parts, _time_axis = staticmethod(_B._parts), _B._time_axis
-    del _B
+    # the wrapper's own rules
+    _split_state, _merge = Bidirectional._split_state, Bidirectional._merge
+    _structure, compute_mask = Bidirectional._structure, Bidirectional.compute_mask
+    _parts, _time_axis = staticmethod(Bidirectional._parts), Bidirectional._time_axis
 
     def __call__(self, sequences, initial_state=None, mask=None):
         f0, b0 = self._split_state(initial_state)
@@ -303,10 +272,7 @@ class FrozenSequential:
                     mine.to("cpu")
                 self._layers.append(mine)
 
-    from .sequential import Sequential as _S
-
-    _kwargs, compute_mask = staticmethod(_S._kwargs), _S.compute_mask  # the model's rules
-    del _S
+    _kwargs, compute_mask = staticmethod(Sequential._kwargs), Sequential.compute_mask  # its rules
 
     @property
     def layers(self) -> list:
@@ -320,8 +286,6 @@ class FrozenSequential:
 
     def _apply(self, layer, x, mask):
         """(layer's output, the mask after it), as the model's call runs a layer."""
-        from .sequential import _single, next_mask
-
         # a frozen layer's signature by its class (_takes caches per function)
         fn = type(layer).__call__ if isinstance(layer, _FROZEN) else layer.call
         y = _single(layer, layer(x, **self._kwargs(fn, mask, False)))

@@ -342,9 +342,20 @@ class RNN(Layer):
             return states, bare
         if self.stateful:
             self._check_stateful_batch(B)
+        return self._given_states(initial_state, xp, B, stacked, self._cell_state_sizes())
+
+    def _cell_state_sizes(self) -> list:
+        """Per cell (name, state sizes); one entry for a lone cell."""
+        cells = self.cell.cells if isinstance(self.cell, StackedRNNCells) else [self.cell]
+        return [(getattr(c, "name", i), _state_sizes(c)) for i, c in enumerate(cells)]
+
+    def _given_states(self, initial_state, xp, B, stacked, cell_sizes):
+        """``initial_state`` as given, checked against ``cell_sizes`` (``_cell_state_sizes``):
+        (per-cell state arrays, per cell whether a bare array was given). Reads only
+        ``name`` and ``dtype`` of self: FrozenRNN shares it."""
         if not stacked:
             given = list(initial_state) if _is_nested(initial_state) else [initial_state]
-            expected = _state_sizes(self.cell)
+            expected = cell_sizes[0][1]
             if len(given) < len(expected):
                 raise ValueError(
                     f"Argument `initial_state` of layer '{self.name}' must hold "
@@ -354,23 +365,21 @@ class RNN(Layer):
             states = [self._state_array(g, xp, B, d, "initial_state")
                       for g, d in zip(given, expected, strict=False)]
             return states, [not _is_nested(initial_state)]
-        cells = self.cell.cells
         given = list(initial_state) if _is_nested(initial_state) else [initial_state]
-        if len(cells) == 1 and (len(given) != 1 or not _is_nested(given[0])):
+        if len(cell_sizes) == 1 and (len(given) != 1 or not _is_nested(given[0])):
             given = [initial_state]
-        if len(given) != len(cells):
+        if len(given) != len(cell_sizes):
             raise ValueError(
                 f"Argument `initial_state` of layer '{self.name}' must hold one entry per "
-                f"cell ({len(cells)}); received {len(given)}"
+                f"cell ({len(cell_sizes)}); received {len(given)}"
             )
         states, bare = [], []
-        for i, (cell, g) in enumerate(zip(cells, given, strict=True)):
+        for i, ((name, sizes), g) in enumerate(zip(cell_sizes, given, strict=True)):
             leaves = list(g) if _is_nested(g) else [g]
-            sizes = _state_sizes(cell)
             if len(leaves) < len(sizes):
                 raise ValueError(
                     f"Argument `initial_state[{i}]` must hold {len(sizes)} state(s) for cell "
-                    f"'{getattr(cell, 'name', i)}'; received {len(leaves)}"
+                    f"'{name}'; received {len(leaves)}"
                 )
             states.append([self._state_array(leaf, xp, B, d, f"initial_state[{i}]")
                            for leaf, d in zip(leaves, sizes, strict=False)])
