@@ -9,7 +9,8 @@ all variants return the same bits (they should: no switch may change a result).
     python bench/ab.py --so old.so,new.so 1x100x64x128,64x200x128x256 --threads 1,2
     python bench/ab.py --l1-prefetch 1,0 1x1000x128x256 --threads 1,2
     python bench/ab.py --env FASTGRU_CPU_PROJ=panels,blas 32x100x64x128 --mode training
-    python bench/ab.py --env FASTGRU_CPU_FUSED_PROJ=0,1 1x200x128x128 --stat min --rounds 30 --seconds 0.08
+    python bench/ab.py --env FASTGRU_CPU_FUSED_PROJ=0,1 1x200x128x128 --stat min --rounds 30 \\
+        --seconds 0.08
 
 --so: paths of built extensions (fastgru/_cpu/_gru*.so copied aside after each build); --env:
 NAME=v1,v2,... (settings the engine reads on every call); --l1-prefetch 1,0: the setting
@@ -22,19 +23,19 @@ min of the rounds. Timings only; not a test.
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.machinery
 import importlib.util
 import os
 import time
 
 import numpy as np
+from _common import make_problem, parse_shapes
 
 import fastgru
 import fastgru.engines.cpu as cpu
 from fastgru import activations
 from fastgru.engines.base import GRUSpec, Weights
-
-from _common import make_problem, parse_shapes
 
 
 def _load_build(path):
@@ -73,6 +74,12 @@ def _problem(shape):
     return p["x"], w, p["h0"], spec, np.ones((shape.B, shape.T, shape.H), np.float32)
 
 
+def _step(x, w, h0, spec, dout, n, training):
+    out, _, tape = cpu.forward(x, w, h0, spec, training=training, n_threads=n,
+                               weights_key=("ab", 0))
+    return [out] if tape is None else [out, *cpu.backward(tape, dout, n_threads=n)]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shapes", help="comma-separated BxTxIxH")
@@ -95,11 +102,7 @@ def main(argv=None):
         fastgru.set_num_threads(n)
         for shape in parse_shapes(args.shapes):
             x, w, h0, spec, dout = _problem(shape)
-
-            def call():
-                out, _, tape = cpu.forward(x, w, h0, spec, training=args.mode == "training",
-                                           n_threads=n, weights_key=("ab", 0))
-                return [out] if tape is None else [out, *cpu.backward(tape, dout, n_threads=n)]
+            call = functools.partial(_step, x, w, h0, spec, dout, n, args.mode == "training")
 
             results, per_call = [], []
             for _, activate in variants:

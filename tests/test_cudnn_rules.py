@@ -439,7 +439,7 @@ class SimulatedLibcudnn:
         from fastgru.engines import reference
 
         c, xdd = self._cfg(r), self.data[self._val(xd)]
-        B, T, D, H = xdd["B"], xdd["T"], c["D"], c["H"]
+        B, D, H = xdd["B"], c["D"], c["H"]
         status = self._refused("backward", r, xd)
         if status:
             return status
