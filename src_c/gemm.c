@@ -235,7 +235,12 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
  * the hardware streamer fetches, during the panel's first tile, and that tile waits on L3).
  * Measured on Sapphire Rapids (2 MB L2, ~22 GB/s from L3 per core), one process A/B: kernel
  * 16x1024x3072 42-53% -> 56-74% of the FMA peak, 8x1024x3072 34 -> 44%; layer 16x500x512x1024
- * +27% (1 thread) / +11% (2), 256x50x256x512 level. Prefetching two panels ahead: no better. */
+ * +27% (1 thread) / +11% (2), 256x50x256x512 level. Prefetching two panels ahead: no better.
+ * A step's product over the three gates (one call per gate) decides by the panels of all three
+ * and prefetches across gates: at u = 512 one gate's panels are exactly 1 MB, so none were
+ * prefetched while the step streamed 3 MB. One-process A/B on an Intel Xeon with 2 MB of L2
+ * (2026-12-05), 1 / 2 threads: 256x50x256x512 +1.7% / +2.5% (a second run +1.4% / +2.9%),
+ * 16x500x512x1024 +1.2% / +2.3%, 64x200x128x256 and smaller level. */
 #define FG_PF_L2 (1L << 20)
 
 /* Whether a grouped one-/two-row product over panels of `bytes` in all takes its L1
@@ -273,7 +278,8 @@ int fg_ptr_prefetch_at(long bytes)
     static __attribute__((target("avx512f,fma"))) void NAME(int M, int K, const REAL *A,      \
                                                             long lda, const REAL *P,          \
                                                             long pstride, int np, REAL *C,    \
-                                                            long ldc)                         \
+                                                            long ldc, long stream,            \
+                                                            const REAL *after)                \
     {                                                                                         \
         /* M >= 4: ceil(M / 6) row tiles of near-equal height (4-6 rows), each one pass     \
          * over the panel: 8 rows as 4 + 4 rather than 6 + 2 (a two-row pass reads 256 bytes  \
@@ -290,14 +296,16 @@ int fg_ptr_prefetch_at(long bytes)
             if (p < np) NAME##_3x1(K, A, lda, P + p * pstride, pstride, C + p * W, ldc, 0);   \
         } else if (Mt > 3) {                                                                  \
             const int nt = (Mt + 5) / 6, base = Mt / nt, extra = Mt % nt; /* base >= 4 */      \
-            /* Panels beyond L2: the first tiles of panel p prefetch panel p + 1 into L2, so  \
-             * that its fetch from L3 overlaps the whole of panel p (FG_PF_L2). */            \
+            /* Panels beyond L2 (stream: the bytes of panels the whole step's product       \
+             * reads, of which this call may be one gate's): the first tiles of panel p        \
+             * prefetch panel p + 1 (after the last, `after`: the next call's first) into L2,  \
+             * so that its fetch from L3 overlaps the whole of panel p (FG_PF_L2). */         \
             const long pbytes = (long)K * W * (long)sizeof(REAL);                             \
-            const int pfl = (long)np * pstride * (long)sizeof(REAL) <= FG_PF_L2 ? 0           \
+            const int pfl = stream <= FG_PF_L2 ? 0                                            \
                             : nt == 1 ? 4 : nt <= 3 ? 2 : 1; /* lines per k per tile */       \
             for (int p = 0; p < np; p++) {                                                    \
                 const REAL *Pp = P + (long)p * pstride;                                       \
-                const char *next = p + 1 < np ? (const char *)(Pp + pstride) : 0;             \
+                const char *next = (const char *)(p + 1 < np ? Pp + pstride : after);        \
                 REAL *Cp = C + (long)p * W;                                                   \
                 for (int t = 0, i = 0; t < nt; t++) {                                         \
                     const int mr = base + (t < extra);                                        \
@@ -427,17 +435,30 @@ FG_DEFINE_AVX2(gemm_avx2_d, __m256d, double, FG_WD, 4, _mm256_loadu_pd, _mm256_s
                _mm256_set1_pd, _mm256_setzero_pd, _mm256_fmadd_pd)
 #endif
 
+/* stream: the bytes of panels the whole product reads (a grouped call's, across its groups),
+ * after: the panels that follow these in it (or NULL); both only steer L2 prefetches (FG_PF_L2). */
 #define FG_DEFINE_DISPATCH(SUF, REAL)                                                         \
-    void fg_gemm_panels_##SUF(int isa, int M, int K, const REAL *A, long lda, const REAL *P, \
-                              long pstride, int np, REAL *C, long ldc)                        \
+    static void gemm_stream_##SUF(int isa, int M, int K, const REAL *A, long lda,             \
+                                  const REAL *P, long pstride, int np, REAL *C, long ldc,     \
+                                  long stream, const REAL *after)                             \
     {                                                                                         \
+        (void)stream, (void)after;                                                            \
         if (M <= 0 || np <= 0) return;                                                        \
         FG_X86_DISPATCH(SUF)                                                                  \
         gemm_generic_##SUF(M, K, A, lda, P, pstride, np, C, ldc);                             \
+    }                                                                                         \
+    void fg_gemm_panels_##SUF(int isa, int M, int K, const REAL *A, long lda, const REAL *P, \
+                              long pstride, int np, REAL *C, long ldc)                        \
+    {                                                                                         \
+        gemm_stream_##SUF(isa, M, K, A, lda, P, pstride, np, C, ldc,                          \
+                          (long)np * pstride * (long)sizeof(REAL), 0);                        \
     }
 #ifdef FG_X86
 #define FG_X86_DISPATCH(SUF)                                                                  \
-    if (isa == FG_ISA_AVX512) { gemm_avx512_##SUF(M, K, A, lda, P, pstride, np, C, ldc); return; } \
+    if (isa == FG_ISA_AVX512) {                                                               \
+        gemm_avx512_##SUF(M, K, A, lda, P, pstride, np, C, ldc, stream, after);               \
+        return;                                                                               \
+    }                                                                                         \
     if (isa == FG_ISA_AVX2) { gemm_avx2_##SUF(M, K, A, lda, P, pstride, np, C, ldc); return; }
 #else
 #define FG_X86_DISPATCH(SUF)
@@ -588,9 +609,11 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
     {                                                                                         \
         if (M > 0 && npg > 0 && ng > 0) {                                                     \
             FG_X86_GRP(SUF, REAL, W)                                                          \
+            const long stream = (long)ng * npg * pstride * (long)sizeof(REAL);                \
             for (int g = 0; g < ng; g++)                                                      \
-                fg_gemm_panels_##SUF(isa, M, K, A, lda, P + g * gstride, pstride, npg,        \
-                                     C + g * cgstride, ldc);                                  \
+                gemm_stream_##SUF(isa, M, K, A, lda, P + g * gstride, pstride, npg,           \
+                                  C + g * cgstride, ldc, stream,                              \
+                                  g + 1 < ng ? P + (g + 1) * gstride : 0);                    \
         }                                                                                     \
         for (int j = 0; j < nj; j++) /* the tiles' sums: one fma chain over d per element */ \
             for (int r = 0; r < FG_PJ_ROWS; r++)                                              \
