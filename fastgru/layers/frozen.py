@@ -164,7 +164,7 @@ class FrozenRNN:
         if initial_state is None:
             n = len(self._runs)
             return (list(self.states) if self.stateful else [None] * n), [False] * n
-        states, bare = self._given_states(initial_state, np, B, self._stacked, self._cell_sizes)
+        states, bare = self._given_states(initial_state, np, B, self._cell_sizes)
         h0s = [s[0] for s in states] if self._stacked else states[:1]
         return [h.astype(dt, copy=False) for h, dt in zip(h0s, self._dtypes, strict=True)], bare
 

@@ -226,7 +226,7 @@ class RNN(Layer):
     # ------------------------------------------------------------------ state handling
     def _default_states(self, batch, xp):
         """Per-cell structure of zero states (lists, as the cells' get_initial_state)."""
-        if isinstance(self.cell, StackedRNNCells):
+        if self._stacked:
             return [[xp.asarray(s) for s in initial_cell_state(c, batch, self.dtype)]
                     for c in self.cell.cells]
         return [xp.asarray(s) for s in initial_cell_state(self.cell, batch, self.dtype)]
@@ -294,8 +294,7 @@ class RNN(Layer):
         )
 
     def _check_features(self, shape):
-        cells = self.cell.cells if isinstance(self.cell, StackedRNNCells) else [self.cell]
-        first = cells[0]
+        first = self._cells[0]
         dim = getattr(first, "input_dim", None) if getattr(first, "built", False) else None
         if dim is not None and shape[-1] != dim:
             layout = "(T, B, D)" if self.time_major else "(B, T, D)"
@@ -328,7 +327,7 @@ class RNN(Layer):
         """Per-cell structure of state arrays and, per cell, whether the user gave a bare
         array (returned states keep that form). ``lazy_zeros``: default zero states of GRU
         cells as None (h0=None for the engines)."""
-        stacked = isinstance(self.cell, StackedRNNCells)
+        stacked = self._stacked
         if initial_state is None:
             if self.stateful:
                 self._check_stateful_batch(B)
@@ -342,18 +341,17 @@ class RNN(Layer):
             return states, bare
         if self.stateful:
             self._check_stateful_batch(B)
-        return self._given_states(initial_state, xp, B, stacked, self._cell_state_sizes())
+        return self._given_states(initial_state, xp, B, self._cell_state_sizes())
 
     def _cell_state_sizes(self) -> list:
         """Per cell (name, state sizes); one entry for a lone cell."""
-        cells = self.cell.cells if isinstance(self.cell, StackedRNNCells) else [self.cell]
-        return [(getattr(c, "name", i), _state_sizes(c)) for i, c in enumerate(cells)]
+        return [(getattr(c, "name", i), _state_sizes(c)) for i, c in enumerate(self._cells)]
 
-    def _given_states(self, initial_state, xp, B, stacked, cell_sizes):
+    def _given_states(self, initial_state, xp, B, cell_sizes):
         """``initial_state`` as given, checked against ``cell_sizes`` (``_cell_state_sizes``):
         (per-cell state arrays, per cell whether a bare array was given). Reads only
-        ``name`` and ``dtype`` of self: FrozenRNN shares it."""
-        if not stacked:
+        ``name``, ``dtype`` and ``_stacked`` of self: FrozenRNN shares it."""
+        if not self._stacked:
             given = list(initial_state) if _is_nested(initial_state) else [initial_state]
             expected = cell_sizes[0][1]
             if len(given) < len(expected):
@@ -465,7 +463,7 @@ class RNN(Layer):
 
     def _engine_path(self, cells, x, mask, states, bare, training, record, xp):
         B, T = x.shape[:2]
-        stacked = isinstance(self.cell, StackedRNNCells)
+        stacked = self._stacked
         h0s = [s[0] for s in states] if stacked else [states[0]]
         mask_proc = mask[:, ::-1] if (mask is not None and self.go_backwards) else mask
         tapes, engines, reasons, drops, finals = [], [], [], [], []
@@ -505,14 +503,13 @@ class RNN(Layer):
         masked rows keep their states, emit the previous output (0 before the first, or 0
         with zero_output_for_mask)."""
         B, T = x.shape[:2]
-        gru_cells = [c for c in (self.cell.cells if isinstance(self.cell, StackedRNNCells)
-                                 else [self.cell]) if isinstance(c, GRUCell)]
+        gru_cells = [c for c in self._cells if isinstance(c, GRUCell)]
         for c in gru_cells:  # one set of masks per call, reused at every step
             c._step_masks = c.dropout_masks(B, c.input_dim, training, xp)
         try:
             outputs, y_prev = [], None
             step = cell_stepper(self.cell, training)
-            single_stack = isinstance(self.cell, StackedRNNCells) and len(self.cell.cells) == 1
+            single_stack = self._stacked and len(self.cell.cells) == 1
             for k in range(T):
                 t = T - 1 - k if self.go_backwards else k
                 o, new = step(x[:, t], states)
@@ -549,6 +546,11 @@ class RNN(Layer):
     def _stacked(self) -> bool:
         return isinstance(self.cell, StackedRNNCells)
 
+    @property
+    def _cells(self) -> list:
+        """The cells in order: those of the stack, or the lone cell."""
+        return self.cell.cells if self._stacked else [self.cell]
+
     def _structure(self, output, final, bare):
         """Cast to the layer dtype, restore time-major layout, build the return value (on
         every call, frozen ones too: no conversion where none is needed)."""
@@ -583,7 +585,7 @@ class RNN(Layer):
         if not isinstance(tape, RNNTape):
             raise TypeError(f"backward needs the tape returned by forward(); got {type(tape)}")
         cells = _gru_cells(self.cell)
-        stacked = isinstance(self.cell, StackedRNNCells)
+        stacked = self._stacked
         d_out, d_states = self._split_d_outputs(d_outputs, d_state, len(cells), stacked)
         xp = tape.input_module
         B, T = tape.batch, tape.steps
