@@ -47,14 +47,12 @@ def main(argv=None) -> int:
                         reset_after=args.reset_after == "true", dtype=args.dtype, seed=0)
     layer.build(x.shape)
 
-    timed = layer
+    timed = layer.freeze() if args.frozen else layer  # --frozen excludes --train
     if args.train:
         def run():
             y, tape = layer.forward(x, training=True)
             layer.backward(tape, np.ones_like(y))
     else:
-        timed = layer.freeze() if args.frozen else layer
-
         def run():
             timed(x)
 
