@@ -143,7 +143,7 @@ FG_CLONES static void FN(mix)(int n, const REAL *restrict z, const REAL *restric
  * recurrent bias (3u, from unit 0 of this span); y2: the output row in `out` or NULL.
  * Training record (pre != NULL): pre (z, r, h rows of 3u), rp, hprev. zt, at: n elements of
  * scratch each. Two loops, z / r / the candidate's pre-activation into zt / at (and the
- * record), then tanh and the mix: in one, an iteration's dependency chain (two exp-reciprocal
+ * record), then tanh and the mix: in one, an iteration's dependency chain (two exp-division
  * chains, then tanh's) was too long for the out-of-order window to overlap the next. One-process
  * A/B: inference 32x100x64x128 +3-4%, 16x200x32x64 +7-9% (1 thread); training (2026-12-05)
  * 1x100x64x128 +1.9-2.3%, 4x100x64x128 +1.5-1.6%, 64x200x128x256 and 256x50x256x512 level on

@@ -162,7 +162,7 @@ def test_c_activation_matches_python(name, dtype):
 
 
 def test_c_float32_sigmoid_tanh_ulp_and_saturation():
-    """The gate pass's float32 sigmoid and tanh (polynomials + Newton reciprocal): a few ulp
+    """The gate pass's float32 sigmoid and tanh (polynomials and a division): a few ulp
     everywhere on a dense grid, exact 0.5 / 0 at 0, and exactly +-1 where tanh rounds to it."""
     from fastgru._cpu import _gru
 
@@ -174,7 +174,7 @@ def test_c_float32_sigmoid_tanh_ulp_and_saturation():
         out = np.empty_like(x)
         _gru.activation(code, x, out)
         ulp = np.abs(out - ref) / np.spacing(np.abs(ref).astype(np.float32)).astype(np.float64)
-        assert ulp.max() < 8, (code, float(ulp.max()))
+        assert ulp.max() < 5, (code, float(ulp.max()))  # 2.25 (sigmoid), 4.53 (tanh)
     out = np.empty(6, np.float32)
     _gru.activation(1, np.array([0, 8.8, -9.5, 50, np.inf, -np.inf], np.float32), out)
     assert out[0] == 0 and out[2:].tolist() == [-1, 1, 1, -1] and 1 - 6e-8 <= out[1] <= 1
