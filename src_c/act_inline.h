@@ -30,10 +30,13 @@ static inline float fg_expf_neg(float x)
     p = fmaf(p, r, 1.6666665459E-1f);
     p = fmaf(p, r, 5.0000001201E-1f);
     float y = fmaf(p, r * r, r) + 1.0f;
+    /* y * 2^fx as an integer add to y's exponent field: y is in [0.7, 1.5) and fx in
+     * [-125, 0], so the result is normal and the add is the exact product (one vector op
+     * fewer than building 2^fx and multiplying; the same bits) */
     union { uint32_t i; float f; } s;
-    s.i = (uint32_t)((int32_t)fx + 127) << 23;
-    float res = y * s.f;
-    return x == x ? res : x;
+    s.f = y;
+    s.i += (uint32_t)(int32_t)fx << 23;
+    return x == x ? s.f : x;
 }
 
 static inline float fg_sigmoidf(float a)
