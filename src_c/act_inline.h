@@ -30,9 +30,10 @@ static inline float fg_expf_neg(float x)
     p = fmaf(p, r, 1.6666665459E-1f);
     p = fmaf(p, r, 5.0000001201E-1f);
     float y = fmaf(p, r * r, r) + 1.0f;
-    /* y * 2^fx as an integer add to y's exponent field: y is in [0.7, 1.5) and fx in
-     * [-125, 0], so the result is normal and the add is the exact product (one vector op
-     * fewer than building 2^fx and multiplying; the same bits) */
+    /* y * 2^fx as an integer add to y's exponent field: y is in [0.7, 1.42) and fx in
+     * [-126, 0], with y >= 1.4 where fx = -126 (xc >= -87), so the result is normal and the
+     * add is the exact product (one vector op fewer than building 2^fx and multiplying; the
+     * same bits) */
     union { uint32_t i; float f; } s;
     s.f = y;
     s.i += (uint32_t)(int32_t)fx << 23;
