@@ -15,9 +15,10 @@ all variants return the same bits (they should: no switch may change a result).
 --so: paths of built extensions (fastgru/_cpu/_gru*.so copied aside after each build); --env:
 NAME=v1,v2,... (settings the engine reads on every call); --l1-prefetch 1,0: the setting
 FASTGRU_CPU_L1_PREFETCH gives the batch-1/2 grouped products (otherwise read once per process;
-a thread's panels beyond 1 MB keep their prefetches either way). --mode inference (the engine
-forward, return_sequences=True) or training (forward + backward); --stat median (default) or
-min of the rounds. Timings only; not a test.
+a thread's panels beyond 1 MB keep their prefetches either way); --gate-prefetch 1,0: the
+forward gate pass's prefetch of the next row's inputs (FASTGRU_CPU_GATE_PREFETCH). --mode
+inference (the engine forward, return_sequences=True) or training (forward + backward); --stat
+median (default) or min of the rounds. Timings only; not a test.
 """
 
 from __future__ import annotations
@@ -54,6 +55,10 @@ def _variants(args):
             mod = _load_build(path)
             out.append((os.path.basename(path), lambda m=mod: setattr(cpu, "_gru", m)))
         return out
+    if args.gate_prefetch:
+        from fastgru._cpu import _gru
+        return [(f"gate-prefetch={v}", lambda v=v: _gru.set_gate_prefetch(v == "1"))
+                for v in args.gate_prefetch.split(",")]
     if args.l1_prefetch:
         from fastgru._cpu import _gru
         return [(f"l1-prefetch={v}", lambda v=v: _gru.set_ptr_prefetch(v == "1"))
@@ -87,6 +92,7 @@ def main(argv=None):
     group.add_argument("--so", help="comma-separated paths of extension builds")
     group.add_argument("--env", help="NAME=v1,v2,...")
     group.add_argument("--l1-prefetch", help="1,0: as FASTGRU_CPU_L1_PREFETCH=1 / 0")
+    group.add_argument("--gate-prefetch", help="1,0: as FASTGRU_CPU_GATE_PREFETCH=1 / 0")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts")
     ap.add_argument("--mode", choices=["inference", "training"], default="inference")
     ap.add_argument("--rounds", type=int, default=8, help="alternating rounds (default 8)")

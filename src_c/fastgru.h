@@ -43,6 +43,9 @@ int fg_ptr_prefetch(void);
 /* ... for a grouped product over panels of `bytes` in all (beyond 1 MB: always). */
 int fg_ptr_prefetch_at(long bytes);
 void fg_set_ptr_prefetch(int v); /* 0 / 1, or -1: the default (between calls only) */
+/* 1 when the forward gate pass prefetches the next row's gate inputs (see gemm.c). */
+int fg_gate_prefetch(void);
+void fg_set_gate_prefetch(int v); /* 0 / 1, or -1: the default (between calls only) */
 
 /* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)
  * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */

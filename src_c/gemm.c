@@ -47,6 +47,41 @@ void fg_set_ptr_prefetch(int v)
     __atomic_store_n(&ptr_pf_state, v < 0 ? -1 : v != 0, __ATOMIC_RELAXED);
 }
 
+/* The forward gate pass's L2 prefetch of the next row's gx / gh (gru_impl.h, f26b37f): on AMD
+ * Zen 5 it gained 2-3% at 256x50x256x512 (a row's pass too short for the hardware prefetchers
+ * to pick up its six streams); on an Intel Xeon with 2 MB L2 (2026-12-05) it cost 0.4-4% in
+ * 19 of 20 points of two one-process A/Bs (five shapes, 1 and 2 threads; 256x50x256x512
+ * 1.8-3%, 16x500x512x1024 1.2-1.7%; once +1.4% at 64x200x128x256 on two threads): Intel's own
+ * streamers keep up with the row-contiguous gx / gh, and the burst of prefetches only takes
+ * load slots and fill buffers.
+ * So on by default except on Intel CPUs; FASTGRU_CPU_GATE_PREFETCH=0 / 1 overrides (read
+ * once). Prefetches never change a result. */
+static int gate_pf_state = -1;
+
+int fg_gate_prefetch(void)
+{
+    int v = __atomic_load_n(&gate_pf_state, __ATOMIC_RELAXED);
+    if (v < 0) {
+        const char *e = getenv("FASTGRU_CPU_GATE_PREFETCH");
+        if (e && (e[0] == '0' || e[0] == '1') && !e[1]) {
+            v = e[0] == '1';
+        } else {
+            v = 1;
+#ifdef FG_X86
+            __builtin_cpu_init();
+            v = !__builtin_cpu_is("intel");
+#endif
+        }
+        __atomic_store_n(&gate_pf_state, v, __ATOMIC_RELAXED);
+    }
+    return v;
+}
+
+void fg_set_gate_prefetch(int v)
+{
+    __atomic_store_n(&gate_pf_state, v < 0 ? -1 : v != 0, __ATOMIC_RELAXED);
+}
+
 int fg_isa_best(void)
 {
 #ifdef FG_X86

@@ -255,6 +255,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                       && fg_fuse_projection(a->isa, a->is_double, nr, (npu + nteam - 1) / nteam,
                                             u, D);
     const REAL *x = (const REAL *)a->x, *wpk = (const REAL *)a->wpk;
+    const int gpf = fg_gate_prefetch();
 
     for (int i = 0; i < nr; i++)
         for (int j = ulo; j < uhi; j++) {
@@ -326,7 +327,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                            pstride, p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
             for (int i = 0; i < nr; i++) {
                 const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx + gxo, *ghr = tb->gh + (long)i * ldgh;
-                if (i + 1 < nr) /* the next row's inputs, on their way while this row computes */
+                if (gpf && i + 1 < nr) /* the next row's inputs, on their way while this row
+                                        * computes (not on Intel: fg_gate_prefetch) */
                     FN(prefetch_gates)(nu, gxr + ldgx, gs, ghr + ldgh + ulo, up);
                 if (fused && (!mask || mask[(long)(r0 + i) * T + t])) {
                     long base = (long)(r0 + i) * T + k;

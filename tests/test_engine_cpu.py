@@ -869,6 +869,63 @@ def test_l1_prefetch_default_off_below_1mb(tmp_path):
         assert out == ["False", "False", "True"], (value, out)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_gate_prefetch_setting_changes_no_bits(dtype, rng, monkeypatch):
+    """The forward gate pass's prefetch of the next row's inputs (on / off: the in-process
+    switch bench/ab.py uses) changes no bit: fused and separate gate passes, masks, batch-
+    and unit-split plans, inference and the training record, and the reference's values."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
+    try:
+        for B, u, mask in ((6, 40, "none"), (5, 150, "arbitrary"), (2, 70, "right")):
+            args, kw = make_case(rng, B, 6, 5, u, mask=mask, dtype=dtype, scale=0.3,
+                                 return_sequences=True)
+            got = {}
+            for pf in (True, False):
+                _gru.set_gate_prefetch(pf)
+                assert _gru.gate_prefetch() is pf
+                for fused in ("1", "0"):
+                    monkeypatch.setenv("FASTGRU_CPU_FUSED", fused)
+                    for n in (1, 2):
+                        o, h, tape = cpu.forward(*args, **kw, n_threads=n, training=True)
+                        got[pf, fused, n] = [o, h, tape.saved["pre"]]
+            first = got[True, "1", 1]
+            assert all(all(np.array_equal(a, b) for a, b in zip(first, v))
+                       for v in got.values()), (B, u, mask)
+            want = ref_forward(args, kw)[0]
+            assert rel_err(first[0], want) < (1e-5 if dtype == np.float32 else 1e-12)
+    finally:
+        _gru.set_gate_prefetch(None)
+
+
+def test_gate_prefetch_default_by_vendor_and_override(tmp_path):
+    """FASTGRU_CPU_GATE_PREFETCH=0 / 1 (read once per process, hence the children) decides;
+    unset or any other value: off on Intel CPUs, on elsewhere (measured per CPU, gemm.c)."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    intel = False
+    if platform.machine() in ("x86_64", "AMD64", "i686"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                intel = "GenuineIntel" in f.read(4096)
+        except OSError:
+            pytest.skip("no /proc/cpuinfo to read the CPU vendor from")
+    code = "from fastgru._cpu import _gru; print(_gru.gate_prefetch())"
+    for value, want in ((None, not intel), ("", not intel), ("yes", not intel), ("0", False),
+                        ("1", True)):
+        env = {k: v for k, v in os.environ.items() if k != "FASTGRU_CPU_GATE_PREFETCH"}
+        if value is not None:
+            env["FASTGRU_CPU_GATE_PREFETCH"] = value
+        out = subprocess.run([sys.executable, "-c", code], env=_child_env(env), check=True,
+                             timeout=120, capture_output=True, text=True, cwd=tmp_path).stdout
+        assert out.split() == [str(want)], (value, out)
+
+
 def test_concurrent_calls_bit_identical(rng, in_threads):
     cases = [make_case(rng, 6, 20, 8, 40, mask="arbitrary", return_sequences=True,
                        dtype=dt) for dt in (np.float32, np.float64)]

@@ -60,6 +60,18 @@ def ptr_prefetch(long panel_bytes=0):
     return bool(fg_ptr_prefetch_at(panel_bytes))
 
 
+def gate_prefetch():
+    """Whether the forward gate pass prefetches the next row's gate inputs into L2 (on by
+    default except on Intel CPUs; FASTGRU_CPU_GATE_PREFETCH=0/1, read once, overrides)."""
+    return bool(fg_gate_prefetch())
+
+
+def set_gate_prefetch(v):
+    """For one-process A/B runs (bench/ab.py --gate-prefetch): True / False from now on,
+    None the default again. Not while a call runs."""
+    fg_set_gate_prefetch(-1 if v is None else (1 if v else 0))
+
+
 def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D):
     """Whether a time loop of ``rows`` batch rows, on a thread owning ``npt`` panels of each
     gate, projects its inputs inside the steps' recurrent products (src_c/gru.c), given a

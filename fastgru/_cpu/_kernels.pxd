@@ -19,6 +19,8 @@ cdef extern from "fastgru.h" nogil:
     int fg_ptr_prefetch()
     int fg_ptr_prefetch_at(long nbytes)
     void fg_set_ptr_prefetch(int v)
+    int fg_gate_prefetch()
+    void fg_set_gate_prefetch(int v)
     int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     size_t fg_ws_trim()

@@ -25,7 +25,9 @@ environment variable, one of "auto", "avx512", "avx2", "generic".
 for tests), ``FASTGRU_CPU_FUSED_PROJ=0`` projects whole chunks up front even where one-row
 steps would project later steps inside their recurrent product (same bits),
 ``FASTGRU_CPU_WGRAD=blas`` the backward's GEMMs on BLAS instead of the AVX2/AVX-512
-packed kernel.
+packed kernel. ``FASTGRU_CPU_L1_PREFETCH`` and ``FASTGRU_CPU_GATE_PREFETCH`` (0 / 1, read once
+per process) override two software-prefetch defaults that were measured per CPU (src_c/gemm.c);
+prefetches never change a result.
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
 their version with ``weights_key`` (the kernel's threads compare a hit bitwise with the weights
@@ -96,6 +98,7 @@ try:
     _gru = _import_extension()
     _IMPORT_ERROR = None
     _gru.ptr_prefetch()  # FASTGRU_CPU_L1_PREFETCH read now, before any thread team
+    _gru.gate_prefetch()  # FASTGRU_CPU_GATE_PREFETCH (and the CPU's vendor) likewise
 except ImportError as exc:  # source tree without a build: everything else still works
     _gru = None
     _IMPORT_ERROR = exc
@@ -373,6 +376,10 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
              and _fused_gates())
     gate = ("one fused gate/mask/output loop per row (tanh/sigmoid, reset_after)" if fused
             else "separate gate passes (activation loops by code)")
+    if max(B, 1) > (1 if split else max(nthr, 1)):  # a time loop of more than one row
+        gate += (", " + ("with" if _gru.gate_prefetch() else "without")
+                 + " an L2 prefetch of the next row's gate inputs (off on Intel CPUs, whose"
+                   " own prefetchers keep up; FASTGRU_CPU_GATE_PREFETCH=0/1 overrides)")
     proj = (f"the {isa} packed-panel FMA kernel (kernel packed once per weight version)"
             if packed_proj else "BLAS GEMMs")
     rows = max(B, 1) if split else -(-max(B, 1) // max(nthr, 1))  # rows per time loop
