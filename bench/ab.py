@@ -55,14 +55,11 @@ def _variants(args):
             mod = _load_build(path)
             out.append((os.path.basename(path), lambda m=mod: setattr(cpu, "_gru", m)))
         return out
-    if args.gate_prefetch:
-        from fastgru._cpu import _gru
-        return [(f"gate-prefetch={v}", lambda v=v: _gru.set_gate_prefetch(v == "1"))
-                for v in args.gate_prefetch.split(",")]
-    if args.l1_prefetch:
-        from fastgru._cpu import _gru
-        return [(f"l1-prefetch={v}", lambda v=v: _gru.set_ptr_prefetch(v == "1"))
-                for v in args.l1_prefetch.split(",")]
+    from fastgru._cpu import _gru
+    for flag, values, switch in (("l1-prefetch", args.l1_prefetch, _gru.set_ptr_prefetch),
+                                 ("gate-prefetch", args.gate_prefetch, _gru.set_gate_prefetch)):
+        if values:
+            return [(f"{flag}={v}", lambda v=v, s=switch: s(v == "1")) for v in values.split(",")]
     name, _, values = args.env.partition("=")
     if not name or not values:
         raise SystemExit("--env: expected NAME=v1,v2,...")

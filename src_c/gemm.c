@@ -28,24 +28,33 @@
  * Panels beyond FG_PF_L2 in all (streamed from L3) keep them: 1x300x256x512 lost 2.5% / 6.6%
  * without on Sapphire Rapids. FASTGRU_CPU_L1_PREFETCH=0 / 1 overrides (read once);
  * prefetches never change a result. */
-static int ptr_pf_state = -1; /* relaxed atomics: racing first calls compute the same value */
+static int ptr_pf_state = -1, gate_pf_state = -1;
 
-int fg_ptr_prefetch(void)
+/* A switch read once from the environment variable `name` ("0" / "1"; unset or anything else:
+ * dflt()), then kept in *state (-1: not read yet; relaxed atomics: racing first calls compute
+ * the same value). set_switch: 0 / 1 from now on, -1 the default again (between calls only). */
+static int env_switch(int *state, const char *name, int (*dflt)(void))
 {
-    int v = __atomic_load_n(&ptr_pf_state, __ATOMIC_RELAXED);
+    int v = __atomic_load_n(state, __ATOMIC_RELAXED);
     if (v < 0) {
-        const char *e = getenv("FASTGRU_CPU_L1_PREFETCH");
-        v = e && e[0] == '1' && !e[1];
-        __atomic_store_n(&ptr_pf_state, v, __ATOMIC_RELAXED);
+        const char *e = getenv(name);
+        v = e && (e[0] == '0' || e[0] == '1') && !e[1] ? e[0] == '1' : dflt();
+        __atomic_store_n(state, v, __ATOMIC_RELAXED);
     }
     return v;
 }
 
-/* For one-process A/B runs (bench/ab.py): 0 / 1 from now on, -1 the default again. */
-void fg_set_ptr_prefetch(int v)
+static void set_switch(int *state, int v)
 {
-    __atomic_store_n(&ptr_pf_state, v < 0 ? -1 : v != 0, __ATOMIC_RELAXED);
+    __atomic_store_n(state, v < 0 ? -1 : v != 0, __ATOMIC_RELAXED);
 }
+
+static int off(void) { return 0; }
+
+int fg_ptr_prefetch(void) { return env_switch(&ptr_pf_state, "FASTGRU_CPU_L1_PREFETCH", off); }
+
+/* For one-process A/B runs (bench/ab.py). */
+void fg_set_ptr_prefetch(int v) { set_switch(&ptr_pf_state, v); }
 
 /* The forward gate pass's L2 prefetch of the next row's gx / gh (gru_impl.h, f26b37f): on AMD
  * Zen 5 it gained 2-3% at 256x50x256x512 (a row's pass too short for the hardware prefetchers
@@ -56,31 +65,22 @@ void fg_set_ptr_prefetch(int v)
  * load slots and fill buffers.
  * So on by default except on Intel CPUs; FASTGRU_CPU_GATE_PREFETCH=0 / 1 overrides (read
  * once). Prefetches never change a result. */
-static int gate_pf_state = -1;
+static int not_intel(void)
+{
+#ifdef FG_X86
+    __builtin_cpu_init();
+    return !__builtin_cpu_is("intel");
+#else
+    return 1;
+#endif
+}
 
 int fg_gate_prefetch(void)
 {
-    int v = __atomic_load_n(&gate_pf_state, __ATOMIC_RELAXED);
-    if (v < 0) {
-        const char *e = getenv("FASTGRU_CPU_GATE_PREFETCH");
-        if (e && (e[0] == '0' || e[0] == '1') && !e[1]) {
-            v = e[0] == '1';
-        } else {
-            v = 1;
-#ifdef FG_X86
-            __builtin_cpu_init();
-            v = !__builtin_cpu_is("intel");
-#endif
-        }
-        __atomic_store_n(&gate_pf_state, v, __ATOMIC_RELAXED);
-    }
-    return v;
+    return env_switch(&gate_pf_state, "FASTGRU_CPU_GATE_PREFETCH", not_intel);
 }
 
-void fg_set_gate_prefetch(int v)
-{
-    __atomic_store_n(&gate_pf_state, v < 0 ? -1 : v != 0, __ATOMIC_RELAXED);
-}
+void fg_set_gate_prefetch(int v) { set_switch(&gate_pf_state, v); }
 
 int fg_isa_best(void)
 {

@@ -853,20 +853,25 @@ def test_l1_prefetch_default_off_below_1mb(tmp_path):
     """Without FASTGRU_CPU_L1_PREFETCH the pointer tiles issue no software L1 prefetches while
     a thread's panels fit in 1 MB (faster on Sapphire Rapids and Zen 4), and take them beyond
     (streamed from L3); any value but "1" counts as unset."""
+    code = ("from fastgru._cpu import _gru; "
+            "print(_gru.ptr_prefetch(), _gru.ptr_prefetch(1 << 20), _gru.ptr_prefetch(3 << 20))")
+    for value in (None, "", "yes"):
+        out = _child_stdout(code, "FASTGRU_CPU_L1_PREFETCH", value, tmp_path).split()
+        assert out == ["False", "False", "True"], (value, out)
+
+
+def _child_stdout(code, name, value, tmp_path):
+    """What ``python -c code`` prints with environment variable ``name`` set to ``value``
+    (None: unset): the prefetch switches are read once per process."""
     import os
     import subprocess
     import sys
 
-    code = ("from fastgru._cpu import _gru; "
-            "print(_gru.ptr_prefetch(), _gru.ptr_prefetch(1 << 20), _gru.ptr_prefetch(3 << 20))")
-    for value in (None, "", "yes"):
-        env = {k: v for k, v in os.environ.items() if k != "FASTGRU_CPU_L1_PREFETCH"}
-        if value is not None:
-            env["FASTGRU_CPU_L1_PREFETCH"] = value
-        out = subprocess.run([sys.executable, "-c", code], env=_child_env(env), check=True,
-                             timeout=120, capture_output=True, text=True,
-                             cwd=tmp_path).stdout.split()
-        assert out == ["False", "False", "True"], (value, out)
+    env = {k: v for k, v in os.environ.items() if k != name}
+    if value is not None:
+        env[name] = value
+    return subprocess.run([sys.executable, "-c", code], env=_child_env(env), check=True,
+                          timeout=120, capture_output=True, text=True, cwd=tmp_path).stdout
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -903,10 +908,7 @@ def test_gate_prefetch_setting_changes_no_bits(dtype, rng, monkeypatch):
 def test_gate_prefetch_default_by_vendor_and_override(tmp_path):
     """FASTGRU_CPU_GATE_PREFETCH=0 / 1 (read once per process, hence the children) decides;
     unset or any other value: off on Intel CPUs, on elsewhere (measured per CPU, gemm.c)."""
-    import os
     import platform
-    import subprocess
-    import sys
 
     intel = False
     if platform.machine() in ("x86_64", "AMD64", "i686"):
@@ -918,11 +920,7 @@ def test_gate_prefetch_default_by_vendor_and_override(tmp_path):
     code = "from fastgru._cpu import _gru; print(_gru.gate_prefetch())"
     for value, want in ((None, not intel), ("", not intel), ("yes", not intel), ("0", False),
                         ("1", True)):
-        env = {k: v for k, v in os.environ.items() if k != "FASTGRU_CPU_GATE_PREFETCH"}
-        if value is not None:
-            env["FASTGRU_CPU_GATE_PREFETCH"] = value
-        out = subprocess.run([sys.executable, "-c", code], env=_child_env(env), check=True,
-                             timeout=120, capture_output=True, text=True, cwd=tmp_path).stdout
+        out = _child_stdout(code, "FASTGRU_CPU_GATE_PREFETCH", value, tmp_path)
         assert out.split() == [str(want)], (value, out)
 
 

@@ -376,13 +376,13 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
              and _fused_gates())
     gate = ("one fused gate/mask/output loop per row (tanh/sigmoid, reset_after)" if fused
             else "separate gate passes (activation loops by code)")
-    if max(B, 1) > (1 if split else max(nthr, 1)):  # a time loop of more than one row
-        gate += (", " + ("with" if _gru.gate_prefetch() else "without")
-                 + " an L2 prefetch of the next row's gate inputs (off on Intel CPUs, whose"
-                   " own prefetchers keep up; FASTGRU_CPU_GATE_PREFETCH=0/1 overrides)")
     proj = (f"the {isa} packed-panel FMA kernel (kernel packed once per weight version)"
             if packed_proj else "BLAS GEMMs")
     rows = max(B, 1) if split else -(-max(B, 1) // max(nthr, 1))  # rows per time loop
+    if rows > 1:
+        gate += (", " + ("with" if _gru.gate_prefetch() else "without")
+                 + " an L2 prefetch of the next row's gate inputs (off on Intel CPUs, whose"
+                   " own prefetchers keep up; FASTGRU_CPU_GATE_PREFETCH=0/1 overrides)")
     infused = ""
     if isa == "avx512" and rows <= 2:
         panel = 256 // np.dtype(dtype).itemsize
