@@ -1,7 +1,9 @@
 """Thread-count control for the compiled CPU engine.
 
 ``set_num_threads(n)`` sets the default used when an engine call passes ``n_threads=None``;
-the initial default is the number of CPUs this process may run on. ``blas_threads(n)`` pins
+without it, the default is the number of CPUs this process may run on, capped at call time by
+the OpenMP limit (``OMP_NUM_THREADS``, or threadpoolctl's ``threadpool_limits``), so that the
+caps joblib, Dask and the like put on their workers apply. ``blas_threads(n)`` pins
 the BLAS libraries (through threadpoolctl) to ``n`` threads around a block, so that BLAS called
 from inside the engine's OpenMP threads runs single-threaded and never oversubscribes.
 """
@@ -34,9 +36,21 @@ def _cpus() -> int:
     return n
 
 
+_omp_limit = None  # the extension's omp_max_threads, imported on first use
+
+
 def get_num_threads() -> int:
-    """The thread count used when ``n_threads`` is None."""
-    return _default if _default is not None else _cpus()
+    """The thread count used when ``n_threads`` is None: ``set_num_threads``'s, else the CPUs
+    this process may run on, at most the calling thread's OpenMP limit."""
+    global _omp_limit
+    if _default is not None:
+        return _default
+    if _omp_limit is None:
+        try:
+            from ._cpu._gru import omp_max_threads as _omp_limit
+        except ImportError:  # extension not built: nothing to cap
+            _omp_limit = lambda: 1 << 30  # noqa: E731
+    return max(1, min(_cpus(), _omp_limit()))
 
 
 def set_num_threads(n: int | None) -> None:

@@ -13,7 +13,8 @@ Input contract
   ``X[:, :, None]``. As for every scikit-learn estimator, ``n_features_in_ = X.shape[1]`` and
   later 2-D input must have that many columns (the series length); to predict on series of
   another length, pass them as 3-D ``(n, T, 1)`` arrays. pandas DataFrames are accepted here
-  (their columns are the time steps; ``feature_names_in_`` is recorded).
+  (their columns are the time steps; ``feature_names_in_`` is recorded). A model fitted on
+  3-D or list input with one feature reads 2-D input as univariate series of any length.
 - A **list** of arrays of different lengths, each ``(T_i, n_features)`` (or ``(T_i,)`` for
   univariate series), is right-padded with zeros and masked, so padding never changes a
   result.
@@ -25,7 +26,9 @@ labels, as in ``MLPClassifier``) or half the mean squared error of the standardi
 (regression), plus ``0.5 * alpha * ||W||^2 / batch_size`` on the kernels. Rows with
 ``sample_weight == 0`` are dropped before anything else, so they are exactly as if absent.
 Stopping follows ``MLPClassifier``: ``tol`` and ``n_iter_no_change`` on the training loss,
-or on a held-out score with ``early_stopping`` (then the best weights are restored).
+or on a held-out score with ``early_stopping`` (then the best weights of that ``fit`` are
+restored: a warm start draws a new validation split, whose scores do not compare with earlier
+ones).
 
 Determinism: one ``random_state`` seeds the initial weights, the dropout masks, the shuffling
 and the validation split, so two fits with the same integer seed give the same model bit for
@@ -158,6 +161,16 @@ class _Seqs:
         return self.x[idx, :t], (None if m.all() else m)
 
 
+def _as_compute(a, name: str) -> np.ndarray:
+    """a in the network's dtype; values finite in float64 but beyond float32's range (which
+    check_array lets through) would train a NaN model without a word, so they are refused."""
+    x = np.asarray(a, dtype=_DTYPE)
+    if not np.isfinite(x).all():
+        raise ValueError(f"Input {name} contains infinity or a value too large for "
+                         f"dtype({np.dtype(_DTYPE).name!r}).")
+    return x
+
+
 def _is_ragged(X) -> bool:
     if not isinstance(X, (list, tuple)) or len(X) == 0:
         return False
@@ -176,7 +189,7 @@ def _ragged(X, name: str) -> _Seqs:
                 f"Each sequence of a list {name} must be 2-D (n_timesteps, n_features) or 1-D "
                 f"(n_timesteps,); sequence {i} has shape {a.shape}."
             )
-        seqs.append(a)
+        seqs.append(_as_compute(a, name))
     widths = {a.shape[1] for a in seqs}
     if len(widths) != 1:
         raise ValueError(
@@ -340,6 +353,13 @@ class _Net:
         for p, w in zip(self.params, weights, strict=True):
             p.assign(xp.asarray(w, dtype=p.dtype))
 
+    def _cells(self) -> list:
+        """The GRU cells, in a fixed order (each holds its own dropout-mask generator)."""
+        subs = [s for layer in self.layers
+                for s in ((layer.forward_layer, layer.backward_layer)
+                          if hasattr(layer, "forward_layer") else (layer,))]
+        return [s.cell for s in subs]
+
     def __getstate__(self):
         weights = [layer.get_weights() for layer in self.layers] + [self.head.get_weights()]
         return {
@@ -347,6 +367,11 @@ class _Net:
             "config": self.config,
             "weights": weights,
             "optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+            # where each cell's dropout masks have got to, so that training resumes after a
+            # round trip (dask-ml's Incremental ships the model between blocks) with the masks
+            # it would have drawn next, not the first ones again
+            "dropout_rngs": [None if c._rng is None else c._rng.bit_generator.state
+                             for c in self._cells()],
         }
 
     def __setstate__(self, state):
@@ -361,6 +386,10 @@ class _Net:
         if state["optimizer"] is not None:
             self.new_optimizer(state["optimizer"]["config"]["learning_rate"])
             self.optimizer.load_state_dict(state["optimizer"])
+        for cell, rng in zip(self._cells(), state.get("dropout_rngs") or (), strict=False):
+            if rng is not None:
+                cell._rng = np.random.Generator(getattr(np.random, rng["bit_generator"])())
+                cell._rng.bit_generator.state = rng
 
 
 def _gru_class():
@@ -537,16 +566,21 @@ class _BaseGRU(BaseEstimator):
             else:
                 nd = np.asarray(X).ndim
             if nd == 2:
-                kind = getattr(self, "_layout", "2d")
-                if not reset and kind == "seq":
+                seq_model = not reset and self._layout == "seq"
+                if seq_model and self.n_features_in_ != 1:
                     raise ValueError(
                         f"X is 2-D but {type(self).__name__} was fitted on 3-D sequences with "
                         f"{self.n_features_in_} features; pass an array of shape "
                         f"(n_samples, n_timesteps, {self.n_features_in_})."
                     )
-                x = _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
-                x = np.asarray(x, dtype=_DTYPE)[:, :, None]
-                seqs, layout, n_features = _Seqs(x), "2d", None
+                if seq_model:  # univariate (n, T) series for a one-feature model, any T
+                    x = check_array(X, dtype=[np.float64, np.float32], input_name="X")
+                    x = _as_compute(x, "X")[:, :, None]
+                    seqs, layout, n_features = _Seqs(x), "seq", 1
+                else:
+                    x = _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
+                    x = _as_compute(x, "X")[:, :, None]
+                    seqs, layout, n_features = _Seqs(x), "2d", None
             else:
                 x = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], input_name="X")
                 if x.ndim != 3:
@@ -559,7 +593,7 @@ class _BaseGRU(BaseEstimator):
                         f"Found array with shape {x.shape}: at least 1 time step and 1 feature "
                         "are required."
                     )
-                seqs, layout, n_features = _Seqs(np.asarray(x, dtype=_DTYPE)), "seq", x.shape[2]
+                seqs, layout, n_features = _Seqs(_as_compute(x, "X")), "seq", x.shape[2]
         if layout == "seq":
             if reset:
                 self.n_features_in_ = n_features
@@ -603,6 +637,26 @@ class _BaseGRU(BaseEstimator):
     # ---------------------------------------------------------------- fitting
     def _fit(self, X, y, sample_weight, incremental: bool, classes=None):
         self._check_params()
+        device = _resolve_device(self.device)  # a usable device, before anything changes
+        # Validation and set-up rebind attributes as they go; a failure among them must leave
+        # the estimator as it was (a refit with bad y keeping the old model and its
+        # n_features_in_, an unfitted one unfitted), so they run on a snapshot.
+        before = dict(self.__dict__)
+        try:
+            seqs, Y, sw, y_raw = self._setup(X, y, sample_weight, incremental, classes)
+        except BaseException:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            raise
+        self.device_ = device
+        self._net.to(device)
+        self._net.set_threads(self.n_threads)
+        with _threads(self.n_threads):
+            self._run_epochs(seqs, Y, sw, y_raw, incremental)
+        return self
+
+    def _setup(self, X, y, sample_weight, incremental: bool, classes):
+        """Validate the data, encode the targets and (re)build the network if needed."""
         units = self._units()
         # Start over unless continuing (partial_fit / warm_start) the same architecture.
         fresh = (not hasattr(self, "_net") or not (incremental or self.warm_start)
@@ -613,12 +667,17 @@ class _BaseGRU(BaseEstimator):
                 f"{type(self).__name__} requires y to be passed, but the target y is None."
             )
         Y, y_raw = self._encode_y(y, len(seqs), fresh, classes)
-        sw = self._sample_weight(sample_weight, len(seqs)) * self._class_weights(y_raw)
-        keep = np.flatnonzero(sw > 0)
-        if keep.size == 0:
-            raise ValueError("All sample weights are zero: there is nothing to fit.")
-        if keep.size < len(seqs):  # weight 0 == row absent
-            seqs, Y, sw, y_raw = seqs.take(keep), Y[keep], sw[keep], y_raw[keep]
+        sw = self._sample_weight(sample_weight, len(seqs))
+        # weight 0 == row absent: such rows go before the class weights are computed (they
+        # would count in "balanced"'s class frequencies), and again if a class weight is 0
+        for weights in (None, self._class_weights):
+            if weights is not None:
+                sw = sw * weights(y_raw)
+            keep = np.flatnonzero(sw > 0)
+            if keep.size == 0:
+                raise ValueError("All sample weights are zero: there is nothing to fit.")
+            if keep.size < len(seqs):
+                seqs, Y, sw, y_raw = seqs.take(keep), Y[keep], sw[keep], y_raw[keep]
         if not incremental:
             self._check_enough_classes(y_raw)
         Y = self._scale_targets(Y, fresh)
@@ -638,12 +697,7 @@ class _BaseGRU(BaseEstimator):
             self._net.new_optimizer(float(self.learning_rate))
         else:
             self._net.optimizer.learning_rate = float(self.learning_rate)
-        self.device_ = _resolve_device(self.device)
-        self._net.to(self.device_)
-        self._net.set_threads(self.n_threads)
-        with _threads(self.n_threads):
-            self._run_epochs(seqs, Y, sw, y_raw, incremental)
-        return self
+        return seqs, Y, sw, y_raw
 
     def _architecture(self, units) -> dict:
         return dict(units=units, reset_after=bool(self.reset_after), dropout=float(self.dropout),
@@ -659,8 +713,14 @@ class _BaseGRU(BaseEstimator):
                                       random_state=rng, stratify=stratify)
             val = (seqs.take(va), y_raw[va], sw[va])
             seqs, Y, sw = seqs.take(tr), Y[tr], sw[tr]
-            if self.best_validation_score_ is None:
-                self.validation_scores_, self.best_validation_score_ = [], -np.inf
+            # A warm start draws a new validation split, so earlier scores do not compare
+            # with this fit's: it keeps the best weights of its own epochs (the scores of all
+            # fits stay in validation_scores_, as the losses do in loss_curve_).
+            if self.validation_scores_ is None:
+                self.validation_scores_ = []
+            self.best_validation_score_ = -np.inf
+        elif self.best_loss_ is None:  # the previous fit stopped early
+            self.best_loss_ = np.inf
         n = len(seqs)
         bs = self._batch_size(n)
         xp = _xp(net.device)
@@ -692,6 +752,12 @@ class _BaseGRU(BaseEstimator):
             self.n_iter_ += 1
             self.t_ += n
             loss = total / n
+            if not np.isfinite(loss):
+                raise ValueError(
+                    "Training produced a non-finite loss (the weights are no longer finite); "
+                    "the input data may contain very large values and need to be scaled, or "
+                    "the learning_rate is too high."
+                )
             self.loss_curve_.append(loss)
             self.loss_ = loss
             if incremental:
@@ -817,7 +883,8 @@ class GRUClassifier(ClassifierMixin, _BaseGRU):
         Shuffle the samples every epoch.
     early_stopping : bool, default=False
         Hold out ``validation_fraction`` of the data (stratified) and stop when its accuracy
-        has not improved by ``tol`` for ``n_iter_no_change`` epochs; keeps the best weights.
+        has not improved by ``tol`` for ``n_iter_no_change`` epochs; keeps the best weights of the
+        ``fit`` (``best_validation_score_`` is this fit's best).
     validation_fraction : float, default=0.1
     n_iter_no_change : int, default=10
     tol : float, default=1e-4
@@ -908,6 +975,10 @@ class GRUClassifier(ClassifierMixin, _BaseGRU):
             lb = LabelBinarizer()
             lb.fit(y if classes is None or y.ndim == 2 else np.asarray(classes))
             if classes is not None and y.ndim == 1:
+                if len(lb.classes_) < 2:  # as fit's _check_enough_classes
+                    raise ValueError(
+                        f"`classes` must hold at least 2 classes; got {lb.classes_.tolist()}."
+                    )
                 unseen = np.setdiff1d(np.unique(y), lb.classes_)
                 if unseen.size:
                     raise ValueError(
@@ -932,6 +1003,11 @@ class GRUClassifier(ClassifierMixin, _BaseGRU):
                         f"with {len(self.classes_)}."
                     )
             else:
+                if classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+                    raise ValueError(  # scikit-learn's wording (_check_partial_fit_first_call)
+                        f"`classes={np.unique(classes).tolist()}` is not the same as on last "
+                        f"call to partial_fit, was: {self.classes_!r}"
+                    )
                 unseen = np.setdiff1d(np.unique(y), self.classes_)
                 if unseen.size:
                     if self.warm_start and classes is None:

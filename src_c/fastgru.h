@@ -35,6 +35,9 @@ typedef void (*fg_dgemm_t)(char *, char *, int *, int *, int *, double *, double
 
 /* 1 when built with OpenMP (threads), 0 for a single-threaded build. */
 int fg_openmp(void);
+/* The calling thread's OpenMP thread limit (OMP_NUM_THREADS, omp_set_num_threads, which
+ * threadpoolctl calls; 1 without OpenMP). */
+int fg_omp_max_threads(void);
 
 /* Best per-step product kernel this CPU runs (FG_ISA_*). */
 int fg_isa_best(void);

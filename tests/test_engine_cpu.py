@@ -977,6 +977,38 @@ def test_default_threads_follow_the_affinity_within_the_ttl(monkeypatch):
     assert _threads.get_num_threads() == len(cpus)
 
 
+def test_default_threads_follow_the_openmp_limit(tmp_path):
+    """Without set_num_threads, the default is capped by OMP_NUM_THREADS and by
+    threadpoolctl's limits at call time (the caps joblib / Dask put on their workers);
+    set_num_threads wins over both."""
+    import os
+
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from fastgru._cpu import _gru
+
+    if not _gru.openmp() or not any(i["user_api"] == "openmp" for i in threadpool_info()):
+        pytest.skip("built without OpenMP, or threadpoolctl cannot see its runtime")
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if cpus < 2:
+        pytest.skip("needs two CPUs")
+    old = _threads._default
+    try:
+        _threads.set_num_threads(None)
+        assert _threads.get_num_threads() == cpus
+        with threadpool_limits(limits=1, user_api="openmp"):
+            assert _threads.get_num_threads() == 1
+            _threads.set_num_threads(2)
+            assert _threads.get_num_threads() == 2
+            _threads.set_num_threads(None)
+        assert _threads.get_num_threads() == cpus
+    finally:
+        _threads._default = old
+    code = "import fastgru; print(fastgru.get_num_threads())"
+    for value, want in ((None, cpus), ("1", 1), (str(cpus + 5), cpus)):
+        assert _child_stdout(code, "OMP_NUM_THREADS", value, tmp_path).strip() == str(want)
+
+
 # ---------------------------------------------------------------------------------------------
 # NaN handling
 

@@ -145,7 +145,17 @@ def test_ragged_lists_are_padded_and_masked():
     for i in (0, 7, 21):  # alone, unpadded, gives the same answer as inside the padded batch
         np.testing.assert_allclose(clf.predict_proba(seqs[i][None]), p[i:i + 1], rtol=1e-6)
     uni = [s[:, 0] for s in seqs]  # 1-D items are univariate series
-    assert GRUClassifier(**FAST).fit(uni, y).n_features_in_ == 1
+    u = GRUClassifier(**FAST).fit(uni, y)
+    assert u.n_features_in_ == 1
+    # ... and such a model takes one series, equal-length lists and 2-D (n, T) arrays too
+    # (np.asarray makes those 2-D), of any length, as the (n, T, 1) sequences they are
+    pu = u.predict_proba(uni)
+    np.testing.assert_allclose(u.predict_proba([uni[7]]), pu[7:8], rtol=1e-6)
+    five = np.stack([np.resize(v, 5) for v in uni[:6]])
+    np.testing.assert_array_equal(u.predict_proba(list(five)), u.predict_proba(five[:, :, None]))
+    np.testing.assert_array_equal(u.predict_proba(five), u.predict_proba(five[:, :, None]))
+    with pytest.raises(ValueError, match="X is 2-D but GRUClassifier was fitted on 3-D"):
+        clf.predict(five)  # two features: 2-D input is ambiguous
     with pytest.raises(ValueError, match="same number of features"):
         clf.predict([seqs[0], np.zeros((3, 3))])
     scores = cross_val_score(GRUClassifier(**FAST), seqs, y, cv=2)  # lists split like arrays
@@ -224,8 +234,27 @@ def test_pickle_and_joblib_round_trip_and_resume(tmp_path):
     np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
     # the pickle holds host NumPy weights and configuration, no layer objects
     state = a.__getstate__()["_net"].__getstate__()
-    assert set(state) == {"version", "config", "weights", "optimizer"}
+    assert set(state) == {"version", "config", "weights", "optimizer", "dropout_rngs"}
     assert all(isinstance(w, np.ndarray) for ws in state["weights"] for w in ws)
+
+
+@pytest.mark.parametrize("rates", [dict(dropout=0.3), dict(recurrent_dropout=0.3)])
+def test_pickle_round_trip_resumes_the_dropout_masks(rates):
+    # dask-ml's Incremental ships the model between blocks: training after a round trip
+    # draws the masks it would have drawn next, not the first ones again
+    X, y = small(40)
+    a = GRUClassifier(**FAST, **rates).fit(X, y)
+    b = pickle.loads(pickle.dumps(a))
+    for _ in range(2):
+        a.partial_fit(X, y)
+        b = pickle.loads(pickle.dumps(b))
+        b.partial_fit(X, y)
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+    fresh = GRUClassifier(**FAST, **rates).fit(X, y)  # (the masks do matter here)
+    fresh._net.__setstate__({**fresh._net.__getstate__(), "dropout_rngs": None})
+    fresh.partial_fit(X, y)
+    a2 = GRUClassifier(**FAST, **rates).fit(X, y).partial_fit(X, y)
+    assert not np.array_equal(fresh.predict_proba(X), a2.predict_proba(X))
 
 
 def test_clone_get_set_params():
@@ -259,6 +288,16 @@ def test_partial_fit():
     assert reg.n_iter_ == 2
 
 
+def test_partial_fit_classes_must_stay_the_same():
+    X, y = small(40)
+    clf = GRUClassifier(**FAST).partial_fit(X, y, classes=[0, 1, 2])
+    clf.partial_fit(X, y, classes=[2, 1, 0])  # the same set
+    with pytest.raises(ValueError, match=r"`classes=\[0, 1, 2, 3\]` is not the same as on last"):
+        clf.partial_fit(X, y, classes=[0, 1, 2, 3])
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        GRUClassifier(**FAST).partial_fit(X, np.full(40, 5), classes=[5])
+
+
 def test_warm_start_continues():
     X, y = small(60)
     cold = GRUClassifier(**FAST).fit(X, y)
@@ -274,6 +313,33 @@ def test_warm_start_continues():
     clf = GRUClassifier(**FAST).partial_fit(X, y, classes=[0, 1, 2, 3])
     clf.set_params(units=2).partial_fit(X, y)
     assert clf._net.config["units"] == (2,) and list(clf.classes_) == [0, 1, 2, 3]
+
+
+def test_warm_start_early_stopping_keeps_its_own_best(monkeypatch):
+    X, y = marker_task(120)
+    seen = []  # (score, weights) of every epoch, as the early-stopping loop evaluates them
+    score = GRUClassifier._validation_score
+
+    def spy(self, *val):
+        s = score(self, *val)
+        seen.append((s, self._net.get_weights()))
+        return s
+
+    monkeypatch.setattr(GRUClassifier, "_validation_score", spy)
+    clf = GRUClassifier(units=4, max_iter=8, random_state=0, warm_start=True,
+                        early_stopping=True, n_iter_no_change=2, learning_rate=0.05, **ONE)
+    clf.fit(X, y)
+    n1 = len(seen)
+    clf.set_params(learning_rate=0.5, max_iter=4).fit(X, y)  # a worse continuation
+    second = seen[n1:]
+    best = max(range(len(second)), key=lambda i: (second[i][0], -i))  # the first best epoch
+    assert clf.best_validation_score_ == second[best][0]
+    assert [s for s, _ in seen] == clf.validation_scores_  # every fit's scores, in order
+    for a, b in zip(clf._net.get_weights(), second[best][1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    before = clf.n_iter_
+    clf.set_params(early_stopping=False).fit(X, y)  # after a fit that stopped early
+    assert clf.best_loss_ == min(clf.loss_curve_[before:])
 
 
 def test_early_stopping_and_convergence():
@@ -315,6 +381,23 @@ def test_sample_and_class_weight():
         GRUClassifier(**FAST).fit(X, y, sample_weight=(y == 1).astype(float))
 
 
+def test_zero_weight_rows_are_absent_under_balanced_class_weight():
+    # "balanced" counts the classes of the rows that remain, so a 0-weight row is no row
+    X, y = small(60, classes=2)
+    sw = np.r_[np.ones(40), np.zeros(20)]
+    sw[np.flatnonzero(y[:40] == 0)[:5]] = 0  # the remaining class balance changes too
+    keep = sw > 0
+    est = dict(**FAST, class_weight="balanced")
+    np.testing.assert_array_equal(
+        GRUClassifier(**est).fit(X, y, sample_weight=sw).predict_proba(X),
+        GRUClassifier(**est).fit(X[keep], y[keep]).predict_proba(X))
+    # a class weight of 0 drops its rows the same way (its column stays, at probability ~0)
+    X3, y3 = small(60)
+    zero1 = GRUClassifier(**FAST, class_weight={0: 1.0, 1: 0.0, 2: 1.0}).fit(X3, y3)
+    assert list(zero1.classes_) == [0, 1, 2]
+    assert zero1.predict_proba(X3).shape == (60, 3)
+
+
 def test_verbose_progress_bar(capsys):
     X, y = small(30)
     GRUClassifier(**FAST, verbose=True).fit(X, y)
@@ -349,6 +432,43 @@ def test_bad_input_errors():
     clf.fit(X, y)
     with pytest.raises(ValueError, match="NaN"):
         clf.predict(Xn)
+    # finite in float64, infinite in the network's float32: refused, not a NaN model
+    big = X.copy()
+    big[0, 0, 0] = 1e39
+    for bad in (big, big[:, :, 0], [big[0], big[1, :2]]):
+        with pytest.raises(ValueError, match=r"too large for dtype\('float32'\)"):
+            GRUClassifier(**FAST).fit(bad, y[:len(bad)])
+    with pytest.raises(ValueError, match="too large"):
+        clf.predict(big)
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow being tested
+def test_diverging_training_raises():
+    X, y = small(30, classes=0)
+    with pytest.raises(ValueError, match="non-finite loss"):
+        GRURegressor(**{**FAST, "max_iter": 50}, learning_rate=1e30).fit(X * 1e18, y)
+
+
+def test_a_failed_fit_leaves_the_estimator_as_it_was():
+    X, y = small(30)
+    clf = GRUClassifier(**FAST).fit(X, y)
+    p, attrs = clf.predict_proba(X), dict(clf.__dict__)
+    X5 = np.repeat(X, 2, axis=2)[:, :, :5]
+    with pytest.raises(ValueError, match="inconsistent numbers of samples"):
+        clf.fit(X5, y[:-1])  # a new model's X, the wrong y
+    assert clf.n_features_in_ == 3 and clf.__dict__ == attrs
+    np.testing.assert_array_equal(clf.predict_proba(X), p)
+    with pytest.raises(ValueError, match="classes not in `self.classes_`"):
+        clf.partial_fit(X, y + 7)
+    assert clf.__dict__ == attrs
+    from fastgru.sklearn import _gpu_available
+
+    if not _gpu_available():  # an unusable device fails before anything is set
+        fresh = GRUClassifier(**{**FAST, "device": "gpu"})
+        with pytest.raises(RuntimeError, match="device='gpu'"):
+            fresh.fit(X, y)
+        with pytest.raises(NotFittedError):
+            fresh.predict(X)
 
 
 @pytest.mark.parametrize("params,match", [

@@ -26,6 +26,12 @@ def openmp():
     return bool(fg_openmp())
 
 
+def omp_max_threads():
+    """The calling thread's OpenMP thread limit: OMP_NUM_THREADS, or what omp_set_num_threads
+    (threadpoolctl's limits) set; the CPU count when neither; 1 without OpenMP."""
+    return fg_omp_max_threads()
+
+
 def env(str name, default):
     """``os.environ.get(name, default)`` read from the C environment, which os.environ writes
     through (putenv / unsetenv): ~0.1 us, against ~0.6 for os.environ.get of a missing key,
