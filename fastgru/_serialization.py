@@ -98,8 +98,10 @@ def serialize(obj) -> dict:
         raise TypeError(
             f"Cannot serialise {obj!r}: a cell or layer needs a `get_config()` method"
         )
-    if _is_fastgru(cls):
-        return {"module": "keras.layers", "class_name": cls.__name__,
+    if _is_fastgru(cls):  # as Keras writes its own: Sequential is keras.Sequential (at any
+        # depth; Keras refuses "keras.layers.Sequential")
+        module = "keras" if cls.__name__ == "Sequential" else "keras.layers"
+        return {"module": module, "class_name": cls.__name__,
                 "config": obj.get_config(), "registered_name": None}
     return {"module": cls.__module__, "class_name": cls.__name__, "config": obj.get_config(),
             "registered_name": cls.__name__}

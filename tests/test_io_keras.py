@@ -107,6 +107,13 @@ with np.load(os.path.join(out, "fastgru.npz")) as f:
     fg.set_weights([f[f"w{i}"] for i in range(len(fg.weights))])
     expected["from_fastgru"] = keras.ops.convert_to_numpy(fg(f["x"], mask=f["mask"]))
 
+# 5. layer names that point at other layers: Keras matches a weights file by position
+names = keras.Sequential([keras.Input((5, 3)), L.GRU(3, return_sequences=True, name="second"),
+                          L.GRU(3, name="first")])
+randomize(names)
+names.save_weights(os.path.join(out, "names.weights.h5"))
+expected["names"] = keras.ops.convert_to_numpy(names(x[:, :, :3]))
+
 np.savez(os.path.join(out, "expected.npz"), **expected)
 with open(os.path.join(out, "configs.json"), "w") as f:
     json.dump(configs, f)
@@ -134,7 +141,13 @@ m.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32") for w in m.
 x = rng.normal(size=(2, 5, 3)).astype("float32")
 m.save(os.path.join(out, "k2.h5"))
 m.save_weights(os.path.join(out, "k2.weights.h5"))
-np.savez(os.path.join(out, "k2.npz"), x=x, y=m(x).numpy())
+inp = k.Input((5, 3))  # a Functional chain (Keras 2's inbound_nodes / batch_input_shape)
+fun = k.Model(inp, k.layers.Dense(2)(k.layers.Bidirectional(k.layers.GRU(2))(
+    k.layers.GRU(4, return_sequences=True)(inp))))
+fun.set_weights([rng.normal(scale=0.5, size=w.shape).astype("float32")
+                 for w in fun.get_weights()])
+fun.save(os.path.join(out, "k2_fun.h5"))
+np.savez(os.path.join(out, "k2.npz"), x=x, y=m(x).numpy(), fun=fun(x).numpy())
 '''
 
 HAVE_KERAS2 = importlib.util.find_spec("tf_keras") is not None
@@ -142,9 +155,10 @@ TOL = dict(rtol=2e-5, atol=2e-6)  # float32 rounding (different summation orders
 
 
 def _fastgru_model():
-    return Sequential([GRU(4, return_sequences=True),
-                       Bidirectional(GRU(2, reset_after=False, return_sequences=True),
-                                     merge_mode="mul"),
+    return Sequential([Sequential([GRU(4, return_sequences=True),  # nested: keras.Sequential
+                                   Bidirectional(GRU(2, reset_after=False,
+                                                     return_sequences=True),
+                                                 merge_mode="mul")]),
                        RNN([GRUCell(3), GRUCell(2)], return_sequences=True),
                        GRU(2, go_backwards=True), Dense(2, activation="softmax")])
 
@@ -223,6 +237,15 @@ def test_load_keras_functional_chain(kdir, expected):
     np.testing.assert_allclose(model(expected["x"]), expected["fun"], **TOL)
 
 
+def test_weights_go_by_position_not_by_recorded_names(kdir, expected):
+    # the file's first GRU is named "second" and its second "first" (as auto-numbered names
+    # from another session can be): the weights still go by position, as in Keras
+    model = Sequential([GRU(3, return_sequences=True, name="first"), GRU(3, name="second")])
+    model.build((None, 5, 3))
+    load_keras_weights(model, kdir / "names.weights.h5")
+    np.testing.assert_allclose(model(expected["x"][:, :, :3]), expected["names"], **TOL)
+
+
 def test_weight_count_mismatch_is_a_clear_error(kdir):
     model = Sequential([GRU(4, return_sequences=True), GRU(3)])
     model.build((None, 5, 4))
@@ -262,6 +285,8 @@ def test_keras2_h5_model_and_weights(k2dir):
     fresh.build((None, 5, 3))
     load_keras_weights(fresh, k2dir / "k2.weights.h5")
     np.testing.assert_allclose(fresh(x), y, **TOL)
+    with np.load(k2dir / "k2.npz") as f:
+        np.testing.assert_allclose(load_keras(k2dir / "k2_fun.h5")(x), f["fun"], **TOL)
 
 
 @pytest.mark.parametrize("mode", ["concat", "sum", "mul", "ave", None])

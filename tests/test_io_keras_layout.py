@@ -2,6 +2,7 @@
 written by Keras 3.15, see fastgru/io/_keras.py), so the reader is tested without Keras
 installed; tests/test_io_keras.py checks real Keras files."""
 
+import copy
 import sys
 
 import numpy as np
@@ -112,3 +113,25 @@ def test_config_only_keras_dicts():
         {"class_name": "Conv1D", "config": {}}]}}
     with pytest.raises(ValueError, match="Conv1D"):
         model_from_keras_config(bad)
+
+
+def test_keras2_functional_config():
+    """A Functional chain as Keras 2 (tf.keras) writes it: inbound_nodes as nested lists
+    [[[name, node, tensor, kwargs]]] and the input's batch_input_shape (abridged from a
+    tf_keras 2.21 file; tests/test_io_keras.py loads real ones where tf_keras is installed)."""
+    def layer(cls, name, inbound, **config):
+        return {"class_name": cls, "name": name, "inbound_nodes": inbound,
+                "config": {"name": name, **config}}
+
+    cfg = {"class_name": "Functional", "config": {"name": "model", "layers": [
+        layer("InputLayer", "input_1", [], batch_input_shape=[None, 5, 3], dtype="float32"),
+        layer("GRU", "gru", [[["input_1", 0, 0, {}]]], units=4, return_sequences=True),
+        layer("Dense", "dense", [[["gru", 0, 0, {}]]], units=2),
+    ], "input_layers": [["input_1", 0, 0]], "output_layers": [["dense", 0, 0]]}}
+    model = model_from_keras_config(cfg)
+    assert [type(m).__name__ for m in model.layers] == ["GRU", "Dense"]
+    assert model.built and model(np.zeros((2, 5, 3), np.float32)).shape == (2, 5, 2)
+    branchy = copy.deepcopy(cfg)
+    branchy["config"]["layers"][2]["inbound_nodes"] = [[["input_1", 0, 0, {}]]]
+    with pytest.raises(ValueError, match="single chain"):
+        model_from_keras_config(branchy)

@@ -170,6 +170,31 @@ def test_foreign_npz_and_wrong_version(tmp_path):
         load(path)
 
 
+def test_other_files_are_refused_with_value_errors(tmp_path):
+    np.save(tmp_path / "plain.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"a single NumPy array \(.npy\)"):
+        load(tmp_path / "plain.npy")
+    for meta in ([1, 2], {"weights": 3}):  # JSON, but not a header object
+        np.savez(tmp_path / "m.npz", __fastgru_digest__=np.zeros(3, np.uint8),
+                 __fastgru_meta__=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        with pytest.raises(ValueError, match="not a fastgru header object"):
+            load(tmp_path / "m.npz")
+    with pytest.raises(FileNotFoundError):  # no file is not a damaged file
+        load(tmp_path / "missing.npz")
+
+
+def test_a_container_of_built_layers_must_be_built_to_save(tmp_path):
+    gru = GRU(3)
+    gru.build((None, None, 4))  # e.g. a layer from fastgru.io.from_torch
+    model = Sequential([gru, Dense(2)])
+    with pytest.raises(ValueError, match=r"not built.*model.build\(\(None, None, 4\)\)"):
+        save(model, tmp_path / "s.npz")
+    model.build((None, None, 4))
+    save(model, tmp_path / "s.npz")
+    x = rng.normal(size=(2, 5, 4))
+    np.testing.assert_array_equal(load(tmp_path / "s.npz")(x), model(x))
+
+
 def test_object_arrays_are_never_unpickled(tmp_path):
     path = tmp_path / "evil.npz"
     np.savez(path, __fastgru_meta__=np.array([{"x": 1}], dtype=object),

@@ -161,9 +161,12 @@ def test_unsupported_raise():
         to_onnx(_prepare(Sequential([GRU(2)])), initial_state=True)
     with pytest.raises(ValueError, match="must return one"):
         to_onnx(_prepare(Sequential([GRU(2, return_state=True), Dense(1)])))
+    for opset in (12, 11, "17"):  # axes as inputs of Squeeze / Unsqueeze: opset >= 13
+        with pytest.raises(ValueError, match="opset must be an int >= 13"):
+            to_onnx(_prepare(GRU(2)), opset=opset)
 
 
-@pytest.mark.parametrize("opset", [14, 17])
+@pytest.mark.parametrize("opset", [13, 14, 17])
 def test_ir_version_is_the_oldest_for_the_opset(opset):
     """Not the installed onnx's newest IR version: ONNX Runtime 1.30 with onnx 1.23 rejected
     every exported model ("Unsupported model IR version: 14, max supported IR version: 13")."""

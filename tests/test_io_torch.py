@@ -86,6 +86,24 @@ def test_unmappable_models_raise():
                                "weight_hr_l0": np.zeros((2, 2))})
     with pytest.raises(ValueError, match="Missing weights"):
         from_torch_state_dict({"weight_ih_l1": np.zeros((6, 3)), "weight_hh_l1": np.zeros((6, 2))})
+    with pytest.raises(ValueError, match="stacked cells"):  # one cell per direction in nn.GRU
+        to_torch_state_dict(_built(Bidirectional(RNN([GRUCell(2), GRUCell(2)]))), tensors=False)
+
+
+def test_state_dicts_torch_would_refuse_are_refused():
+    """As nn.GRU.load_state_dict: the layers chain (layer k's input size is layer k-1's
+    hidden size x directions) and the biases are (3*hidden,)."""
+    good = to_torch_state_dict(_built(Sequential([GRU(4, return_sequences=True), GRU(4)])),
+                               tensors=False)
+    bad = dict(good, weight_ih_l1=np.zeros((12, 5)))
+    with pytest.raises(ValueError, match="weight_ih_l1 has 5 input columns, but layer 0 outputs 4"):
+        from_torch_state_dict(bad)
+    bad = dict(good, bias_hh_l1=np.zeros(11))
+    with pytest.raises(ValueError, match=r"Layer 1: Expected bias_hh of shape .*\(11,\)"):
+        from_torch_state_dict(bad)
+    bi = to_torch_state_dict(_built(Bidirectional(GRU(2))), tensors=False)
+    with pytest.raises(ValueError, match="the two directions"):
+        from_torch_state_dict(dict(bi, weight_ih_l0_reverse=np.zeros((6, 4))))
 
 
 def _built(model, dim=3):
@@ -152,6 +170,16 @@ def test_to_torch_matches_fastgru(model_fn):
     back = from_torch_state_dict(gru.state_dict())
     for a, b in zip(back.get_weights(), model.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@needs_torch
+def test_bfloat16_module_loads_exactly_as_float32():
+    gru = torch.nn.GRU(3, 2, batch_first=True).to(torch.bfloat16)
+    model = from_torch(gru)
+    assert model.dtype == "float32"
+    for a, b in zip(to_torch_state_dict(model, tensors=False).values(),
+                    gru.state_dict().values(), strict=True):
+        np.testing.assert_array_equal(a, b.float().numpy())  # bfloat16 is exact in float32
 
 
 @needs_torch

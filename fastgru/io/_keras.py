@@ -75,7 +75,8 @@ def _chain_from_functional(cfg: dict) -> tuple[list, tuple | None]:
     inputs = [e for e in layers if e["class_name"] == "InputLayer"]
     if len(inputs) != 1:
         raise ValueError("Only single-input Functional models can be converted to fastgru.")
-    order, shape = [], tuple(inputs[0]["config"].get("batch_shape") or ()) or None
+    icfg = inputs[0]["config"]  # Keras 2 records batch_input_shape
+    order, shape = [], tuple(icfg.get("batch_shape") or icfg.get("batch_input_shape") or ()) or None
     prev = inputs[0]["config"]["name"]
     remaining = [e for e in layers if e["class_name"] != "InputLayer"]
     while remaining:
@@ -108,7 +109,10 @@ def _inbound_names(entry) -> list:
             for v in obj:
                 walk(v)
 
-    walk(nodes[0].get("args", []))
+    if isinstance(nodes[0], dict):  # Keras 3: the call's arguments, with tensor references
+        walk(nodes[0].get("args", []))
+    else:  # Keras 2: [[layer name, node index, tensor index, kwargs], ...]
+        names = [n[0] for n in nodes[0]]
     return names
 
 
@@ -185,19 +189,17 @@ def _layer_arrays(layer, group, where) -> list[np.ndarray]:
 
 
 def _container_arrays(layers, group, where) -> list[np.ndarray]:
-    """Children of a Keras ``layers`` group: matched by the layer name Keras stores on each
-    ``vars`` group, else by Keras's class-name keys (``gru``, ``gru_1``, ...)."""
-    by_name = {}
-    for key in group:
-        v = group[key].get("vars")
-        if v is not None and "name" in v.attrs:
-            by_name.setdefault(str(v.attrs["name"]), key)
+    """Children of a Keras ``layers`` group, by Keras's keys: the class name and the position
+    among the layers of that class (``gru``, ``gru_1``, ...), as Keras itself reads them. Not
+    by the layer names the file also records: auto-numbered names differ between sessions
+    (a model built after another GRU has ``gru_1, gru_2``), and a name that matches another
+    layer of the file would load that layer's weights."""
     used, out = {}, []
     for layer in layers:
         base = _snake(type(layer).__name__)
         k = used.get(base, -1) + 1
         used[base] = k
-        key = by_name.get(layer.name, base if k == 0 else f"{base}_{k}")
+        key = base if k == 0 else f"{base}_{k}"
         out += _layer_arrays(layer, _child(group, key, where), f"{where}/{key}")
     return out
 

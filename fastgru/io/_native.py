@@ -69,6 +69,14 @@ def save(model, path) -> None:
     """Write ``model`` (config + weights) to ``path`` (an ``.npz`` file; the name is used as
     given) or to a writable binary file object."""
     config = serialize_layer(model)
+    if not model.built and model.weights:  # a container of layers built before it was made
+        first = getattr(model, "layers", [None])[0]
+        shape = build_input_shape(first) if first is not None else None
+        hint = f"model.build({tuple(shape)})" if shape else "model.build(input_shape)"
+        raise ValueError(
+            f"Cannot save '{model.name}': it is not built, though some of its layers are "
+            f"(they hold weights); build it first ({hint}) or call it on an input."
+        )
     arrays = [np.asarray(to_numpy(w.value)) for w in model.weights] if model.built else []
     meta = {
         "format": FORMAT,
@@ -115,13 +123,18 @@ def load(path):
     does not match its SHA-256 digest.
     """
     try:
-        with np.load(path, allow_pickle=False) as f:
+        f = np.load(path, allow_pickle=False)
+        if not isinstance(f, np.lib.npyio.NpzFile):  # a .npy file: one bare array
+            raise _corrupt(path, "a single NumPy array (.npy), not an .npz archive")
+        with f:
             names = set(f.files)
             if _META not in names or _DIGEST not in names:
                 raise _corrupt(path, "no fastgru header: not written by fastgru.io.save")
             meta_bytes = f[_META].tobytes()
             digest = f[_DIGEST].tobytes().decode("ascii", "replace")
             meta = json.loads(meta_bytes.decode("utf-8"))
+            if not isinstance(meta, dict) or not isinstance(meta.get("weights", []), list):
+                raise _corrupt(path, "its header is not a fastgru header object")
             n = len(meta.get("weights", []))
             keys = [f"w{i:05d}" for i in range(n)]
             missing = [k for k in keys if k not in names]
@@ -132,6 +145,8 @@ def load(path):
         if str(e).startswith(str(path)):
             raise
         raise _corrupt(path, f"{type(e).__name__}: {e}") from e
+    except FileNotFoundError:  # not a damaged file: no file
+        raise
     except (zipfile.BadZipFile, OSError, EOFError, KeyError, UnicodeDecodeError) as e:
         raise _corrupt(path, f"truncated or damaged: {type(e).__name__}: {e}") from e
     if meta.get("format") != FORMAT:

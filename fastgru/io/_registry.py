@@ -23,10 +23,7 @@ def _register_all() -> None:
 def serialize_layer(layer) -> dict[str, Any]:
     """``{"module", "class_name", "config", "registered_name"}`` as Keras writes it."""
     _register_all()
-    out = _serialization.serialize(layer)
-    if out["class_name"] == "Sequential":
-        out["module"] = "keras"
-    return out
+    return _serialization.serialize(layer)
 
 
 def deserialize_layer(config: dict):

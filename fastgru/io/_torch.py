@@ -33,7 +33,10 @@ _KEY = re.compile(r"^(weight_ih|weight_hh|bias_ih|bias_hh)_l(\d+)(_reverse)?$")
 def _host(a) -> np.ndarray:
     """A NumPy array from a NumPy/CuPy array or a torch tensor (any device)."""
     if hasattr(a, "detach") and hasattr(a, "cpu"):
-        return a.detach().cpu().numpy()
+        a = a.detach().cpu()
+        if str(a.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: exact in float32
+            a = a.float()
+        return a.numpy()
     return to_numpy(a)
 
 
@@ -76,7 +79,12 @@ def torch_to_keras_gru(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
         raise ValueError("bias_ih and bias_hh must be given together (or both omitted).")
     if bias_ih is None:
         return kernel, recurrent, None
-    bias = np.stack([_swap_rz(_host(bias_ih)), _swap_rz(_host(bias_hh))])
+    bias_ih, bias_hh = _host(bias_ih), _host(bias_hh)
+    for name, b in (("bias_ih", bias_ih), ("bias_hh", bias_hh)):
+        if b.shape != (w_hh.shape[0],):
+            raise ValueError(f"Expected {name} of shape (3*hidden,) = ({w_hh.shape[0]},); "
+                             f"received {b.shape}.")
+    bias = np.stack([_swap_rz(bias_ih), _swap_rz(bias_hh)])
     return kernel, recurrent, bias
 
 
@@ -137,14 +145,28 @@ def from_torch_state_dict(state_dict, *, batch_first: bool = True,
     from ..layers.sequential import Sequential
 
     entries, num_layers, bidirectional = _parse_state_dict(state_dict, prefix)
-    layers = []
+    layers, expect_in = [], None
     for k in range(num_layers):
         dirs = (False, True) if bidirectional else (False,)
-        mapped = [torch_to_keras_gru(entries[(k, r)]["weight_ih"], entries[(k, r)]["weight_hh"],
-                                     entries[(k, r)].get("bias_ih"),
-                                     entries[(k, r)].get("bias_hh")) for r in dirs]
+        mapped = []
+        for r in dirs:
+            e, where = entries[(k, r)], f"Layer {k}{' (reverse)' if r else ''}"
+            try:
+                mapped.append(torch_to_keras_gru(e["weight_ih"], e["weight_hh"],
+                                                 e.get("bias_ih"), e.get("bias_hh")))
+            except ValueError as err:
+                raise ValueError(f"{where}: {err}") from None
+        shapes = {(m[0].shape, m[2] is not None) for m in mapped}
+        if len(shapes) != 1:
+            raise ValueError(f"Layer {k}: the two directions' weights differ in shape or bias.")
         units = mapped[0][1].shape[0]
         use_bias = mapped[0][2] is not None
+        if expect_in is not None and mapped[0][0].shape[0] != expect_in:
+            raise ValueError(
+                f"{prefix}weight_ih_l{k} has {mapped[0][0].shape[0]} input columns, but layer "
+                f"{k - 1} outputs {expect_in} (hidden size x directions)."
+            )
+        expect_in = units * len(dirs)
         kwargs = dict(return_sequences=return_sequences if k == num_layers - 1 else True,
                       use_bias=use_bias, reset_after=True, dtype=dtype)
         if not batch_first:
@@ -217,8 +239,14 @@ def _torch_layers(model) -> list:
                              "nn.GRU's first direction is the forward one.")
         parts = []
         for sub in (model.forward_layer, model.backward_layer):
-            (entry,) = _torch_layers_plain(sub, allow_backwards=True)
-            parts.append(entry)
+            entries = _torch_layers_plain(sub, allow_backwards=True)
+            if len(entries) != 1:
+                raise ValueError(
+                    f"Bidirectional '{model.name}': its layers run {len(entries)} stacked "
+                    "cells; nn.GRU's bidirectional layers hold one cell per direction (stack "
+                    "Bidirectional(GRU) layers in a Sequential instead)."
+                )
+            parts.append(entries[0])
         return [(parts, _time_major(model.forward_layer))]
     if kind in ("GRU", "RNN"):
         return [([d], _time_major(model)) for d in _torch_layers_plain(model, w)]
