@@ -113,6 +113,9 @@ def _lookup(name, custom_objects):
     return _REGISTRY.get(name)
 
 
+_BUILD_HINTS = ("batch_input_shape", "batch_size")
+
+
 def deserialize(config: Any, custom_objects: dict | None = None):
     """An object from its serialised dict (objects pass through unchanged)."""
     if not isinstance(config, dict):
@@ -126,6 +129,10 @@ def deserialize(config: Any, custom_objects: dict | None = None):
             "fastgru._serialization.register."
         )
     cfg = config.get("config", {})
+    if isinstance(cfg, dict) and any(k in cfg for k in _BUILD_HINTS):
+        # Keras 2 configs record the build shape on a model's first layer (the Sequential
+        # reads it from there); layer constructors, as Keras 3's, refuse these keys
+        cfg = {k: v for k, v in cfg.items() if k not in _BUILD_HINTS}
     if _takes_custom_objects(cls.from_config):
         return cls.from_config(cfg, custom_objects=custom_objects)
     return cls.from_config(cfg)

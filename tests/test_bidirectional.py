@@ -102,6 +102,8 @@ def test_custom_backward_layer_and_errors():
     assert y.shape == (2, 5)
     with pytest.raises(ValueError, match="go_backwards"):
         Bidirectional(GRU(2), backward_layer=GRU(2))
+    with pytest.raises(ValueError, match="go_backwards"):  # Keras: the copy always goes
+        Bidirectional(GRU(2, go_backwards=True))         # backwards, so both would
     with pytest.raises(ValueError, match="return_sequences"):
         Bidirectional(GRU(2), backward_layer=GRU(2, go_backwards=True, return_sequences=True))
     with pytest.raises(ValueError, match="merge mode"):

@@ -498,9 +498,14 @@ def test_backend_bidirectional_against_simulated_library(bi_simulated, dtype):
 
 
 def _bidi(merge_mode, rs, state, go_backwards=False, time_major=False, seed=0, **kw):
-    layer = Bidirectional(GRU(3, return_sequences=rs, return_state=state, dtype="float64",
-                              go_backwards=go_backwards, time_major=time_major, **kw),
-                          merge_mode=merge_mode)
+    """go_backwards: the roles swapped (the given layer reads backwards, an explicit backward
+    layer forwards; the copy Keras makes always goes backwards)."""
+    def gru(backwards):
+        return GRU(3, return_sequences=rs, return_state=state, dtype="float64",
+                   go_backwards=backwards, time_major=time_major, **kw)
+
+    layer = Bidirectional(gru(go_backwards), merge_mode=merge_mode,
+                          backward_layer=gru(False) if go_backwards else None)
     layer.build((2, None, 4) if kw.get("stateful") else (None, None, 4))
     rng = np.random.default_rng(seed)
     layer.set_weights([rng.normal(scale=0.5, size=w.shape) for w in layer.get_weights()])

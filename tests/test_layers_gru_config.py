@@ -75,6 +75,23 @@ def test_unknown_kwargs_and_activation():
     assert GRU(2, activation=None).activation.name == "linear"
 
 
+def test_shape_kwargs_as_in_keras_3():
+    # Keras 2's batch_input_shape / batch_size are refused (a stateful layer given one would
+    # stay unbuilt); input_shape / input_dim warn and build nothing
+    for kw in ({"batch_input_shape": (2, 5, 3)}, {"batch_size": 2}):
+        with pytest.raises(ValueError, match="Unrecognized keyword arguments passed to GRU"):
+            GRU(2, stateful=True, **kw)
+    for kw in ({"input_shape": (5, 3)}, {"input_dim": 3}):
+        with pytest.warns(UserWarning, match="Do not pass an `input_shape`/`input_dim`"):
+            assert not GRU(2, **kw).built
+    # ... but a Keras 2 config that records batch_input_shape still reads back
+    from fastgru import _serialization
+
+    cfg = {"class_name": "GRU", "config": {**GRU(2, name="g").get_config(),
+                                           "batch_input_shape": [None, 5, 3]}}
+    assert _serialization.deserialize(cfg).name == "g"
+
+
 def test_dtype_validation():
     assert GRU(2).dtype == np.float32
     assert GRU(2, dtype="float64").cell.dtype == np.float64

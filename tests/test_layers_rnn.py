@@ -129,6 +129,23 @@ def test_custom_cell_stateful_and_reset(rng):
     np.testing.assert_array_equal(layer.states[0].numpy(), 0)
 
 
+def test_stateful_states_start_from_the_cells_initial_state(rng):
+    """Spec 3.6: the stored states are created from get_initial_state(B); reset_state()
+    zeroes them."""
+    class OnesCell(GRUCell):
+        def get_initial_state(self, batch_size=None):
+            return [np.ones((batch_size, self.units), self.dtype)]
+
+    cell = OnesCell(2, dtype="float64")
+    layer = RNN(cell, stateful=True)
+    x = rng.normal(size=(3, 4, 2))
+    layer.build(x.shape)
+    np.testing.assert_array_equal(layer.states[0].numpy(), 1)
+    np.testing.assert_array_equal(layer(x), RNN(cell)(x, initial_state=[np.ones((3, 2))]))
+    layer.reset_state()
+    np.testing.assert_array_equal(layer.states[0].numpy(), 0)
+
+
 def test_rnn_rank_check_and_any_rank_allowed(rng):
     with pytest.raises(ValueError, match="expected ndim>=3"):
         RNN(MinimalRNNCell(2, 2))(np.zeros((2, 2)))
@@ -239,6 +256,12 @@ def test_gru_cell_direct_step_and_protocol(rng):
     assert h.shape == (2, 3) and states[0] is h
     assert cell.state_size == 3 and cell.output_size == 3
     assert cell.get_initial_state(batch_size=2)[0].shape == (2, 3)
+    with pytest.raises(ValueError, match=r"`inputs` must have shape \(batch, 4\); .* \(2, 5\)"):
+        cell(rng.normal(size=(2, 5)), [np.zeros((2, 3))])
+    with pytest.raises(ValueError, match=r"`inputs` must have shape .* received \(2, 1, 4\)"):
+        cell(x[:, None], [np.zeros((2, 3))])
+    with pytest.raises(ValueError, match=r"`states` must hold .* \(2, 3\); received \(2, 4\)"):
+        cell(x, [np.zeros((2, 4))])
     gru = GRU(3, dtype="float64")
     gru.build((2, 1, 4))
     gru.set_weights(cell.get_weights())

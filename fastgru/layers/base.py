@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import re
 import threading
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 
@@ -196,8 +197,10 @@ class Layer:
     layer's name scope and sets ``built``; ``__call__`` builds from the first input's shape.
     """
 
-    _KNOWN_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim",
-                     "batch_input_shape", "batch_size")
+    # input_shape / input_dim are accepted with Keras 3's warning (they build nothing here
+    # either); Keras 2's batch_input_shape / batch_size are refused, as in Keras 3, since a
+    # stateful layer given one would silently stay unbuilt (configs drop them on loading)
+    _KNOWN_KWARGS = ("name", "dtype", "trainable", "autocast", "input_shape", "input_dim")
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -211,6 +214,11 @@ class Layer:
             raise ValueError(
                 f"Unrecognized keyword arguments passed to {type(self).__name__}: {unknown}"
             )
+        if kwargs.get("input_shape") is not None or kwargs.get("input_dim") is not None:
+            warnings.warn(
+                f"Do not pass an `input_shape`/`input_dim` argument to a layer "
+                f"({type(self).__name__}): it is ignored. A layer builds from its first input "
+                "or `build(input_shape)`, a Sequential likewise.", UserWarning, stacklevel=3)
         if name is not None and not isinstance(name, str):
             raise TypeError(f"Argument `name` must be a string. Received: name={name!r}")
         self.name = name if name else _unique_name(_to_snake_case(type(self).__name__))

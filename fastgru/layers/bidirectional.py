@@ -2,7 +2,9 @@
 
 Keras 3 semantics (``keras.layers.Bidirectional``): the forward layer is re-created from the
 given layer's config (named ``forward_<name>``); unless ``backward_layer`` is given, the
-backward layer is the same config with ``go_backwards`` flipped (``backward_<name>``). With
+backward layer is the same config with ``go_backwards=True`` (``backward_<name>``; so a
+given layer that itself goes backwards is refused, as in Keras, rather than both running
+backwards). With
 ``return_sequences`` the backward outputs are flipped back to input time order and both layers
 get ``zero_output_for_mask=True`` (Keras forces it, so masked steps output zeros). Weights:
 the forward layer's, then the backward layer's. ``initial_state`` is a list whose first half
@@ -95,8 +97,7 @@ class Bidirectional(Layer):
             layer, "forward_" + _remove_prefix(layer.name, "forward_"))
         if backward_layer is None:
             self.backward_layer = _copy_layer(
-                layer, "backward_" + _remove_prefix(layer.name, "backward_"),
-                go_backwards=not layer.go_backwards)
+                layer, "backward_" + _remove_prefix(layer.name, "backward_"), go_backwards=True)
         else:
             self.backward_layer = backward_layer
         self._verify_layer_config()

@@ -191,6 +191,16 @@ class GRUCell(Layer):
         x = xp.asarray(inputs, dtype=self.dtype)
         h = states[0] if isinstance(states, (list, tuple)) else states
         h = xp.asarray(h, dtype=self.dtype)
+        if x.ndim != 2 or x.shape[1] != self.input_dim:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}': a step's `inputs` must have shape "
+                f"(batch, {self.input_dim}); received {tuple(x.shape)}."
+            )
+        if h.shape != (x.shape[0], self.units):
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}': `states` must hold one array of shape "
+                f"(batch, units) = {(x.shape[0], self.units)}; received {tuple(h.shape)}."
+            )
         masks = self._step_masks
         if masks is None:
             masks = self.dropout_masks(x.shape[0], x.shape[-1], training, xp)

@@ -210,9 +210,12 @@ class RNN(Layer):
             self._create_states(shape[0])
 
     def _create_states(self, batch):
+        """The stored states start as the cell's get_initial_state(batch) (zeros unless a
+        cell says otherwise, spec 3.6); reset_state() zeroes them."""
         init = self._default_states(batch, np)
         self.states = _pack_like(init, iter(
-            [Variable(np.zeros_like(leaf), f"{self.name}/rnn_state", trainable=False)
+            [Variable(np.array(to_numpy(leaf), copy=True), f"{self.name}/rnn_state",
+                      trainable=False)
              for leaf in _flatten(init)]))
 
     def _check_rank(self, shape):
