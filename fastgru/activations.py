@@ -205,7 +205,8 @@ _DEFS = {
         lambda a: 0.5 * (1 + a / np.sqrt(a * a + SQUAREPLUS_B)),
     ),
     "sparse_plus": (
-        lambda a: np.where(a >= 1, a, np.where(a > -1, 0.25 * (a + 1) ** 2, 0)),
+        # comparisons ordered so that NaN falls through to a NaN result (as Keras)
+        lambda a: np.where(a <= -1, 0, np.where(a < 1, 0.25 * (a + 1) ** 2, a)),
         lambda a: np.where(a >= 1, 1, np.where(a > -1, 0.5 * (a + 1), 0)),
     ),
     "soft_shrink": (
@@ -219,7 +220,7 @@ _DEFS = {
         lambda a: (np.abs(a) > SHRINK_THRESHOLD).astype(a.dtype),
     ),
     "sparse_sigmoid": (
-        lambda a: np.where(a >= 1, 1, np.where(a > -1, 0.5 * (a + 1), 0)),
+        lambda a: np.where(a <= -1, 0, np.where(a >= 1, 1, 0.5 * (a + 1))),
         lambda a: _inside(a, -1, 1) * 0.5,
     ),
 }
@@ -233,6 +234,16 @@ for _alias, _target in ALIASES.items():
 del _name, _f, _g, _alias, _target
 
 NAMES = tuple(CODES)
+
+
+def keras_activation_name(fn) -> str | None:
+    """The name of ``fn`` if it is one of Keras's activation functions (keras.activations.*,
+    tf.keras' too), else None. Not other Keras functions of the same name: keras.ops.gelu
+    defaults to the tanh approximation, keras.activations.gelu (and ours) to the exact one."""
+    mod = getattr(fn, "__module__", "") or ""
+    if mod.split(".")[0] in ("keras", "tf_keras") and "activations" in mod.split("."):
+        return getattr(fn, "__name__", None)
+    return None
 
 
 def get(identifier) -> Activation:
@@ -261,10 +272,8 @@ def get(identifier) -> Activation:
             return get(name)
         raise ValueError(f"Could not interpret activation function identifier: {identifier}")
     if callable(identifier):
-        # A Keras/NumPy function named like one of ours (e.g. keras.activations.tanh) maps to it.
-        name = getattr(identifier, "__name__", None)
-        mod = getattr(identifier, "__module__", "") or ""
-        if name in _REGISTRY and mod.startswith("keras"):
+        name = keras_activation_name(identifier)
+        if name in _REGISTRY:  # e.g. keras.activations.tanh
             return _REGISTRY[name]
         return Activation(None, identifier, getattr(identifier, "derivative", None), None)
     raise ValueError(f"Could not interpret activation function identifier: {identifier}")

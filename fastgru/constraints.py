@@ -19,7 +19,8 @@ EPSILON = 1e-7
 
 
 def _norms(w, axis):
-    xp = _xp(w)
+    xp = _xp(w)  # axis: an int or a list / tuple of them (JSON configs hold lists)
+    axis = tuple(axis) if isinstance(axis, list) else axis
     return xp.sqrt((w * w).sum(axis=axis, keepdims=True))
 
 
@@ -59,7 +60,8 @@ class MinMaxNorm(Constraint):
 
 class NonNeg(Constraint):
     def __call__(self, w):
-        return (w * (w >= 0)).astype(w.dtype, copy=False)
+        # max(w, 0), as Keras: -inf -> 0 (w * (w >= 0) gave NaN) and no -0.0
+        return _xp(w).maximum(w, 0).astype(w.dtype, copy=False)
 
 
 class UnitNorm(Constraint):

@@ -11,6 +11,7 @@ instances and callables ``f(shape, dtype)``.
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any
 
 import numpy as np
@@ -33,8 +34,12 @@ def _dtype(dtype):
     return dt
 
 
-def compute_fans(shape) -> tuple[float, float]:
+def compute_fans(shape, input_axes=None, output_axes=None) -> tuple[float, float]:
+    """(fan_in, fan_out) as Keras computes them: from the axes named when both are given."""
     shape = tuple(shape)
+    if input_axes is not None and output_axes is not None:
+        return (float(math.prod(shape[a] for a in input_axes)),
+                float(math.prod(shape[a] for a in output_axes)))
     if len(shape) == 0:
         return 1.0, 1.0
     if len(shape) == 1:
@@ -77,7 +82,7 @@ class Constant(Initializer):
 
     def get_config(self):
         v = self.value
-        return {"value": v.tolist() if isinstance(v, np.ndarray) else v}
+        return {"value": v.tolist() if isinstance(v, (np.ndarray, np.generic)) else v}
 
 
 class RandomUniform(_Seeded):
@@ -132,7 +137,7 @@ class VarianceScaling(_Seeded):
     def __init__(self, scale=1.0, mode="fan_in", distribution="truncated_normal", seed=None,
                  input_axes=None, output_axes=None):
         super().__init__(seed)
-        if not (isinstance(scale, (int, float)) and scale > 0):
+        if isinstance(scale, bool) or not (isinstance(scale, numbers.Real) and scale > 0):
             raise ValueError(
                 f"Argument `scale` must be positive float. Received: scale={scale}"
             )
@@ -154,7 +159,7 @@ class VarianceScaling(_Seeded):
 
     def __call__(self, shape, dtype=None):
         shape = tuple(shape)
-        fan_in, fan_out = compute_fans(shape)
+        fan_in, fan_out = compute_fans(shape, self.input_axes, self.output_axes)
         fan = {"fan_in": fan_in, "fan_out": fan_out, "fan_avg": (fan_in + fan_out) / 2}[self.mode]
         scale = self.scale / max(1.0, fan)
         rng = self._rng()

@@ -76,7 +76,8 @@ class L2(L1L2):
         return {"l2": self.l2}
 
 
-_CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2, "l1": L1, "l2": L2, "l1_l2": L1L2}
+_CLASSES = {"L1": L1, "L2": L2, "L1L2": L1L2, "l1": L1, "l2": L2, "l1l2": L1L2,
+            "l1_l2": L1L2}  # "l1l2" is Keras's name; "l1_l2" kept for configs of ours
 
 
 class _Callable(Regularizer):

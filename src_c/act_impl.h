@@ -38,10 +38,10 @@ static inline REAL FGN(act1)(int code, REAL a)
     case 18: return a - TANH(a);
     case 19: return a > 0 ? a : EXPM1(a);
     case 20: return (REAL)0.5 * (a + SQRT(a * a + (REAL)SQUAREPLUS_B));
-    case 21: return a >= 1 ? a : (a > -1 ? (REAL)0.25 * (a + 1) * (a + 1) : 0);
+    case 21: return a <= -1 ? 0 : (a < 1 ? (REAL)0.25 * (a + 1) * (a + 1) : a); /* NaN: NaN */
     case 22: return a > (REAL)SHRINK ? a - (REAL)SHRINK : (a < -(REAL)SHRINK ? a + (REAL)SHRINK : 0);
     case 23: return FABS(a) > (REAL)SHRINK ? a : 0;
-    case 24: return a >= 1 ? 1 : (a > -1 ? (REAL)0.5 * (a + 1) : 0);
+    case 24: return a <= -1 ? 0 : (a >= 1 ? 1 : (REAL)0.5 * (a + 1));
     }
     return a;
 }

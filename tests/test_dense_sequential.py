@@ -61,6 +61,29 @@ def test_dense_softmax_and_dtype():
     assert d.get_config()["activation"] == "softmax"
 
 
+def _named(fn, name, module):
+    fn.__name__, fn.__module__ = name, module
+    return fn
+
+
+def test_keras_activation_functions_map_by_module():
+    """keras.activations.* functions map to ours (softmax to Dense's vector activation); other
+    Keras functions of the same name do not: keras.ops.gelu defaults to the tanh
+    approximation, unlike keras.activations.gelu."""
+    from fastgru import activations
+
+    def fake(name, module):
+        return _named(lambda a: a, name, module)
+
+    k_softmax = fake("softmax", "keras.src.activations.activations")
+    d = Dense(3, activation=k_softmax)
+    np.testing.assert_allclose(d(rng.normal(size=(2, 4))).sum(-1), 1, rtol=1e-6)
+    assert d.get_config()["activation"] == "softmax"
+    assert activations.get(fake("gelu", "keras.src.activations.activations")).name == "gelu"
+    ops_gelu = activations.get(fake("gelu", "keras.src.ops.nn"))
+    assert ops_gelu.name is None and ops_gelu.code is None  # a user callable
+
+
 @pytest.mark.parametrize("activation", [None, "tanh", "sigmoid", "softmax", "log_softmax",
                                         "elu", "softplus"])
 @pytest.mark.parametrize("shape", [(3, 4), (2, 3, 4)])
@@ -178,7 +201,11 @@ def test_sequential_weights_config_and_losses():
                        name="net")
     x = rng.normal(size=(2, 5, 3)).astype(np.float32)
     y = model(x)
-    assert len(model.losses) == 3  # kernel l2, dense bias l2, the GRU's activity loss
+    assert len(model.losses) == 3  # the GRU's activity loss, then kernel l2, dense bias l2
+    act = float(model.layers[1].activity_regularizer(y_mid := model.layers[1](model.layers[0](x))))
+    assert model.losses[0] == pytest.approx(act / 2, rel=1e-5) and y_mid.shape == (2, 2)
+    frozen = Sequential(model.layers, trainable=False)  # as Keras: no weight losses then
+    assert frozen.trainable_weights == [] and len(frozen.losses) == 1
     cfg = model.get_config()
     assert list(cfg)[:4] == ["name", "trainable", "dtype", "layers"]
     assert cfg["build_input_shape"] == [2, 5, 3]

@@ -111,6 +111,23 @@ def test_variance_scaling_validation_and_fans():
         I.VarianceScaling(distribution="bad")
     assert I.compute_fans((3, 4, 5)) == (12.0, 15.0)
     assert I.compute_fans((7,)) == (7.0, 7.0)
+    # Keras's input_axes / output_axes name the fans' axes (both given)
+    assert I.compute_fans((60, 5, 6), [0], [1, 2]) == (60.0, 30.0)
+    w = I.VarianceScaling(mode="fan_in", distribution="uniform", seed=1, input_axes=[0],
+                          output_axes=[1, 2])((60, 5, 6))
+    limit = np.sqrt(3 / 60)  # not sqrt(3 / (5 * 60)), the receptive-field rule
+    assert 0.95 * limit < np.abs(w).max() <= limit
+    assert I.VarianceScaling(scale=np.float32(2.0)).scale == 2.0  # NumPy scalars are reals
+    with pytest.raises(ValueError, match="scale"):
+        I.VarianceScaling(scale=True)
+
+
+def test_constant_config_is_plain_json():
+    import json
+
+    for v in (np.float32(0.5), np.int64(3), np.array([1.0, 2.0]), 0.25):
+        cfg = I.Constant(v).get_config()
+        assert json.loads(json.dumps(cfg)) == cfg
 
 
 def test_get_errors_and_callables():

@@ -329,6 +329,10 @@ def test_frozen_sequential_matches_model(masked):
     gru(x)
     with pytest.raises(ValueError, match="returns 2"):  # as the model's own call says
         fastgru.Sequential([gru]).freeze()(x)
+    built = GRU(3)
+    built(x)
+    with pytest.raises(ValueError, match="Layer 'late' .* is not built"):  # it would make
+        fastgru.Sequential([built, fastgru.Dense(2, name="late")]).freeze()  # its own weights
 
 
 def test_frozen_from_device_weights_takes_host_copies(monkeypatch):

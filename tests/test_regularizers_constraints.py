@@ -25,6 +25,11 @@ def test_serialization_forms():
     assert R.get(None) is None
 
 
+def test_keras_regularizer_names():
+    assert isinstance(R.get("l1l2"), R.L1L2)  # Keras's name
+    assert R.get("l1l2").get_config() == {"l1": 0.0, "l2": 0.0}
+
+
 def test_regularizer_validation():
     with pytest.raises(ValueError, match="non-negative"):
         R.L2(-1.0)
@@ -54,6 +59,20 @@ def test_min_max_norm_and_non_neg(rng):
     assert np.all((n >= 0.5 - 1e-6) & (n <= 0.8 + 1e-6))
     np.testing.assert_array_equal(C.get("non_neg")(w), np.where(w >= 0, w, 0))
     assert C.get("non_neg")(w.astype(np.float32)).dtype == np.float32
+    out = C.NonNeg()(np.array([-np.inf, -2.0, -0.0, 3.0]))  # max(w, 0), as Keras
+    assert out.tolist() == [0, 0, 0, 3] and not np.signbit(out).any()
+
+
+def test_norm_constraints_take_axis_lists(rng):
+    """Keras documents axis=[0, 1, 2] for conv kernels, and JSON configs always hold lists."""
+    w = rng.normal(size=(3, 4, 5))
+    for cls, kw in ((C.MaxNorm, {"max_value": 0.5}), (C.UnitNorm, {}),
+                    (C.MinMaxNorm, {"min_value": 0.2, "max_value": 0.6})):
+        np.testing.assert_array_equal(cls(axis=[0, 1], **kw)(w), cls(axis=(0, 1), **kw)(w))
+        from_json = C.get({"class_name": cls.__name__, "config": {"axis": [0, 1], **kw}})
+        np.testing.assert_array_equal(from_json(w), cls(axis=(0, 1), **kw)(w))
+    n = np.sqrt((C.UnitNorm(axis=[0, 1])(w) ** 2).sum(axis=(0, 1)))
+    np.testing.assert_allclose(n, 1, rtol=1e-6)
 
 
 def test_constraint_serialization():

@@ -328,13 +328,16 @@ class Layer:
     # ------------------------------------------------------------------ regularization
     @property
     def losses(self) -> list[float]:
-        """Weight regularization losses (one per regularised weight), then the activity
-        regularization losses of the last call."""
-        out = []
-        for w in self.weights:
-            if w.regularizer is not None and (w.trainable and self.trainable):
-                out.append(float(w.regularizer(w.value)))
-        return out + [float(v) for v in self._activity_losses]
+        """As Keras: the activity regularization losses of the last call, then the weight
+        regularization losses (one per regularised trainable weight)."""
+        return self._activity_loss_values() + self._weight_loss_values()
+
+    def _activity_loss_values(self) -> list[float]:
+        return [float(v) for v in self._activity_losses]
+
+    def _weight_loss_values(self) -> list[float]:
+        return [float(w.regularizer(w.value)) for w in self.trainable_weights
+                if w.regularizer is not None]
 
     def regularization_gradients(self) -> list:
         """d(sum of weight regularization losses)/d w, aligned with ``trainable_weights``;

@@ -45,6 +45,8 @@ def _get_activation(identifier):
     if isinstance(identifier, dict):  # Keras serialised form
         cfg = identifier.get("config")
         name = cfg if isinstance(cfg, str) else identifier.get("class_name")
+    elif callable(identifier):  # keras.activations.softmax and the like
+        name = activations.keras_activation_name(identifier)
     if isinstance(name, str) and name in _VECTOR_ACTIVATIONS:
         return _Softmax(name)
     return activations.get(identifier)

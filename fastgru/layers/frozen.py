@@ -267,6 +267,12 @@ class FrozenSequential:
             if hasattr(layer, "freeze"):
                 self._layers.append(layer.freeze(n_threads))
             else:
+                if not getattr(layer, "built", True):  # it would make its own weights later
+                    raise ValueError(
+                        f"Layer '{layer.name}' of Sequential '{model.name}' is not built: call "
+                        "the model or build() it before freeze() (a snapshot holds the weights "
+                        "as of freezing)."
+                    )
                 mine = copy.deepcopy(layer)
                 if hasattr(mine, "to"):
                     mine.to("cpu")
