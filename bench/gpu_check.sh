@@ -54,7 +54,7 @@ if [ -n "${SWEEP:-}" ]; then  # SWEEP=1: the persistent kernels forced at batche
 fi
 
 echo "== whole suite"
-timeout "${T_SUITE:-150}" $py -m pytest -q -p no:cacheprovider -n 8 >"$out/suite.log" 2>&1
+timeout "${T_SUITE:-150}" $py -m pytest -q -p no:cacheprovider >"$out/suite.log" 2>&1
 echo "rc=$?"
 grep -E "passed|failed|error" "$out/suite.log" | tail -3
 grep -E "^(FAILED|ERROR)" "$out/suite.log" | head -20

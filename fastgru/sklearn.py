@@ -37,15 +37,17 @@ bit on the CPU, and predictions of a row do not depend on the other rows of the 
 Scale-out (no extra code needed): the estimators pickle as NumPy weights plus configuration
 (never device arrays), so they work under joblib's Dask backend::
 
-    from dask.distributed import Client
     import joblib
+    from dask.distributed import Client
+    from sklearn.model_selection import GridSearchCV
     client = Client(processes=False)                      # or a real cluster
-    with joblib.parallel_config(backend="dask"):
+    with joblib.parallel_config(backend="dask"):          # X: (n, T, D) floats, y: labels
         GridSearchCV(GRUClassifier(), {"units": [8, 16]}, n_jobs=-1).fit(X, y)
 
 and ``predict`` is row-wise, so a 3-D Dask array chunked along axis 0 only is predicted with
-``map_blocks``::
+``map_blocks`` (``est``: a fitted estimator)::
 
+    import dask.array
     Xd = dask.array.from_array(X, chunks=(1000, -1, -1))
     labels = Xd.map_blocks(est.predict, drop_axis=[1, 2], dtype=est.classes_.dtype)
     proba = Xd.map_blocks(est.predict_proba, drop_axis=[1, 2], new_axis=1,
