@@ -263,7 +263,9 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
             tb->y[(long)i * u + j] = 0;
         }
     fg_barrier_wait(bar, tid, nteam, &bgen);
-    for (int k0 = 0; k0 < T; k0 += tc) {
+    /* next k0 = min(k0 + tc, T), without forming k0 + tc (int overflow near INT_MAX steps
+     * wrapped k0 negative and restarted the sequence forever) */
+    for (int k0 = 0; k0 < T; k0 = T - k0 > tc ? k0 + tc : T) {
         int kc = T - k0 < tc ? T - k0 : tc, M = kc * nr;
         const int Mup = fproj && M > FG_PJ_ROWS ? FG_PJ_ROWS : M; /* rows projected up front */
         if (a->wpk) { /* packed kernel: each thread projects its own panels of every row */

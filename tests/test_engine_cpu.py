@@ -257,8 +257,16 @@ def test_column_sums_are_the_two_level_numpy_sums_on_any_thread_count(dtype, rng
         _gru.colsum(a, np.empty(2, dtype), 1)
     with pytest.raises(TypeError, match="share one dtype"):
         _gru.colsum(a, np.empty(3, np.float32 if dtype == np.float64 else np.float64), 1)
-    with pytest.raises(ValueError, match="contiguous rows"):
+    with pytest.raises(ValueError, match="contiguous, non-overlapping rows"):
         _gru.colsum(np.ones((4, 6), dtype)[:, ::2], np.empty(3, dtype), 1)
+    # rows that overlap (a broadcast row: stride 0) would be read or written past the buffer
+    row = np.ones((1, 256), dtype)
+    with pytest.raises(ValueError, match="non-overlapping rows"):
+        _gru.colsum(np.broadcast_to(row, (20000, 256)), np.empty(256, dtype), 1)
+    with pytest.raises(ValueError, match="non-overlapping rows"):
+        c = np.lib.stride_tricks.as_strided(np.zeros(8, dtype), (8, 8), (0, dtype().itemsize))
+        _gru.gemm(np.ones((8, 4), dtype), False, np.ones((4, 8), dtype), False, c, 1, False,
+                  -1, None)
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
@@ -473,9 +481,15 @@ def test_projection_paths_agree(rng, monkeypatch):
     monkeypatch.setenv("FASTGRU_CPU_PROJ", "auto")
     text = cpu.describe_kernel(args[3], (4, 7, 33), kernel="generic")
     assert "projection by BLAS" in text
+    assert "a row's bits may depend on the other rows" in text  # BLAS: no such promise
     if "avx2" in supported_isas():
         text = cpu.describe_kernel(args[3], (4, 7, 33), kernel="avx2")
         assert "projection by the avx2 packed-panel" in text
+        assert "may depend" not in text
+        monkeypatch.setenv("FASTGRU_CPU_WGRAD", "blas")
+        assert "may depend" in cpu.describe_kernel(args[3], (4, 7, 33), kernel="avx2")
+        assert "may depend" not in cpu.describe_kernel(args[3], (4, 7, 33), kernel="avx2",
+                                                       training=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -940,6 +954,48 @@ def test_concurrent_calls_bit_identical(rng, in_threads):
     in_threads(work, 4)
     assert len(results) == 20
     assert all(np.array_equal(o, want[i]) for i, o in results)
+
+
+def test_hostile_specs_and_arguments_are_refused(rng):
+    args, kw = make_case(rng, 2, 3, 4, 5)
+    x, w, h0, spec = args
+    # an activation code the kernels do not know: refused here (the layers then take the
+    # reference engine), never run with whatever the scratch held
+    odd = activations.Activation("mine", np.tanh, lambda a: 1 - np.tanh(a) ** 2, 99)
+    bad = GRUSpec(5, odd, spec.recurrent_activation)
+    assert not cpu.supports(bad)[0]
+    with pytest.raises(ValueError, match="code 99, which is not one of"):
+        cpu.forward(x, w, h0, bad)
+    # units as a small NumPy integer: a Python int in the spec (np.int8(100) * 3 wrapped)
+    s8 = GRUSpec(np.int8(5), spec.activation, spec.recurrent_activation)
+    assert type(s8.units) is int and s8.units == 5
+    np.testing.assert_array_equal(cpu.forward(x, w, h0, s8)[0], cpu.forward(x, w, h0, spec)[0])
+    with pytest.raises(TypeError, match="weights_key must be hashable"):
+        cpu.forward(x, w, h0, spec, weights_key=["layer", 1])
+    # more steps than the kernels' 32-bit indices (no memory: zero features)
+    with pytest.raises(ValueError, match="at most .* steps"):
+        cpu.forward(np.empty((1, 2**31, 0)), Weights(np.empty((0, 15)), w[1], w[2]), None,
+                    spec)
+    # absurd thread counts are capped, not started
+    assert cpu._max_threads(10**6) <= 4 * (__import__("os").cpu_count() or 1)
+
+
+def test_extension_refuses_missing_arrays():
+    from fastgru._cpu import _gru
+
+    f = np.float32
+    args = dict(x=np.ones((2, 3, 4), f), kernel=np.ones((4, 24), f), wpk=None,
+                upk=np.zeros(3 * 8 * 64, f), b_in=np.zeros(24, f), b_rec=np.zeros(24, f),
+                h0=np.zeros((2, 8), f), mask=None, mx=None, mx_per_gate=False, mh=None,
+                out=np.empty((2, 8), f), h_last=np.empty((2, 8), f), pre=None, hprev=None,
+                rp=None)
+    for name in ("x", "upk", "b_in", "h0", "out", "h_last"):
+        with pytest.raises(ValueError, match="is required"):
+            _gru.forward(*{**args, name: None}.values(), 8, True, False, False, False, 1, 2,
+                         1, 0, 3, False)
+    with pytest.raises(ValueError, match="kernel or its packed form"):
+        _gru.forward(*{**args, "kernel": None}.values(), 8, True, False, False, False, 1, 2,
+                     1, 0, 3, False)
 
 
 def test_thread_settings():

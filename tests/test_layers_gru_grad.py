@@ -146,6 +146,25 @@ def test_backward_forms_and_errors():
     assert frozen.backward(t2, np.ones_like(yy)).weights == []
 
 
+def test_a_tape_is_refused_once_the_weights_change():
+    """The engines' tapes hold the weights by reference: backward after set_weights or an
+    optimizer step would mix the recorded forward with the new weights."""
+    from fastgru.optim import SGD
+
+    r = np.random.default_rng(5)
+    layer = GRU(3, dtype="float64")
+    x = r.normal(size=(2, 4, 2))
+    y, tape = layer.forward(x)
+    layer.set_weights([w * 2 for w in layer.get_weights()])
+    with pytest.raises(ValueError, match="weights changed .* run forward again"):
+        layer.backward(tape, np.ones_like(y))
+    y, tape = layer.forward(x)
+    grads = layer.backward(tape, np.ones_like(y))
+    SGD(layer.trainable_weights, learning_rate=0.1).step(list(grads.weights))
+    with pytest.raises(ValueError, match="weights changed"):
+        layer.backward(tape, np.ones_like(y))
+
+
 def test_forward_float32_and_optimizer_style_iteration():
     r = np.random.default_rng(4)
     layer = GRU(3)

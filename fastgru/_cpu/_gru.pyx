@@ -91,6 +91,14 @@ def set_ptr_prefetch(v):
     fg_set_ptr_prefetch(-1 if v is None else (1 if v else 0))
 
 
+cdef int _need(tuple named) except -1:
+    """ValueError for the first (name, array) pair whose array is None (the kernels read it)."""
+    for name, arr in named:
+        if arr is None:
+            raise ValueError(f"{name} is required")
+    return 0
+
+
 cdef void *_p(object arr, int typenum, Py_ssize_t size, str name) except? NULL:
     """Data pointer of a C-contiguous ndarray of typenum with at least `size` elements;
     None gives NULL."""
@@ -232,8 +240,10 @@ cdef int _ld(object m, str name) except -1:
     if a.ndim == 2 and a.size == 0:
         return max(<int>a.shape[1], 1)  # never read
     if a.ndim != 2 or (a.shape[1] > 1 and a.strides[1] != it) or a.strides[0] % it \
-            or a.strides[0] < 0:
-        raise ValueError(f"{name}: expected a 2-D array with contiguous rows")
+            or a.strides[0] < 0 or (a.shape[0] > 1 and a.strides[0] < a.shape[1] * it):
+        # rows closer than a row apart (a zero stride from broadcasting) would have the
+        # kernels read, or write, rows that overlap
+        raise ValueError(f"{name}: expected a 2-D array with contiguous, non-overlapping rows")
     return max(<int>(a.strides[0] // it), <int>a.shape[1], 1)
 
 
@@ -345,6 +355,10 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
     compared with the weights (by the threads of the call): -1 when one differs (nothing was
     computed). Else the number of a split team's barrier waits that outlasted the spin (a
     thread off its core), 0 normally."""
+    _need((("x", x), ("packed recurrent kernel", upk), ("input bias", b_in), ("h0", h0),
+           ("out", out), ("h_last", h_last)))
+    if kernel is None and wpk is None:
+        raise ValueError("kernel or its packed form wpk is required")
     cdef int t = _typenum(x)
     cdef fg_fwd_args a
     cdef int B = x.shape[0], T = x.shape[1], D = x.shape[2], u = units
@@ -405,6 +419,8 @@ def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
              bint zero_output_for_mask, int act, int rec_act, int n_threads, int isa,
              bint fused=True):
     """Run fg_backward; see src_c/fastgru.h for every argument's shape."""
+    _need((("pre", pre), ("hprev", hprev), ("rp", rp), ("packed transposed recurrent kernel",
+           utpk), ("dA", dA), ("dh0", dh0)))
     cdef int t = _typenum(pre)
     cdef fg_bwd_args a
     cdef int B = pre.shape[0], T = pre.shape[1], u = units

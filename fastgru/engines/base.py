@@ -33,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
+
 from ..activations import Activation
 
 
@@ -48,6 +50,13 @@ class GRUSpec:
     go_backwards: bool = False
     return_sequences: bool = False
     zero_output_for_mask: bool = False
+
+    def __post_init__(self):
+        # a NumPy integer (np.int8(100)) would wrap in the engines' size arithmetic: a Python
+        # int from here on; anything else is the engines' to refuse
+        u = self.units
+        if isinstance(u, np.integer):
+            object.__setattr__(self, "units", int(u))
 
 
 class Weights(NamedTuple):

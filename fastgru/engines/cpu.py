@@ -15,9 +15,12 @@ and made C-contiguous here, then ``fastgru._cpu._gru`` runs the whole layer with
 - threads: batch rows split across OpenMP threads, each running its rows' whole time loop; a
   batch smaller than the thread count splits the units instead (one barrier per step).
 
-Determinism: a row's result depends neither on the thread count nor on the other rows of the
-batch (BLAS never takes a one-row product: those are padded to two rows; the per-step kernel
-is row-independent by construction).
+Determinism: on the AVX2 and AVX-512 kernels with the default settings, a row's result depends
+neither on the thread count nor on the other rows of the batch (every product is a fixed-order
+FMA kernel over packed panels, row-independent by construction). The BLAS paths (the generic
+kernel's input projection and gradients, FASTGRU_CPU_PROJ=blas, FASTGRU_CPU_WGRAD=blas) do not
+promise it: BLAS rounds a row by its place in the blocks it tiles (~1e-7 relative in float32);
+``describe_kernel`` (``explain``) says when a call takes them.
 
 Kernel selection for tests and diagnosis: ``kernel=`` argument or the ``FASTGRU_CPU_KERNEL``
 environment variable, one of "auto", "avx512", "avx2", "generic".
@@ -50,7 +53,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .. import _threads
+from .. import _threads, activations
 from .base import DropoutMasks, Gradients, GRUSpec, Tape, Weights
 
 NAME = "cpu"
@@ -172,10 +175,18 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+# Threads beyond a few per CPU only cost (a call's count is capped by its work, which at large
+# shapes allows thousands: n_threads=10**6 started 603 OS threads on 2 cores, and aborted the
+# process where an address-space limit stopped the thread stacks); the cap leaves room for
+# tests that check bits across more threads than a small machine has
+_THREADS_PER_CPU = 4
+
+
 def _max_threads(n: int) -> int:
     global _omp_team_used
     if _forked_child or not _gru.openmp():
         return 1
+    n = min(n, _THREADS_PER_CPU * max(1, os.cpu_count() or 1))
     if n > 1:
         _omp_team_used = True
     return n
@@ -212,15 +223,22 @@ def available() -> bool:
     return _gru is not None
 
 
+_KNOWN_CODES = frozenset(activations.CODES.values())
+
+
 def supports(spec: GRUSpec) -> tuple[bool, str]:
     """Whether this engine runs ``spec``, and why not."""
     if _gru is None:
         return False, f"the compiled CPU extension is not built ({_IMPORT_ERROR})"
     for what, act in (("activation", spec.activation),
                       ("recurrent_activation", spec.recurrent_activation)):
-        if getattr(act, "code", None) is None:
+        code = getattr(act, "code", None)
+        if code is None:
             return False, (f"{what} {act!r} is a Python callable; compiled kernels know only "
                            "the built-in Keras activations")
+        if code not in _KNOWN_CODES:  # a hand-made Activation: the kernels would skip it
+            return False, (f"{what} {act!r} has code {code!r}, which is not one of the "
+                           "compiled kernels' activation codes")
     return True, "all activations are built-in"
 
 
@@ -406,12 +424,17 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
     text = (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
             f"projection by {proj} over chunks of {chunk} steps{infused}; per step {gemms} by "
             f"the {isa} packed-panel FMA kernel, then {gate}; threads: {how}")
+    blas_wgrad = training and _packed_wgrad(isa_code) is None
+    caveat = ("" if packed_proj and not blas_wgrad else
+              "; with BLAS on this path a row's bits may depend on the other rows of its batch"
+              " and on the thread count (~1e-7 relative; the packed-panel kernels of AVX2 and"
+              " AVX-512 guarantee them)")
     if not training:
-        return text + "."
+        return text + caveat + "."
     return (text + f"; training: per-step backward on {min(nbwd, max(B, 1))} thread(s), "
             f"weight-gradient GEMMs on {nbwd} by "
-            + (f"the K-blocked {isa} packed-panel kernel" if _packed_wgrad(isa_code)
-               is not None else "BLAS (one thread per block)") + ".")
+            + (f"the K-blocked {isa} packed-panel kernel" if not blas_wgrad
+               else "BLAS (one thread per block)") + caveat + ".")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -434,6 +457,7 @@ def _array(a, name, dtype, shape):
 
 
 _NO_STEPS = "x has 0 timesteps; a GRU needs at least one"
+_MAX_DIM = 2**31 - 2**20  # the kernels' int indices, with room for a chunk past the end
 
 
 def _input(x, dtype=None):
@@ -444,6 +468,9 @@ def _input(x, dtype=None):
     x = np.asarray(x)
     if x.ndim != 3:
         raise ValueError(f"x must have shape (batch, timesteps, features), got {x.shape}")
+    if max(x.shape) > _MAX_DIM or x.shape[0] * x.shape[1] > _MAX_DIM:
+        raise ValueError(f"x has shape {x.shape}: the cpu engine takes at most {_MAX_DIM} rows, "
+                         "steps and features, and rows x steps (its kernels index in 32 bits)")
     if dtype is None and x.dtype not in (np.float32, np.float64):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if dtype is not None and x.dtype != dtype:
@@ -477,14 +504,13 @@ def _check_spec(spec):
     if not isinstance(spec, GRUSpec):
         raise TypeError(f"spec must be a GRUSpec, got {type(spec).__name__}")
     if type(spec.units) is int and spec.units >= 1 and _gru is not None \
-            and getattr(spec.activation, "code", None) is not None \
-            and getattr(spec.recurrent_activation, "code", None) is not None:
+            and getattr(spec.activation, "code", None) in _KNOWN_CODES \
+            and getattr(spec.recurrent_activation, "code", None) in _KNOWN_CODES:
         return  # the common case, without building supports()' messages
     ok, why = supports(spec)
     if not ok:
         raise ValueError(f"cpu engine cannot run this layer: {why}")
-    if isinstance(spec.units, bool) or not isinstance(spec.units, (int, np.integer)) \
-            or spec.units < 1:
+    if isinstance(spec.units, bool) or not isinstance(spec.units, int) or spec.units < 1:
         raise ValueError(f"spec.units must be a positive int, got {spec.units!r}")
 
 
@@ -634,6 +660,11 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         nthr = _max_threads(nthr)
         ukey = wkey = None
         if weights_key is not None:
+            try:
+                hash(weights_key)
+            except TypeError:
+                raise TypeError(f"weights_key must be hashable (e.g. a tuple), got "
+                                f"{weights_key!r}") from None
             ukey, wkey = (weights_key, "U"), (weights_key, "W")
         # cache hits are compared with the weights by the kernel's threads (see _packed)
         upk, check_u = _packed(U, u, ukey)

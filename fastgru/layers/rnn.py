@@ -498,7 +498,8 @@ class RNN(Layer):
         layer_tape = None
         if record:
             layer_tape = RNNTape(tapes, engines, reasons, drops, bare, B, T, self.dtype, xp,
-                                 meta={"cells": [c.name for c in cells]})
+                                 meta={"cells": [c.name for c in cells],
+                                       "weights": [c.weights_key() for c in cells]})
         return inp, final, layer_tape
 
     def _generic_loop(self, x, mask, states, training, xp):
@@ -588,6 +589,14 @@ class RNN(Layer):
         if not isinstance(tape, RNNTape):
             raise TypeError(f"backward needs the tape returned by forward(); got {type(tape)}")
         cells = _gru_cells(self.cell)
+        recorded = tape.meta.get("weights")
+        if recorded is not None and recorded != [c.weights_key() for c in cells]:
+            # the engines' tapes hold the weights by reference: the gradients would mix the
+            # recorded forward with the new values
+            raise ValueError(
+                f"Layer '{self.name}': its weights changed (set_weights, assign or an optimizer "
+                "step) since the forward call that recorded this tape; run forward again."
+            )
         stacked = self._stacked
         d_out, d_states = self._split_d_outputs(d_outputs, d_state, len(cells), stacked)
         xp = tape.input_module
