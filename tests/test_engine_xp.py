@@ -265,3 +265,49 @@ def test_float64_dropout_masks_do_not_promote_float32():
     out, h, tape = xpe.forward(x, w, h0, spec, dropout=drop, training=True)
     g = xpe.backward(tape, np.ones_like(out))
     assert out.dtype == h.dtype == g.x.dtype == g.kernel.dtype == np.float32
+
+
+def test_padded_steps_never_poison_the_recurrent_gradient():
+    """reset_after=False with an unbounded recurrent activation: r overflows to inf at a
+    padded step, and its term of the candidate's dU must be zeroed, not multiplied by 0."""
+    K = np.zeros((1, 3))
+    K[0, 1] = -2000.0  # x @ Wr very negative at the real step ...
+    U = np.zeros((1, 3))
+    U[0, 1] = 1000.0  # ... h @ Ur large at the padded one: exp overflows there
+    w = Weights(K, U, None)
+    x, h0, mask = np.ones((1, 2, 1)), np.ones((1, 1)), np.array([[True, False]])
+    spec = GRUSpec(1, activations.get("tanh"), activations.get("exponential"),
+                   reset_after=False, use_bias=False, return_sequences=True)
+    grads = []
+    for eng in (reference, xpe):
+        with np.errstate(all="ignore"):
+            out, h, tape = eng.forward(x, w, h0, spec, mask, training=True)
+            grads.append(eng.backward(tape, np.ones_like(out), np.ones_like(h)))
+    assert np.isfinite(grads[1].recurrent_kernel).all()
+    for a, b in zip(grads[0], grads[1], strict=True):
+        if a is not None:  # (no bias)
+            np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("eng", [reference, xpe])
+def test_last_output_and_state_are_separate_arrays(eng):
+    rng = np.random.default_rng(3)
+    spec = GRUSpec(3, activations.get("tanh"), activations.get("sigmoid"))
+    w = Weights(rng.normal(size=(2, 9)), rng.normal(size=(3, 9)), rng.normal(size=(2, 9)))
+    out, h, _ = eng.forward(rng.normal(size=(2, 4, 2)), w, np.zeros((2, 3)), spec)
+    np.testing.assert_array_equal(out, h)
+    out[...] = 0  # editing one never changes the other (as the cpu engine's two arrays)
+    assert np.abs(h).sum() > 0
+
+
+def test_float64_upstream_gradients_keep_a_float32_tape_float32():
+    rng = np.random.default_rng(4)
+    spec = GRUSpec(3, activations.get("tanh"), activations.get("sigmoid"),
+                   return_sequences=True)
+    f = np.float32
+    w = Weights(rng.normal(size=(2, 9)).astype(f), rng.normal(size=(3, 9)).astype(f),
+                rng.normal(size=(2, 9)).astype(f))
+    x = rng.normal(size=(2, 4, 2)).astype(f)
+    out, h, tape = xpe.forward(x, w, np.zeros((2, 3), f), spec, training=True)
+    g = xpe.backward(tape, np.ones(out.shape), None)  # float64 d_outputs
+    assert all(a.dtype == f for a in g if a is not None)

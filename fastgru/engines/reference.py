@@ -106,7 +106,7 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         if outs is not None:
             outs[:, k] = y
 
-    outputs = outs if spec.return_sequences else y
+    outputs = outs if spec.return_sequences else (y.copy() if y is h else y)  # never aliased
     tape = None
     if training:
         saved = dict(rec, weights=weights, mask=mask, dropout=dropout, x_shape=x.shape)

@@ -319,7 +319,9 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
 
     if T == 0:
         y = xp.zeros((B, u), dt)
-    outputs = outs if spec.return_sequences else y
+    # without a mask the last output is the state itself: a copy, so that editing one never
+    # changes the other (the cpu engine returns two arrays too)
+    outputs = outs if spec.return_sequences else (y.copy() if y is h else y)
     tape = None
     if training:
         saved = dict(x=x, mask_pm=m_pm, weights=weights, dropout=dropout, Hs=Hs, Z=Z, R=R,
@@ -358,8 +360,10 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
     DAh = xp.empty((T, B, u), dt) if spec.reset_after else None
     gs = xp.zeros((B, u), dt) if d_h_last is None else xp.array(d_h_last, dt)
     gy = None
-    if d_outputs is not None and not spec.return_sequences:
-        gy = xp.asarray(d_outputs, dt)
+    if d_outputs is not None:
+        d_outputs = xp.asarray(d_outputs, dt)  # the tape's dtype (a float64 one promoted dh0)
+        if not spec.return_sequences:
+            gy = d_outputs
 
     for k in range(T - 1, -1, -1):
         if d_outputs is not None and spec.return_sequences:
@@ -465,8 +469,10 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None) -> Gradients:
             for gi in range(2):
                 sl = slice(gi * u, (gi + 1) * u)
                 dU[:, sl] = hin(gi).T @ DA2[:, sl]
-        Q = (R * (Hs if mh is None else Hs * mh[2])).reshape(TB, u)
-        dU[:, 2 * u:] = Q.T @ DA2[:, 2 * u:]
+        Q = R * (Hs if mh is None else Hs * mh[2])
+        if m_pm is not None:  # padded steps' r may be inf (an unbounded rec_act): inf * 0
+            Q = xp.where(m_pm[:, :, None], Q, 0).astype(dt, copy=False)
+        dU[:, 2 * u:] = Q.reshape(TB, u).T @ DA2[:, 2 * u:]
 
     X = _time_major(xp, x, m_pm, spec.go_backwards)
     X2 = X.reshape(TB, D)
