@@ -437,6 +437,10 @@ def fma_peak(threads, seconds: float = 0.3) -> dict:
                 if dt < 0 or dt >= seconds:
                     break
                 iters = int(iters * min(16.0, max(2.0, 1.2 * seconds / max(dt, 1e-6))))
+            if dt == -2:
+                print(f"note: FMA peak for {n} threads not measured: OpenMP ran fewer threads "
+                      "(OMP_THREAD_LIMIT?)")
+                continue
             if dt < 0:
                 break  # the CPU lacks this instruction set
             per_thread = iters * nacc * lanes * 2 / 1e9
@@ -610,6 +614,30 @@ def fmt_ms(t: float | None) -> str:
     return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 100 else f"{ms:.0f}"
 
 
+def build_identity() -> dict:
+    """What code a run measured: the checkout's commit (and whether it had uncommitted
+    changes) and the SHA-256 of the compiled extension, so that targets.py can tell runs of
+    different builds apart."""
+    import hashlib
+
+    out = {"commit": None, "dirty": None, "extension_sha256": None}
+    try:
+        git = ["git", "-C", str(REPO)]
+        out["commit"] = subprocess.run(git + ["rev-parse", "HEAD"], capture_output=True,
+                                       text=True, check=True).stdout.strip()
+        status = subprocess.run(git + ["status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True).stdout
+        out["dirty"] = bool(status.strip())
+    except (OSError, subprocess.CalledProcessError):
+        pass
+    try:
+        from fastgru._cpu import _gru
+        out["extension_sha256"] = hashlib.sha256(Path(_gru.__file__).read_bytes()).hexdigest()
+    except (ImportError, OSError):
+        pass
+    return out
+
+
 def save_json(path: str | None, payload: dict) -> None:
     if path:
         clean = {k: v for k, v in payload.items() if not k.startswith("_")}
@@ -659,6 +687,8 @@ def results_table(shapes, threads, peers, results, machine, flops_factor: float 
             mine = ours_time({p: recs[p][key] for p in shown if good(recs[p])})
             gf = flops / mine / 1e9 if mine else None
             peak, gemm = peak_for(machine, n), machine.get("sgemm_gflops", {}).get(f"{n}t")
+            if stat == "cpu":  # GFLOP per CPU second: against one thread's share of the peaks
+                peak, gemm = (None if v is None else v / n for v in (peak, gemm))
             rows.append([s.label, n] + cells + [
                 best or "-",
                 f"{peer_t[best] / mine:.2f}x" if best and mine else "-",
@@ -753,6 +783,7 @@ def print_report(args, kind: str, machine: dict, results: dict, versions: dict, 
           f"Load average {machine['load_1min']:.2f} at start, {load:.2f} at end; "
           f"total {time.perf_counter() - t_start:.0f} s")
     save_json(args.json, {"kind": kind, "machine": machine, "versions": versions,
+                          "build": build_identity(), "stat": args.stat,
                           "notes": notes, "results": results, "load_end": load,
                           "shapes": [s.label for s in args.shapes], "threads": args.threads,
                           "peers": args.peers, "rounds": args.rounds, **(extra or {})})

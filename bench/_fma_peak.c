@@ -64,14 +64,19 @@ static double thread_cpu_seconds(void)
     return ts.tv_sec + 1e-9 * ts.tv_nsec;
 }
 
-/* width: 512 or 256. Returns wall seconds, or -1 when the CPU lacks the instructions. */
+/* width: 512 or 256. Returns wall seconds, -1 when the CPU lacks the instructions, -2 when
+ * OpenMP ran fewer threads than asked (OMP_THREAD_LIMIT, a nested region): the rates would be
+ * those of fewer cores. */
 double fma_peak_run(int width, long iters, int nthreads, double *cpu_s)
 {
     if (width == 512 ? !fma_peak_has_avx512() : !fma_peak_has_avx2()) return -1.0;
     double t0 = 0.0, t1 = 0.0;
     float total = 0.0f;
+    int ran = 0;
 #pragma omp parallel num_threads(nthreads) reduction(+ : total)
     {
+#pragma omp master
+        ran = omp_get_num_threads();
 #pragma omp barrier
 #pragma omp master
         t0 = omp_get_wtime();
@@ -83,7 +88,7 @@ double fma_peak_run(int width, long iters, int nthreads, double *cpu_s)
         t1 = omp_get_wtime();
     }
     fma_peak_sink = total;
-    return t1 - t0;
+    return ran == nthreads ? t1 - t0 : -2.0;
 }
 
 /* Cache read rate: each thread sums a private buffer of `bytes` (64-byte aligned) `reps` times

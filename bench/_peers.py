@@ -448,8 +448,10 @@ class Keras:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
         import tensorflow as tf
         # Before any op runs: TF reads its threading configuration once, at initialisation.
+        # inter-op n as well: with 1, TF's executor left the n-thread intra-op pool idle for the
+        # GRU's ops at mid-size shapes (the 2-thread row used 1.01 CPUs per wall second)
         tf.config.threading.set_intra_op_parallelism_threads(n)
-        tf.config.threading.set_inter_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(n)
         import keras
         if keras.backend.backend() != "tensorflow":
             raise Unavailable(f"KERAS_BACKEND is {keras.backend.backend()!r}, not tensorflow")
@@ -491,6 +493,7 @@ class Keras:
         def step_fn(x, h):
             g = backprop(x, h)
             opt.apply_gradients(zip(g[1:], variables))
+            return g[0]  # dx kept live: unused, tf.function and XLA pruned its computation
 
         def grads():
             g = [t.numpy() for t in grads_fn(x, h0)]
