@@ -55,7 +55,7 @@ class GRUSpec:
         # a NumPy integer (np.int8(100)) would wrap in the engines' size arithmetic: a Python
         # int from here on; anything else is the engines' to refuse
         u = self.units
-        if isinstance(u, np.integer):
+        if type(u) is not int and isinstance(u, np.integer):
             object.__setattr__(self, "units", int(u))
 
 

@@ -179,14 +179,14 @@ if hasattr(os, "register_at_fork"):
 # shapes allows thousands: n_threads=10**6 started 603 OS threads on 2 cores, and aborted the
 # process where an address-space limit stopped the thread stacks); the cap leaves room for
 # tests that check bits across more threads than a small machine has
-_THREADS_PER_CPU = 4
+_THREAD_CAP = 4 * max(1, os.cpu_count() or 1)  # (os.cpu_count() costs ~2 us: once)
 
 
 def _max_threads(n: int) -> int:
     global _omp_team_used
     if _forked_child or not _gru.openmp():
         return 1
-    n = min(n, _THREADS_PER_CPU * max(1, os.cpu_count() or 1))
+    n = min(n, _THREAD_CAP)
     if n > 1:
         _omp_team_used = True
     return n
