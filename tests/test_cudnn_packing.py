@@ -294,6 +294,18 @@ def test_packed_weights_cached_per_version(fake):
     K.bump()
     s2 = cudnn.packed_weights(plan, Weights(K, R, b), np)
     assert s2 is not s1 and not np.array_equal(s1, s2)
+    # per stream: a space packed by a kernel on one stream is not read from another
+    import types
+
+    def on_stream(ptr):
+        stream = types.SimpleNamespace(ptr=ptr)
+        cuda = types.SimpleNamespace(get_current_stream=lambda: stream)
+        return types.SimpleNamespace(**{k: getattr(np, k) for k in dir(np)
+                                        if not k.startswith("__")}, cuda=cuda)
+
+    a7 = cudnn.packed_weights(plan, Weights(K, R, b), on_stream(7))
+    assert cudnn.packed_weights(plan, Weights(K, R, b), on_stream(7)) is a7
+    assert cudnn.packed_weights(plan, Weights(K, R, b), on_stream(8)) is not a7
     # plain arrays without a key are packed on every call (in-place updates are invisible)
     w = Weights(K.value, R.value, b.value)
     assert cudnn.packed_weights(plan, w, np) is not cudnn.packed_weights(plan, w, np)

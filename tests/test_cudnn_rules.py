@@ -47,6 +47,20 @@ def test_each_rule_is_named(kw, dropout, needle):
 def test_user_callable_activation_is_ineligible():
     ok, why = cudnn.eligible(spec(activation=activations.get(np.tanh)))
     assert not ok and "activation is" in why
+    # by what the function is, not by its name: cuDNN would compute tanh, not this
+    impostor = activations.Activation("tanh", lambda a: a, None)
+    ok, why = cudnn.eligible(spec(activation=impostor))
+    assert not ok and "activation is" in why
+    ok, why = cudnn.eligible(spec(recurrent_activation=activations.Activation("sigmoid", abs,
+                                                                               None)))
+    assert not ok and "recurrent_activation is" in why
+
+
+def test_library_search_skips_relative_paths(monkeypatch):
+    monkeypatch.setattr(sys, "path", ["", "relative/dir", "/abs/site-packages"])
+    found = api.candidates()
+    assert not any(c.startswith(("nvidia", "relative")) for c in found)
+    assert "/abs/site-packages/nvidia/cudnn/lib/libcudnn.so.9" in found
 
 
 @pytest.mark.parametrize("mask,row", [

@@ -141,6 +141,8 @@ def _wheel_dirs():
             if f.name == "libcudnn.so.9":
                 dirs.append(os.path.dirname(str(f.locate())))
     for entry in sys.path:
+        if not os.path.isabs(entry):  # "" is the working directory: never load from there
+            continue
         for sub in ("nvidia/cudnn/lib", "nvidia/cu13/lib", "nvidia/cu12/lib"):
             dirs.append(os.path.join(entry, sub))
     return dirs

@@ -30,6 +30,7 @@ from ctypes import byref, c_int, c_size_t, c_void_p
 import numpy as np
 
 from .._array import get_array_module, is_cupy
+from ..activations import CODES
 from . import _cudnn_api as api
 from . import _cudnn_layout as layout
 from . import _cudnn_seq as seq
@@ -54,10 +55,11 @@ _REQUIRED = ("cuDNN needs activation='tanh', recurrent_activation='sigmoid', use
 
 def static_reason(spec: GRUSpec, dropout: DropoutMasks | None = None):
     """The first rule (other than the mask's) that rules cuDNN out, as text; None if none."""
-    if spec.activation.name != "tanh":
+    # by the compiled code, not the name: Activation("tanh", some_fn) is the user's function
+    if getattr(spec.activation, "code", None) != CODES["tanh"]:
         return (f"activation is {spec.activation.name or spec.activation!r}, but cuDNN's GRU "
                 f"computes tanh")
-    if spec.recurrent_activation.name != "sigmoid":
+    if getattr(spec.recurrent_activation, "code", None) != CODES["sigmoid"]:
         return (f"recurrent_activation is "
                 f"{spec.recurrent_activation.name or spec.recurrent_activation!r}, but cuDNN's "
                 f"GRU computes sigmoid")
@@ -597,7 +599,10 @@ def packed_weights(plan, weights, xp, weights_key=None):
         keys = [_weights_key(w, None) for w in per_dir]
         key = None if None in keys else (keys[0] if len(keys) == 1 else tuple(keys))
     if key is not None:
-        key = (id(plan), key)
+        # and the stream: the space is written by a kernel on the caller's stream (a call on
+        # another one could read it before it is written) and freed into that stream's pool
+        stream = xp.cuda.get_current_stream().ptr if hasattr(xp, "cuda") else 0
+        key = (id(plan), stream, key)
         with _pack_lock:
             hit = _pack_cache.get(key)
             if hit is not None:
