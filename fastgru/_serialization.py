@@ -129,9 +129,10 @@ def deserialize(config: Any, custom_objects: dict | None = None):
             "fastgru._serialization.register."
         )
     cfg = config.get("config", {})
-    if isinstance(cfg, dict) and any(k in cfg for k in _BUILD_HINTS):
+    if _is_fastgru(cls) and isinstance(cfg, dict) and any(k in cfg for k in _BUILD_HINTS):
         # Keras 2 configs record the build shape on a model's first layer (the Sequential
-        # reads it from there); layer constructors, as Keras 3's, refuse these keys
+        # reads it from there); our layer constructors, as Keras 3's, refuse these keys (a
+        # user class's config is its own business)
         cfg = {k: v for k, v in cfg.items() if k not in _BUILD_HINTS}
     if _takes_custom_objects(cls.from_config):
         return cls.from_config(cfg, custom_objects=custom_objects)

@@ -50,11 +50,13 @@ def get_num_threads() -> int:
             from ._cpu._gru import omp_max_threads as _omp_limit
         except ImportError:  # extension not built: nothing to cap
             _omp_limit = lambda: 1 << 30  # noqa: E731
-    return max(1, min(_cpus(), _omp_limit()))
+    n, m = _cpus(), _omp_limit()
+    return n if n <= m else max(1, m)
 
 
 def set_num_threads(n: int | None) -> None:
-    """Set the default thread count (None restores the CPU count of this process)."""
+    """Set the default thread count (None: the CPUs this process may run on, capped at each
+    call by the OpenMP limit; see get_num_threads)."""
     global _default
     _default = None if n is None else check_n_threads(n)
 

@@ -236,13 +236,20 @@ del _name, _f, _g, _alias, _target
 NAMES = tuple(CODES)
 
 
+# keras.ops functions whose defaults differ from the activation of the same name:
+# keras.ops.gelu is the tanh approximation by default, keras.activations.gelu (and ours) exact
+_KERAS_OPS_DIFFER = frozenset({"gelu"})
+
+
 def keras_activation_name(fn) -> str | None:
-    """The name of ``fn`` if it is one of Keras's activation functions (keras.activations.*,
-    tf.keras' too), else None. Not other Keras functions of the same name: keras.ops.gelu
-    defaults to the tanh approximation, keras.activations.gelu (and ours) to the exact one."""
-    mod = getattr(fn, "__module__", "") or ""
-    if mod.split(".")[0] in ("keras", "tf_keras") and "activations" in mod.split("."):
-        return getattr(fn, "__name__", None)
+    """The name of ``fn`` if it is a Keras function computing our activation of that name
+    (keras.activations.*, tf.keras' too, and keras.ops.* but gelu), else None."""
+    parts = (getattr(fn, "__module__", "") or "").split(".")
+    name = getattr(fn, "__name__", None)
+    if parts[0] not in ("keras", "tf_keras"):
+        return None
+    if "activations" in parts or ("ops" in parts and name not in _KERAS_OPS_DIFFER):
+        return name
     return None
 
 

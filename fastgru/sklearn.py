@@ -645,16 +645,33 @@ class _BaseGRU(BaseEstimator):
         # n_features_in_, an unfitted one unfitted), so they run on a snapshot.
         before = dict(self.__dict__)
         try:
-            seqs, Y, sw, y_raw = self._setup(X, y, sample_weight, incremental, classes)
+            seqs, Y, sw, val = self._setup(X, y, sample_weight, incremental, classes)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(before)
             raise
+        # Training that diverges raises too; a model it continued (warm start, partial_fit)
+        # changes in place, so its state is kept on the host to be given back then.
+        continued = before.get("_net") is self._net
+        kept = (self._net.__getstate__(), self._rng.get_state(),
+                {k: list(v) for k, v in before.items() if isinstance(v, list)}
+                ) if continued else None
         self.device_ = device
         self._net.to(device)
         self._net.set_threads(self.n_threads)
-        with _threads(self.n_threads):
-            self._run_epochs(seqs, Y, sw, y_raw, incremental)
+        try:
+            with _threads(self.n_threads):
+                self._run_epochs(seqs, Y, sw, val, incremental)
+        except _Diverged:
+            self.__dict__.clear()
+            self.__dict__.update(before)
+            if kept is not None:
+                net_state, rng_state, lists = kept
+                self._net.__setstate__(net_state)
+                self._net.to(before.get("device_", "cpu"))
+                self._rng.set_state(rng_state)
+                self.__dict__.update(lists)
+            raise
         return self
 
     def _setup(self, X, y, sample_weight, incremental: bool, classes):
@@ -699,22 +716,24 @@ class _BaseGRU(BaseEstimator):
             self._net.new_optimizer(float(self.learning_rate))
         else:
             self._net.optimizer.learning_rate = float(self.learning_rate)
-        return seqs, Y, sw, y_raw
+        val = None
+        if self.early_stopping and not incremental:  # the split can fail on the data too
+            stratify = y_raw if (self._stratify() and y_raw.ndim == 1) else None
+            tr, va = train_test_split(np.arange(len(seqs)), test_size=self.validation_fraction,
+                                      random_state=self._rng, stratify=stratify)
+            val = (seqs.take(va), y_raw[va], sw[va])
+            seqs, Y, sw = seqs.take(tr), Y[tr], sw[tr]
+        return seqs, Y, sw, val
 
     def _architecture(self, units) -> dict:
         return dict(units=units, reset_after=bool(self.reset_after), dropout=float(self.dropout),
                     recurrent_dropout=float(self.recurrent_dropout),
                     bidirectional=bool(self.bidirectional))
 
-    def _run_epochs(self, seqs: _Seqs, Y, sw, y_raw, incremental: bool):
+    def _run_epochs(self, seqs: _Seqs, Y, sw, val, incremental: bool):
         net, rng = self._net, self._rng
-        early = self.early_stopping and not incremental
+        early = val is not None
         if early:
-            stratify = y_raw if (self._stratify() and y_raw.ndim == 1) else None
-            tr, va = train_test_split(np.arange(len(seqs)), test_size=self.validation_fraction,
-                                      random_state=rng, stratify=stratify)
-            val = (seqs.take(va), y_raw[va], sw[va])
-            seqs, Y, sw = seqs.take(tr), Y[tr], sw[tr]
             # A warm start draws a new validation split, so earlier scores do not compare
             # with this fit's: it keeps the best weights of its own epochs (the scores of all
             # fits stay in validation_scores_, as the losses do in loss_curve_).
@@ -755,7 +774,7 @@ class _BaseGRU(BaseEstimator):
             self.t_ += n
             loss = total / n
             if not np.isfinite(loss):
-                raise ValueError(
+                raise _Diverged(
                     "Training produced a non-finite loss (the weights are no longer finite); "
                     "the input data may contain very large values and need to be scaled, or "
                     "the learning_rate is too high."
@@ -818,6 +837,10 @@ class _BaseGRU(BaseEstimator):
             x, m = xp.asarray(x), (None if m is None else xp.asarray(m))
         with _threads(self.n_threads):
             return self._net.explain(x, m)
+
+
+class _Diverged(ValueError):
+    """Training produced a non-finite loss (fit gives the model back as it was)."""
 
 
 class _progress:

@@ -82,6 +82,7 @@ def test_keras_activation_functions_map_by_module():
     assert activations.get(fake("gelu", "keras.src.activations.activations")).name == "gelu"
     ops_gelu = activations.get(fake("gelu", "keras.src.ops.nn"))
     assert ops_gelu.name is None and ops_gelu.code is None  # a user callable
+    assert activations.get(fake("tanh", "keras.src.ops.numpy")).name == "tanh"  # same maths
 
 
 @pytest.mark.parametrize("activation", [None, "tanh", "sigmoid", "softmax", "log_softmax",

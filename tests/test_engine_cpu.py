@@ -973,9 +973,11 @@ def test_hostile_specs_and_arguments_are_refused(rng):
     with pytest.raises(TypeError, match="weights_key must be hashable"):
         cpu.forward(x, w, h0, spec, weights_key=["layer", 1])
     # more steps than the kernels' 32-bit indices (no memory: zero features)
+    big = np.empty((4096, 2**19 + 1, 0))  # rows x steps beyond 2**31 (no memory: 0 features)
     with pytest.raises(ValueError, match="at most .* steps"):
-        cpu.forward(np.empty((1, 2**31, 0)), Weights(np.empty((0, 15)), w[1], w[2]), None,
-                    spec)
+        cpu.forward(big, Weights(np.empty((0, 15)), w[1], w[2]), None, spec)
+    with pytest.raises(ValueError, match="at most .* steps"):  # the snapshot's fast path too
+        cpu.Snapshot(Weights(np.empty((0, 15)), w[1], w[2]), spec).forward(big)
     # absurd thread counts are capped, not started
     assert cpu._max_threads(10**6) <= 4 * (__import__("os").cpu_count() or 1)
 
@@ -1023,6 +1025,7 @@ def test_default_threads_follow_the_affinity_within_the_ttl(monkeypatch):
     if len(cpus) < 2:
         pytest.skip("needs two CPUs")
     _threads.set_num_threads(None)
+    monkeypatch.setattr(_threads, "_omp_limit", lambda: 1 << 30)  # OMP_NUM_THREADS aside
     monkeypatch.setattr(_threads, "_CPUS_TTL", 3600.0)
     assert _threads.get_num_threads() >= 1  # cached now
     try:
@@ -1048,8 +1051,8 @@ def test_default_threads_follow_the_openmp_limit(tmp_path):
     if not _gru.openmp() or not any(i["user_api"] == "openmp" for i in threadpool_info()):
         pytest.skip("built without OpenMP, or threadpoolctl cannot see its runtime")
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    if cpus < 2:
-        pytest.skip("needs two CPUs")
+    if cpus < 2 or _gru.omp_max_threads() < cpus:
+        pytest.skip("needs two CPUs, and no OpenMP limit below them in this process")
     old = _threads._default
     try:
         _threads.set_num_threads(None)

@@ -207,3 +207,24 @@ def test_python_callables_cannot_be_saved(tmp_path):
     model = Dense(2, activation=lambda a: a * 2)
     with pytest.raises(ValueError, match="not plain JSON"):
         save(model, tmp_path / "x.npz")
+
+
+def test_user_classes_keep_their_batch_size_config():
+    """Keras 2 build hints are dropped from our layers' configs on loading, never from a
+    user class's own (its batch_size is its business)."""
+    from fastgru import _serialization
+
+    class Batched:
+        def __init__(self, batch_size=32):
+            self.batch_size = batch_size
+
+        def get_config(self):
+            return {"batch_size": self.batch_size}
+
+        @classmethod
+        def from_config(cls, cfg):
+            return cls(**cfg)
+
+    obj = _serialization.deserialize(_serialization.serialize(Batched(7)),
+                                     custom_objects={"Batched": Batched})
+    assert obj.batch_size == 7

@@ -161,9 +161,10 @@ def test_unsupported_raise():
         to_onnx(_prepare(Sequential([GRU(2)])), initial_state=True)
     with pytest.raises(ValueError, match="must return one"):
         to_onnx(_prepare(Sequential([GRU(2, return_state=True), Dense(1)])))
-    for opset in (12, 11, "17"):  # axes as inputs of Squeeze / Unsqueeze: opset >= 13
+    for opset in (12, 11, "17", True):  # axes as inputs of Squeeze / Unsqueeze: >= 13
         with pytest.raises(ValueError, match="opset must be an int >= 13"):
             to_onnx(_prepare(GRU(2)), opset=opset)
+    assert to_onnx(_prepare(GRU(2)), opset=np.int64(17)).opset_import[0].version == 17
 
 
 @pytest.mark.parametrize("opset", [13, 14, 17])

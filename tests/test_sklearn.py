@@ -443,10 +443,21 @@ def test_bad_input_errors():
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")  # the overflow being tested
-def test_diverging_training_raises():
+def test_diverging_training_raises_and_gives_the_model_back():
     X, y = small(30, classes=0)
+    fresh = GRURegressor(**{**FAST, "max_iter": 50}, learning_rate=1e30)
     with pytest.raises(ValueError, match="non-finite loss"):
-        GRURegressor(**{**FAST, "max_iter": 50}, learning_rate=1e30).fit(X * 1e18, y)
+        fresh.fit(X * 1e18, y)
+    with pytest.raises(NotFittedError):  # not a NaN model
+        fresh.predict(X)
+    warm = GRURegressor(**FAST, warm_start=True).fit(X, y)
+    p, curve, it = warm.predict(X), list(warm.loss_curve_), warm.n_iter_
+    with pytest.raises(ValueError, match="non-finite loss"):
+        warm.set_params(learning_rate=1e30, max_iter=50).fit(X * 1e18, y)
+    assert warm.loss_curve_ == curve and warm.n_iter_ == it  # as it was, weights included
+    np.testing.assert_array_equal(warm.predict(X), p)
+    warm.set_params(learning_rate=0.01, max_iter=3).fit(X, y)  # and it trains on
+    assert warm.n_iter_ == it + 3
 
 
 def test_a_failed_fit_leaves_the_estimator_as_it_was():
@@ -463,6 +474,13 @@ def test_a_failed_fit_leaves_the_estimator_as_it_was():
     assert clf.__dict__ == attrs
     from fastgru.sklearn import _gpu_available
 
+    # the early-stopping split is part of the set-up: one that fails changes nothing either
+    clf.set_params(early_stopping=True, validation_fraction=0.1)
+    attrs = dict(clf.__dict__)
+    with pytest.raises(ValueError, match="test_size"):
+        clf.fit(X5[:8], y[:8])
+    assert clf.n_features_in_ == 3 and clf.__dict__ == attrs
+    clf.set_params(early_stopping=False)
     if not _gpu_available():  # an unusable device fails before anything is set
         fresh = GRUClassifier(**{**FAST, "device": "gpu"})
         with pytest.raises(RuntimeError, match="device='gpu'"):

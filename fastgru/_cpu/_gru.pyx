@@ -355,8 +355,9 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
     compared with the weights (by the threads of the call): -1 when one differs (nothing was
     computed). Else the number of a split team's barrier waits that outlasted the spin (a
     thread off its core), 0 normally."""
-    _need((("x", x), ("packed recurrent kernel", upk), ("input bias", b_in), ("h0", h0),
-           ("out", out), ("h_last", h_last)))
+    if x is None or upk is None or b_in is None or h0 is None or out is None or h_last is None:
+        _need((("x", x), ("packed recurrent kernel", upk), ("input bias", b_in), ("h0", h0),
+               ("out", out), ("h_last", h_last)))
     if kernel is None and wpk is None:
         raise ValueError("kernel or its packed form wpk is required")
     cdef int t = _typenum(x)
@@ -419,8 +420,9 @@ def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
              bint zero_output_for_mask, int act, int rec_act, int n_threads, int isa,
              bint fused=True):
     """Run fg_backward; see src_c/fastgru.h for every argument's shape."""
-    _need((("pre", pre), ("hprev", hprev), ("rp", rp), ("packed transposed recurrent kernel",
-           utpk), ("dA", dA), ("dh0", dh0)))
+    if pre is None or hprev is None or rp is None or utpk is None or dA is None or dh0 is None:
+        _need((("pre", pre), ("hprev", hprev), ("rp", rp),
+               ("packed transposed recurrent kernel", utpk), ("dA", dA), ("dh0", dh0)))
     cdef int t = _typenum(pre)
     cdef fg_bwd_args a
     cdef int B = pre.shape[0], T = pre.shape[1], u = units

@@ -460,6 +460,13 @@ _NO_STEPS = "x has 0 timesteps; a GRU needs at least one"
 _MAX_DIM = 2**31 - 2**20  # the kernels' int indices, with room for a chunk past the end
 
 
+def _check_size(shape):
+    B, T, D = shape
+    if B * T > _MAX_DIM or D > _MAX_DIM:  # (B * T >= B, T)
+        raise ValueError(f"x has shape {shape}: the cpu engine takes at most {_MAX_DIM} rows, "
+                         "steps and features, and rows x steps (its kernels index in 32 bits)")
+
+
 def _input(x, dtype=None):
     """x as a NumPy array of 3 dimensions and a float dtype (``dtype`` where given)."""
     if hasattr(x, "__cuda_array_interface__"):
@@ -468,9 +475,7 @@ def _input(x, dtype=None):
     x = np.asarray(x)
     if x.ndim != 3:
         raise ValueError(f"x must have shape (batch, timesteps, features), got {x.shape}")
-    if max(x.shape) > _MAX_DIM or x.shape[0] * x.shape[1] > _MAX_DIM:
-        raise ValueError(f"x has shape {x.shape}: the cpu engine takes at most {_MAX_DIM} rows, "
-                         "steps and features, and rows x steps (its kernels index in 32 bits)")
+    _check_size(x.shape)
     if dtype is None and x.dtype not in (np.float32, np.float64):
         raise TypeError(f"x must be float32 or float64, got {x.dtype}")
     if dtype is not None and x.dtype != dtype:
@@ -575,7 +580,11 @@ def _packed(U, u, key):
         return _pack_recurrent(U, u), False
     full = _cache_key(U, key)
     with _pack_lock:
-        hit = _PACK_CACHE.get(full)
+        try:
+            hit = _PACK_CACHE.get(full)
+        except TypeError:
+            raise TypeError(f"weights_key must be hashable (e.g. a tuple), got {key[0]!r}"
+                            ) from None
         if hit is not None:
             _PACK_CACHE.move_to_end(full)
             return hit[0], True
@@ -660,11 +669,6 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
         nthr = _max_threads(nthr)
         ukey = wkey = None
         if weights_key is not None:
-            try:
-                hash(weights_key)
-            except TypeError:
-                raise TypeError(f"weights_key must be hashable (e.g. a tuple), got "
-                                f"{weights_key!r}") from None
             ukey, wkey = (weights_key, "U"), (weights_key, "W")
         # cache hits are compared with the weights by the kernel's threads (see _packed)
         upk, check_u = _packed(U, u, ukey)
@@ -760,6 +764,8 @@ class Snapshot:
         or None."""
         if type(x) is not np.ndarray or x.dtype != self.dtype or x.ndim != 3:
             x = _input(x, self.dtype)
+        else:
+            _check_size(x.shape)
         B, T, D = x.shape
         if D != self.D:
             raise ValueError(f"x must have {self.D} features (the kernel's rows), got shape "

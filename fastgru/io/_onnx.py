@@ -17,6 +17,8 @@ time-major layout inside the graph.
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 __all__ = ["to_onnx"]
@@ -387,9 +389,10 @@ def to_onnx(model, path=None, *, sequence_lens: bool = False, initial_state: boo
     graph starts from zeros). ``dtype``: "float32", or "float64" (a valid ONNX graph, but ONNX
     Runtime 1.32's GRU kernel refuses double).
     """
-    if isinstance(opset, bool) or not isinstance(opset, int) or opset < 13:
+    if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or opset < 13:
         raise ValueError(f"opset must be an int >= 13 (the graph's Squeeze / Unsqueeze take "
                          f"their axes as inputs, as from opset 13); received {opset!r}.")
+    opset = int(opset)
     onnx, helper, _ = _onnx()
     g = _Graph(dtype)
     shape = _input_shape(model)
