@@ -81,6 +81,7 @@ _DTYPE = np.float32  # compute dtype of the network
 _PREDICT_CHUNK = 4096  # rows per inference call (results do not depend on it)
 _ROW_BLOCK = 16  # inference batches are padded to a multiple of this many rows
 _STATE_VERSION = 1
+_RATES = ("dropout", "recurrent_dropout")  # configuration that leaves the weights' shapes
 
 
 # --------------------------------------------------------------------------- devices
@@ -209,6 +210,15 @@ def _ragged(X, name: str) -> _Seqs:
 
 
 # --------------------------------------------------------------------------- the network
+def _padded_rows(start: int, stop: int) -> np.ndarray:
+    """Rows [start, stop) padded to a multiple of _ROW_BLOCK by repeating the last: BLAS
+    computes leftover rows (past a multiple of its block size, and any single row) with other
+    kernels, whose rounding differs, so padding keeps each row's result independent of the
+    other rows of the call."""
+    idx = np.arange(start, stop)
+    return np.concatenate([idx, np.full(-idx.size % _ROW_BLOCK, idx[-1])])
+
+
 class _Net:
     """GRU stack + Dense head with an Adam optimizer; pickles as host weights + config."""
 
@@ -258,8 +268,32 @@ class _Net:
         return 3 * n_layers * (2 if bidirectional else 1) + 1
 
     def architecture(self) -> dict:
-        """The hyper-parameters that shape the network (not the data sizes or seeds)."""
-        return {k: v for k, v in self.config.items() if k not in ("n_in", "n_out", "seeds")}
+        """The hyper-parameters that shape the network's weights (not the data sizes, seeds,
+        or dropout rates: a continued fit may change those and keep the weights)."""
+        return {k: v for k, v in self.config.items()
+                if k not in ("n_in", "n_out", "seeds") + _RATES}
+
+    def move_head(self, mean0, scale0, mean1, scale1) -> None:
+        """Re-express the head for targets standardised with (mean1, scale1) instead of
+        (mean0, scale0): z * scale0 + mean0 == z' * scale1 + mean1 for every input."""
+        if np.array_equal(mean0, mean1) and np.array_equal(scale0, scale1):
+            return
+        k = np.asarray(scale0 / scale1)
+        kernel, bias = (self.head.kernel, self.head.bias)
+        xp = _xp(self.device)
+        kernel.assign(kernel.value * xp.asarray(k, dtype=kernel.dtype))
+        bias.assign(xp.asarray((_host(bias.value) * scale0 + mean0 - mean1) / scale1,
+                               dtype=bias.dtype))
+
+    def with_rates(self, **rates) -> _Net:
+        """This network (weights, optimizer, dropout streams) with other dropout rates: a new
+        object, so that a failed fit can keep the old one."""
+        state = self.__getstate__()
+        state["config"] = {**state["config"], **rates}
+        net = _Net.__new__(_Net)
+        net.__setstate__(state)
+        net.to(self.device)
+        return net
 
     # ---------------------------------------------------------------- device / optimizer
     def set_threads(self, n_threads) -> None:
@@ -305,18 +339,20 @@ class _Net:
             d = g.inputs
         return [w for gs in reversed(grads) for w in gs]
 
-    def train_step(self, x, mask, Y, sw, loss_fn, alpha: float) -> float:
+    def train_step(self, x, mask, Y, sw, norm: float, loss_fn, alpha: float) -> float:
+        """One Adam step on the batch's loss: sums weighted by sw, divided by ``norm`` (the
+        batch's weight sum, as MLPClassifier: scaling every weight by one factor changes
+        nothing, neither the loss, the tol rule nor the penalty's strength)."""
         z, tapes = self.forward(x, mask, training=True)
-        loss, dz = loss_fn(z, Y, sw)
+        loss, dz = loss_fn(z, Y, sw, norm)
         grads = self.backward(tapes, dz)
         if alpha:
-            b = x.shape[0]
             xp = _xp(self.device)
             for i, p in enumerate(self.params):
                 if self._is_kernel[i]:
                     w = p.value
-                    loss += 0.5 * alpha * float(xp.sum(w * w)) / b
-                    grads[i] = grads[i] + w * _DTYPE(alpha / b)
+                    loss += 0.5 * alpha * float(xp.sum(w * w)) / norm
+                    grads[i] = grads[i] + w * _DTYPE(alpha / norm)
         self.optimizer.step(grads)
         return loss
 
@@ -325,13 +361,7 @@ class _Net:
         xp = _xp(self.device)
         out = []
         for sl in gen_batches(len(seqs), _PREDICT_CHUNK):
-            idx = np.arange(sl.start, sl.stop)
-            # BLAS computes leftover rows (past a multiple of its block size, and any single
-            # row) with other kernels, whose rounding differs; padding the chunk to a multiple
-            # of _ROW_BLOCK by repeating its last row keeps each row's result independent of
-            # the other rows of the call.
-            idx = np.concatenate([idx, np.full(-idx.size % _ROW_BLOCK, idx[-1])])
-            x, m = seqs.batch(idx)
+            x, m = seqs.batch(_padded_rows(sl.start, sl.stop))
             if xp is not np:
                 x, m = xp.asarray(x), (None if m is None else xp.asarray(m))
             z, _ = self.forward(x, m, training=False)
@@ -412,35 +442,34 @@ def _bidirectional_class():
 
 
 # --------------------------------------------------------------------------- losses
-def _softmax_ce(z, Y, sw):
-    """Mean weighted softmax cross-entropy over the batch, and d/dz."""
+def _softmax_ce(z, Y, sw, b):
+    """Weighted softmax cross-entropy over the batch / b (its weight sum), and d/dz."""
     xp = _xp("gpu" if type(z).__module__.startswith("cupy") else "cpu")
     s = z - z.max(axis=1, keepdims=True)
     lse = xp.log(xp.exp(s).sum(axis=1, keepdims=True))
     logp = s - lse
-    b = z.shape[0]
     loss = -float(xp.sum(sw[:, None] * Y * logp)) / b
     dz = (xp.exp(logp) - Y) * (sw[:, None] / b)
     return loss, dz.astype(z.dtype, copy=False)
 
 
-def _sigmoid_bce(z, Y, sw):
-    """Mean over the batch of the summed per-label binary cross-entropy, and d/dz."""
+def _sigmoid_bce(z, Y, sw, b):
+    """The summed per-label binary cross-entropy, weighted, over the batch / b, and d/dz."""
     xp = _xp("gpu" if type(z).__module__.startswith("cupy") else "cpu")
     # log(1 + exp(z)) - y z, stably
     softplus = xp.maximum(z, 0) + xp.log1p(xp.exp(-xp.abs(z)))
-    b = z.shape[0]
     loss = float(xp.sum(sw[:, None] * (softplus - Y * z))) / b
     p = 1.0 / (1.0 + xp.exp(-z))
     dz = (p - Y) * (sw[:, None] / b)
     return loss, dz.astype(z.dtype, copy=False)
 
 
-def _half_mse(z, Y, sw):
-    """Half the weighted mean squared error over samples and outputs, and d/dz."""
+def _half_mse(z, Y, sw, b):
+    """Half the weighted squared error over samples (/ b, their weight sum) and outputs
+    (mean), and d/dz."""
     xp = _xp("gpu" if type(z).__module__.startswith("cupy") else "cpu")
     r = z - Y
-    scale = 1.0 / (z.shape[0] * z.shape[1])
+    scale = 1.0 / (b * z.shape[1])
     loss = 0.5 * float(xp.sum(sw[:, None] * r * r)) * scale
     dz = r * (sw[:, None] * scale)
     return loss, dz.astype(z.dtype, copy=False)
@@ -643,43 +672,51 @@ class _BaseGRU(BaseEstimator):
         # Validation and set-up rebind attributes as they go; a failure among them must leave
         # the estimator as it was (a refit with bad y keeping the old model and its
         # n_features_in_, an unfitted one unfitted), so they run on a snapshot.
+        # Training that diverges raises too, and a model that a fit continues (warm start,
+        # partial_fit) changes in place (its weights, optimizer, dropout and shuffling
+        # streams, curves): its state is kept on the host to be given back then.
         before = dict(self.__dict__)
+        net0 = before.get("_net") if incremental or self.warm_start else None
+        kept = None if net0 is None else (
+            net0.__getstate__(), self._rng.get_state(),
+            {k: list(v) for k, v in before.items() if isinstance(v, list)})
         try:
             seqs, Y, sw, val = self._setup(X, y, sample_weight, incremental, classes)
+            self.device_ = device
+            self._net.to(device)
+            self._net.set_threads(self.n_threads)
         except BaseException:
-            self.__dict__.clear()
-            self.__dict__.update(before)
+            self._restore(before, net0, kept)
             raise
-        # Training that diverges raises too; a model it continued (warm start, partial_fit)
-        # changes in place, so its state is kept on the host to be given back then.
-        continued = before.get("_net") is self._net
-        kept = (self._net.__getstate__(), self._rng.get_state(),
-                {k: list(v) for k, v in before.items() if isinstance(v, list)}
-                ) if continued else None
-        self.device_ = device
-        self._net.to(device)
-        self._net.set_threads(self.n_threads)
         try:
             with _threads(self.n_threads):
                 self._run_epochs(seqs, Y, sw, val, incremental)
         except _Diverged:
-            self.__dict__.clear()
-            self.__dict__.update(before)
-            if kept is not None:
-                net_state, rng_state, lists = kept
-                self._net.__setstate__(net_state)
-                self._net.to(before.get("device_", "cpu"))
-                self._rng.set_state(rng_state)
-                self.__dict__.update(lists)
+            self._restore(before, net0, kept)
             raise
         return self
+
+    def _restore(self, before: dict, net0, kept) -> None:
+        """The estimator as it was before a fit that failed (see _fit)."""
+        self.__dict__.clear()
+        self.__dict__.update(before)
+        if kept is not None:
+            net_state, rng_state, lists = kept
+            net0.__setstate__(net_state)
+            net0.to(before.get("device_", "cpu"))
+            self._rng.set_state(rng_state)
+            self.__dict__.update(lists)
 
     def _setup(self, X, y, sample_weight, incremental: bool, classes):
         """Validate the data, encode the targets and (re)build the network if needed."""
         units = self._units()
         # Start over unless continuing (partial_fit / warm_start) the same architecture.
+        arch = self._architecture(units)
+        shape = {k: v for k, v in arch.items() if k not in _RATES}
         fresh = (not hasattr(self, "_net") or not (incremental or self.warm_start)
-                 or self._net.architecture() != self._architecture(units))
+                 or self._net.architecture() != shape)
+        if not fresh and any(self._net.config[k] != arch[k] for k in _RATES):
+            self._net = self._net.with_rates(**{k: arch[k] for k in _RATES})
         seqs = self._validate_X(X, reset=fresh)
         if y is None:
             raise ValueError(
@@ -699,7 +736,7 @@ class _BaseGRU(BaseEstimator):
                 seqs, Y, sw, y_raw = seqs.take(keep), Y[keep], sw[keep], y_raw[keep]
         if not incremental:
             self._check_enough_classes(y_raw)
-        Y = self._scale_targets(Y, fresh)
+        Y = self._scale_targets(Y, fresh, incremental)
 
         if fresh:
             self._rng = check_random_state(self.random_state)
@@ -712,10 +749,6 @@ class _BaseGRU(BaseEstimator):
             self.best_loss_ = np.inf
             self.validation_scores_ = [] if self.early_stopping else None
             self.best_validation_score_ = -np.inf if self.early_stopping else None
-        if self._net.optimizer is None or not incremental:
-            self._net.new_optimizer(float(self.learning_rate))
-        else:
-            self._net.optimizer.learning_rate = float(self.learning_rate)
         val = None
         if self.early_stopping and not incremental:  # the split can fail on the data too
             stratify = y_raw if (self._stratify() and y_raw.ndim == 1) else None
@@ -723,6 +756,11 @@ class _BaseGRU(BaseEstimator):
                                       random_state=self._rng, stratify=stratify)
             val = (seqs.take(va), y_raw[va], sw[va])
             seqs, Y, sw = seqs.take(tr), Y[tr], sw[tr]
+        # last: the network's optimizer changes in place, and nothing may fail after it
+        if self._net.optimizer is None or not incremental:
+            self._net.new_optimizer(float(self.learning_rate))
+        else:
+            self._net.optimizer.learning_rate = float(self.learning_rate)
         return seqs, Y, sw, val
 
     def _architecture(self, units) -> dict:
@@ -748,6 +786,7 @@ class _BaseGRU(BaseEstimator):
         dev = (lambda a: a) if xp is np else xp.asarray
         x_all = _Seqs(dev(seqs.x), None if seqs.mask is None else dev(seqs.mask), seqs.lengths)
         Y_all, sw_all = dev(Y.astype(_DTYPE)), dev(sw.astype(_DTYPE))
+        sw_total = float(sw.sum())
         loss_fn = _LOSSES[self._out_activation]
         epochs = 1 if incremental else self.max_iter
         bar = _progress(epochs, self.verbose)
@@ -768,11 +807,12 @@ class _BaseGRU(BaseEstimator):
                 else:
                     d_idx = dev(idx)
                     xb, mb = x_all.x[d_idx], None
-                total += net.train_step(xb, mb, Y_all[d_idx], sw_all[d_idx], loss_fn,
-                                        float(self.alpha)) * len(idx)
+                norm = float(sw[idx].sum())  # host float64: len(idx) exactly when unweighted
+                total += net.train_step(xb, mb, Y_all[d_idx], sw_all[d_idx], norm, loss_fn,
+                                        float(self.alpha)) * norm
             self.n_iter_ += 1
             self.t_ += n
-            loss = total / n
+            loss = total / sw_total
             if not np.isfinite(loss):
                 raise _Diverged(
                     "Training produced a non-finite loss (the weights are no longer finite); "
@@ -782,6 +822,7 @@ class _BaseGRU(BaseEstimator):
             self.loss_curve_.append(loss)
             self.loss_ = loss
             if incremental:
+                self.best_loss_ = loss if self.best_loss_ is None else min(self.best_loss_, loss)
                 bar.update(loss)
                 break
             if early:
@@ -831,7 +872,7 @@ class _BaseGRU(BaseEstimator):
         """Which engine each GRU layer runs for ``X`` at predict time (its first chunk of
         rows), and why, as text: fastgru never falls back to a slower path silently."""
         seqs = self._ready(X)
-        x, m = seqs.batch(np.arange(min(len(seqs), _PREDICT_CHUNK)))
+        x, m = seqs.batch(_padded_rows(0, min(len(seqs), _PREDICT_CHUNK)))  # as predict runs
         if self._net.device == "gpu":
             xp = _xp("gpu")
             x, m = xp.asarray(x), (None if m is None else xp.asarray(m))
@@ -1050,7 +1091,7 @@ class GRUClassifier(ClassifierMixin, _BaseGRU):
             Y = np.ones((n, 1))
         return Y, y
 
-    def _scale_targets(self, Y, fresh: bool):
+    def _scale_targets(self, Y, fresh: bool, incremental: bool):
         return Y
 
     def _class_weights(self, y):
@@ -1106,8 +1147,9 @@ class GRURegressor(RegressorMixin, _BaseGRU):
     """GRU sequence regressor, single or multi-output.
 
     Parameters are those of :class:`GRUClassifier` without ``class_weight``. The targets are
-    standardised internally (mean and standard deviation of the first fit, per output) and
-    predictions are mapped back, so the default learning rate suits targets of any scale.
+    standardised internally (mean and standard deviation of the first fit, per output; a
+    ``partial_fit`` stream updates them with every block) and predictions are mapped back, so
+    the default learning rate suits targets of any scale.
 
     Attributes: ``n_features_in_`` (``X.shape[-1]``), ``n_outputs_``, ``loss_``,
     ``loss_curve_``, ``best_loss_``, ``validation_scores_`` (R^2), ``best_validation_score_``,
@@ -1146,12 +1188,25 @@ class GRURegressor(RegressorMixin, _BaseGRU):
             )
         return Y, y
 
-    def _scale_targets(self, Y, fresh: bool):
-        """Standardise with the mean/std of the first fit's rows (positive weight only)."""
+    def _scale_targets(self, Y, fresh: bool, incremental: bool):
+        """Standardise with the mean / std of the first fit's rows (positive weight only); a
+        partial_fit stream updates them with each block (a first block of one row has no
+        spread: its scale 1 would stay for good), moving the head so that the network's
+        predictions are unchanged by the move."""
+        n1, m1, M1 = len(Y), Y.mean(axis=0), Y.var(axis=0) * len(Y)
         if fresh:
-            self._y_mean = Y.mean(axis=0)
-            std = Y.std(axis=0)
-            self._y_scale = np.where(std > 0, std, 1.0)
+            n, m, M = n1, m1, M1
+        elif incremental and hasattr(self, "_y_stats"):  # (not in older pickles)
+            n0, m0, M0 = self._y_stats  # Chan et al.'s pairwise update of the moments
+            n, d = n0 + n1, m1 - m0
+            m, M = m0 + d * (n1 / n), M0 + M1 + d * d * (n0 * n1 / n)
+        else:  # a warm-started fit keeps the first fit's
+            return (Y - self._y_mean) / self._y_scale
+        std = np.sqrt(M / n)
+        mean, scale = m, np.where(std > 0, std, 1.0)
+        if not fresh:
+            self._net.move_head(self._y_mean, self._y_scale, mean, scale)
+        self._y_stats, self._y_mean, self._y_scale = (n, m, M), mean, scale
         return (Y - self._y_mean) / self._y_scale
 
     def _class_weights(self, y):

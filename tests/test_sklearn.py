@@ -561,3 +561,57 @@ def test_bidirectional_stacked_reset_before_with_dropout():
     assert clf._net.params[2].shape == (4 * 3,)  # reset_after=False: one bias row
     assert len(clf._net.params) == 2 * 2 * 3 + 2
     np.testing.assert_array_equal(clf.predict_proba(X), clone(clf).fit(X, y).predict_proba(X))
+
+
+def test_weights_scaled_by_one_factor_change_nothing():
+    """The loss is divided by the batch's weight sum (MLPClassifier's convention): weights all
+    4 train exactly as weights all 1 (alpha=0: the penalty is divided by it too)."""
+    X, y = small(40)
+    est = dict(**FAST, alpha=0.0)
+    a = GRUClassifier(**est).fit(X, y)
+    b = GRUClassifier(**est).fit(X, y, sample_weight=np.full(40, 4.0))
+    assert a.loss_curve_ == b.loss_curve_
+    np.testing.assert_array_equal(a.predict_proba(X), b.predict_proba(X))
+
+
+def test_continued_fits_keep_their_model():
+    X, y = small(40)
+    # a failing early-stopping split leaves the optimizer as it was (it is made last)
+    clf = GRUClassifier(**FAST, warm_start=True).fit(X, y)
+    steps = clf._net.optimizer.iterations
+    with pytest.raises(ValueError, match="too few|test_size"):  # (the split's own words)
+        clf.set_params(early_stopping=True).fit(X[:4], y[:4])
+    assert clf._net.optimizer.iterations == steps
+    # another dropout rate is not another architecture: the weights carry on
+    clf.set_params(early_stopping=False, dropout=0.2, max_iter=1)
+    w = clf._net.get_weights()
+    clf.fit(X, y)
+    assert clf.n_iter_ == 4 and clf._net.config["dropout"] == 0.2
+    assert max(np.abs(a - b).max() for a, b in zip(w, clf._net.get_weights())) < 0.1
+    # partial_fit keeps best_loss_ (the least loss reached), as MLPClassifier
+    pf = GRUClassifier(**FAST)
+    for _ in range(3):
+        pf.partial_fit(X, y, classes=[0, 1, 2])
+    assert pf.best_loss_ == min(pf.loss_curve_)
+
+
+def test_explain_describes_the_padded_batch_predict_runs():
+    X, y = small(20)
+    clf = GRUClassifier(**{**FAST, "n_threads": 2}).fit(X, y)
+    assert "16 batch rows" in clf.explain(X[:1])  # predict pads to _ROW_BLOCK rows
+
+
+def test_partial_fit_stream_updates_the_target_scaling():
+    """A stream's first block of one row has no spread; later blocks update the mean / std,
+    and the head moves with them, so the predictions do not jump."""
+    X, y = small(60, classes=0)
+    y = 1000 + 50 * y
+    reg = GRURegressor(**FAST)
+    reg.partial_fit(X[:1], y[:1])
+    assert reg._y_scale == 1.0
+    reg.set_params(learning_rate=1e-30)  # a negligible step: only the move changes the head
+    before = reg.predict(X)
+    reg.partial_fit(X[1:], y[1:])
+    np.testing.assert_allclose(reg._y_mean, y.mean(), rtol=1e-12)
+    np.testing.assert_allclose(reg._y_scale, y.std(), rtol=1e-12)
+    np.testing.assert_allclose(reg.predict(X), before, rtol=1e-5)
