@@ -170,3 +170,31 @@ def test_backward_accepts_none_parts():
     np.testing.assert_allclose(g.inputs, g2.inputs, rtol=1e-14)
     with pytest.raises(ValueError, match="entries"):
         layer.backward(tape, (np.ones_like(y[0]),))
+
+
+def test_activity_losses_of_the_wrapped_layers_count():
+    """As Keras: Bidirectional.losses holds the forward and backward layers' activity losses
+    (one per returned tensor) after a call."""
+    layer = Bidirectional(GRU(3, activity_regularizer="l2", return_state=True))
+    x = rng.normal(size=(2, 4, 3)).astype(np.float32)
+    layer(x)
+    fwd, bwd = layer.forward_layer, layer.backward_layer
+    assert len(layer.losses) == 4  # (output, state) of each direction
+    assert layer.losses == fwd.losses + bwd.losses
+
+
+@pytest.mark.parametrize("merge_mode", ["concat", None])
+@pytest.mark.parametrize("rs", [True, False])
+def test_compute_mask_with_return_state_as_keras(merge_mode, rs):
+    """Keras 3.15 adds state masks only for stateful layers: otherwise the output's alone."""
+    layer = Bidirectional(GRU(3, return_sequences=rs, return_state=True), merge_mode=merge_mode)
+    mask = np.array([[True, True, False]])
+    got = layer.compute_mask(np.zeros((1, 3, 2)), mask)
+    out = mask if rs else None
+    want = (out, out) if merge_mode is None else out
+    if merge_mode is None:
+        assert isinstance(got, tuple) and len(got) == 2
+        for g, w in zip(got, want, strict=True):
+            assert (g is None and w is None) or np.array_equal(g, w)
+    else:
+        assert (got is None and want is None) or np.array_equal(got, want)

@@ -109,7 +109,8 @@ def test_multi_state_cell_structure_and_shapes(rng):
 def test_one_cell_stack_of_multi_state_cell(rng):
     x = rng.normal(size=(3, 4, 2))
     mask = rng.random((3, 4)) > 0.3
-    out, a, b = RNN([TwoStateCell()], return_state=True, dtype="float64")(x, mask=mask)
+    # a one-cell stack returns its cell's states as a list, as Keras 3.15 does
+    out, (a, b) = RNN([TwoStateCell()], return_state=True, dtype="float64")(x, mask=mask)
     want, (wa, wb) = keras_loop(TwoStateCell().call, x, [np.zeros((3, 2)), np.zeros((3, 3))],
                                 mask, return_sequences=False)
     np.testing.assert_allclose(out, want)
@@ -188,9 +189,14 @@ def test_stacked_return_structures(rng):
         layer(x, [np.zeros((2, 3))] * 3)
     with pytest.raises(ValueError, match=r"initial_state\[1\]"):
         layer(x, [np.zeros((2, 3)), np.zeros((2, 5))])
+    # a one-cell stack as Keras 3.15: None or [[h]] give (out, [h]); h or [h] give (out, h)
     one = RNN([GRUCell(3)], return_state=True)
     o, s = one(x)
-    assert s.shape == (2, 3)
+    assert isinstance(s, list) and s[0].shape == (2, 3)
+    h = np.zeros((2, 3))
+    assert isinstance(one(x, [[h]])[1], list)
+    for flat in (h, [h]):
+        assert one(x, flat)[1].shape == (2, 3)
     assert layer.compute_output_shape((None, 3, 4)) == ((None, 2), (None, 3), (None, 2))
     assert layer.state_size == [3, 2] and layer.cell.output_size == 2
     init = layer.get_initial_state(5)

@@ -158,6 +158,13 @@ class Bidirectional(Layer):
             return tuple(head) + states + states
         return tuple(out) if self.merge_mode is not None else out
 
+    def _activity_loss_values(self) -> list[float]:
+        """Its own activity losses, then the forward and the backward layer's (Keras's order;
+        they are losses of the model too)."""
+        return super()._activity_loss_values() + [
+            v for sub in (self.forward_layer, self.backward_layer)
+            for v in sub._activity_loss_values()]
+
     def compute_mask(self, inputs, mask=None):
         if isinstance(mask, list):
             mask = mask[0]
@@ -165,7 +172,7 @@ class Bidirectional(Layer):
             out = (mask, mask) if not self.merge_mode else mask
         else:
             out = (None, None) if not self.merge_mode else None
-        if self.return_state:
+        if self.return_state and self.stateful:  # as Keras: state masks only when stateful
             n = len(getattr(self.forward_layer, "state_size", [1])) * 2
             head = list(out) if isinstance(out, tuple) else [out]
             return head + [None] * n

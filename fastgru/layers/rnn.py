@@ -367,7 +367,10 @@ class RNN(Layer):
                       for g, d in zip(given, expected, strict=False)]
             return states, [not _is_nested(initial_state)]
         given = list(initial_state) if _is_nested(initial_state) else [initial_state]
-        if len(cell_sizes) == 1 and (len(given) != 1 or not _is_nested(given[0])):
+        # a one-cell stack given h or [h] (flat) returns its state flat, as Keras; None or
+        # [[h]] (nested) return [h]
+        flat1 = len(cell_sizes) == 1 and (len(given) != 1 or not _is_nested(given[0]))
+        if flat1:
             given = [initial_state]
         if len(given) != len(cell_sizes):
             raise ValueError(
@@ -384,7 +387,7 @@ class RNN(Layer):
                 )
             states.append([self._state_array(leaf, xp, B, d, f"initial_state[{i}]")
                            for leaf, d in zip(leaves, sizes, strict=False)])
-            bare.append(not _is_nested(g))
+            bare.append(not _is_nested(g) or flat1)
         return states, bare
 
     def _to(self, xp, a):
@@ -574,7 +577,7 @@ class RNN(Layer):
                 s = list(s) if _is_nested(s) else [s]
                 s = [_pack_like(leaf, iter([cast(v) for v in _flatten(leaf)])) for leaf in s]
                 per_cell.append(s[0] if b and len(s) == 1 else s)
-            states = per_cell[0] if len(per_cell) == 1 else per_cell
+            states = per_cell[0] if len(per_cell) == 1 and bare[0] else per_cell
             states = states if _is_nested(states) else [states]
         else:
             states = [cast(s) for s in _flatten(final)]
