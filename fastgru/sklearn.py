@@ -23,7 +23,8 @@ Input contract
 Training is minibatch Adam on the mean (sample- and class-weighted) loss: softmax
 cross-entropy (multiclass), sigmoid binary cross-entropy (binary and multilabel; the sum over
 labels, as in ``MLPClassifier``) or half the mean squared error of the standardised targets
-(regression), plus ``0.5 * alpha * ||W||^2 / batch_size`` on the kernels. Rows with
+(regression), plus ``0.5 * alpha * ||W||^2`` on the kernels, all divided by the batch's
+weight sum (its size when unweighted), as in ``MLPClassifier``. Rows with
 ``sample_weight == 0`` are dropped before anything else, so they are exactly as if absent.
 Stopping follows ``MLPClassifier``: ``tol`` and ``n_iter_no_change`` on the training loss,
 or on a held-out score with ``early_stopping`` (then the best weights of that ``fit`` are
@@ -340,9 +341,10 @@ class _Net:
         return [w for gs in reversed(grads) for w in gs]
 
     def train_step(self, x, mask, Y, sw, norm: float, loss_fn, alpha: float) -> float:
-        """One Adam step on the batch's loss: sums weighted by sw, divided by ``norm`` (the
-        batch's weight sum, as MLPClassifier: scaling every weight by one factor changes
-        nothing, neither the loss, the tol rule nor the penalty's strength)."""
+        """One Adam step on the batch's loss: sums weighted by sw, and the L2 penalty, divided
+        by ``norm``, the batch's weight sum, as MLPClassifier (integer weights then weigh as
+        repeated rows; scaling every weight by c leaves the data term as it is and weighs the
+        penalty as alpha / c)."""
         z, tapes = self.forward(x, mask, training=True)
         loss, dz = loss_fn(z, Y, sw, norm)
         grads = self.backward(tapes, dz)

@@ -565,7 +565,8 @@ def test_bidirectional_stacked_reset_before_with_dropout():
 
 def test_weights_scaled_by_one_factor_change_nothing():
     """The loss is divided by the batch's weight sum (MLPClassifier's convention): weights all
-    4 train exactly as weights all 1 (alpha=0: the penalty is divided by it too)."""
+    4 train exactly as weights all 1 (with alpha=0: the penalty, divided by it too, would weigh
+    alpha / 4)."""
     X, y = small(40)
     est = dict(**FAST, alpha=0.0)
     a = GRUClassifier(**est).fit(X, y)
