@@ -1000,6 +1000,37 @@ def test_extension_refuses_missing_arrays():
                      1, 0, 3, False)
 
 
+def _mask_case(rng, dtype, B=4, T=6, D=3, u=5, **spec_kw):
+    spec = GRUSpec(u, activations.get("tanh"), activations.get("sigmoid"), **spec_kw)
+    r = lambda *s: (rng.standard_normal(s) * 0.5).astype(dtype)  # noqa: E731
+    w = Weights(r(D, 3 * u), r(u, 3 * u), r(2, 3 * u))
+    return r(B, T, D), w, r(B, u), spec
+
+
+@pytest.mark.parametrize("engine", [cpu, reference])
+def test_numeric_mask_nonzero_means_keep_negative_values_included(engine):
+    """Any nonzero value keeps a step (negative ones too), on both host engines."""
+    rng = np.random.default_rng(0)
+    x, w, h0, spec = _mask_case(rng, np.float64, return_sequences=True)
+    num = rng.choice([-2.0, -0.5, 0.0, 0.5, 1.0], size=x.shape[:2])
+    num[:, 0] = -1.0  # every row has a negative "keep" entry
+    out_num, h_num, _ = engine.forward(x, w, h0, spec, mask=num)
+    out_bool, h_bool, _ = engine.forward(x, w, h0, spec, mask=num != 0)
+    np.testing.assert_array_equal(out_num, out_bool)
+    np.testing.assert_array_equal(h_num, h_bool)
+
+
+@pytest.mark.parametrize("engine", [cpu, reference])
+@pytest.mark.parametrize("zofm", [False, True])
+def test_outputs_keep_the_input_dtype_with_a_mask(engine, zofm):
+    """float32 in, float32 out, also through the masked running output."""
+    rng = np.random.default_rng(1)
+    x, w, h0, spec = _mask_case(rng, np.float32, return_sequences=False, zero_output_for_mask=zofm)
+    mask = rng.random(x.shape[:2]) < 0.6
+    out, h, _ = engine.forward(x, w, h0, spec, mask=mask, training=True)
+    assert out.dtype == np.float32 and h.dtype == np.float32
+
+
 def test_thread_settings():
     old = _threads.get_num_threads()
     try:

@@ -135,3 +135,16 @@ def test_keras2_functional_config():
     branchy["config"]["layers"][2]["inbound_nodes"] = [[["input_1", 0, 0, {}]]]
     with pytest.raises(ValueError, match="single chain"):
         model_from_keras_config(branchy)
+
+
+@needs_h5py
+def test_keras_vars_are_read_in_numeric_order():
+    """vars/0 ... vars/11 in numeric order, not as strings sort (0, 1, 10, 11, 2, ...)."""
+    import io
+
+    from fastgru.io._keras import _vars
+
+    with h5py.File(io.BytesIO(), "w") as f:
+        for i in range(12):
+            f.create_dataset(f"layer/vars/{i}", data=np.full(1, i))
+        assert [int(a[0]) for a in _vars(f["layer"])] == list(range(12))

@@ -11,11 +11,12 @@ import pytest
 from sklearn.base import clone
 from sklearn.exceptions import NotFittedError
 from sklearn.linear_model import LinearRegression, LogisticRegression
+from sklearn.metrics import log_loss
 from sklearn.model_selection import GridSearchCV, cross_val_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from fastgru.sklearn import GRUClassifier, GRURegressor
+from fastgru.sklearn import GRUClassifier, GRURegressor, _half_mse, _sigmoid_bce
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
 
@@ -616,3 +617,63 @@ def test_partial_fit_stream_updates_the_target_scaling():
     np.testing.assert_allclose(reg._y_mean, y.mean(), rtol=1e-12)
     np.testing.assert_allclose(reg._y_scale, y.std(), rtol=1e-12)
     np.testing.assert_allclose(reg.predict(X), before, rtol=1e-5)
+
+
+def test_half_mse_is_half_the_mean_over_samples_and_outputs():
+    rng = np.random.default_rng(2)
+    z, Y = rng.normal(size=(7, 3)), rng.normal(size=(7, 3))
+    sw = rng.uniform(0.5, 2.0, 7)
+    loss, dz = _half_mse(z, Y, sw, sw.sum())
+    expect = 0.5 * np.average(((z - Y) ** 2).mean(axis=1), weights=sw)
+    np.testing.assert_allclose(loss, expect, rtol=1e-12)
+    np.testing.assert_allclose(dz, (z - Y) * sw[:, None] / (sw.sum() * 3), rtol=1e-12)
+
+
+def test_regressor_multi_output_loss_curve_is_the_standardised_half_mse():
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(40, 5, 2))
+    y = np.stack([X[:, :, 0].sum(1), 10 * X[:, :, 1].mean(1) + 3], axis=1)
+    reg = GRURegressor(units=4, max_iter=1, learning_rate=1e-12, alpha=0.0, shuffle=False,
+                       random_state=0, n_threads=1).fit(X, y)
+    z = (reg.predict(X) - reg._y_mean) / reg._y_scale
+    target = (y - reg._y_mean) / reg._y_scale
+    np.testing.assert_allclose(reg.loss_curve_[0], 0.5 * np.mean((z - target) ** 2), rtol=1e-4)
+
+
+def test_sigmoid_bce_matches_log_loss():
+    rng = np.random.default_rng(4)
+    z = rng.normal(size=(9, 2)) * 3
+    Y = (rng.random((9, 2)) < 0.5).astype(float)
+    loss, _ = _sigmoid_bce(z, Y, np.ones(9), 9.0)
+    p = 1 / (1 + np.exp(-z))
+    expect = sum(log_loss(Y[:, j], p[:, j], labels=[0, 1]) for j in range(2))
+    np.testing.assert_allclose(loss, expect, rtol=1e-10)
+
+
+def test_binary_classifier_loss_curve_is_the_log_loss():
+    rng = np.random.default_rng(5)
+    X = rng.normal(size=(50, 5, 2))
+    y = (X[:, :, 0].sum(1) > 0).astype(int)
+    clf = GRUClassifier(units=4, max_iter=1, learning_rate=1e-12, alpha=0.0, shuffle=False,
+                        random_state=0, n_threads=1).fit(X, y)
+    np.testing.assert_allclose(clf.loss_curve_[0], log_loss(y, clf.predict_proba(X)), rtol=1e-4)
+
+
+
+
+def test_softmax_loss_matches_log_loss():
+    """The reported loss (and with it the tol rule) is the formula's, not just consistent with
+    its gradient."""
+    from fastgru.sklearn import _softmax_ce
+
+    rng = np.random.default_rng(6)
+    z = rng.normal(size=(9, 3)) * 3
+    labels = rng.integers(0, 3, 9)
+    Y = np.eye(3)[labels]
+    sw = rng.uniform(0.5, 2.0, 9)
+    loss, dz = _softmax_ce(z, Y, sw, sw.sum())
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(loss, log_loss(labels, p, sample_weight=sw, labels=[0, 1, 2]),
+                               rtol=1e-10)
+    np.testing.assert_allclose(dz, (p - Y) * sw[:, None] / sw.sum(), rtol=1e-10)

@@ -6,7 +6,8 @@
   outputs already in processing order, with the mask reversed once). Intermediate cells use
   the engines' emitted outputs: they differ from the per-step loop's raw outputs only at masked
   steps, where the next cell keeps its state, emits nothing new and passes no gradient, so the
-  results are identical (tests/test_layers_stacked.py checks it against a per-step loop).
+  results are identical (tests/test_layers_rnn.py::test_stacked_equals_per_step_loop checks
+  it against a per-step loop).
 - Any other cell (the Keras cell protocol, KERAS_GRU_SPEC.md 5.1) runs a per-step Python loop
   that implements the masking rule of spec 3.4 exactly.
 
