@@ -608,12 +608,10 @@ class _BaseGRU(BaseEstimator):
                     )
                 if seq_model:  # univariate (n, T) series for a one-feature model, any T
                     x = check_array(X, dtype=[np.float64, np.float32], input_name="X")
-                    x = _as_compute(x, "X")[:, :, None]
-                    seqs, layout, n_features = _Seqs(x), "seq", 1
                 else:
                     x = _validate_data(self, X, reset=reset, dtype=[np.float64, np.float32])
-                    x = _as_compute(x, "X")[:, :, None]
-                    seqs, layout, n_features = _Seqs(x), "2d", None
+                seqs = _Seqs(_as_compute(x, "X")[:, :, None])
+                layout, n_features = ("seq", 1) if seq_model else ("2d", None)
             else:
                 x = check_array(X, allow_nd=True, dtype=[np.float64, np.float32], input_name="X")
                 if x.ndim != 3:

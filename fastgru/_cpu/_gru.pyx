@@ -91,18 +91,13 @@ def set_ptr_prefetch(v):
     fg_set_ptr_prefetch(-1 if v is None else (1 if v else 0))
 
 
-cdef int _need(tuple named) except -1:
-    """ValueError for the first (name, array) pair whose array is None (the kernels read it)."""
-    for name, arr in named:
-        if arr is None:
-            raise ValueError(f"{name} is required")
-    return 0
-
-
-cdef void *_p(object arr, int typenum, Py_ssize_t size, str name) except? NULL:
+cdef void *_p(object arr, int typenum, Py_ssize_t size, str name,
+              bint required=False) except? NULL:
     """Data pointer of a C-contiguous ndarray of typenum with at least `size` elements;
-    None gives NULL."""
+    None gives NULL, or a ValueError where the kernels always read the array (required)."""
     if arr is None:
+        if required:
+            raise ValueError(f"{name} is required")
         return NULL
     if not isinstance(arr, cnp.ndarray):
         raise TypeError(f"{name}: expected a numpy array, got {type(arr).__name__}")
@@ -355,9 +350,8 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
     compared with the weights (by the threads of the call): -1 when one differs (nothing was
     computed). Else the number of a split team's barrier waits that outlasted the spin (a
     thread off its core), 0 normally."""
-    if x is None or upk is None or b_in is None or h0 is None or out is None or h_last is None:
-        _need((("x", x), ("packed recurrent kernel", upk), ("input bias", b_in), ("h0", h0),
-               ("out", out), ("h_last", h_last)))
+    if x is None:
+        raise ValueError("x is required")
     if kernel is None and wpk is None:
         raise ValueError("kernel or its packed form wpk is required")
     cdef int t = _typenum(x)
@@ -374,18 +368,18 @@ def forward(x, kernel, wpk, upk, b_in, b_rec, h0, mask, mx, bint mx_per_gate, mh
     a.x = _p(x, t, BT * D, "x")
     a.kernel = _p(kernel, t, <Py_ssize_t>D * 3 * u, "kernel")
     a.wpk = _p(wpk, t, 3 * npu * D * W, "packed kernel")
-    a.upk = _p(upk, t, 3 * npu * u * W, "packed recurrent kernel")
-    a.b_in = _p(b_in, t, 3 * u, "input bias")
+    a.upk = _p(upk, t, 3 * npu * u * W, "packed recurrent kernel", True)
+    a.b_in = _p(b_in, t, 3 * u, "input bias", True)
     if reset_after and b_rec is None:
         raise ValueError("recurrent bias required with reset_after")
     a.b_rec = _p(b_rec, t, 3 * u, "recurrent bias")
-    a.h0 = _p(h0, t, <Py_ssize_t>B * u, "h0")
+    a.h0 = _p(h0, t, <Py_ssize_t>B * u, "h0", True)
     a.mask = <const unsigned char *>_p(mask, cnp.NPY_UINT8, BT, "mask")
     a.mx = _p(mx, t, (3 if mx_per_gate else 1) * <Py_ssize_t>B * D, "input dropout mask")
     a.mx_per_gate = mx_per_gate
     a.mh = _p(mh, t, 3 * <Py_ssize_t>B * u, "recurrent dropout mask")
-    a.out = _p(out, t, (BT if return_sequences else B) * u, "out")
-    a.h_last = _p(h_last, t, <Py_ssize_t>B * u, "h_last")
+    a.out = _p(out, t, (BT if return_sequences else B) * u, "out", True)
+    a.h_last = _p(h_last, t, <Py_ssize_t>B * u, "h_last", True)
     a.pre = _p(pre, t, BT * 3 * u, "pre")
     a.hprev = _p(hprev, t, BT * u, "hprev")
     a.rp = _p(rp, t, BT * u, "rp")
@@ -420,9 +414,8 @@ def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
              bint zero_output_for_mask, int act, int rec_act, int n_threads, int isa,
              bint fused=True):
     """Run fg_backward; see src_c/fastgru.h for every argument's shape."""
-    if pre is None or hprev is None or rp is None or utpk is None or dA is None or dh0 is None:
-        _need((("pre", pre), ("hprev", hprev), ("rp", rp),
-               ("packed transposed recurrent kernel", utpk), ("dA", dA), ("dh0", dh0)))
+    if pre is None:
+        raise ValueError("pre is required")
     cdef int t = _typenum(pre)
     cdef fg_bwd_args a
     cdef int B = pre.shape[0], T = pre.shape[1], u = units
@@ -434,19 +427,19 @@ def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
     a.reset_after, a.go_backwards = reset_after, go_backwards
     a.return_sequences, a.zero_output_for_mask = return_sequences, zero_output_for_mask
     a.act, a.rec_act = act, rec_act
-    a.pre = _p(pre, t, BT * 3 * u, "pre")
-    a.hprev = _p(hprev, t, BT * u, "hprev")
-    a.rp = _p(rp, t, BT * u, "rp")
+    a.pre = _p(pre, t, BT * 3 * u, "pre", True)
+    a.hprev = _p(hprev, t, BT * u, "hprev", True)
+    a.rp = _p(rp, t, BT * u, "rp", True)
     a.mask = <const unsigned char *>_p(mask, cnp.NPY_UINT8, BT, "mask")
     a.mh = _p(mh, t, 3 * <Py_ssize_t>B * u, "recurrent dropout mask")
-    a.utpk = _p(utpk, t, npu * 3 * u * W, "packed transposed recurrent kernel")
+    a.utpk = _p(utpk, t, npu * 3 * u * W, "packed transposed recurrent kernel", True)
     a.dout = _p(dout, t, (BT if return_sequences else B) * u, "d_outputs")
     a.dhl = _p(dhl, t, <Py_ssize_t>B * u, "d_h_last")
-    a.dA = _p(dA, t, BT * 3 * u, "dA")
+    a.dA = _p(dA, t, BT * 3 * u, "dA", True)
     if reset_after and dR is None:
         raise ValueError("dR required with reset_after")
     a.dR = _p(dR, t, BT * 3 * u, "dR")
-    a.dh0 = _p(dh0, t, <Py_ssize_t>B * u, "dh0")
+    a.dh0 = _p(dh0, t, <Py_ssize_t>B * u, "dh0", True)
     a.n_threads, a.isa = n_threads, isa
     a.no_fuse = not fused
     cdef int rc

@@ -333,7 +333,10 @@ class Layer:
         return self._activity_loss_values() + self._weight_loss_values()
 
     def _activity_loss_values(self) -> list[float]:
-        return [float(v) for v in self._activity_losses]
+        """Its own, then its sublayers' (a Bidirectional's directions, a Sequential's layers):
+        theirs are losses of the model too, in Keras's order."""
+        return [float(v) for v in self._activity_losses] + [
+            v for s in self._sublayers for v in s._activity_loss_values()]
 
     def _weight_loss_values(self) -> list[float]:
         return [float(w.regularizer(w.value)) for w in self.trainable_weights

@@ -158,13 +158,6 @@ class Bidirectional(Layer):
             return tuple(head) + states + states
         return tuple(out) if self.merge_mode is not None else out
 
-    def _activity_loss_values(self) -> list[float]:
-        """Its own activity losses, then the forward and the backward layer's (Keras's order;
-        they are losses of the model too)."""
-        return super()._activity_loss_values() + [
-            v for sub in (self.forward_layer, self.backward_layer)
-            for v in sub._activity_loss_values()]
-
     def compute_mask(self, inputs, mask=None):
         if isinstance(mask, list):
             mask = mask[0]

@@ -203,16 +203,6 @@ class Sequential(Layer):
                      paths=[w.name for w in params])
 
     # ------------------------------------------------------------------ aggregated state
-    # losses (Layer.losses, as Keras): every layer's activity losses, then the weight losses
-    # of the model's trainable weights (none when the model is not trainable)
-    def _activity_loss_values(self) -> list[float]:
-        return [v for layer in _unique(self._layers) for v in layer._activity_loss_values()]
-
-    def _weight_loss_values(self) -> list[float]:
-        if not self.trainable:
-            return []
-        return [v for layer in _unique(self._layers) for v in layer._weight_loss_values()]
-
     def to(self, device: str) -> Sequential:
         for layer in _unique(self._layers):
             layer.to(device)
