@@ -49,6 +49,10 @@ void fg_set_ptr_prefetch(int v); /* 0 / 1, or -1: the default (between calls onl
 /* 1 when the forward gate pass prefetches the next row's gate inputs (see gemm.c). */
 int fg_gate_prefetch(void);
 void fg_set_gate_prefetch(int v); /* 0 / 1, or -1: the default (between calls only) */
+/* 1 when time loops alternate the order of their grouped products' panels step by step (`rev`
+ * below; see gemm.c). */
+int fg_zigzag(void);
+void fg_set_zigzag(int v); /* 0 / 1, or -1: the default (between calls only) */
 
 /* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)
  * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */
@@ -69,13 +73,15 @@ void fg_gemm_panels_d(int isa, int M, int K, const double *A, long lda, const do
                       long pstride, int np, double *C, long ldc);
 
 /* The same product over ng groups of npg panels: group g's panels start at P + g * gstride
- * and its output columns at C + g * cgstride (e.g. one thread's panels of the three gates). */
+ * and its output columns at C + g * cgstride (e.g. one thread's panels of the three gates).
+ * rev != 0 visits the panels in the opposite order (the last group's last panel first): the
+ * same bits; a time loop alternates it to start each step on the panels still in cache. */
 void fg_gemm_panels_grp_f(int isa, int M, int K, const float *A, long lda, const float *P,
                           long pstride, long gstride, int npg, int ng, float *C, long ldc,
-                          long cgstride);
+                          long cgstride, int rev);
 void fg_gemm_panels_grp_d(int isa, int M, int K, const double *A, long lda, const double *P,
                           long pstride, long gstride, int npg, int ng, double *C, long ldc,
-                          long cgstride);
+                          long cgstride, int rev);
 
 /* One input-projection job of a fused batch-1 step: rows x[r] (D elements each), r <
  * FG_PJ_ROWS, times half a panel of a packed input kernel (two vectors, W / 2 columns: w points
@@ -98,11 +104,11 @@ int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D);
  * element's bits are those of fg_gemm_panels. */
 void fg_gemm_panels_grp_proj_f(int isa, int M, int K, const float *A, long lda, const float *P,
                                long pstride, long gstride, int npg, int ng, float *C, long ldc,
-                               long cgstride, int D, const fg_proj_job *jobs, int nj);
+                               long cgstride, int D, const fg_proj_job *jobs, int nj, int rev);
 void fg_gemm_panels_grp_proj_d(int isa, int M, int K, const double *A, long lda,
                                const double *P, long pstride, long gstride, int npg, int ng,
                                double *C, long ldc, long cgstride, int D,
-                               const fg_proj_job *jobs, int nj);
+                               const fg_proj_job *jobs, int nj, int rev);
 
 /* Elementwise activation (code = fastgru.activations.CODES) and its derivative, out may alias in.
  * Return 0, or -1 for an unknown code. */

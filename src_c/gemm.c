@@ -28,7 +28,7 @@
  * Panels beyond FG_PF_L2 in all (streamed from L3) keep them: 1x300x256x512 lost 2.5% / 6.6%
  * without on Sapphire Rapids. FASTGRU_CPU_L1_PREFETCH=0 / 1 overrides (read once);
  * prefetches never change a result. */
-static int ptr_pf_state = -1, gate_pf_state = -1;
+static int ptr_pf_state = -1, gate_pf_state = -1, zigzag_state = -1;
 
 /* A switch read once from the environment variable `name` ("0" / "1"; unset or anything else:
  * dflt()), then kept in *state (-1: not read yet; relaxed atomics: racing first calls compute
@@ -82,6 +82,21 @@ int fg_gate_prefetch(void)
 
 void fg_set_gate_prefetch(int v) { set_switch(&gate_pf_state, v); }
 
+/* Time loops visit their panels in the opposite order at every other step (the grouped
+ * products' `rev`), so that a step starts on the panels the previous one read last, which are
+ * still in cache: where a thread's share of the recurrent kernel exceeds L2 (or, at batch 1, L1)
+ * by less than the cache holds, part of each step's stream then comes from the nearer cache.
+ * The same bits in either order (each element is its own FMA chain). One-process A/B on an
+ * Intel Xeon with 2 MB L2 (2026-12-05), forward, 1 / 2 threads: 2x300x512x512 (3 MB of U)
+ * +50% / +5%, 1x300x256x512 +80% / +6%, 8x300x256x512 +8-12% / +3-5%, 16x500x512x1024 (12 MB)
+ * +1.5-2% / +1-2.5%; 32x100x64x128, 64x200x128x256, 256x50x256x512 and 1x100x64x128 level
+ * (within +-1%). On by default; FASTGRU_CPU_ZIGZAG=0 / 1 overrides (read once). */
+static int on(void) { return 1; }
+
+int fg_zigzag(void) { return env_switch(&zigzag_state, "FASTGRU_CPU_ZIGZAG", on); }
+
+void fg_set_zigzag(int v) { set_switch(&zigzag_state, v); }
+
 int fg_isa_best(void)
 {
 #ifdef FG_X86
@@ -134,11 +149,11 @@ FG_CLONES int fg_same_packed(const uint32_t *src, long ld, int K, long col0, lon
 /* Generic: fma() keeps the bits equal to the vector kernels (hardware FMA where it exists). */
 #define FG_DEFINE_GENERIC(SUF, REAL, W, FMA)                                                  \
     static void gemm_generic_##SUF(int M, int K, const REAL *A, long lda, const REAL *P,     \
-                                   long pstride, int np, REAL *C, long ldc)                   \
+                                   long pstride, int np, REAL *C, long ldc, int rev)          \
     {                                                                                         \
         REAL acc[W];                                                                          \
-        for (int p = 0; p < np; p++)                                                          \
-            for (int i = 0; i < M; i++) {                                                     \
+        for (int p0 = 0; p0 < np; p0++)                                                       \
+            for (int i = 0, p = rev ? np - 1 - p0 : p0; i < M; i++) {                         \
                 const REAL *a = A + (long)i * lda, *b = P + (long)p * pstride;                \
                 for (int c = 0; c < W; c++) acc[c] = 0;                                       \
                 for (int k = 0; k < K; k++, b += W) {                                         \
@@ -204,12 +219,13 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
     FG_DEFINE_TILE(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 8)                \
     static __attribute__((target("avx2,fma"))) void NAME(int M, int K, const REAL *A,         \
                                                          long lda, const REAL *P, long pstride, \
-                                                         int np, REAL *C, long ldc)           \
+                                                         int np, REAL *C, long ldc, int rev)  \
     {                                                                                         \
         int i0 = M - M % 3, rem = M % 3;                                                      \
         /* several row blocks and a long k: chunks whose half panel stays in L1 */           \
         const int kc = M > 3 && K > FG_KC2_MIN_K ? FG_KC2 : K;                                \
-        for (int p = 0; p < np; p++) {                                                        \
+        for (int p0 = 0; p0 < np; p0++) {                                                     \
+            const int p = rev ? np - 1 - p0 : p0;                                             \
             const REAL *Pp = P + (long)p * pstride;                                           \
             REAL *Cp = C + (long)p * W;                                                       \
             if (rem == 1) NAME##_1x8(K, A + (long)i0 * lda, lda, Pp, 0, Cp + (long)i0 * ldc, ldc, 0); \
@@ -277,6 +293,8 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
  * (2026-12-05), 1 / 2 threads: 256x50x256x512 +1.7% / +2.5% (a second run +1.4% / +2.9%),
  * 16x500x512x1024 +1.2% / +2.3%, 64x200x128x256 and smaller level. */
 #define FG_PF_L2 (1L << 20)
+/* The first panel of the w-panel block at visiting position p of np (rev: last to first). */
+#define FB(p, w) ((long)(rev ? np - (p) - (w) : (p)))
 
 /* Whether a grouped one-/two-row product over panels of `bytes` in all takes its L1
  * prefetches (fg_ptr_prefetch): panels beyond FG_PF_L2 stream from L3, where they pay. */
@@ -314,8 +332,10 @@ int fg_ptr_prefetch_at(long bytes)
                                                             long lda, const REAL *P,          \
                                                             long pstride, int np, REAL *C,    \
                                                             long ldc, long stream,            \
-                                                            const REAL *after)                \
+                                                            const REAL *after, int rev)       \
     {                                                                                         \
+        /* rev: the panels last to first; FB(p, w): the first of the w panels that block p    \
+         * (counted in visiting order, p of np) covers */                                     \
         /* M >= 4: ceil(M / 6) row tiles of near-equal height (4-6 rows), each one pass     \
          * over the panel: 8 rows as 4 + 4 rather than 6 + 2 (a two-row pass reads 256 bytes  \
          * per 8 FMAs, bound by L2). Measured per-step products, % of the FMA peak, old / new:  \
@@ -327,8 +347,9 @@ int fg_ptr_prefetch_at(long bytes)
                         * slower; three rows are bound by L2 either way) */                   \
             int p = 0;                                                                        \
             for (; p + 2 <= np; p += 2)                                                       \
-                NAME##_3x2(K, A, lda, P + p * pstride, pstride, C + p * W, ldc, 0);           \
-            if (p < np) NAME##_3x1(K, A, lda, P + p * pstride, pstride, C + p * W, ldc, 0);   \
+                NAME##_3x2(K, A, lda, P + FB(p, 2) * pstride, pstride, C + FB(p, 2) * W, ldc, 0); \
+            if (p < np)                                                                       \
+                NAME##_3x1(K, A, lda, P + FB(p, 1) * pstride, pstride, C + FB(p, 1) * W, ldc, 0); \
         } else if (Mt > 3) {                                                                  \
             const int nt = (Mt + 5) / 6, base = Mt / nt, extra = Mt % nt; /* base >= 4 */      \
             /* Panels beyond L2 (stream: the bytes of panels the whole step's product       \
@@ -339,9 +360,10 @@ int fg_ptr_prefetch_at(long bytes)
             const int pfl = stream <= FG_PF_L2 ? 0                                            \
                             : nt == 1 ? 4 : nt <= 3 ? 2 : 1; /* lines per k per tile */       \
             for (int p = 0; p < np; p++) {                                                    \
-                const REAL *Pp = P + (long)p * pstride;                                       \
-                const char *next = (const char *)(p + 1 < np ? Pp + pstride : after);        \
-                REAL *Cp = C + (long)p * W;                                                   \
+                const REAL *Pp = P + FB(p, 1) * pstride;                                      \
+                const char *next = (const char *)(p + 1 < np ? (rev ? Pp - pstride : Pp + pstride) \
+                                                             : after);                       \
+                REAL *Cp = C + FB(p, 1) * W;                                                  \
                 for (int t = 0, i = 0; t < nt; t++) {                                         \
                     const int mr = base + (t < extra);                                        \
                     const REAL *Ar = A + (long)i * lda;                                       \
@@ -360,16 +382,16 @@ int fg_ptr_prefetch_at(long bytes)
             int p = 0;                                                                        \
             if (rest == 1) {                                                                  \
                 for (; p + 4 <= np; p += 4)                                                   \
-                    NAME##_1x4(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
+                    NAME##_1x4(K, Ar, lda, P + FB(p, 4) * pstride, pstride, Cr + FB(p, 4) * W, ldc, 0); \
                 for (; p + 2 <= np; p += 2)                                                   \
-                    NAME##_1x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
+                    NAME##_1x2(K, Ar, lda, P + FB(p, 2) * pstride, pstride, Cr + FB(p, 2) * W, ldc, 0); \
                 for (; p < np; p++)                                                           \
-                    NAME##_1x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
+                    NAME##_1x1(K, Ar, lda, P + FB(p, 1) * pstride, pstride, Cr + FB(p, 1) * W, ldc, 0); \
             } else {                                                                          \
                 for (; p + 2 <= np; p += 2)                                                   \
-                    NAME##_2x2(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
+                    NAME##_2x2(K, Ar, lda, P + FB(p, 2) * pstride, pstride, Cr + FB(p, 2) * W, ldc, 0); \
                 for (; p < np; p++)                                                           \
-                    NAME##_2x1(K, Ar, lda, P + p * pstride, pstride, Cr + p * W, ldc, 0);     \
+                    NAME##_2x1(K, Ar, lda, P + FB(p, 1) * pstride, pstride, Cr + FB(p, 1) * W, ldc, 0); \
             }                                                                                 \
         }                                                                                     \
     }
@@ -475,26 +497,29 @@ FG_DEFINE_AVX2(gemm_avx2_d, __m256d, double, FG_WD, 4, _mm256_loadu_pd, _mm256_s
 #define FG_DEFINE_DISPATCH(SUF, REAL)                                                         \
     static void gemm_stream_##SUF(int isa, int M, int K, const REAL *A, long lda,             \
                                   const REAL *P, long pstride, int np, REAL *C, long ldc,     \
-                                  long stream, const REAL *after)                             \
+                                  long stream, const REAL *after, int rev)                    \
     {                                                                                         \
         (void)stream, (void)after;                                                            \
         if (M <= 0 || np <= 0) return;                                                        \
         FG_X86_DISPATCH(SUF)                                                                  \
-        gemm_generic_##SUF(M, K, A, lda, P, pstride, np, C, ldc);                             \
+        gemm_generic_##SUF(M, K, A, lda, P, pstride, np, C, ldc, rev);                        \
     }                                                                                         \
     void fg_gemm_panels_##SUF(int isa, int M, int K, const REAL *A, long lda, const REAL *P, \
                               long pstride, int np, REAL *C, long ldc)                        \
     {                                                                                         \
         gemm_stream_##SUF(isa, M, K, A, lda, P, pstride, np, C, ldc,                          \
-                          (long)np * pstride * (long)sizeof(REAL), 0);                        \
+                          (long)np * pstride * (long)sizeof(REAL), 0, 0);                     \
     }
 #ifdef FG_X86
 #define FG_X86_DISPATCH(SUF)                                                                  \
     if (isa == FG_ISA_AVX512) {                                                               \
-        gemm_avx512_##SUF(M, K, A, lda, P, pstride, np, C, ldc, stream, after);               \
+        gemm_avx512_##SUF(M, K, A, lda, P, pstride, np, C, ldc, stream, after, rev);          \
         return;                                                                               \
     }                                                                                         \
-    if (isa == FG_ISA_AVX2) { gemm_avx2_##SUF(M, K, A, lda, P, pstride, np, C, ldc); return; }
+    if (isa == FG_ISA_AVX2) {                                                                 \
+        gemm_avx2_##SUF(M, K, A, lda, P, pstride, np, C, ldc, rev);                           \
+        return;                                                                               \
+    }
 #else
 #define FG_X86_DISPATCH(SUF)
 #endif
@@ -633,22 +658,28 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
 #endif
 
 /* Grouped: ng groups of npg panels (group g at P + g * gstride, its output at C + g * cgstride),
- * and nj projection jobs of depth D (fg_gemm_panels_grp_proj). One or two rows with AVX-512 run
- * all ng * npg panels through the pointer tiles in one pass, one row with its jobs fused in;
- * otherwise one fg_gemm_panels call per group, then the jobs. The same bits either way. */
+ * and nj projection jobs of depth D (fg_gemm_panels_grp_proj); rev visits the ng * npg panels
+ * last to first (fg_zigzag). One or two rows with AVX-512 run all ng * npg panels through the
+ * pointer tiles in one pass, one row with its jobs fused in; otherwise one fg_gemm_panels call
+ * per group, then the jobs. The same bits either way. */
 #define FG_DEFINE_GRP(SUF, REAL, W, FMA)                                                      \
     void fg_gemm_panels_grp_proj_##SUF(int isa, int M, int K, const REAL *A, long lda,        \
                                        const REAL *P, long pstride, long gstride, int npg,    \
                                        int ng, REAL *C, long ldc, long cgstride, int D,       \
-                                       const fg_proj_job *jobs, int nj)                       \
+                                       const fg_proj_job *jobs, int nj, int rev)              \
     {                                                                                         \
         if (M > 0 && npg > 0 && ng > 0) {                                                     \
             FG_X86_GRP(SUF, REAL, W)                                                          \
             const long stream = (long)ng * npg * pstride * (long)sizeof(REAL);                \
-            for (int g = 0; g < ng; g++)                                                      \
+            for (int i = 0; i < ng; i++) {                                                    \
+                const int g = rev ? ng - 1 - i : i;                                           \
+                /* the first panel the next group's call visits (its L2 prefetch target) */   \
+                const REAL *after = i + 1 == ng ? 0                                           \
+                                    : rev ? P + (g - 1) * gstride + (long)(npg - 1) * pstride \
+                                          : P + (g + 1) * gstride;                            \
                 gemm_stream_##SUF(isa, M, K, A, lda, P + g * gstride, pstride, npg,           \
-                                  C + g * cgstride, ldc, stream,                              \
-                                  g + 1 < ng ? P + (g + 1) * gstride : 0);                    \
+                                  C + g * cgstride, ldc, stream, after, rev);                 \
+            }                                                                                 \
         }                                                                                     \
         for (int j = 0; j < nj; j++) /* the tiles' sums: one fma chain over d per element */ \
             for (int r = 0; r < FG_PJ_ROWS; r++)                                              \
@@ -661,10 +692,10 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
     }                                                                                         \
     void fg_gemm_panels_grp_##SUF(int isa, int M, int K, const REAL *A, long lda,             \
                                   const REAL *P, long pstride, long gstride, int npg, int ng, \
-                                  REAL *C, long ldc, long cgstride)                           \
+                                  REAL *C, long ldc, long cgstride, int rev)                  \
     {                                                                                         \
         fg_gemm_panels_grp_proj_##SUF(isa, M, K, A, lda, P, pstride, gstride, npg, ng, C, ldc, \
-                                      cgstride, 0, 0, 0);                                     \
+                                      cgstride, 0, 0, 0, rev);                                \
     }
 #ifdef FG_X86
 #define FG_X86_GRP(SUF, REAL, W)                                                              \
@@ -674,13 +705,13 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
         REAL *cq[CH];                                                                         \
         int n = 0, tot = npg * ng;                                                            \
         const int pf = fg_ptr_prefetch_at((long)tot * K * W * (long)sizeof(REAL));            \
-        for (int v = 0; v < tot; v++) {                                                       \
-            int g = v / npg, p = v % npg;                                                     \
+        for (int i = 0; i < tot; i++) {                                                       \
+            const int v = rev ? tot - 1 - i : i, g = v / npg, p = v % npg;                    \
             pq[n] = P + g * gstride + p * pstride;                                            \
             cq[n] = C + g * cgstride + (long)p * W;                                           \
-            if (++n == CH || v == tot - 1) {                                                  \
+            if (++n == CH || i == tot - 1) {                                                  \
                 /* one row: as many jobs as this batch has fused tiles (the last takes all) */ \
-                const int take = M > 1 ? 0 : v == tot - 1 ? nj : nj < (n + 1) / 2 ? nj        \
+                const int take = M > 1 ? 0 : i == tot - 1 ? nj : nj < (n + 1) / 2 ? nj        \
                                                                 : (n + 1) / 2;               \
                 if (take) gemm_avx512_##SUF##_fused(K, A, pq, cq, n, pf, D, jobs, take);      \
                 else gemm_avx512_##SUF##_ptr(M, K, A, lda, pq, cq, n, ldc, pf);               \

@@ -255,7 +255,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                       && fg_fuse_projection(a->isa, a->is_double, nr, (npu + nteam - 1) / nteam,
                                             u, D);
     const REAL *x = (const REAL *)a->x, *wpk = (const REAL *)a->wpk;
-    const int gpf = fg_gate_prefetch();
+    const int gpf = fg_gate_prefetch(), zz = fg_zigzag();
 
     for (int i = 0; i < nr; i++)
         for (int j = ulo; j < uhi; j++) {
@@ -284,6 +284,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
             const REAL *hc = tb->h[k & 1];
             REAL *hn = tb->h[(k + 1) & 1];
             const REAL *Ag[3] = {hc, hc, hc};
+            const int rev = zz && (k & 1); /* every other step its panels last to first */
             if (nteam > 1) /* the partners' units of h, all at once rather than as the k loop
                             * reaches each line (serial cross-core misses) */
                 for (long j = 0; j < (long)nr * u; j += 64 / (long)sizeof(REAL))
@@ -318,15 +319,18 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 }
                 PANELS_GRP_PROJ(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
                                 (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W,
-                                ldgh, up, D, jobs, nj);
+                                ldgh, up, D, jobs, nj, rev);
             } else if (!mh) /* this thread's panels of every gate in one pass */
                 PANELS_GRP(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
                            (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W, ldgh,
-                           up);
+                           up, rev);
             else
-                for (int g = 0; g < (ra ? 3 : 2); g++)
-                    PANELS(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride,
-                           pstride, p_hi - p_lo, tb->gh + g * up + p_lo * W, ldgh);
+                for (int gi = 0, ng = ra ? 3 : 2; gi < ng; gi++) {
+                    const int g = rev ? ng - 1 - gi : gi;
+                    PANELS_GRP(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride,
+                               pstride, 0, p_hi - p_lo, 1, tb->gh + g * up + p_lo * W, ldgh, 0,
+                               rev);
+                }
             for (int i = 0; i < nr; i++) {
                 const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx + gxo, *ghr = tb->gh + (long)i * ldgh;
                 if (gpf && i + 1 < nr) /* the next row's inputs, on their way while this row
@@ -376,8 +380,8 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
             }
             if (!ra) {
                 fg_barrier_wait(bar, tid, nteam, &bgen);
-                PANELS(a->isa, nr, u, tb->q, u, upk + ((long)2 * npu + p_lo) * pstride, pstride,
-                       p_hi - p_lo, tb->gh + 2 * up + p_lo * W, ldgh);
+                PANELS_GRP(a->isa, nr, u, tb->q, u, upk + ((long)2 * npu + p_lo) * pstride,
+                           pstride, 0, p_hi - p_lo, 1, tb->gh + 2 * up + p_lo * W, ldgh, 0, rev);
                 for (int i = 0; i < nr; i++) {
                     const REAL *gxr = tb->gx + ((long)kk * nr + i) * ldgx + gxo, *ghr = tb->gh + (long)i * ldgh;
                     FN(add3)(nu, gxr + 2 * gs, bi + 2 * u + ulo, ghr + 2 * up + ulo, NULL, ah);
@@ -635,6 +639,7 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
     REAL *dA = (REAL *)a->dA, *dR = (REAL *)a->dR, *dh0 = (REAL *)a->dh0;
     const long pstride = (long)u3 * W, lda = (long)T * u3;
     const int fused = ra && a->act == 1 && a->rec_act == 2 && !a->no_fuse;
+    const int zz = fg_zigzag();
 
     REAL *gy = mem, *gs = gy + (size_t)nr * u, *dos = gs + (size_t)nr * u, *zs = dos + (size_t)nr * u;
     REAL *dhh = zs + (size_t)nr * u, *P = dhh + (size_t)nr * u; /* P: 3 x nr x up */
@@ -673,9 +678,11 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
             }
         }
         const long row0 = (long)r0 * T + k;
+        const int rev = zz && (k & 1); /* every other step the panels last to first */
         if (!ra) {
             /* dq = da_h @ Uh^T, then the reset gate and the candidate's state path */
-            PANELS(a->isa, nr, u, dA + row0 * u3 + 2 * u, lda, utpk + 2 * (long)u * W, pstride, npu, P, up);
+            PANELS_GRP(a->isa, nr, u, dA + row0 * u3 + 2 * u, lda, utpk + 2 * (long)u * W,
+                       pstride, 0, npu, 1, P, up, 0, rev);
             for (int i = 0; i < nr; i++) {
                 const long b = r0 + i, base = b * T + k;
                 const REAL *pr = pre + base * u3, *hp = hprev + base * u, *dq = P + (long)i * up;
@@ -693,11 +700,14 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
         const REAL *Asrc = ra ? dR : dA;
         const int G = ra ? 3 : 2;
         if (!mh) {
-            PANELS(a->isa, nr, G * u, Asrc + row0 * u3, lda, utpk, pstride, npu, P, up);
+            PANELS_GRP(a->isa, nr, G * u, Asrc + row0 * u3, lda, utpk, pstride, 0, npu, 1, P, up,
+                       0, rev);
         } else {
-            for (int g = 0; g < G; g++)
-                PANELS(a->isa, nr, u, Asrc + row0 * u3 + g * u, lda, utpk + (long)g * u * W, pstride,
-                       npu, P + (size_t)g * nr * up, up);
+            for (int gi = 0; gi < G; gi++) {
+                const int g = rev ? G - 1 - gi : gi;
+                PANELS_GRP(a->isa, nr, u, Asrc + row0 * u3 + g * u, lda, utpk + (long)g * u * W,
+                           pstride, 0, npu, 1, P + (size_t)g * nr * up, up, 0, rev);
+            }
         }
         for (int i = 0; i < nr; i++) {
             const long b = r0 + i;

@@ -393,6 +393,37 @@ def test_gemm_panels_every_isa(isa, dtype, rng):
             assert np.array_equal(one[0], C[i])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("isa", ISAS)
+def test_grouped_product_in_either_order_gives_the_same_bits(isa, dtype, rng):
+    """The grouped per-step product visiting its panels last to first (``rev``: what time loops
+    do at every other step, fg_zigzag), over one group or several, writes exactly the bits of
+    the plain product: every tile path (one- and two-row pointer tiles and 1 x 4 / 2 x 2 / 3 x 2
+    blocks over an odd count of panels, 4-6 row tiles, leftover rows) and the L2 prefetch of
+    the next panel, which then runs backwards (panels over 1 MB in all)."""
+    from fastgru._cpu import _gru
+
+    if isa not in supported_isas():
+        pytest.skip(f"{isa} not supported by this CPU")
+    W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
+    code = ISAS.index(isa)
+    big = (1 << 20) // (W * np.dtype(dtype).itemsize) // 3 + 1  # K: 4 panels exceed 1 MB
+    for M, n, K in [(1, 7, 9), (1, 9, 20), (2, 5, 33), (3, 5, 16), (4, 3, 8), (6, 6, 12),
+                    (7, 9, 10), (8, 4, 5), (13, 2, 7), (5, 4, big), (2, 4, big)]:
+        A = rng.standard_normal((M, K)).astype(dtype)
+        P = rng.standard_normal(n * K * W).astype(dtype)
+        want = np.empty((M, n * W), dtype)
+        _gru.gemm_panels(0, A, P, K, n, want)
+        X, WP, Y = np.empty((0, 3), dtype), np.empty(3 * W, dtype), np.empty((0, W // 2), dtype)
+        for groups in {1, n, next(g for g in (2, 3, 1) if n % g == 0)}:
+            for rev in (False, True):
+                C = np.full((M, n * W), np.nan, dtype)
+                _gru.gemm_panels_proj(code, A, P, n, C, X, WP, Y, rev=rev, groups=groups)
+                assert np.array_equal(C, want), (M, n, K, groups, rev)
+    with pytest.raises(ValueError, match="groups must divide"):
+        _gru.gemm_panels_proj(code, A, P, n, C, X, WP, Y, groups=3)
+
+
 @pytest.mark.skipif("avx512" not in supported_isas(), reason="AVX-512 only")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_fused_step_product_and_jobs_are_the_separate_bits(dtype, rng):
@@ -919,6 +950,53 @@ def test_gate_prefetch_setting_changes_no_bits(dtype, rng, monkeypatch):
             assert rel_err(first[0], want) < (1e-5 if dtype == np.float32 else 1e-12)
     finally:
         _gru.set_gate_prefetch(None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_zigzag_setting_changes_no_bits(dtype, rng, monkeypatch):
+    """The time loops' alternating panel order (on / off: the in-process switch bench/ab.py
+    uses) changes no bit of the forward (fused and separate gate passes, reset_after False,
+    recurrent dropout, masks, batch- and unit-split plans, one- and many-row steps) or of the
+    backward's gradients; and the values are the reference's."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
+    try:
+        for B, u, kw in ((1, 150, {}), (2, 70, {"mask": "right"}),
+                         (7, 40, {"reset_after": False, "mask": "arbitrary"}),
+                         (5, 150, {"dropout": "per_gate"}), (9, 130, {"go_backwards": True})):
+            args, ckw = make_case(rng, B, 7, 5, u, dtype=dtype, scale=0.3,
+                                  return_sequences=True, **kw)
+            dout = rng.standard_normal((B, 7, u)).astype(dtype)
+            got = {}
+            for zz in (True, False):
+                _gru.set_zigzag(zz)
+                assert _gru.zigzag() is zz
+                for fused in ("1", "0"):
+                    monkeypatch.setenv("FASTGRU_CPU_FUSED", fused)
+                    for n in (1, 2):
+                        o, h, tape = cpu.forward(*args, **ckw, n_threads=n, training=True)
+                        got[zz, fused, n] = [o, h, *cpu.backward(tape, dout, n_threads=n)]
+            for (zz, fused, n), v in got.items():
+                assert all((a is None and b is None) or np.array_equal(a, b)
+                           for a, b in zip(got[True, fused, n], v)), (B, u, kw, fused, n)
+            want = ref_forward(args, ckw)[0]
+            assert rel_err(got[True, "1", 2][0], want) < (1e-5 if dtype == np.float32 else 1e-12)
+    finally:
+        _gru.set_zigzag(None)
+
+
+def test_zigzag_default_and_override(tmp_path):
+    """FASTGRU_CPU_ZIGZAG=0 / 1 (read once per process, hence the children) decides; unset or
+    any other value: on."""
+    code = ("from fastgru._cpu import _gru; from fastgru import activations as a;"
+            "from fastgru.engines import cpu; from fastgru.engines.base import GRUSpec;"
+            "s = GRUSpec(8, a.get('tanh'), a.get('sigmoid'));"
+            "print(_gru.zigzag(), 'opposite order' in cpu.describe_kernel(s, (2, 5, 3), 1))")
+    for value, want in ((None, True), ("", True), ("no", True), ("0", False), ("1", True)):
+        out = _child_stdout(code, "FASTGRU_CPU_ZIGZAG", value, tmp_path)
+        assert out.split() == [str(want)] * 2, (value, out)  # explain says so
 
 
 def test_gate_prefetch_default_by_vendor_and_override(tmp_path):

@@ -78,6 +78,19 @@ def set_gate_prefetch(v):
     fg_set_gate_prefetch(-1 if v is None else (1 if v else 0))
 
 
+def zigzag():
+    """Whether time loops visit the panels of their per-step products in the opposite order at
+    every other step, starting each step on those still in cache (on by default;
+    FASTGRU_CPU_ZIGZAG=0/1, read once, overrides). Never changes a result."""
+    return bool(fg_zigzag())
+
+
+def set_zigzag(v):
+    """For one-process A/B runs (bench/ab.py --zigzag): True / False from now on, None the
+    default again. Not while a call runs."""
+    fg_set_zigzag(-1 if v is None else (1 if v else 0))
+
+
 def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D):
     """Whether a time loop of ``rows`` batch rows, on a thread owning ``npt`` panels of each
     gate, projects its inputs inside the steps' recurrent products (src_c/gru.c), given a
@@ -191,11 +204,14 @@ def gemm_panels(int isa, A, P, int K, int npanels, C):
                              <float *>c, <long>npanels * W)
 
 
-def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y):
+def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y, bint rev=False, int groups=1):
     """A step product with projection jobs (fg_gemm_panels_grp_proj): C (M, npanels*W) = A
     (M, K) @ the packed panels P (npanels of K x W), and per job j, Y[8j:8j+8] (8, W/2) =
-    X[8j:8j+8] (rows of D) @ half j % 2 of panel j // 2 of WP (panels of D x W). For tests."""
+    X[8j:8j+8] (rows of D) @ half j % 2 of panel j // 2 of WP (panels of D x W). The panels go
+    as `groups` groups of npanels / groups, visited last to first with rev. For tests."""
     _check_isa(isa)
+    if groups < 1 or npanels % groups:
+        raise ValueError("gemm_panels_proj: groups must divide npanels")
     cdef int t = _typenum(A)
     cdef int W = FG_WD if t == cnp.NPY_FLOAT64 else FG_WF
     cdef Py_ssize_t it = 8 if t == cnp.NPY_FLOAT64 else 4
@@ -204,6 +220,7 @@ def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y):
             or X.shape[0] % R or Y.shape != (X.shape[0], W // 2):
         raise ValueError("gemm_panels_proj: inconsistent shapes")
     cdef int M = A.shape[0], K = A.shape[1], D = X.shape[1], nj = X.shape[0] // R, j, r
+    cdef int npg = npanels // groups
     cdef char *a = <char *>_p(A, t, <Py_ssize_t>M * K, "A")
     cdef char *p = <char *>_p(P, t, <Py_ssize_t>npanels * K * W, "P")
     cdef char *c = <char *>_p(C, t, <Py_ssize_t>M * npanels * W, "C")
@@ -220,11 +237,13 @@ def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y):
             jobs[j].out[r] = y + (<Py_ssize_t>R * j + r) * (W // 2) * it
     with nogil:
         if t == cnp.NPY_FLOAT64:
-            fg_gemm_panels_grp_proj_d(isa, M, K, <double *>a, K, <double *>p, <long>K * W, 0,
-                                      npanels, 1, <double *>c, <long>npanels * W, 0, D, jobs, nj)
+            fg_gemm_panels_grp_proj_d(isa, M, K, <double *>a, K, <double *>p, <long>K * W,
+                                      <long>npg * K * W, npg, groups, <double *>c,
+                                      <long>npanels * W, <long>npg * W, D, jobs, nj, rev)
         else:
-            fg_gemm_panels_grp_proj_f(isa, M, K, <float *>a, K, <float *>p, <long>K * W, 0,
-                                      npanels, 1, <float *>c, <long>npanels * W, 0, D, jobs, nj)
+            fg_gemm_panels_grp_proj_f(isa, M, K, <float *>a, K, <float *>p, <long>K * W,
+                                      <long>npg * K * W, npg, groups, <float *>c,
+                                      <long>npanels * W, <long>npg * W, D, jobs, nj, rev)
     free(jobs)
 
 

@@ -21,6 +21,8 @@ cdef extern from "fastgru.h" nogil:
     void fg_set_ptr_prefetch(int v)
     int fg_gate_prefetch()
     void fg_set_gate_prefetch(int v)
+    int fg_zigzag()
+    void fg_set_zigzag(int v)
     int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     int fg_omp_max_threads()
@@ -48,11 +50,11 @@ cdef extern from "fastgru.h" nogil:
     void fg_gemm_panels_grp_proj_f(int isa, int M, int K, const float *A, long lda,
                                    const float *P, long pstride, long gstride, int npg, int ng,
                                    float *C, long ldc, long cgstride, int D,
-                                   const fg_proj_job *jobs, int nj)
+                                   const fg_proj_job *jobs, int nj, int rev)
     void fg_gemm_panels_grp_proj_d(int isa, int M, int K, const double *A, long lda,
                                    const double *P, long pstride, long gstride, int npg, int ng,
                                    double *C, long ldc, long cgstride, int D,
-                                   const fg_proj_job *jobs, int nj)
+                                   const fg_proj_job *jobs, int nj, int rev)
 
     ctypedef struct fg_fwd_args:
         int is_double

@@ -30,7 +30,9 @@ steps would project later steps inside their recurrent product (same bits),
 ``FASTGRU_CPU_WGRAD=blas`` the backward's GEMMs on BLAS instead of the AVX2/AVX-512
 packed kernel. ``FASTGRU_CPU_L1_PREFETCH`` and ``FASTGRU_CPU_GATE_PREFETCH`` (0 / 1, read once
 per process) override two software-prefetch defaults that were measured per CPU (src_c/gemm.c);
-prefetches never change a result.
+prefetches never change a result. ``FASTGRU_CPU_ZIGZAG=0`` keeps the per-step products'
+panels in one order at every step (by default the order alternates, so that each step starts
+on the panels still in cache; the same bits).
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
 their version with ``weights_key`` (the kernel's threads compare a hit bitwise with the weights
@@ -102,6 +104,7 @@ try:
     _IMPORT_ERROR = None
     _gru.ptr_prefetch()  # FASTGRU_CPU_L1_PREFETCH read now, before any thread team
     _gru.gate_prefetch()  # FASTGRU_CPU_GATE_PREFETCH (and the CPU's vendor) likewise
+    _gru.zigzag()  # FASTGRU_CPU_ZIGZAG likewise
 except ImportError as exc:  # source tree without a build: everything else still works
     _gru = None
     _IMPORT_ERROR = exc
@@ -423,7 +426,11 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                          " recurrent dropout)")
     text = (f"cpu engine (compiled Cython/OpenMP), {isa} kernels ({isa_why}): input "
             f"projection by {proj} over chunks of {chunk} steps{infused}; per step {gemms} by "
-            f"the {isa} packed-panel FMA kernel, then {gate}; threads: {how}")
+            f"the {isa} packed-panel FMA kernel"
+            + (", its panels in the opposite order at every other step (each step starts on"
+               " those the last one left in cache; FASTGRU_CPU_ZIGZAG=0 turns it off)"
+               if _gru.zigzag() else "")
+            + f", then {gate}; threads: {how}")
     blas_wgrad = training and _packed_wgrad(isa_code) is None
     caveat = ("" if packed_proj and not blas_wgrad else
               "; with BLAS on this path a row's bits may depend on the other rows of its batch"
