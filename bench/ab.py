@@ -17,7 +17,8 @@ NAME=v1,v2,... (settings the engine reads on every call); --l1-prefetch 1,0: the
 FASTGRU_CPU_L1_PREFETCH gives the batch-1/2 grouped products (otherwise read once per process;
 a thread's panels beyond 1 MB keep their prefetches either way); --gate-prefetch 1,0: the
 forward gate pass's prefetch of the next row's inputs (FASTGRU_CPU_GATE_PREFETCH); --zigzag
-1,0: the time loops' alternating panel order (FASTGRU_CPU_ZIGZAG). --mode
+1,0: the time loops' alternating panel order (FASTGRU_CPU_ZIGZAG); --overlap 1,0: split-units
+teams overlapping the exchange of h with the product (FASTGRU_CPU_OVERLAP). --mode
 inference (the engine forward, return_sequences=True) or training (forward + backward); --stat
 median (default) or min of the rounds. Timings only; not a test.
 """
@@ -59,7 +60,8 @@ def _variants(args):
     from fastgru._cpu import _gru
     for flag, values, switch in (("l1-prefetch", args.l1_prefetch, _gru.set_ptr_prefetch),
                                  ("gate-prefetch", args.gate_prefetch, _gru.set_gate_prefetch),
-                                 ("zigzag", args.zigzag, _gru.set_zigzag)):
+                                 ("zigzag", args.zigzag, _gru.set_zigzag),
+                                 ("overlap", args.overlap, _gru.set_overlap)):
         if values:
             return [(f"{flag}={v}", lambda v=v, s=switch: s(v == "1")) for v in values.split(",")]
     name, _, values = args.env.partition("=")
@@ -93,6 +95,7 @@ def main(argv=None):
     group.add_argument("--l1-prefetch", help="1,0: as FASTGRU_CPU_L1_PREFETCH=1 / 0")
     group.add_argument("--gate-prefetch", help="1,0: as FASTGRU_CPU_GATE_PREFETCH=1 / 0")
     group.add_argument("--zigzag", help="1,0: as FASTGRU_CPU_ZIGZAG=1 / 0")
+    group.add_argument("--overlap", help="1,0: as FASTGRU_CPU_OVERLAP=1 / 0")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts")
     ap.add_argument("--mode", choices=["inference", "training"], default="inference")
     ap.add_argument("--rounds", type=int, default=8, help="alternating rounds (default 8)")

@@ -53,6 +53,9 @@ void fg_set_gate_prefetch(int v); /* 0 / 1, or -1: the default (between calls on
  * below; see gemm.c). */
 int fg_zigzag(void);
 void fg_set_zigzag(int v); /* 0 / 1, or -1: the default (between calls only) */
+/* 1 when split-units teams overlap the exchange of h with the next step's product (gemm.c). */
+int fg_overlap(void);
+void fg_set_overlap(int v); /* 0 / 1, or -1: the default (between calls only) */
 
 /* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)
  * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */
@@ -99,16 +102,28 @@ typedef struct {
 #define FG_PJ_MAX_JOBS 64
 int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D);
 
+/* A split-units time loop's wait for its partners' parts of A (the state h): fn(arg) returns
+ * once they are there. A thread whose own part is the first kw columns of A (k < kw) starts
+ * the product on those and waits only before the rest (one- and two-row AVX-512 products; the
+ * others wait first), so that the exchange between the cores overlaps its work. */
+typedef struct {
+    int kw;
+    void (*fn)(void *);
+    void *arg;
+} fg_step_wait;
+
 /* fg_gemm_panels_grp, plus nj projection jobs of depth D computed in the same pass (AVX-512,
- * one row: while the product streams the panels; otherwise one after the other). Every
- * element's bits are those of fg_gemm_panels. */
+ * one row: while the product streams the panels; otherwise one after the other), and wait (or
+ * NULL) as above. Every element's bits are those of fg_gemm_panels. */
 void fg_gemm_panels_grp_proj_f(int isa, int M, int K, const float *A, long lda, const float *P,
                                long pstride, long gstride, int npg, int ng, float *C, long ldc,
-                               long cgstride, int D, const fg_proj_job *jobs, int nj, int rev);
+                               long cgstride, int D, const fg_proj_job *jobs, int nj, int rev,
+                               const fg_step_wait *wait);
 void fg_gemm_panels_grp_proj_d(int isa, int M, int K, const double *A, long lda,
                                const double *P, long pstride, long gstride, int npg, int ng,
                                double *C, long ldc, long cgstride, int D,
-                               const fg_proj_job *jobs, int nj, int rev);
+                               const fg_proj_job *jobs, int nj, int rev,
+                               const fg_step_wait *wait);
 
 /* Elementwise activation (code = fastgru.activations.CODES) and its derivative, out may alias in.
  * Return 0, or -1 for an unknown code. */

@@ -46,12 +46,16 @@ static int fg_barrier_init(fg_barrier *b, int n)
 
 static void fg_barrier_free(fg_barrier *b) { free(b->slot); }
 
-static void fg_barrier_wait(fg_barrier *b, int tid, int n, int *my_gen)
+/* The barrier in two halves: arrive publishes this thread's count (everything it wrote before
+ * is visible to a partner that sees it); await returns once every partner has arrived as often. */
+static inline void fg_barrier_arrive(fg_barrier *b, int tid, int *my_gen)
 {
-    if (n <= 1) return;
-    const int g = ++*my_gen;
+    atomic_store_explicit(&b->slot[tid].n, ++*my_gen, memory_order_release);
+}
+
+static void fg_barrier_await(fg_barrier *b, int tid, int n, int g)
+{
     const int limit = fg_spin_limit;
-    atomic_store_explicit(&b->slot[tid].n, g, memory_order_release);
     for (int j = 0; j < n; j++) {
         if (j == tid) continue;
         int spins = 0;
@@ -67,6 +71,13 @@ static void fg_barrier_wait(fg_barrier *b, int tid, int n, int *my_gen)
             }
         }
     }
+}
+
+static void fg_barrier_wait(fg_barrier *b, int tid, int n, int *my_gen)
+{
+    if (n <= 1) return;
+    fg_barrier_arrive(b, tid, my_gen);
+    fg_barrier_await(b, tid, n, *my_gen);
 }
 
 /* Part i of n things split into `parts` contiguous parts: [fg_part(n, i, parts),

@@ -222,6 +222,24 @@ static inline void FN(finish)(const fg_fwd_args *a, const REAL *ah, REAL *hh, co
     if (a->return_sequences) memcpy((REAL *)a->out + base * u + ulo, yr, (size_t)nu * sizeof(REAL));
 }
 
+/* What a thread of a team that overlaps the exchange of h (team_run) waits for inside its
+ * step's product: its partners' arrival after the previous step; then it prefetches their
+ * units of h (all at once rather than as the k loop reaches each line: serial cross-core
+ * misses). */
+typedef struct {
+    fg_barrier *bar;
+    int tid, nteam, gen;
+    const REAL *h;
+    long n;
+} FN(step_wait_ctx);
+
+static void FN(step_wait)(void *arg)
+{
+    const FN(step_wait_ctx) *c = (const FN(step_wait_ctx) *)arg;
+    fg_barrier_await(c->bar, c->tid, c->nteam, c->gen);
+    for (long j = 0; j < c->n; j += 64 / (long)sizeof(REAL)) __builtin_prefetch(c->h + j, 0, 3);
+}
+
 /* The time loop of one team over batch rows [r0, r0 + nr): thread tid of nteam owns the unit
  * panels [p_lo, p_hi) of every gate (nteam == 1: all of them, no barriers). */
 static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(priv_buf) *pb,
@@ -256,6 +274,20 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                                             u, D);
     const REAL *x = (const REAL *)a->x, *wpk = (const REAL *)a->wpk;
     const int gpf = fg_gate_prefetch(), zz = fg_zigzag();
+    /* Overlapped exchange (fg_overlap): where a step is the grouped one-/two-row AVX-512
+     * product then the gate pass of this thread's own units (reset_after, no recurrent
+     * dropout, and gx in columns of its own: the packed projection), the team does not meet at
+     * a barrier after each step: a thread publishes its units of h (arrive) and awaits its
+     * partners' inside the next step's product (fg_step_wait); thread 0, whose units are the
+     * first rows of U, after the part of the product that reads only them. Thread i writes
+     * its units of the buffer h[j] again two steps after it last wrote them, after it has
+     * seen every partner arrive from the step between, in which they read them: the one
+     * barrier per step is no longer needed. (With more rows the product waits first: no
+     * gain, and 1-2% lost at 4x200x128x256, so those teams keep the barrier.) */
+    const int ovl = nteam > 1 && nr <= 2 && a->isa == FG_ISA_AVX512 && ra && !mh && a->wpk
+                    && fg_overlap();
+    FN(step_wait_ctx) wctx = {bar, tid, nteam, 0, NULL, (long)nr * u};
+    const fg_step_wait sw = {tid == 0 ? uhi : 0, FN(step_wait), &wctx};
 
     for (int i = 0; i < nr; i++)
         for (int j = ulo; j < uhi; j++) {
@@ -285,8 +317,9 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
             REAL *hn = tb->h[(k + 1) & 1];
             const REAL *Ag[3] = {hc, hc, hc};
             const int rev = zz && (k & 1); /* every other step its panels last to first */
-            if (nteam > 1) /* the partners' units of h, all at once rather than as the k loop
-                            * reaches each line (serial cross-core misses) */
+            wctx.gen = bgen, wctx.h = hc;
+            if (nteam > 1 && !ovl) /* the partners' units of h, all at once rather than as the
+                                    * k loop reaches each line (serial cross-core misses) */
                 for (long j = 0; j < (long)nr * u; j += 64 / (long)sizeof(REAL))
                     __builtin_prefetch(hc + j, 0, 3);
             if (mh) {
@@ -319,11 +352,11 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 }
                 PANELS_GRP_PROJ(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
                                 (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W,
-                                ldgh, up, D, jobs, nj, rev);
+                                ldgh, up, D, jobs, nj, rev, ovl ? &sw : NULL);
             } else if (!mh) /* this thread's panels of every gate in one pass */
-                PANELS_GRP(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
-                           (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W, ldgh,
-                           up, rev);
+                PANELS_GRP_PROJ(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
+                                (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W,
+                                ldgh, up, 0, NULL, 0, rev, ovl ? &sw : NULL);
             else
                 for (int gi = 0, ng = ra ? 3 : 2; gi < ng; gi++) {
                     const int g = rev ? ng - 1 - gi : gi;
@@ -389,7 +422,10 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                                tb->y + (long)i * u, r0 + i, k, t, ulo, nu);
                 }
             }
-            fg_barrier_wait(bar, tid, nteam, &bgen);
+            if (ovl)
+                fg_barrier_arrive(bar, tid, &bgen);
+            else
+                fg_barrier_wait(bar, tid, nteam, &bgen);
         }
     }
     const REAL *hf = tb->h[T & 1];

@@ -424,6 +424,45 @@ def test_grouped_product_in_either_order_gives_the_same_bits(isa, dtype, rng):
         _gru.gemm_panels_proj(code, A, P, n, C, X, WP, Y, groups=3)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("isa", ISAS)
+def test_step_product_reads_the_rest_of_a_only_after_its_wait(isa, dtype, rng):
+    """A split team's step product (fg_step_wait): the columns k >= kw of A (the partners'
+    units of h) hold NaN until the wait fills them in, exactly once; the result is still the
+    plain product's bits (AVX-512, one or two rows over panels within 1 MB: k < kw first, then
+    the rest continuing the sums; otherwise the wait comes first), with and without projection
+    jobs, in either panel order, for kw at 0, inside and at K."""
+    from fastgru._cpu import _gru
+
+    if isa not in supported_isas():
+        pytest.skip(f"{isa} not supported by this CPU")
+    W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
+    R = _gru.PROJ_JOB_ROWS
+    code = ISAS.index(isa)
+    big = (1 << 20) // (W * np.dtype(dtype).itemsize) // 4 + 1  # K: 4 panels exceed 1 MB
+    for M, n, K, D, nj in [(1, 3, 40, 7, 2), (1, 6, 128, 64, 5), (2, 4, 33, 9, 3),
+                           (1, 5, 9, 20, 1), (3, 4, 20, 5, 1), (6, 2, 17, 3, 0),
+                           (1, 4, big, 16, 1)]:
+        A = rng.standard_normal((M, K)).astype(dtype)
+        P = rng.standard_normal(n * K * W).astype(dtype)
+        X = rng.standard_normal((R * nj, D)).astype(dtype)
+        WP = rng.standard_normal((nj + 1) // 2 * D * W).astype(dtype)
+        want, want_y = np.empty((M, n * W), dtype), np.empty((R * nj, W // 2), dtype)
+        _gru.gemm_panels_proj(code, A, P, n, want, X, WP, want_y)
+        for kw in (0, 1, K // 2, K - 1, K):
+            for rev in (False, True):
+                early = A.copy()
+                early[:, kw if kw < K else 0 :] = np.nan  # kw = K: nothing to split
+                C = np.full((M, n * W), np.nan, dtype)
+                Y = np.full((R * nj, W // 2), np.nan, dtype)
+                calls = _gru.gemm_panels_proj(code, early, P, n, C, X, WP, Y, rev=rev, kw=kw,
+                                              A_later=A)
+                assert calls == 1, (M, n, K, kw, rev)
+                assert np.array_equal(C, want) and np.array_equal(Y, want_y), (M, n, K, kw, rev)
+    with pytest.raises(ValueError, match="A_later must have the shape"):
+        _gru.gemm_panels_proj(code, A, P, n, C, X, WP, Y, kw=1, A_later=A[:, :-1].copy())
+
+
 @pytest.mark.skipif("avx512" not in supported_isas(), reason="AVX-512 only")
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_fused_step_product_and_jobs_are_the_separate_bits(dtype, rng):
@@ -952,51 +991,80 @@ def test_gate_prefetch_setting_changes_no_bits(dtype, rng, monkeypatch):
         _gru.set_gate_prefetch(None)
 
 
+SWITCHES = {"zigzag": "FASTGRU_CPU_ZIGZAG", "overlap": "FASTGRU_CPU_OVERLAP"}
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_zigzag_setting_changes_no_bits(dtype, rng, monkeypatch):
-    """The time loops' alternating panel order (on / off: the in-process switch bench/ab.py
-    uses) changes no bit of the forward (fused and separate gate passes, reset_after False,
-    recurrent dropout, masks, batch- and unit-split plans, one- and many-row steps) or of the
-    backward's gradients; and the values are the reference's."""
+def test_step_order_switches_change_no_bits(switch, dtype, rng, monkeypatch):
+    """The time loops' alternating panel order (zigzag) and the split teams' exchange of h
+    inside the next step's product (overlap), on / off (the in-process switches bench/ab.py
+    uses), change no bit of the forward (fused and separate gate passes, the projection fused
+    into one-row steps or not, reset_after False, recurrent dropout, masks, several chunks,
+    batch- and unit-split plans, one- and many-row steps) or of the backward's gradients; and
+    the values are the reference's."""
     from fastgru._cpu import _gru
 
+    get, put = getattr(_gru, switch), getattr(_gru, "set_" + switch)
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
     try:
-        for B, u, kw in ((1, 150, {}), (2, 70, {"mask": "right"}),
-                         (7, 40, {"reset_after": False, "mask": "arbitrary"}),
-                         (5, 150, {"dropout": "per_gate"}), (9, 130, {"go_backwards": True})):
-            args, ckw = make_case(rng, B, 7, 5, u, dtype=dtype, scale=0.3,
+        for B, T, u, kw in ((1, 7, 150, {}), (1, 300, 70, {"mask": "arbitrary"}),
+                            (2, 9, 200, {"mask": "right"}), (2, 6, 150, {"go_backwards": True}),
+                            (7, 7, 40, {"reset_after": False, "mask": "arbitrary"}),
+                            (5, 7, 150, {"dropout": "per_gate"}), (9, 7, 130, {})):
+            args, ckw = make_case(rng, B, T, 5, u, dtype=dtype, scale=0.3,
                                   return_sequences=True, **kw)
-            dout = rng.standard_normal((B, 7, u)).astype(dtype)
+            dout = rng.standard_normal((B, T, u)).astype(dtype)
             got = {}
-            for zz in (True, False):
-                _gru.set_zigzag(zz)
-                assert _gru.zigzag() is zz
+            for on in (True, False):
+                put(on)
+                assert get() is on
                 for fused in ("1", "0"):
                     monkeypatch.setenv("FASTGRU_CPU_FUSED", fused)
+                    monkeypatch.setenv("FASTGRU_CPU_FUSED_PROJ", fused)
                     for n in (1, 2):
                         o, h, tape = cpu.forward(*args, **ckw, n_threads=n, training=True)
-                        got[zz, fused, n] = [o, h, *cpu.backward(tape, dout, n_threads=n)]
-            for (zz, fused, n), v in got.items():
+                        got[on, fused, n] = [o, h, *cpu.backward(tape, dout, n_threads=n)]
+            for (_, fused, n), v in got.items():
                 assert all((a is None and b is None) or np.array_equal(a, b)
                            for a, b in zip(got[True, fused, n], v)), (B, u, kw, fused, n)
             want = ref_forward(args, ckw)[0]
             assert rel_err(got[True, "1", 2][0], want) < (1e-5 if dtype == np.float32 else 1e-12)
     finally:
-        _gru.set_zigzag(None)
+        put(None)
 
 
-def test_zigzag_default_and_override(tmp_path):
-    """FASTGRU_CPU_ZIGZAG=0 / 1 (read once per process, hence the children) decides; unset or
-    any other value: on."""
+def test_overlapped_exchange_repeats_exactly(rng, monkeypatch):
+    """Split one-/two-row teams that exchange h without a barrier per step give, call after
+    call, the bits of one thread (a race between a step's reads of a partner's units and that
+    partner's next writes would show as a difference somewhere in 500 steps x 30 calls)."""
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    for B in (1, 2):
+        args, ckw = make_case(rng, B, 500, 16, 150, dtype=np.float32, scale=0.4,
+                              return_sequences=True)
+        want = cpu.forward(*args, **ckw, n_threads=1)[0]
+        assert "without a barrier" in cpu.describe_kernel(args[3], (B, 500, 16), 2) \
+            or cpu._ISA_NAME[cpu._isa(None)] != "avx512" or not cpu._gru.overlap()
+        for _ in range(30):
+            assert np.array_equal(cpu.forward(*args, **ckw, n_threads=2)[0], want), B
+
+
+@pytest.mark.parametrize("switch", sorted(SWITCHES))
+def test_step_order_switch_defaults_and_override(switch, tmp_path):
+    """FASTGRU_CPU_ZIGZAG / FASTGRU_CPU_OVERLAP=0 / 1 (read once per process, hence the
+    children) decide; unset or any other value: on; explain says which."""
     code = ("from fastgru._cpu import _gru; from fastgru import activations as a;"
             "from fastgru.engines import cpu; from fastgru.engines.base import GRUSpec;"
-            "s = GRUSpec(8, a.get('tanh'), a.get('sigmoid'));"
-            "print(_gru.zigzag(), 'opposite order' in cpu.describe_kernel(s, (2, 5, 3), 1))")
+            "cpu._SPLIT_MIN_WORK = 0; s = GRUSpec(200, a.get('tanh'), a.get('sigmoid'));"
+            f"t = cpu.describe_kernel(s, (1, 5, 3), 2); print(_gru.{switch}(),"
+            "'opposite order' in t, 'without a barrier' in t, cpu._isa(None) == 2)")
     for value, want in ((None, True), ("", True), ("no", True), ("0", False), ("1", True)):
-        out = _child_stdout(code, "FASTGRU_CPU_ZIGZAG", value, tmp_path)
-        assert out.split() == [str(want)] * 2, (value, out)  # explain says so
+        on, zigzag, overlap, avx512 = _child_stdout(code, SWITCHES[switch], value,
+                                                    tmp_path).split()
+        assert on == str(want), (value, on)
+        said = zigzag if switch == "zigzag" else overlap  # overlap: AVX-512 teams only
+        assert said == str(want and (switch == "zigzag" or avx512 == "True")), (value, said)
 
 
 def test_gate_prefetch_default_by_vendor_and_override(tmp_path):

@@ -9,6 +9,7 @@ C-contiguity, size) and then run the kernels without the GIL.
 cimport numpy as cnp
 from libc.stdint cimport uint32_t
 from libc.stdlib cimport free, getenv, malloc
+from libc.string cimport memcpy
 from scipy.linalg.cython_blas cimport dgemm, sgemm
 
 from ._kernels cimport *
@@ -89,6 +90,32 @@ def set_zigzag(v):
     """For one-process A/B runs (bench/ab.py --zigzag): True / False from now on, None the
     default again. Not while a call runs."""
     fg_set_zigzag(-1 if v is None else (1 if v else 0))
+
+
+def overlap():
+    """Whether split-units teams overlap the exchange of h between the cores with the next
+    step's product instead of meeting at a barrier after each step (on by default;
+    FASTGRU_CPU_OVERLAP=0/1, read once, overrides). Never changes a result."""
+    return bool(fg_overlap())
+
+
+def set_overlap(v):
+    """For one-process A/B runs (bench/ab.py --overlap): True / False from now on, None the
+    default again. Not while a call runs."""
+    fg_set_overlap(-1 if v is None else (1 if v else 0))
+
+
+cdef struct _fill:  # gemm_panels_proj's wait: the rest of A arrives (as a partner's h would)
+    char *dst
+    const char *src
+    size_t n
+    int calls
+
+
+cdef void _fill_a(void *arg) noexcept nogil:
+    cdef _fill *f = <_fill *>arg
+    memcpy(f.dst, f.src, f.n)
+    f.calls += 1
 
 
 def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D):
@@ -204,11 +231,14 @@ def gemm_panels(int isa, A, P, int K, int npanels, C):
                              <float *>c, <long>npanels * W)
 
 
-def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y, bint rev=False, int groups=1):
+def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y, bint rev=False, int groups=1,
+                     int kw=0, A_later=None):
     """A step product with projection jobs (fg_gemm_panels_grp_proj): C (M, npanels*W) = A
     (M, K) @ the packed panels P (npanels of K x W), and per job j, Y[8j:8j+8] (8, W/2) =
     X[8j:8j+8] (rows of D) @ half j % 2 of panel j // 2 of WP (panels of D x W). The panels go
-    as `groups` groups of npanels / groups, visited last to first with rev. For tests."""
+    as `groups` groups of npanels / groups, visited last to first with rev. With A_later (the
+    shape of A), the product's wait (fg_step_wait, k < kw first) copies it into A, as a
+    partner's part of h arrives: returns how often it was called. For tests."""
     _check_isa(isa)
     if groups < 1 or npanels % groups:
         raise ValueError("gemm_panels_proj: groups must divide npanels")
@@ -227,6 +257,15 @@ def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y, bint rev=False, in
     cdef char *x = <char *>_p(X, t, <Py_ssize_t>R * nj * D, "X")
     cdef char *wp = <char *>_p(WP, t, <Py_ssize_t>(nj + 1) // 2 * D * W, "WP")
     cdef char *y = <char *>_p(Y, t, <Py_ssize_t>R * nj * (W // 2), "Y")
+    cdef _fill fill
+    cdef fg_step_wait sw
+    if A_later is not None:
+        if A_later.shape != A.shape:
+            raise ValueError("gemm_panels_proj: A_later must have the shape of A")
+        fill.dst, fill.n, fill.calls = a, <size_t>M * K * it, 0
+        fill.src = <const char *>_p(A_later, t, <Py_ssize_t>M * K, "A_later")
+        sw.kw, sw.fn, sw.arg = kw, _fill_a, &fill
+    cdef const fg_step_wait *wp_ = &sw if A_later is not None else NULL
     cdef fg_proj_job *jobs = <fg_proj_job *>malloc(max(nj, 1) * sizeof(fg_proj_job))
     if jobs == NULL:
         raise MemoryError()
@@ -239,12 +278,15 @@ def gemm_panels_proj(int isa, A, P, int npanels, C, X, WP, Y, bint rev=False, in
         if t == cnp.NPY_FLOAT64:
             fg_gemm_panels_grp_proj_d(isa, M, K, <double *>a, K, <double *>p, <long>K * W,
                                       <long>npg * K * W, npg, groups, <double *>c,
-                                      <long>npanels * W, <long>npg * W, D, jobs, nj, rev)
+                                      <long>npanels * W, <long>npg * W, D, jobs, nj, rev,
+                                      wp_)
         else:
             fg_gemm_panels_grp_proj_f(isa, M, K, <float *>a, K, <float *>p, <long>K * W,
                                       <long>npg * K * W, npg, groups, <float *>c,
-                                      <long>npanels * W, <long>npg * W, D, jobs, nj, rev)
+                                      <long>npanels * W, <long>npg * W, D, jobs, nj, rev,
+                                      wp_)
     free(jobs)
+    return fill.calls if A_later is not None else 0
 
 
 cdef int _ld(object m, str name) except -1:

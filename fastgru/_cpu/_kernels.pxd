@@ -23,6 +23,8 @@ cdef extern from "fastgru.h" nogil:
     void fg_set_gate_prefetch(int v)
     int fg_zigzag()
     void fg_set_zigzag(int v)
+    int fg_overlap()
+    void fg_set_overlap(int v)
     int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     int fg_omp_max_threads()
@@ -43,6 +45,10 @@ cdef extern from "fastgru.h" nogil:
     int fg_dact_d(int code, int n, const double *inp, double *out)
 
     int FG_PJ_ROWS
+    ctypedef struct fg_step_wait:
+        int kw
+        void (*fn)(void *) noexcept nogil
+        void *arg
     ctypedef struct fg_proj_job:
         const void *x[8]
         const void *w
@@ -50,11 +56,13 @@ cdef extern from "fastgru.h" nogil:
     void fg_gemm_panels_grp_proj_f(int isa, int M, int K, const float *A, long lda,
                                    const float *P, long pstride, long gstride, int npg, int ng,
                                    float *C, long ldc, long cgstride, int D,
-                                   const fg_proj_job *jobs, int nj, int rev)
+                                   const fg_proj_job *jobs, int nj, int rev,
+                                   const fg_step_wait *wait)
     void fg_gemm_panels_grp_proj_d(int isa, int M, int K, const double *A, long lda,
                                    const double *P, long pstride, long gstride, int npg, int ng,
                                    double *C, long ldc, long cgstride, int D,
-                                   const fg_proj_job *jobs, int nj, int rev)
+                                   const fg_proj_job *jobs, int nj, int rev,
+                                   const fg_step_wait *wait)
 
     ctypedef struct fg_fwd_args:
         int is_double

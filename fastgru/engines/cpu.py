@@ -32,7 +32,9 @@ packed kernel. ``FASTGRU_CPU_L1_PREFETCH`` and ``FASTGRU_CPU_GATE_PREFETCH`` (0 
 per process) override two software-prefetch defaults that were measured per CPU (src_c/gemm.c);
 prefetches never change a result. ``FASTGRU_CPU_ZIGZAG=0`` keeps the per-step products'
 panels in one order at every step (by default the order alternates, so that each step starts
-on the panels still in cache; the same bits).
+on the panels still in cache; the same bits); ``FASTGRU_CPU_OVERLAP=0`` puts back the barrier
+after every step of a one-/two-row split-units team (by default a thread waits for its partners'
+units of h inside the next step's product; the same bits).
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
 their version with ``weights_key`` (the kernel's threads compare a hit bitwise with the weights
@@ -105,6 +107,7 @@ try:
     _gru.ptr_prefetch()  # FASTGRU_CPU_L1_PREFETCH read now, before any thread team
     _gru.gate_prefetch()  # FASTGRU_CPU_GATE_PREFETCH (and the CPU's vendor) likewise
     _gru.zigzag()  # FASTGRU_CPU_ZIGZAG likewise
+    _gru.overlap()  # FASTGRU_CPU_OVERLAP likewise
 except ImportError as exc:  # source tree without a build: everything else still works
     _gru = None
     _IMPORT_ERROR = exc
@@ -431,6 +434,11 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                " those the last one left in cache; FASTGRU_CPU_ZIGZAG=0 turns it off)"
                if _gru.zigzag() else "")
             + f", then {gate}; threads: {how}")
+    if (split and nthr > 1 and rows <= 2 and isa == "avx512" and spec.reset_after
+            and packed_proj and _gru.overlap()):
+        text += ("; the cores exchange h without a barrier per step: each waits for its"
+                 " partners inside the next step's product, the first after the part that reads"
+                 " only its own units (FASTGRU_CPU_OVERLAP=0 turns it off)")
     blas_wgrad = training and _packed_wgrad(isa_code) is None
     caveat = ("" if packed_proj and not blas_wgrad else
               "; with BLAS on this path a row's bits may depend on the other rows of its batch"
