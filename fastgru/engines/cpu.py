@@ -436,6 +436,7 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
             + f", then {gate}; threads: {how}")
     if (split and nthr > 1 and rows <= 2 and isa == "avx512" and spec.reset_after
             and packed_proj and _gru.overlap()):
+        text = text.replace("; one barrier per step)", ")")
         text += ("; the cores exchange h without a barrier per step: each waits for its"
                  " partners inside the next step's product, the first after the part that reads"
                  " only its own units (FASTGRU_CPU_OVERLAP=0 turns it off)")
