@@ -13,7 +13,10 @@ and made C-contiguous here, then ``fastgru._cpu._gru`` runs the whole layer with
   projects the inputs of later steps (a block of eight ahead) in the FMA slots its L2-bound
   product leaves idle (src_c/gru.c, fg_fuse_projection);
 - threads: batch rows split across OpenMP threads, each running its rows' whole time loop; a
-  batch smaller than the thread count splits the units instead (one barrier per step).
+  batch smaller than the thread count splits the units instead (one barrier per step; teams of
+  one or two rows on AVX-512 exchange h inside the next step's product instead, see
+  fg_overlap in src_c/gemm.c); every time loop visits its product's panels in the opposite
+  order at every other step (fg_zigzag).
 
 Determinism: on the AVX2 and AVX-512 kernels with the default settings, a row's result depends
 neither on the thread count nor on the other rows of the batch (every product is a fixed-order
