@@ -193,6 +193,9 @@ typedef struct {
     const void *mh, *utpk, *dout, *dhl;
     void *dA, *dR, *dh0;
     int n_threads, isa, no_fuse;
+    int split_units; /* 1: fewer rows than threads; the threads split the units (where the
+                      * configuration allows: reset_after, tanh / sigmoid, no recurrent
+                      * dropout), else rows */
 } fg_bwd_args;
 
 int fg_backward(const fg_bwd_args *a);

@@ -637,18 +637,20 @@ FG_CLONES static void FN(bwd_dh)(int n, const REAL *restrict zr, const REAL *res
 
 /* One kept row of a step for reset_after with sigmoid / tanh (Keras' defaults): act_dact of
  * the three gates, bwd_zh and bwd_r_after fused into one loop with their operations in their
- * order (the same bits; FASTGRU_CPU_FUSED=0 runs those). pre: the row's (z, r, h)
- * pre-activations; dy: this step's output gradient or NULL; dA / dR: the row's 3u outputs. */
-FG_CLONES static void FN(bwd_std)(int n, const REAL *restrict pre, const REAL *restrict hp,
-                                  const REAL *restrict rp, const REAL *restrict dy,
-                                  REAL *restrict gy, REAL *restrict gs, REAL *restrict dor,
-                                  REAL *restrict zr, REAL *restrict dA, REAL *restrict dR)
+ * order (the same bits; FASTGRU_CPU_FUSED=0 runs those). n units from the row's first (or a
+ * split team's own first), gates gst apart: pre: the (z, r, h) pre-activations; dy: this
+ * step's output gradient or NULL; dA / dR: the 3 x n outputs. */
+FG_CLONES static void FN(bwd_std)(int n, long gst, const REAL *restrict pre,
+                                  const REAL *restrict hp, const REAL *restrict rp,
+                                  const REAL *restrict dy, REAL *restrict gy, REAL *restrict gs,
+                                  REAL *restrict dor, REAL *restrict zr, REAL *restrict dA,
+                                  REAL *restrict dR)
 {
     /* gate rows as pointers (see bwd_r_after: int offsets under -fwrapv became scatters) */
-    const long n2 = 2 * (long)n;
-    const REAL *restrict pz = pre, *restrict pr = pre + n, *restrict ph = pre + n2;
-    REAL *restrict dAz = dA, *restrict dAr = dA + n, *restrict dAh = dA + n2;
-    REAL *restrict dRz = dR, *restrict dRr = dR + n, *restrict dRh = dR + n2;
+    const long g2 = 2 * gst;
+    const REAL *restrict pz = pre, *restrict pr = pre + gst, *restrict ph = pre + g2;
+    REAL *restrict dAz = dA, *restrict dAr = dA + gst, *restrict dAh = dA + g2;
+    REAL *restrict dRz = dR, *restrict dRr = dR + gst, *restrict dRh = dR + g2;
 #pragma omp simd
     for (int j = 0; j < n; j++) {
         REAL g = dy ? gy[j] + dy[j] : gy[j];
@@ -698,7 +700,7 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
             REAL *dor = dos + (long)i * u, *zr = zs + (long)i * u, *dAr = dA + base * u3;
             const int m = a->mask ? a->mask[b * T + t] != 0 : 1;
             if (fused && m) {
-                FN(bwd_std)(u, pr, hp, rpt + base * u, (rs && dout) ? dout + base * u : NULL,
+                FN(bwd_std)(u, u, pr, hp, rpt + base * u, (rs && dout) ? dout + base * u : NULL,
                             gyr, gsr, dor, zr, dAr, dR + base * u3);
                 continue;
             }
@@ -771,26 +773,108 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
     for (int i = 0; i < nr; i++) memcpy(dh0 + (long)(r0 + i) * u, gs + (long)i * u, (size_t)u * sizeof(REAL));
 }
 
+/* The backward of a split-units team (split_units: fewer rows than threads; reset_after with
+ * tanh / sigmoid, no recurrent dropout): thread tid of nteam runs every row's steps for the
+ * units of its panels [p_lo, p_hi) of U^T, as bwd_rows does for whole rows (the same
+ * operations per unit, the same product per element: the same bits). Per step, one barrier
+ * between the elementwise pass (this thread's entries of each row's dR) and the product, which
+ * reads all of them; dR keeps every step's rows apart, so a thread that runs ahead into the
+ * next step's elementwise pass overwrites nothing a partner still reads. */
+static void FN(bwd_team)(const fg_bwd_args *a, int tid, int nteam, int p_lo, int p_hi,
+                         REAL *mem, fg_barrier *bar)
+{
+    const int T = a->T, u = a->u, u3 = 3 * u, nr = a->B;
+    const int npu = (u + W - 1) / W, up = npu * W;
+    const int ulo = p_lo * W < u ? p_lo * W : u, uhi = p_hi * W < u ? p_hi * W : u;
+    const int nu = uhi - ulo, rs = a->return_sequences, zofm = a->zero_output_for_mask;
+    const REAL *pre = (const REAL *)a->pre, *hprev = (const REAL *)a->hprev;
+    const REAL *rpt = (const REAL *)a->rp, *utpk = (const REAL *)a->utpk;
+    const REAL *dout = (const REAL *)a->dout, *dhl = (const REAL *)a->dhl;
+    REAL *dA = (REAL *)a->dA, *dR = (REAL *)a->dR, *dh0 = (REAL *)a->dh0;
+    const long pstride = (long)u3 * W, lda = (long)T * u3;
+    const int zz = fg_zigzag();
+    REAL *gy = mem, *gs = gy + (size_t)nr * u, *dos = gs + (size_t)nr * u, *zs = dos + (size_t)nr * u;
+    REAL *P = zs + 2 * (size_t)nr * u; /* nr x up, this thread's columns */
+    int bgen = 0;
+
+    for (int i = 0; i < nr; i++)
+        for (int j = ulo; j < uhi; j++) {
+            gy[(long)i * u + j] = (!rs && dout) ? dout[(long)i * u + j] : 0;
+            gs[(long)i * u + j] = dhl ? dhl[(long)i * u + j] : 0;
+        }
+    for (int k = T - 1; k >= 0; k--) {
+        const int t = a->go_backwards ? T - 1 - k : k;
+        for (int i = 0; i < nr; i++) {
+            const long base = (long)i * T + k;
+            REAL *gyr = gy + (long)i * u + ulo, *dAr = dA + base * u3 + ulo, *dRr = dR + base * u3 + ulo;
+            const REAL *dy = (rs && dout) ? dout + base * u + ulo : NULL;
+            if (!a->mask || a->mask[(long)i * T + t]) {
+                FN(bwd_std)(nu, u, pre + base * u3 + ulo, hprev + base * u + ulo,
+                            rpt + base * u + ulo, dy, gyr, gs + (long)i * u + ulo,
+                            dos + (long)i * u + ulo, zs + (long)i * u + ulo, dAr, dRr);
+                continue;
+            }
+            /* a masked step, as bwd_rows' separate passes leave it (bwd_zh, bwd_r_after) */
+            for (int j = 0; j < nu; j++) {
+                const REAL g = dy ? gyr[j] + dy[j] : gyr[j];
+                gyr[j] = zofm ? 0 : g;
+                dos[(long)i * u + ulo + j] = 0;
+                for (int q = 0; q < 3; q++) dAr[(long)q * u + j] = 0, dRr[(long)q * u + j] = 0;
+            }
+        }
+        fg_barrier_wait(bar, tid, nteam, &bgen);
+        PANELS_GRP(a->isa, nr, u3, dR + (long)k * u3, lda, utpk + (long)p_lo * pstride, pstride,
+                   0, p_hi - p_lo, 1, P + p_lo * W, up, 0, zz && (k & 1));
+        for (int i = 0; i < nr; i++)
+            if (!a->mask || a->mask[(long)i * T + t])
+                FN(bwd_dh)(nu, zs + (long)i * u + ulo, dos + (long)i * u + ulo,
+                           P + (long)i * up + ulo, NULL, gs + (long)i * u + ulo);
+    }
+    for (int i = 0; i < nr; i++)
+        memcpy(dh0 + (long)i * u + ulo, gs + (long)i * u + ulo, (size_t)nu * sizeof(REAL));
+}
+
 static int FN(backward)(const fg_bwd_args *a)
 {
     const int B = a->B, T = a->T, u = a->u;
     const int npu = (u + W - 1) / W, up = npu * W;
     if (B <= 0 || T <= 0) return 0;
     int nthr = a->n_threads > 0 ? a->n_threads : 1;
-    if (nthr > B) nthr = B;
-    int rows_max = (B + nthr - 1) / nthr;
+    /* split units: reset_after with tanh / sigmoid (bwd_std), no recurrent dropout, and a
+     * panel of U^T for every thread */
+    const int split = a->split_units && nthr > 1 && a->reset_after && a->act == 1
+                      && a->rec_act == 2 && !a->no_fuse && !a->mh && npu >= 2;
+    if (split && nthr > npu) nthr = npu;
+    if (!split && nthr > B) nthr = B;
+    const int rows_max = split ? B : (B + nthr - 1) / nthr;
     size_t per = (size_t)rows_max * (5 * (size_t)u + 3 * (size_t)up) + 6 * (size_t)u;
     size_t got = 0;
     REAL *mem = fg_ws_alloc(per * nthr * sizeof(REAL), &got);
     if (!mem) return -1;
+    fg_barrier bar;
+    if (split && fg_barrier_init(&bar, nthr)) {
+        fg_ws_free(mem, got);
+        return -1;
+    }
 #pragma omp parallel num_threads(nthr)
     {
         int tid = omp_get_thread_num(), nact = omp_get_num_threads();
-        for (int g = tid; g < nthr; g += nact) {
-            int r0 = (int)((long)B * g / nthr), r1 = (int)((long)B * (g + 1) / nthr);
-            FN(bwd_rows)(a, r0, r1 - r0, mem + per * g);
+        if (split) {
+            /* the barriers need the whole planned team; with fewer threads (OMP_THREAD_LIMIT)
+             * one runs all the rows */
+            if (nact == nthr)
+                FN(bwd_team)(a, tid, nthr, fg_part(npu, tid, nthr), fg_part(npu, tid + 1, nthr),
+                             mem + per * tid, &bar);
+            else if (tid == 0)
+                FN(bwd_rows)(a, 0, B, mem);
+        } else {
+            for (int g = tid; g < nthr; g += nact) {
+                int r0 = (int)((long)B * g / nthr), r1 = (int)((long)B * (g + 1) / nthr);
+                FN(bwd_rows)(a, r0, r1 - r0, mem + per * g);
+            }
         }
     }
+    if (split) fg_barrier_free(&bar);
     fg_ws_free(mem, got);
     return 0;
 }

@@ -159,6 +159,40 @@ def test_backward_rows_independent_of_threads(dtype, rng):
     assert all(np.array_equal(a, b) for a, b in zip(again, base))
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_split_units_backward_gives_the_row_backward_bits(dtype, rng, monkeypatch):
+    """Batches the forward splits by units split so in the backward too where rows cannot
+    keep every thread busy or U^T exceeds L2 (reset_after, tanh / sigmoid, no recurrent
+    dropout): every gradient has the bits of the one-thread backward by rows, and the
+    reference's values, with masks (masked steps, all-masked rows), upstream gradients on the
+    outputs and / or the last state, go_backwards, zero_output_for_mask, 2-4 threads over 2-7
+    panels of U^T; the configurations it leaves to the rows give those bits as well."""
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    panel = 256 // np.dtype(dtype).itemsize
+    cases = [(1, 6, 2 * panel, {}, 2), (2, 5, 3 * panel - 7, {"mask": "arbitrary"}, 3),
+             (3, 7, 4 * panel, {"mask": "right", "go_backwards": True}, 4),
+             (1, 4, 7 * panel, {"zero_output_for_mask": True, "mask": "arbitrary"}, 2),
+             (2, 6, 2 * panel + 1, {"return_sequences": False}, 3), (2, 3, 320, {}, 2),
+             (2, 4, 2 * panel, {}, 2),
+             (1, 5, 2 * panel, {"dropout": "recurrent"}, 2),
+             (1, 5, 2 * panel, {"act": "relu"}, 2), (2, 4, 2 * panel, {"reset_after": False}, 2)]
+    for B, T, u, cfg, n in cases:
+        cfg = {"return_sequences": True, **cfg}
+        args, kw = make_case(rng, B, T, 3, u, dtype=dtype, scale=0.4, **cfg)
+        for which in ("both", "out", "state"):
+            out, _, tape = cpu.forward(*args, **kw, training=True, n_threads=1)
+            dy, dh = upstream(rng, out.shape, u, B, dtype, which != "state", which != "out")
+            base = cpu.backward(tape, dy, dh, n_threads=1)
+            got = cpu.backward(tape, dy, dh, n_threads=n)
+            for name, a, b in zip(NAMES, got, base):
+                assert (a is None and b is None) or np.array_equal(a, b), (B, u, cfg, n, name)
+        split = "splitting the units" in cpu.describe_kernel(args[3], (B, T, 3), n, dtype=dtype)
+        rows_short = B < n or 3 * u * u * np.dtype(dtype).itemsize > cpu._U_L2_BYTES
+        assert split == (cfg.get("act", "tanh") == "tanh" and cfg.get("reset_after", True)
+                         and rows_short), (B, u, cfg, n)
+        compare_backward(args, kw, dtype, rng, n_threads=n)  # and the reference's values
+
+
 def test_backward_scratch_reuse(rng, monkeypatch):
     """dA/dR live in per-thread scratch reused across calls (bigger, smaller, dtype change):
     results are unchanged by the reuse and never alias the scratch; beyond the size cap fresh

@@ -473,7 +473,7 @@ def set_spin_limit(n):
 def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
              bint reset_after, bint go_backwards, bint return_sequences,
              bint zero_output_for_mask, int act, int rec_act, int n_threads, int isa,
-             bint fused=True):
+             bint fused=True, bint split_units=False):
     """Run fg_backward; see src_c/fastgru.h for every argument's shape."""
     if pre is None:
         raise ValueError("pre is required")
@@ -503,6 +503,7 @@ def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
     a.dh0 = _p(dh0, t, <Py_ssize_t>B * u, "dh0", True)
     a.n_threads, a.isa = n_threads, isa
     a.no_fuse = not fused
+    a.split_units = split_units
     cdef int rc
     with nogil:
         rc = fg_backward(&a)

@@ -112,6 +112,7 @@ cdef extern from "fastgru.h" nogil:
         void *dR
         void *dh0
         int n_threads, isa, no_fuse
+        int split_units
 
     int fg_backward(const fg_bwd_args *a)
     int fg_gemm_kb_f(int isa, int ta, int tb, int M, int N, int K, const float *A, long lda,

@@ -31,7 +31,8 @@ environment variable, one of "auto", "avx512", "avx2", "generic".
 for tests), ``FASTGRU_CPU_FUSED_PROJ=0`` projects whole chunks up front even where one-row
 steps would project later steps inside their recurrent product (same bits),
 ``FASTGRU_CPU_WGRAD=blas`` the backward's GEMMs on BLAS instead of the AVX2/AVX-512
-packed kernel. ``FASTGRU_CPU_L1_PREFETCH`` and ``FASTGRU_CPU_GATE_PREFETCH`` (0 / 1, read once
+packed kernel, ``FASTGRU_CPU_BWD_SPLIT=0`` a backward by rows where the forward split the units
+(same bits). ``FASTGRU_CPU_L1_PREFETCH`` and ``FASTGRU_CPU_GATE_PREFETCH`` (0 / 1, read once
 per process) override two software-prefetch defaults that were measured per CPU (src_c/gemm.c);
 prefetches never change a result. ``FASTGRU_CPU_ZIGZAG=0`` keeps the per-step products'
 panels in one order at every step (by default the order alternates, so that each step starts
@@ -269,6 +270,17 @@ def _fused_projection() -> bool:
     return _env("FASTGRU_CPU_FUSED_PROJ", "1") != "0"
 
 
+def _split_backward(B: int, u: int, itemsize: int, nthr: int, split: bool) -> bool:
+    """Whether the per-step backward of a call whose forward plan is (nthr, split) splits the
+    units too: where the rows cannot keep every thread busy, or U^T exceeds a core's L2
+    (``FASTGRU_CPU_BWD_SPLIT=0``: by rows always; the same bits either way). One-process A/B,
+    Intel Xeon with 2 MB L2, training step on 2 threads, split / rows: 1x1000x128x256 +15%,
+    6x100x256x512 +11%, 4x200x128x256 level; 2x300x128x256 -1-2% (one row per thread is no
+    worse there), hence not with as many rows as threads and U^T within L2."""
+    return (split and nthr > 1 and (B < nthr or 3 * u * u * itemsize > _U_L2_BYTES)
+            and _env("FASTGRU_CPU_BWD_SPLIT", "1") != "0")
+
+
 def _kernel_request(kernel):
     """The kernel asked for: ``kernel=``, else FASTGRU_CPU_KERNEL; None for "auto"."""
     name = kernel if kernel is not None else _env("FASTGRU_CPU_KERNEL", "auto")
@@ -450,7 +462,13 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
               " AVX-512 guarantee them)")
     if not training:
         return text + caveat + "."
-    return (text + f"; training: per-step backward on {min(nbwd, max(B, 1))} thread(s), "
+    bsplit = (_split_backward(B, spec.units, np.dtype(dtype).itemsize, nthr, split)
+              and not _forked_child and _gru.openmp() and spec.reset_after
+              and spec.activation.code == 1 and spec.recurrent_activation.code == 2
+              and _fused_gates())
+    steps = (f"{nthr} threads splitting the units as the forward's (by rows instead with"
+             " recurrent dropout)" if bsplit else f"{min(nbwd, max(B, 1))} thread(s)")
+    return (text + f"; training: per-step backward on {steps}, "
             f"weight-gradient GEMMs on {nbwd} by "
             + (f"the K-blocked {isa} packed-panel kernel" if not blas_wgrad
                else "BLAS (one thread per block)") + caveat + ".")
@@ -936,6 +954,10 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
     # the per-step backward and the weight-gradient GEMMs each do about the forward's work
     n = _work_threads(B * T * u3 * (D + u), _threads.resolve(n_threads))
     isa = _isa(kernel)
+    # a batch the forward splits by units splits so in the backward too (the C side takes
+    # it where it can: reset_after with tanh / sigmoid, no recurrent dropout; else rows)
+    nsplit, split, _, _ = _plan(B, T, D, u, dtype.itemsize, _threads.resolve(n_threads))
+    split = _split_backward(B, u, dtype.itemsize, nsplit, split)
     if B > 0:
         # U^T and its panels: per-thread scratch (fresh 3 MB arrays fault on every call)
         ut = _scratch("ut", (3 * u, u), dtype)
@@ -944,8 +966,8 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
         _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
                       spec.reset_after, spec.go_backwards, spec.return_sequences,
                       spec.zero_output_for_mask, spec.activation.code,
-                      spec.recurrent_activation.code, _max_threads(min(n, B)), isa,
-                      _fused_gates())
+                      spec.recurrent_activation.code,
+                      _max_threads(nsplit if split else min(n, B)), isa, _fused_gates(), split)
 
     # The GEMMs over all steps: on the AVX2/AVX-512 packed-panel kernel (K-blocked; row-exact
     # dx, thread-count-independent weight gradients), else BLAS pinned to one thread per block
