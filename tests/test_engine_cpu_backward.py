@@ -168,6 +168,7 @@ def test_split_units_backward_gives_the_row_backward_bits(dtype, rng, monkeypatc
     outputs and / or the last state, go_backwards, zero_output_for_mask, 2-4 threads over 2-7
     panels of U^T; the configurations it leaves to the rows give those bits as well."""
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "_BWD_SPLIT_MIN_WORK", 0)
     panel = 256 // np.dtype(dtype).itemsize
     cases = [(1, 6, 2 * panel, {}, 2), (2, 5, 3 * panel - 7, {"mask": "arbitrary"}, 3),
              (3, 7, 4 * panel, {"mask": "right", "go_backwards": True}, 4),

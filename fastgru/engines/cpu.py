@@ -128,6 +128,9 @@ _CHUNK_BYTES = 8 << 20
 # Recurrent kernels bigger than this (bytes) do not stay in a core's L2: then threads split the
 # units even for large batches, so that each streams only its share of U every step.
 _U_L2_BYTES = 1 << 20
+# The least recurrent work (multiply-adds of the steps' products over the call) for which a
+# backward splits the units (_split_backward).
+_BWD_SPLIT_MIN_WORK = 8 << 20
 _SPLIT_MAX_ROWS = 32
 # Below this much per-step work (B * u * 3u multiply-adds) a barrier per step costs more than
 # splitting the units gains, so a small batch stays on fewer threads (split or not, the rows'
@@ -270,14 +273,18 @@ def _fused_projection() -> bool:
     return _env("FASTGRU_CPU_FUSED_PROJ", "1") != "0"
 
 
-def _split_backward(B: int, u: int, itemsize: int, nthr: int, split: bool) -> bool:
+def _split_backward(B: int, T: int, u: int, itemsize: int, nthr: int, split: bool) -> bool:
     """Whether the per-step backward of a call whose forward plan is (nthr, split) splits the
-    units too: where the rows cannot keep every thread busy, or U^T exceeds a core's L2
-    (``FASTGRU_CPU_BWD_SPLIT=0``: by rows always; the same bits either way). One-process A/B,
-    Intel Xeon with 2 MB L2, training step on 2 threads, split / rows: 1x1000x128x256 +15%,
-    6x100x256x512 +11%, 4x200x128x256 level; 2x300x128x256 -1-2% (one row per thread is no
-    worse there), hence not with as many rows as threads and U^T within L2."""
+    units too: where the rows cannot keep every thread busy, or U^T exceeds a core's L2, and
+    the steps' products are worth a team (``FASTGRU_CPU_BWD_SPLIT=0``: by rows always; the
+    same bits either way). One-process A/B, Intel Xeon with 2 MB L2, training step on 2
+    threads, split / rows: 1x1000x128x256 +15%, 6x100x256x512 +11%, 1x300x64x128 +11%,
+    1x200x64x192 +8%, 4x200x128x256 level; 2x300x128x256 -1-2% (one row per thread is no
+    worse there), hence not with as many rows as threads and U^T within L2; 1x100x64x128 level
+    (the backward alone ~10% slower: a fixed cost of the team against 0.2-0.6 us gained per
+    step), hence _BWD_SPLIT_MIN_WORK."""
     return (split and nthr > 1 and (B < nthr or 3 * u * u * itemsize > _U_L2_BYTES)
+            and B * T * 3 * u * u >= _BWD_SPLIT_MIN_WORK
             and _env("FASTGRU_CPU_BWD_SPLIT", "1") != "0")
 
 
@@ -462,7 +469,7 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
               " AVX-512 guarantee them)")
     if not training:
         return text + caveat + "."
-    bsplit = (_split_backward(B, spec.units, np.dtype(dtype).itemsize, nthr, split)
+    bsplit = (_split_backward(B, T, spec.units, np.dtype(dtype).itemsize, nthr, split)
               and not _forked_child and _gru.openmp() and spec.reset_after
               and spec.activation.code == 1 and spec.recurrent_activation.code == 2
               and _fused_gates())
@@ -957,7 +964,7 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
     # a batch the forward splits by units splits so in the backward too (the C side takes
     # it where it can: reset_after with tanh / sigmoid, no recurrent dropout; else rows)
     nsplit, split, _, _ = _plan(B, T, D, u, dtype.itemsize, _threads.resolve(n_threads))
-    split = _split_backward(B, u, dtype.itemsize, nsplit, split)
+    split = _split_backward(B, T, u, dtype.itemsize, nsplit, split)
     if B > 0:
         # U^T and its panels: per-thread scratch (fresh 3 MB arrays fault on every call)
         ut = _scratch("ut", (3 * u, u), dtype)
