@@ -15,11 +15,16 @@ from fastgru.engines.base import DropoutMasks, GRUSpec, Weights
 pytestmark = pytest.mark.skipif(not cpu.available(), reason="CPU extension not built")
 
 
+BWD_SPLIT_MIN_WORK = cpu._BWD_SPLIT_MIN_WORK  # the engine's own, for the tests of that rule
+
+
 @pytest.fixture(autouse=True)
 def threads_even_for_small_work(monkeypatch):
-    """The tests' problems are tiny: without this the work cap would run them all on one
-    thread and the threaded paths would go untested."""
+    """The tests' problems are tiny: without this the work caps would run them all on one
+    thread (a training call on fewer rows than threads too: _training_forward_alone) and the
+    threaded paths would go untested."""
     monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
+    monkeypatch.setattr(cpu, "_BWD_SPLIT_MIN_WORK", 0)
 
 TOL = {np.float64: 1e-10, np.float32: 2e-5}
 ISAS = ["generic", "avx2", "avx512"]

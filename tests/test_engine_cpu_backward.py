@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_engine_cpu import (  # noqa: F401 (an autouse fixture)
+    BWD_SPLIT_MIN_WORK,
     as64,
     make_case,
     ref_forward,
@@ -168,7 +169,6 @@ def test_split_units_backward_gives_the_row_backward_bits(dtype, rng, monkeypatc
     outputs and / or the last state, go_backwards, zero_output_for_mask, 2-4 threads over 2-7
     panels of U^T; the configurations it leaves to the rows give those bits as well."""
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
-    monkeypatch.setattr(cpu, "_BWD_SPLIT_MIN_WORK", 0)
     panel = 256 // np.dtype(dtype).itemsize
     cases = [(1, 6, 2 * panel, {}, 2), (2, 5, 3 * panel - 7, {"mask": "arbitrary"}, 3),
              (3, 7, 4 * panel, {"mask": "right", "go_backwards": True}, 4),
@@ -192,6 +192,31 @@ def test_split_units_backward_gives_the_row_backward_bits(dtype, rng, monkeypatc
         assert split == (cfg.get("act", "tanh") == "tanh" and cfg.get("reset_after", True)
                          and rows_short), (B, u, cfg, n)
         compare_backward(args, kw, dtype, rng, n_threads=n)  # and the reference's values
+
+
+def test_small_training_forward_keeps_to_one_thread(rng, monkeypatch):
+    """A training forward with fewer rows than threads and too little work for its backward to
+    split the units runs on one thread (inference still splits): the same bits either way, and
+    explain says so."""
+    monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
+    monkeypatch.setattr(cpu, "_BWD_SPLIT_MIN_WORK", BWD_SPLIT_MIN_WORK)  # not the fixture's 0
+    args, kw = make_case(rng, 1, 20, 4, 130, dtype=np.float32, return_sequences=True)
+    spec, shape = args[3], (1, 20, 4)
+    assert 20 * 3 * 130 * 130 < cpu._BWD_SPLIT_MIN_WORK
+    calls = []
+    real = cpu._kernel_forward
+    monkeypatch.setattr(cpu, "_kernel_forward",
+                        lambda *a, **k: calls.append((a[11], a[14])) or real(*a, **k))
+    o1 = cpu.forward(*args, **kw, n_threads=2)[0]
+    o2, _, tape = cpu.forward(*args, **kw, n_threads=2, training=True)
+    assert calls == [(2, True), (1, False)]  # (threads, split units): inference, training
+    assert np.array_equal(o1, o2)
+    assert "and its forward too" in cpu.describe_kernel(spec, shape, 2)
+    assert "and its forward too" not in cpu.describe_kernel(spec, (1, 200, 4), 2)
+    monkeypatch.setattr(cpu, "_BWD_SPLIT_MIN_WORK", 0)  # the backward splits: so does the forward
+    calls.clear()
+    cpu.forward(*args, **kw, n_threads=2, training=True)
+    assert calls == [(2, True)]
 
 
 def test_backward_scratch_reuse(rng, monkeypatch):
