@@ -408,9 +408,9 @@ def batch1_floor_report(shapes, threads, results, stat: str,
     trips = ""
     if round_trips and any(n > 1 for n in threads):
         trips = (" Core-to-core round trip of a cache line in this run (start, end): "
-                 + ", ".join(f"{v:.0f}" for v in round_trips) + " ns; a two-thread step waits "
-                 "for about two of them (the barrier, then the partner's lines of h) beyond "
-                 "the floor.")
+                 + ", ".join(f"{v:.0f}" for v in round_trips) + " ns; a two-thread step's "
+                 "exchange costs about two of them (the partner's flag, then its lines of h), "
+                 "which the first thread overlaps with its part of the product.")
     return ["\nbatch 1: the floor that cache bandwidth sets on a step (each of n cores reads its "
             "1/n share of the recurrent kernel once, at the rate measured here for a working "
             "set of that size) and fastgru's time per step." + trips, "",
