@@ -175,6 +175,10 @@ typedef struct {
 int fg_forward(const fg_fwd_args *a);
 /* Pause spins of a barrier wait before it yields the core and counts as late; < 0: the
  * default (4096). Between calls only (tests). */
+/* Which time-loop paths calls took since the last reset (reset != 0: read and clear), OR-ed:
+ * alternating panel order, overlapped exchange, split-units backward. For tests. */
+enum { FG_PATH_ZIGZAG = 1, FG_PATH_OVERLAP = 2, FG_PATH_BWD_TEAM = 4 };
+int fg_paths_taken(int reset);
 void fg_set_spin_limit(int n);
 
 /* Backpropagation through the recorded steps (per-step work only; the weight and input
@@ -196,6 +200,7 @@ typedef struct {
     int split_units; /* 1: fewer rows than threads; the threads split the units (where the
                       * configuration allows: reset_after, tanh / sigmoid, no recurrent
                       * dropout), else rows */
+    int *late; /* out, or NULL: barrier waits of a split team that outlasted the spin */
 } fg_bwd_args;
 
 int fg_backward(const fg_bwd_args *a);

@@ -689,7 +689,9 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
                                        const fg_proj_job *jobs, int nj, int rev,              \
                                        const fg_step_wait *wait)                              \
     {                                                                                         \
-        if (M > 0 && npg > 0 && ng > 0) {                                                     \
+        if (M <= 0 || npg <= 0 || ng <= 0) { /* nothing to multiply: still the wait */       \
+            if (wait) wait->fn(wait->arg);                                                    \
+        } else {                                                                              \
             FG_X86_GRP(SUF, REAL, W)                                                          \
             if (wait) wait->fn(wait->arg);                                                    \
             const long stream = (long)ng * npg * pstride * (long)sizeof(REAL);                \

@@ -31,6 +31,15 @@ typedef struct {
     atomic_int late; /* waits that outlasted the spin (a partner was off its core) */
 } fg_barrier;
 
+/* The time-loop paths calls have taken since the last fg_paths_taken(1) (FG_PATH_*): so that
+ * tests can tell a path that silently stopped running from one that gives the same bits. */
+static atomic_int fg_paths;
+static inline void fg_took(int path) { atomic_fetch_or_explicit(&fg_paths, path, memory_order_relaxed); }
+int fg_paths_taken(int reset)
+{
+    return reset ? atomic_exchange(&fg_paths, 0) : atomic_load(&fg_paths);
+}
+
 /* Pause spins before a barrier wait yields the core (fg_set_spin_limit: tests). */
 static int fg_spin_limit = 4096;
 void fg_set_spin_limit(int n) { fg_spin_limit = n < 0 ? 4096 : n; }

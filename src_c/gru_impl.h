@@ -288,6 +288,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                     && fg_overlap();
     FN(step_wait_ctx) wctx = {bar, tid, nteam, 0, NULL, (long)nr * u};
     const fg_step_wait sw = {tid == 0 ? uhi : 0, FN(step_wait), &wctx};
+    if (tid == 0) fg_took((ovl ? FG_PATH_OVERLAP : 0) | (zz && T > 1 ? FG_PATH_ZIGZAG : 0));
 
     for (int i = 0; i < nr; i++)
         for (int j = ulo; j < uhi; j++) {
@@ -678,6 +679,7 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
     const long pstride = (long)u3 * W, lda = (long)T * u3;
     const int fused = ra && a->act == 1 && a->rec_act == 2 && !a->no_fuse;
     const int zz = fg_zigzag();
+    if (r0 == 0) fg_took(zz && T > 1 ? FG_PATH_ZIGZAG : 0);
 
     REAL *gy = mem, *gs = gy + (size_t)nr * u, *dos = gs + (size_t)nr * u, *zs = dos + (size_t)nr * u;
     REAL *dhh = zs + (size_t)nr * u, *P = dhh + (size_t)nr * u; /* P: 3 x nr x up */
@@ -796,6 +798,7 @@ static void FN(bwd_team)(const fg_bwd_args *a, int tid, int nteam, int p_lo, int
     REAL *gy = mem, *gs = gy + (size_t)nr * u, *dos = gs + (size_t)nr * u, *zs = dos + (size_t)nr * u;
     REAL *P = zs + 2 * (size_t)nr * u; /* nr x up, this thread's columns */
     int bgen = 0;
+    if (tid == 0) fg_took(FG_PATH_BWD_TEAM | (zz && T > 1 ? FG_PATH_ZIGZAG : 0));
 
     for (int i = 0; i < nr; i++)
         for (int j = ulo; j < uhi; j++) {
@@ -861,12 +864,14 @@ static int FN(backward)(const fg_bwd_args *a)
         int tid = omp_get_thread_num(), nact = omp_get_num_threads();
         if (split) {
             /* the barriers need the whole planned team; with fewer threads (OMP_THREAD_LIMIT)
-             * one runs all the rows */
+             * those there take the rows (a block per thread holds all B rows' scratch) */
             if (nact == nthr)
                 FN(bwd_team)(a, tid, nthr, fg_part(npu, tid, nthr), fg_part(npu, tid + 1, nthr),
                              mem + per * tid, &bar);
-            else if (tid == 0)
-                FN(bwd_rows)(a, 0, B, mem);
+            else if (tid < B) {
+                const int ng = nact < B ? nact : B, r0 = fg_part(B, tid, ng);
+                FN(bwd_rows)(a, r0, fg_part(B, tid + 1, ng) - r0, mem + per * tid);
+            }
         } else {
             for (int g = tid; g < nthr; g += nact) {
                 int r0 = (int)((long)B * g / nthr), r1 = (int)((long)B * (g + 1) / nthr);
@@ -874,7 +879,10 @@ static int FN(backward)(const fg_bwd_args *a)
             }
         }
     }
-    if (split) fg_barrier_free(&bar);
+    if (split) {
+        if (a->late) *a->late = atomic_load_explicit(&bar.late, memory_order_relaxed);
+        fg_barrier_free(&bar);
+    }
     fg_ws_free(mem, got);
     return 0;
 }

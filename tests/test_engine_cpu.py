@@ -3,6 +3,8 @@ activations, per-step kernels (every ISA path), determinism, threads and input v
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -16,6 +18,13 @@ pytestmark = pytest.mark.skipif(not cpu.available(), reason="CPU extension not b
 
 
 BWD_SPLIT_MIN_WORK = cpu._BWD_SPLIT_MIN_WORK  # the engine's own, for the tests of that rule
+
+
+def team_forms(n, u, dtype):
+    """Whether a split-units team of n threads over u units runs as one (not under an OpenMP
+    thread limit below its size: the kernels then run its work on fewer threads, by rows)."""
+    size = min(cpu._max_threads(n), -(-u // (256 // np.dtype(dtype).itemsize)))
+    return size > 1 and int(os.environ.get("OMP_THREAD_LIMIT") or size) >= size
 
 
 @pytest.fixture(autouse=True)
@@ -414,7 +423,8 @@ def test_grouped_product_in_either_order_gives_the_same_bits(isa, dtype, rng):
     code = ISAS.index(isa)
     big = (1 << 20) // (W * np.dtype(dtype).itemsize) // 3 + 1  # K: 4 panels exceed 1 MB
     for M, n, K in [(1, 7, 9), (1, 9, 20), (2, 5, 33), (3, 5, 16), (4, 3, 8), (6, 6, 12),
-                    (7, 9, 10), (8, 4, 5), (13, 2, 7), (5, 4, big), (2, 4, big)]:
+                    (7, 9, 10), (7, 6, 10), (7, 7, 9), (8, 4, 5), (13, 2, 7), (5, 4, big),
+                    (2, 4, big)]:
         A = rng.standard_normal((M, K)).astype(dtype)
         P = rng.standard_normal(n * K * W).astype(dtype)
         want = np.empty((M, n * W), dtype)
@@ -464,6 +474,11 @@ def test_step_product_reads_the_rest_of_a_only_after_its_wait(isa, dtype, rng):
                                               A_later=A)
                 assert calls == 1, (M, n, K, kw, rev)
                 assert np.array_equal(C, want) and np.array_equal(Y, want_y), (M, n, K, kw, rev)
+    # no panels (a thread of a team with none): the wait still comes, once
+    early = np.full_like(A, np.nan)
+    assert _gru.gemm_panels_proj(code, early, P[:0], 0, np.empty((A.shape[0], 0), dtype),
+                                 X, WP, Y, kw=1, A_later=A) == 1
+    assert np.array_equal(early, A)
     with pytest.raises(ValueError, match="A_later must have the shape"):
         _gru.gemm_panels_proj(code, A, P, n, C, X, WP, Y, kw=1, A_later=A[:, :-1].copy())
 
@@ -1013,6 +1028,14 @@ def test_step_order_switches_change_no_bits(switch, dtype, rng, monkeypatch):
     get, put = getattr(_gru, switch), getattr(_gru, "set_" + switch)
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
     monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
+    avx512 = cpu._isa(None) == 2
+    path = switch
+
+    def applies(B, T, u, n, cfg):
+        if switch == "zigzag":
+            return T > 1
+        return (avx512 and team_forms(n, u, dtype) and B <= 2 and cfg.get("reset_after", True)
+                and cfg.get("dropout", "none") == "none")
     try:
         for B, T, u, kw in ((1, 7, 150, {}), (1, 300, 70, {"mask": "arbitrary"}),
                             (2, 9, 200, {"mask": "right"}), (2, 6, 150, {"go_backwards": True}),
@@ -1029,8 +1052,15 @@ def test_step_order_switches_change_no_bits(switch, dtype, rng, monkeypatch):
                     monkeypatch.setenv("FASTGRU_CPU_FUSED", fused)
                     monkeypatch.setenv("FASTGRU_CPU_FUSED_PROJ", fused)
                     for n in (1, 2):
+                        # the path runs where it applies (the same bits would not tell):
+                        # in the forward, and (zigzag) in the backward too
+                        _gru.paths_taken(reset=True)
                         o, h, tape = cpu.forward(*args, **ckw, n_threads=n, training=True)
+                        ran = path in _gru.paths_taken(reset=True)
+                        assert ran == (on and applies(B, T, u, n, kw)), (B, T, u, kw, on, n)
                         got[on, fused, n] = [o, h, *cpu.backward(tape, dout, n_threads=n)]
+                        ran = path in _gru.paths_taken(reset=True)
+                        assert ran == (on and switch == "zigzag" and T > 1), (B, T, kw, on)
             for (_, fused, n), v in got.items():
                 assert all((a is None and b is None) or np.array_equal(a, b)
                            for a, b in zip(got[True, fused, n], v)), (B, u, kw, fused, n)
@@ -1045,14 +1075,15 @@ def test_overlapped_exchange_repeats_exactly(rng, monkeypatch):
     call, the bits of one thread (a race between a step's reads of a partner's units and that
     partner's next writes would show as a difference somewhere in 500 steps x 30 calls)."""
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
-    for B in (1, 2):
-        args, ckw = make_case(rng, B, 500, 16, 150, dtype=np.float32, scale=0.4,
+    for B, T, u, n, calls in ((1, 500, 150, 2, 30), (2, 500, 150, 2, 30), (1, 60, 200, 3, 3),
+                              (2, 60, 260, 4, 3)):  # 3-4 threads: middle ones wait first
+        args, ckw = make_case(rng, B, T, 16, u, dtype=np.float32, scale=0.4,
                               return_sequences=True)
         want = cpu.forward(*args, **ckw, n_threads=1)[0]
-        assert "without a barrier" in cpu.describe_kernel(args[3], (B, 500, 16), 2) \
+        assert "without a barrier" in cpu.describe_kernel(args[3], (B, T, 16), n) \
             or cpu._ISA_NAME[cpu._isa(None)] != "avx512" or not cpu._gru.overlap()
-        for _ in range(30):
-            assert np.array_equal(cpu.forward(*args, **ckw, n_threads=2)[0], want), B
+        for _ in range(calls):
+            assert np.array_equal(cpu.forward(*args, **ckw, n_threads=n)[0], want), (B, n)
 
 
 @pytest.mark.parametrize("switch", sorted(SWITCHES))

@@ -14,6 +14,7 @@ from test_engine_cpu import (  # noqa: F401 (an autouse fixture)
     ref_forward,
     rel_err,
     supported_isas,
+    team_forms,
     threads_even_for_small_work,
 )
 
@@ -168,6 +169,8 @@ def test_split_units_backward_gives_the_row_backward_bits(dtype, rng, monkeypatc
     reference's values, with masks (masked steps, all-masked rows), upstream gradients on the
     outputs and / or the last state, go_backwards, zero_output_for_mask, 2-4 threads over 2-7
     panels of U^T; the configurations it leaves to the rows give those bits as well."""
+    from fastgru._cpu import _gru
+
     monkeypatch.setattr(cpu, "_SPLIT_MIN_WORK", 0)
     panel = 256 // np.dtype(dtype).itemsize
     cases = [(1, 6, 2 * panel, {}, 2), (2, 5, 3 * panel - 7, {"mask": "arbitrary"}, 3),
@@ -184,10 +187,14 @@ def test_split_units_backward_gives_the_row_backward_bits(dtype, rng, monkeypatc
             out, _, tape = cpu.forward(*args, **kw, training=True, n_threads=1)
             dy, dh = upstream(rng, out.shape, u, B, dtype, which != "state", which != "out")
             base = cpu.backward(tape, dy, dh, n_threads=1)
+            _gru.paths_taken(reset=True)
             got = cpu.backward(tape, dy, dh, n_threads=n)
+            team = "backward_team" in _gru.paths_taken(reset=True)  # it ran, as explain says
             for name, a, b in zip(NAMES, got, base):
                 assert (a is None and b is None) or np.array_equal(a, b), (B, u, cfg, n, name)
         split = "splitting the units" in cpu.describe_kernel(args[3], (B, T, 3), n, dtype=dtype)
+        teams = team_forms(n, u, dtype)
+        assert team == (split and teams and cfg.get("dropout", "none") == "none"), (B, u, cfg, n)
         rows_short = B < n or 3 * u * u * np.dtype(dtype).itemsize > cpu._U_L2_BYTES
         assert split == (cfg.get("act", "tanh") == "tanh" and cfg.get("reset_after", True)
                          and rows_short), (B, u, cfg, n)

@@ -118,6 +118,15 @@ cdef void _fill_a(void *arg) noexcept nogil:
     f.calls += 1
 
 
+def paths_taken(bint reset=True):
+    """The time-loop paths calls took since the last reset, as a set of names ("zigzag",
+    "overlap", "backward_team"); reset clears the record. For tests: a path that silently stops
+    running gives the same bits as one that runs."""
+    cdef int p = fg_paths_taken(reset)
+    return {name for bit, name in ((FG_PATH_ZIGZAG, "zigzag"), (FG_PATH_OVERLAP, "overlap"),
+                                   (FG_PATH_BWD_TEAM, "backward_team")) if p & bit}
+
+
 def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D):
     """Whether a time loop of ``rows`` batch rows, on a thread owning ``npt`` panels of each
     gate, projects its inputs inside the steps' recurrent products (src_c/gru.c), given a
@@ -504,8 +513,10 @@ def backward(pre, hprev, rp, mask, mh, utpk, dout, dhl, dA, dR, dh0, int units,
     a.n_threads, a.isa = n_threads, isa
     a.no_fuse = not fused
     a.split_units = split_units
-    cdef int rc
+    cdef int rc, late = 0
+    a.late = &late
     with nogil:
         rc = fg_backward(&a)
     if rc:
         raise MemoryError("fastgru cpu backward: out of memory for its workspace")
+    return late

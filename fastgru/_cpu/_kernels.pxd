@@ -25,6 +25,11 @@ cdef extern from "fastgru.h" nogil:
     void fg_set_zigzag(int v)
     int fg_overlap()
     void fg_set_overlap(int v)
+    int fg_paths_taken(int reset)
+    enum:
+        FG_PATH_ZIGZAG
+        FG_PATH_OVERLAP
+        FG_PATH_BWD_TEAM
     int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     int fg_omp_max_threads()
@@ -113,6 +118,7 @@ cdef extern from "fastgru.h" nogil:
         void *dh0
         int n_threads, isa, no_fuse
         int split_units
+        int *late
 
     int fg_backward(const fg_bwd_args *a)
     int fg_gemm_kb_f(int isa, int ta, int tb, int M, int N, int K, const float *A, long lda,

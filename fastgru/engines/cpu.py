@@ -985,11 +985,13 @@ def backward(tape: Tape, d_outputs=None, d_h_last=None, *, n_threads: int | None
         ut = _scratch("ut", (3 * u, u), dtype)
         np.copyto(ut, U.T)
         utpk = _pack(ut, 0, u, dtype.itemsize, scratch="utpk")
-        _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR, dh0, u,
-                      spec.reset_after, spec.go_backwards, spec.return_sequences,
-                      spec.zero_output_for_mask, spec.activation.code,
-                      spec.recurrent_activation.code,
-                      _max_threads(nsplit if split else min(n, B)), isa, _fused_gates(), split)
+        late = _gru.backward(s["pre"], s["hprev"], s["rp"], mask, mh, utpk, dout, dhl, dA, dR,
+                             dh0, u, spec.reset_after, spec.go_backwards,
+                             spec.return_sequences, spec.zero_output_for_mask,
+                             spec.activation.code, spec.recurrent_activation.code,
+                             _max_threads(nsplit if split else min(n, B)), isa, _fused_gates(),
+                             split)
+        _note_late_waits(late, T)  # a split team kept waiting: rows for a while, as forward
 
     # The GEMMs over all steps: on the AVX2/AVX-512 packed-panel kernel (K-blocked; row-exact
     # dx, thread-count-independent weight gradients), else BLAS pinned to one thread per block
