@@ -292,8 +292,9 @@ def _training_forward_alone(B: int, T: int, u: int, nthr: int, split: bool) -> b
     """Whether a training forward that would split the units runs on one thread instead:
     fewer rows than threads and too little work for the backward to split (_split_backward),
     so its time loop runs on the rows' threads and would read the record the team's other
-    cores wrote from their caches. Intel Xeon, training step on 2 threads: 1x100x64x128
-    0.70 ms with the team, 0.65 on one thread (0.65 with both on one thread)."""
+    cores wrote from their caches. Intel Xeon, training step at 1x100x64x128: 0.70 ms with a
+    two-thread forward team (0.71 with its backward on one thread too), 0.65 with both the
+    forward and the backward on one thread."""
     return split and nthr > B and B * T * 3 * u * u < _BWD_SPLIT_MIN_WORK
 
 
