@@ -38,6 +38,9 @@ int fg_openmp(void);
 /* The calling thread's OpenMP thread limit (OMP_NUM_THREADS, omp_set_num_threads, which
  * threadpoolctl calls; 1 without OpenMP). */
 int fg_omp_max_threads(void);
+/* The process's OpenMP thread limit (OMP_THREAD_LIMIT: no team is ever larger; 1 without
+ * OpenMP). */
+int fg_omp_thread_limit(void);
 
 /* Best per-step product kernel this CPU runs (FG_ISA_*). */
 int fg_isa_best(void);

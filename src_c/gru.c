@@ -169,6 +169,15 @@ int fg_omp_max_threads(void)
 #endif
 }
 
+int fg_omp_thread_limit(void)
+{
+#ifdef _OPENMP
+    return omp_get_thread_limit();
+#else
+    return 1;
+#endif
+}
+
 int fg_forward(const fg_fwd_args *a) { return a->is_double ? forward_d(a) : forward_f(a); }
 
 int fg_backward(const fg_bwd_args *a) { return a->is_double ? backward_d(a) : backward_f(a); }

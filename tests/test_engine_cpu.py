@@ -34,6 +34,10 @@ def threads_even_for_small_work(monkeypatch):
     threaded paths would go untested."""
     monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
     monkeypatch.setattr(cpu, "_BWD_SPLIT_MIN_WORK", 0)
+    # plans as without an OpenMP thread limit, whatever the environment running the tests (the
+    # kernels' own fallback then runs a team's work on the threads granted); the limit's own
+    # test runs in a child
+    monkeypatch.setattr(cpu, "_OMP_THREAD_LIMIT", 1 << 16)
 
 TOL = {np.float64: 1e-10, np.float32: 2e-5}
 ISAS = ["generic", "avx2", "avx512"]
@@ -860,6 +864,7 @@ from fastgru.engines import cpu
 from fastgru.engines.base import GRUSpec, Weights
 from fastgru import activations
 cpu._SPLIT_MIN_WORK = cpu._MIN_THREAD_WORK = 0
+cpu._OMP_THREAD_LIMIT = 2  # plan past the limit (which plans keep to): the kernels' fallback
 d = np.load(sys.argv[1])
 spec0 = (1, 6, 5, int(d["u"]), 4, 2)
 assert cpu._plan(*spec0)[:2] == (2, True), cpu._plan(*spec0)  # a 2-thread unit-split plan
@@ -871,7 +876,8 @@ np.save(sys.argv[2], o)
 
 
 def test_split_team_with_fewer_threads_than_planned(rng, tmp_path):
-    """OMP_THREAD_LIMIT=1 grants one thread to a planned 2-thread unit-split team: that thread
+    """OMP_THREAD_LIMIT=1 grants one thread to a planned 2-thread unit-split team (plans keep to
+    the limit; one made past it, as with OMP_DYNAMIC): that thread
     runs the whole team's work (no barrier waits for a missing partner) with the same bits;
     20 steps: with AVX-512 the lone thread also projects inside its products (jobs of 8 rows)."""
     import os
@@ -1086,6 +1092,25 @@ def test_overlapped_exchange_repeats_exactly(rng, monkeypatch):
             assert np.array_equal(cpu.forward(*args, **ckw, n_threads=n)[0], want), (B, n)
 
 
+def test_teams_no_larger_than_the_openmp_thread_limit(tmp_path):
+    """Under OMP_THREAD_LIMIT a split-units plan takes at most that many threads, so its team
+    forms (it ran all the work on one thread when the plan asked for more than OpenMP grants),
+    explain says so, and the bits are one thread's."""
+    code = ("import numpy as np; from fastgru._cpu import _gru; from fastgru.engines import cpu;"
+            "from fastgru import activations as a; from fastgru.engines.base import GRUSpec, "
+            "Weights; cpu._SPLIT_MIN_WORK = 0; r = np.random.default_rng(0);"
+            "s = GRUSpec(256, a.get('tanh'), a.get('sigmoid'), return_sequences=True);"
+            "w = Weights(*(r.standard_normal(k).astype(np.float32) * .1 for k in "
+            "((8, 768), (256, 768), (2, 768)))); x = r.standard_normal((1, 30, 8), np.float32);"
+            "h = np.zeros((1, 256), np.float32); one = cpu.forward(x, w, h, s, n_threads=1)[0];"
+            "_gru.paths_taken(); four = cpu.forward(x, w, h, s, n_threads=4)[0];"
+            "print(_gru.omp_thread_limit(), np.array_equal(one, four),"
+            "'overlap' in _gru.paths_taken() or cpu._isa(None) != 2,"
+            "'2 threads split' in cpu.describe_kernel(s, (1, 30, 8), 4))")
+    out = _child_stdout(code, "OMP_THREAD_LIMIT", "2", tmp_path).split()
+    assert out == ["2", "True", "True", "True"], out
+
+
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
 def test_step_order_switch_defaults_and_override(switch, tmp_path):
     """FASTGRU_CPU_ZIGZAG / FASTGRU_CPU_OVERLAP=0 / 1 (read once per process, hence the
@@ -1095,13 +1120,13 @@ def test_step_order_switch_defaults_and_override(switch, tmp_path):
             "cpu._SPLIT_MIN_WORK = 0; s = GRUSpec(200, a.get('tanh'), a.get('sigmoid'));"
             f"t = cpu.describe_kernel(s, (1, 5, 3), 2); print(_gru.{switch}(),"
             "'opposite order' in t, 'without a barrier' in t and 'one barrier' not in t,"
-            " cpu._isa(None) == 2)")
+            " cpu._isa(None) == 2 and cpu._OMP_THREAD_LIMIT > 1)")
     for value, want in ((None, True), ("", True), ("no", True), ("0", False), ("1", True)):
-        on, zigzag, overlap, avx512 = _child_stdout(code, SWITCHES[switch], value,
+        on, zigzag, overlap, teams = _child_stdout(code, SWITCHES[switch], value,
                                                     tmp_path).split()
         assert on == str(want), (value, on)
         said = zigzag if switch == "zigzag" else overlap  # overlap: AVX-512 teams only
-        assert said == str(want and (switch == "zigzag" or avx512 == "True")), (value, said)
+        assert said == str(want and (switch == "zigzag" or teams == "True")), (value, said)
 
 
 def test_gate_prefetch_default_by_vendor_and_override(tmp_path):

@@ -33,6 +33,12 @@ def omp_max_threads():
     return fg_omp_max_threads()
 
 
+def omp_thread_limit():
+    """The process's OpenMP thread limit (OMP_THREAD_LIMIT; no team is larger), 1 without
+    OpenMP."""
+    return fg_omp_thread_limit()
+
+
 def env(str name, default):
     """``os.environ.get(name, default)`` read from the C environment, which os.environ writes
     through (putenv / unsetenv): ~0.1 us, against ~0.6 for os.environ.get of a missing key,

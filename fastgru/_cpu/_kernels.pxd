@@ -33,6 +33,7 @@ cdef extern from "fastgru.h" nogil:
     int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     int fg_omp_max_threads()
+    int fg_omp_thread_limit()
     size_t fg_ws_trim()
     size_t fg_ws_kept()
     void fg_ws_poison()

@@ -112,9 +112,11 @@ try:
     _gru.gate_prefetch()  # FASTGRU_CPU_GATE_PREFETCH (and the CPU's vendor) likewise
     _gru.zigzag()  # FASTGRU_CPU_ZIGZAG likewise
     _gru.overlap()  # FASTGRU_CPU_OVERLAP likewise
+    _OMP_THREAD_LIMIT = _gru.omp_thread_limit()  # fixed for the process
 except ImportError as exc:  # source tree without a build: everything else still works
     _gru = None
     _IMPORT_ERROR = exc
+    _OMP_THREAD_LIMIT = 1
 
 _ISA = {"generic": 0, "avx2": 1, "avx512": 2}
 _ISA_NAME = {v: k for k, v in _ISA.items()}
@@ -340,6 +342,9 @@ def _plan(B: int, T: int, D: int, u: int, itemsize: int, n_threads: int):
     """(threads, split_units, chunk steps, reason). The result never changes any number: rows
     are bit-identical on every plan. Cached (with the tunables in the key, which tests patch)."""
     contended = time.perf_counter() < _contended_until
+    # never a team larger than OpenMP grants (OMP_THREAD_LIMIT): the kernels would run a split
+    # team's work on one thread, and a backward's rows on fewer
+    n_threads = max(1, min(n_threads, _OMP_THREAD_LIMIT))
     return _plan_cached(B, T, D, u, itemsize, n_threads, contended, _MIN_THREAD_WORK,
                         _SPLIT_MIN_WORK, _U_L2_BYTES, _SPLIT_MAX_ROWS, _PROJ_ROWS, _CHUNK_BYTES)
 
