@@ -222,10 +222,15 @@ static inline void FN(finish)(const fg_fwd_args *a, const REAL *ah, REAL *hh, co
     if (a->return_sequences) memcpy((REAL *)a->out + base * u + ulo, yr, (size_t)nu * sizeof(REAL));
 }
 
+/* The n elements of a team's state h, all at once rather than as the k loop reaches each
+ * line (the partners' lines would come as serial cross-core misses). */
+static inline void FN(prefetch_h)(const REAL *h, long n)
+{
+    for (long j = 0; j < n; j += 64 / (long)sizeof(REAL)) __builtin_prefetch(h + j, 0, 3);
+}
+
 /* What a thread of a team that overlaps the exchange of h (team_run) waits for inside its
- * step's product: its partners' arrival after the previous step; then it prefetches their
- * units of h (all at once rather than as the k loop reaches each line: serial cross-core
- * misses). */
+ * step's product: its partners' arrival after the previous step; then it prefetches h. */
 typedef struct {
     fg_barrier *bar;
     int tid, nteam, gen;
@@ -237,7 +242,7 @@ static void FN(step_wait)(void *arg)
 {
     const FN(step_wait_ctx) *c = (const FN(step_wait_ctx) *)arg;
     fg_barrier_await(c->bar, c->tid, c->nteam, c->gen);
-    for (long j = 0; j < c->n; j += 64 / (long)sizeof(REAL)) __builtin_prefetch(c->h + j, 0, 3);
+    FN(prefetch_h)(c->h, c->n);
 }
 
 /* The time loop of one team over batch rows [r0, r0 + nr): thread tid of nteam owns the unit
@@ -319,10 +324,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
             const REAL *Ag[3] = {hc, hc, hc};
             const int rev = zz && (k & 1); /* every other step its panels last to first */
             wctx.gen = bgen, wctx.h = hc;
-            if (nteam > 1 && !ovl) /* the partners' units of h, all at once rather than as the
-                                    * k loop reaches each line (serial cross-core misses) */
-                for (long j = 0; j < (long)nr * u; j += 64 / (long)sizeof(REAL))
-                    __builtin_prefetch(hc + j, 0, 3);
+            if (nteam > 1 && !ovl) FN(prefetch_h)(hc, (long)nr * u); /* (ovl: in its wait) */
             if (mh) {
                 for (int g = 0; g < 3; g++) {
                     REAL *hg = pb->hg + (long)g * nr * u;
@@ -333,7 +335,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                     Ag[g] = hg;
                 }
             }
-            if (!mh && jdone < jtot) {
+            if (!mh) { /* this thread's panels of every gate in one pass, with projection jobs */
                 /* by the end of step kk, ceil((kk + 1) nr npw / FG_PJ_ROWS) jobs: block b is
                  * complete before the step that first reads it */
                 long want = ((long)(kk + 1) * nr * npw + FG_PJ_ROWS - 1) / FG_PJ_ROWS;
@@ -354,11 +356,7 @@ static void FN(team_run)(const fg_fwd_args *a, const FN(team_buf) *tb, const FN(
                 PANELS_GRP_PROJ(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
                                 (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W,
                                 ldgh, up, D, jobs, nj, rev, ovl ? &sw : NULL);
-            } else if (!mh) /* this thread's panels of every gate in one pass */
-                PANELS_GRP_PROJ(a->isa, nr, u, hc, u, upk + (long)p_lo * pstride, pstride,
-                                (long)npu * pstride, p_hi - p_lo, ra ? 3 : 2, tb->gh + p_lo * W,
-                                ldgh, up, 0, NULL, 0, rev, ovl ? &sw : NULL);
-            else
+            } else
                 for (int gi = 0, ng = ra ? 3 : 2; gi < ng; gi++) {
                     const int g = rev ? ng - 1 - gi : gi;
                     PANELS_GRP(a->isa, nr, u, Ag[g], u, upk + ((long)g * npu + p_lo) * pstride,
@@ -666,6 +664,24 @@ FG_CLONES static void FN(bwd_std)(int n, long gst, const REAL *restrict pre,
     }
 }
 
+/* The backward's running gradients entering the last step, rows [r0, r0 + nr) (row i of gy
+ * and gs is batch row r0 + i), units [ulo, uhi): gy the output gradient (d_outputs without
+ * return_sequences, else 0), gs that of the state (d_h_last, or 0). */
+static void FN(bwd_init)(const fg_bwd_args *a, int r0, int nr, int ulo, int uhi, REAL *gy,
+                         REAL *gs)
+{
+    const int u = a->u;
+    const REAL *dout = a->return_sequences ? NULL : (const REAL *)a->dout;
+    const REAL *dhl = (const REAL *)a->dhl;
+    for (int i = 0; i < nr; i++) {
+        const long b = r0 + i;
+        for (int j = ulo; j < uhi; j++) {
+            gy[(long)i * u + j] = dout ? dout[b * u + j] : 0;
+            gs[(long)i * u + j] = dhl ? dhl[b * u + j] : 0;
+        }
+    }
+}
+
 static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
 {
     const int B = a->B, T = a->T, u = a->u, u3 = 3 * u;
@@ -674,7 +690,6 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
     const REAL *pre = (const REAL *)a->pre, *hprev = (const REAL *)a->hprev;
     const REAL *rpt = (const REAL *)a->rp, *mh = (const REAL *)a->mh;
     const REAL *utpk = (const REAL *)a->utpk, *dout = (const REAL *)a->dout;
-    const REAL *dhl = (const REAL *)a->dhl;
     REAL *dA = (REAL *)a->dA, *dR = (REAL *)a->dR, *dh0 = (REAL *)a->dh0;
     const long pstride = (long)u3 * W, lda = (long)T * u3;
     const int fused = ra && a->act == 1 && a->rec_act == 2 && !a->no_fuse;
@@ -686,13 +701,7 @@ static void FN(bwd_rows)(const fg_bwd_args *a, int r0, int nr, REAL *mem)
     REAL *tmp = P + 3 * (size_t)nr * up;
     REAL *zv = tmp, *dz = zv + u, *hh = dz + u, *dhv = hh + u, *rv = dhv + u, *drv = rv + u;
 
-    for (int i = 0; i < nr; i++) {
-        long b = r0 + i;
-        for (int j = 0; j < u; j++) {
-            gy[(long)i * u + j] = (!rs && dout) ? dout[b * u + j] : 0;
-            gs[(long)i * u + j] = dhl ? dhl[b * u + j] : 0;
-        }
-    }
+    FN(bwd_init)(a, r0, nr, 0, u, gy, gs);
     for (int k = T - 1; k >= 0; k--) {
         const int t = a->go_backwards ? T - 1 - k : k;
         for (int i = 0; i < nr; i++) {
@@ -791,7 +800,7 @@ static void FN(bwd_team)(const fg_bwd_args *a, int tid, int nteam, int p_lo, int
     const int nu = uhi - ulo, rs = a->return_sequences, zofm = a->zero_output_for_mask;
     const REAL *pre = (const REAL *)a->pre, *hprev = (const REAL *)a->hprev;
     const REAL *rpt = (const REAL *)a->rp, *utpk = (const REAL *)a->utpk;
-    const REAL *dout = (const REAL *)a->dout, *dhl = (const REAL *)a->dhl;
+    const REAL *dout = (const REAL *)a->dout;
     REAL *dA = (REAL *)a->dA, *dR = (REAL *)a->dR, *dh0 = (REAL *)a->dh0;
     const long pstride = (long)u3 * W, lda = (long)T * u3;
     const int zz = fg_zigzag();
@@ -800,11 +809,7 @@ static void FN(bwd_team)(const fg_bwd_args *a, int tid, int nteam, int p_lo, int
     int bgen = 0;
     if (tid == 0) fg_took(FG_PATH_BWD_TEAM | (zz && T > 1 ? FG_PATH_ZIGZAG : 0));
 
-    for (int i = 0; i < nr; i++)
-        for (int j = ulo; j < uhi; j++) {
-            gy[(long)i * u + j] = (!rs && dout) ? dout[(long)i * u + j] : 0;
-            gs[(long)i * u + j] = dhl ? dhl[(long)i * u + j] : 0;
-        }
+    FN(bwd_init)(a, 0, nr, ulo, uhi, gy, gs);
     for (int k = T - 1; k >= 0; k--) {
         const int t = a->go_backwards ? T - 1 - k : k;
         for (int i = 0; i < nr; i++) {

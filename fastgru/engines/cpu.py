@@ -286,8 +286,14 @@ def _split_backward(B: int, T: int, u: int, itemsize: int, nthr: int, split: boo
     (the backward alone ~10% slower: a fixed cost of the team against 0.2-0.6 us gained per
     step), hence _BWD_SPLIT_MIN_WORK."""
     return (split and nthr > 1 and (B < nthr or 3 * u * u * itemsize > _U_L2_BYTES)
-            and B * T * 3 * u * u >= _BWD_SPLIT_MIN_WORK
+            and not _little_recurrent_work(B, T, u)
             and _env("FASTGRU_CPU_BWD_SPLIT", "1") != "0")
+
+
+def _little_recurrent_work(B: int, T: int, u: int) -> bool:
+    """Whether the steps' recurrent products of a call (B T 3u u multiply-adds) are below
+    _BWD_SPLIT_MIN_WORK: too little for a backward team."""
+    return B * T * 3 * u * u < _BWD_SPLIT_MIN_WORK
 
 
 def _training_forward_alone(B: int, T: int, u: int, nthr: int, split: bool) -> bool:
@@ -297,7 +303,7 @@ def _training_forward_alone(B: int, T: int, u: int, nthr: int, split: bool) -> b
     cores wrote from their caches. Intel Xeon, training step at 1x100x64x128: 0.70 ms with a
     two-thread forward team (0.71 with its backward on one thread too), 0.65 with both the
     forward and the backward on one thread."""
-    return split and nthr > B and B * T * 3 * u * u < _BWD_SPLIT_MIN_WORK
+    return split and nthr > B and _little_recurrent_work(B, T, u)
 
 
 def _kernel_request(kernel):
