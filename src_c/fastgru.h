@@ -179,8 +179,9 @@ int fg_forward(const fg_fwd_args *a);
 /* Pause spins of a barrier wait before it yields the core and counts as late; < 0: the
  * default (4096). Between calls only (tests). */
 /* Which time-loop paths calls took since the last reset (reset != 0: read and clear), OR-ed:
- * alternating panel order, overlapped exchange, split-units backward. For tests. */
-enum { FG_PATH_ZIGZAG = 1, FG_PATH_OVERLAP = 2, FG_PATH_BWD_TEAM = 4 };
+ * alternating panel order, overlapped exchange, split-units backward, input projection reading
+ * x in place. For tests. */
+enum { FG_PATH_ZIGZAG = 1, FG_PATH_OVERLAP = 2, FG_PATH_BWD_TEAM = 4, FG_PATH_PROJ_DIRECT = 8 };
 int fg_paths_taken(int reset);
 void fg_set_spin_limit(int n);
 

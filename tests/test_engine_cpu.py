@@ -704,6 +704,40 @@ def test_rows_independent_of_threads_and_batch(dtype, reset_after, proj, rng, mo
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("go_backwards", [False, True])
+def test_projection_in_place_gives_the_bits_of_gathered_rows(dtype, go_backwards, rng,
+                                                              monkeypatch):
+    """A thread with 16 or more rows and a small input kernel projects x where it lies, one
+    product per step; fewer rows, or input dropout, gather the rows first. The same bits
+    either way (and the reference's numbers), over several chunks of steps."""
+    monkeypatch.setenv("FASTGRU_CPU_PROJ", "panels")
+    args, kw = make_case(rng, 40, 70, 6, 9, mask="arbitrary", return_sequences=True,
+                         go_backwards=go_backwards, dtype=dtype)
+    x, w, h0, spec = args
+    from fastgru._cpu import _gru
+
+    _gru.paths_taken()
+    base = cpu.forward(*args, **kw, n_threads=1)
+    assert "projection_in_place" in _gru.paths_taken()
+    assert rel_err(base[0], ref_forward(args, kw)[0]) < TOL[dtype]
+    for n in (2, 3):  # 20 / 14 rows per thread: in place, or some threads gather
+        got = cpu.forward(*args, **kw, n_threads=n)
+        assert np.array_equal(got[0], base[0]) and np.array_equal(got[1], base[1])
+    _gru.paths_taken()
+    for rows in ([3], list(range(5, 15))):
+        o, h, _ = cpu.forward(x[rows], w, h0[rows], spec, mask=kw["mask"][rows], n_threads=1)
+        assert "projection_in_place" not in _gru.paths_taken()
+        assert np.array_equal(o, base[0][rows]) and np.array_equal(h, base[1][rows])
+    # input dropout multiplies the gathered rows: never in place
+    keep = DropoutMasks(((rng.random((40, 6)) > 0.3) / 0.7).astype(dtype), None)
+    dropped = cpu.forward(x, w, h0, spec, mask=kw["mask"], dropout=keep, n_threads=1)
+    assert "projection_in_place" not in _gru.paths_taken()
+    plain = cpu.forward((x * keep.inputs[:, None, :]).astype(dtype), w, h0, spec,
+                        mask=kw["mask"], n_threads=1)
+    assert np.array_equal(dropped[0], plain[0])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("mask", ["none", "arbitrary"])
 @pytest.mark.parametrize("reset_after", [True, False])
 def test_grouped_unit_split_rows_match_one_thread(dtype, mask, reset_after, rng, monkeypatch):

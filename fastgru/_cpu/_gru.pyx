@@ -126,11 +126,12 @@ cdef void _fill_a(void *arg) noexcept nogil:
 
 def paths_taken(bint reset=True):
     """The time-loop paths calls took since the last reset, as a set of names ("zigzag",
-    "overlap", "backward_team"); reset clears the record. For tests: a path that silently stops
+    "overlap", "backward_team", "projection_in_place"); reset clears the record. For tests: a path that silently stops
     running gives the same bits as one that runs."""
     cdef int p = fg_paths_taken(reset)
     return {name for bit, name in ((FG_PATH_ZIGZAG, "zigzag"), (FG_PATH_OVERLAP, "overlap"),
-                                   (FG_PATH_BWD_TEAM, "backward_team")) if p & bit}
+                                   (FG_PATH_BWD_TEAM, "backward_team"),
+                                   (FG_PATH_PROJ_DIRECT, "projection_in_place")) if p & bit}
 
 
 def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D):

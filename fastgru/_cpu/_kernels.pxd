@@ -30,6 +30,7 @@ cdef extern from "fastgru.h" nogil:
         FG_PATH_ZIGZAG
         FG_PATH_OVERLAP
         FG_PATH_BWD_TEAM
+        FG_PATH_PROJ_DIRECT
     int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     int fg_omp_max_threads()
