@@ -59,6 +59,9 @@ void fg_set_zigzag(int v); /* 0 / 1, or -1: the default (between calls only) */
 /* 1 when split-units teams overlap the exchange of h with the next step's product (gemm.c). */
 int fg_overlap(void);
 void fg_set_overlap(int v); /* 0 / 1, or -1: the default (between calls only) */
+/* 1 when the AVX-512 products of four or more rows read A repacked as strips (gemm.c). */
+int fg_strips(void);
+void fg_set_strips(int v); /* 0 / 1, or -1: the default (between calls only) */
 
 /* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)
  * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */
@@ -180,9 +183,13 @@ int fg_forward(const fg_fwd_args *a);
  * default (4096). Between calls only (tests). */
 /* Which time-loop paths calls took since the last reset (reset != 0: read and clear), OR-ed:
  * alternating panel order, overlapped exchange, split-units backward, input projection reading
- * x in place. For tests. */
-enum { FG_PATH_ZIGZAG = 1, FG_PATH_OVERLAP = 2, FG_PATH_BWD_TEAM = 4, FG_PATH_PROJ_DIRECT = 8 };
+ * x in place, AVX-512 products reading A as strips. For tests. */
+enum {
+    FG_PATH_ZIGZAG = 1, FG_PATH_OVERLAP = 2, FG_PATH_BWD_TEAM = 4, FG_PATH_PROJ_DIRECT = 8,
+    FG_PATH_STRIPS = 16
+};
 int fg_paths_taken(int reset);
+void fg_took(int path); /* record that a call took these paths */
 void fg_set_spin_limit(int n);
 
 /* Backpropagation through the recorded steps (per-step work only; the weight and input

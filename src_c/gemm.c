@@ -109,6 +109,20 @@ int fg_overlap(void) { return env_switch(&overlap_state, "FASTGRU_CPU_OVERLAP", 
 
 void fg_set_overlap(int v) { set_switch(&overlap_state, v); }
 
+/* Strips (FG_K4 above): the 4-6 row tiles of the AVX-512 products read A's rows repacked so that
+ * a k step's broadcasts share a line; the rows are packed once per product (per step, for all
+ * gates), where the product has at least FG_STRIPS_MIN_PANELS panels to amortise the packing.
+ * The same bits. Two one-process ABAB A/Bs on the 2 MB-L2 Xeon (2026-12-05), forward, 1 / 2
+ * threads, each pair: 64x200x128x256 +0.6 to +4.5% / +3.0 to +3.6%, 256x50x256x512 +0.3 to
+ * +5.1% / +1.9 to +4.0%, 16x500x512x1024 +1.1 to +4.1% / +0.6 to +3.6% (one pair -1.0%),
+ * 8x300x256x512 level; training steps level (-0.6 to +3.4%). Products of 6 panels (32x100x64x128, 128x100x128x128) lost 2-5%: hence the bound.
+ * Not measured on AMD: on by default on Intel CPUs only (as the gate prefetch's default is
+ * per vendor); FASTGRU_CPU_STRIPS=0 / 1 overrides (read once). */
+static int strips_state = -1;
+static int intel(void) { return !not_intel(); }
+int fg_strips(void) { return env_switch(&strips_state, "FASTGRU_CPU_STRIPS", intel); }
+void fg_set_strips(int v) { set_switch(&strips_state, v); }
+
 int fg_isa_best(void)
 {
 #ifdef FG_X86
@@ -153,7 +167,7 @@ FG_CLONES int fg_same_packed(const uint32_t *src, long ld, int K, long col0, lon
             long w = ncols - p * W < W ? ncols - p * W : W;
             const uint32_t *d = dst + (p * K + k) * W, *sp = s + p * W;
             for (long j = 0; j < w; j++) acc |= sp[j] ^ d[j];
-        }
+        }                                                                                     \
     }
     return acc == 0;
 }
@@ -183,6 +197,32 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
  * k ahead into L1; measured at 1x1000x128x256: 12.8 -> 11.3-11.5 ms, 1x1000x1x128: 3.1 ->
  * 2.0-2.6 ms (distances 2-16 tried, 4 best). Prefetches never fault past the end. */
 #define FG_PF_K 4
+
+/* How the AVX-512 product cuts M rows into tiles: returns Mt, the rows of 4-6 (or 3) row tiles,
+ * nt tiles (the first `extra` of base + 1 rows, the rest of base), the last M - Mt rows left
+ * to one- / two-row tiles. M >= 4: ceil(M / 6) tiles of near-equal height, each one pass over
+ * the panel: 8 rows as 4 + 4 rather than 6 + 2 (a two-row pass reads 256 bytes per 8 FMAs,
+ * bound by L2). Measured per-step products, % of the FMA peak, old / new: 8 x 256 x 768 70 /
+ * 85, 9 x 256 x 768 60 / 82, 8 x 1024 x 3072 68 / 86, 32 x 128 x 384 88 / 92; 16 and 256 rows
+ * level. 7 = 6 + 1 (4 + 3 ran at 53% against 66%). */
+static inline int fg_row_tiles(int M, int *nt, int *base, int *extra)
+{
+    const int rest = M == 7 ? 1 : (M >= 3 ? 0 : M), Mt = M - rest;
+    *nt = Mt > 3 ? (Mt + 5) / 6 : 1;
+    *base = Mt / *nt, *extra = Mt % *nt;
+    return Mt;
+}
+
+/* Strips (fg_strips): the rows of each 4-6 row tile of A (fg_row_tiles) repacked so that a k
+ * step's MR values are adjacent: tile rows i..i+mr at S + i * FG_K4(K), element (r, k) at
+ * (k / 4) * 4 mr + 4 r + k % 4 (groups of four k per row, rows side by side). One line holds
+ * the broadcasts of several k instead of one line per row per k: in isolation the 6 x 1 tile
+ * ran 4-6% faster over 66 x 256 x 768 and 258 x 512 x 1536 on the 2 MB-L2 Xeon (groups of
+ * 1, 2 and 4 k alike; 8 k or 16 k per row group no better than rows). */
+#define FG_K4(K) (((long)(K) + 3) & ~3L)
+#ifndef FG_STRIPS_MIN_PANELS
+#define FG_STRIPS_MIN_PANELS 8
+#endif
 
 #ifdef FG_X86
 /* AVX2 per-step product: with more than 3 rows and K > FG_KC2_MIN_K, k runs in chunks of
@@ -261,33 +301,53 @@ FG_DEFINE_GENERIC(d, double, FG_WD, fma)
  * that enough independent FMA chains are in flight, and (like 3 x 2) prefetch the panel rows
  * they stream: the k order of every element stays the same. */
 #define FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP)          \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP, 0, )
-/* PF > 0: also prefetch PF lines per k, from pf on, into L2 (the next panel; FG_PF_L2). */
-#define FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP, PF, SFX) \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP, 0, , 0)
+/* PF > 0: also prefetch PF lines per k, from pf on, into L2 (the next panel; FG_PF_L2).
+ * STRIP: A is this tile's rows packed as strips (fg_strips): A[(k / 4) * 4 MR + 4 r + k % 4];
+ * else row r of A at A + r * lda. The same FMAs in the same order either way. */
+#define FG_T512_K(k, AV, VT, W, VW, LOAD, SET1, FMADD, MR, NP, PF)                             \
+    do {                                                                                       \
+        for (int j = 0; j < PF; j++)                                                           \
+            _mm_prefetch(pf + ((long)(k) * PF + j) * 64, _MM_HINT_T1);                         \
+        if (MR <= 2 || (MR == 3 && NP > 1)) /* see FG_PF_K */                                  \
+            for (int q = 0; q < NP; q++)                                                      \
+                for (int v = 0; v < 4; v++)                                                   \
+                    _mm_prefetch((const char *)(P + q * pstride + (long)((k) + FG_PF_K) * W    \
+                                                + v * VW), _MM_HINT_T0);                       \
+        VT a[MR];                                                                             \
+        for (int r = 0; r < MR; r++) a[r] = SET1(AV);                                          \
+        for (int q = 0; q < NP; q++)                                                          \
+            for (int v = 0; v < 4; v++) {                                                     \
+                VT b = LOAD(P + q * pstride + (long)(k) * W + v * VW);                         \
+                for (int r = 0; r < MR; r++)                                                  \
+                    acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]);                   \
+            }                                                                                 \
+    } while (0)
+#define FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, NP, PF, SFX, \
+                        STRIP)                                                                 \
     static inline __attribute__((always_inline, target("avx512f,fma"))) void                  \
         NAME##_##MR##x##NP##SFX(int K, const REAL *A, long lda, const REAL *P, long pstride,  \
                                 REAL *C, long ldc, const char *pf)                            \
     {                                                                                         \
         VT acc[MR][NP * 4];                                                                   \
-        (void)pf;                                                                             \
+        (void)pf, (void)lda;                                                                   \
         for (int r = 0; r < MR; r++)                                                          \
             for (int v = 0; v < NP * 4; v++) acc[r][v] = ZERO();                              \
-        for (int k = 0; k < K; k++) {                                                         \
-            for (int j = 0; j < PF; j++)                                                      \
-                _mm_prefetch(pf + ((long)k * PF + j) * 64, _MM_HINT_T1);                      \
-            if (MR <= 2 || (MR == 3 && NP > 1)) /* see FG_PF_K */                             \
-                for (int q = 0; q < NP; q++)                                                  \
-                    for (int v = 0; v < 4; v++)                                               \
-                        _mm_prefetch((const char *)(P + q * pstride + (long)(k + FG_PF_K) * W \
-                                                    + v * VW), _MM_HINT_T0);                   \
-            VT a[MR];                                                                         \
-            for (int r = 0; r < MR; r++) a[r] = SET1(A[(long)r * lda + k]);                   \
-            for (int q = 0; q < NP; q++)                                                      \
-                for (int v = 0; v < 4; v++) {                                                 \
-                    VT b = LOAD(P + q * pstride + (long)k * W + v * VW);                      \
-                    for (int r = 0; r < MR; r++)                                              \
-                        acc[r][q * 4 + v] = FMADD(a[r], b, acc[r][q * 4 + v]);               \
-                }                                                                             \
+        if (STRIP) {                                                                           \
+            int k0 = 0;                                                                        \
+            for (; k0 + 4 <= K; k0 += 4) {                                                     \
+                const REAL *Ag = A + (long)k0 * MR;                                            \
+                FG_T512_K(k0, Ag[r * 4], VT, W, VW, LOAD, SET1, FMADD, MR, NP, PF);            \
+                FG_T512_K(k0 + 1, Ag[r * 4 + 1], VT, W, VW, LOAD, SET1, FMADD, MR, NP, PF);    \
+                FG_T512_K(k0 + 2, Ag[r * 4 + 2], VT, W, VW, LOAD, SET1, FMADD, MR, NP, PF);    \
+                FG_T512_K(k0 + 3, Ag[r * 4 + 3], VT, W, VW, LOAD, SET1, FMADD, MR, NP, PF);    \
+            }                                                                                 \
+            const REAL *Ag = A + (long)k0 * MR;                                                \
+            for (int kk = 0; k0 + kk < K; kk++)                                               \
+                FG_T512_K(k0 + kk, Ag[r * 4 + kk], VT, W, VW, LOAD, SET1, FMADD, MR, NP, PF); \
+        } else {                                                                              \
+            for (int k = 0; k < K; k++)                                                       \
+                FG_T512_K(k, A[(long)r * lda + k], VT, W, VW, LOAD, SET1, FMADD, MR, NP, PF); \
         }                                                                                     \
         for (int r = 0; r < MR; r++)                                                          \
             for (int v = 0; v < NP * 4; v++) STORE(C + (long)r * ldc + v * VW, acc[r][v]);    \
@@ -317,17 +377,56 @@ int fg_ptr_prefetch_at(long bytes)
 
 /* The four variants of an MR x 1 tile: no prefetch of the next panel, or 1, 2 or 4 lines per k. */
 #define FG_DEFINE_T512Q(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR)            \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 0, )        \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 1, _q1)     \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 2, _q2)     \
-    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 4, _q4)
-#define FG_T512_Q(NAME, MR, q, ...)                                                           \
-    (q == 0 ? NAME##_##MR##x1(__VA_ARGS__) : q == 1 ? NAME##_##MR##x1_q1(__VA_ARGS__)         \
-     : q == 2 ? NAME##_##MR##x1_q2(__VA_ARGS__) : NAME##_##MR##x1_q4(__VA_ARGS__))
-/* An mr x 1 tile (mr of 4-6) with q prefetch lines per k. */
-#define FG_T512_CALL(NAME, mr, q, ...)                                                        \
-    (mr == 6 ? FG_T512_Q(NAME, 6, q, __VA_ARGS__)                                             \
-     : mr == 5 ? FG_T512_Q(NAME, 5, q, __VA_ARGS__) : FG_T512_Q(NAME, 4, q, __VA_ARGS__))
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 0, , 0)      \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 1, _q1, 0)   \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 2, _q2, 0)   \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 4, _q4, 0)   \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 0, _s, 1)    \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 1, _sq1, 1)  \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 2, _sq2, 1)  \
+    FG_DEFINE_T512P(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, MR, 1, 4, _sq4, 1)
+#define FG_T512_Q(NAME, MR, q, st, ...)                                                        \
+    (st ? (q == 0 ? NAME##_##MR##x1_s(__VA_ARGS__) : q == 1 ? NAME##_##MR##x1_sq1(__VA_ARGS__) \
+           : q == 2 ? NAME##_##MR##x1_sq2(__VA_ARGS__) : NAME##_##MR##x1_sq4(__VA_ARGS__))     \
+        : (q == 0 ? NAME##_##MR##x1(__VA_ARGS__) : q == 1 ? NAME##_##MR##x1_q1(__VA_ARGS__)    \
+           : q == 2 ? NAME##_##MR##x1_q2(__VA_ARGS__) : NAME##_##MR##x1_q4(__VA_ARGS__)))
+/* An mr x 1 tile (mr of 4-6) with q prefetch lines per k, its rows as strips where st. */
+#define FG_T512_CALL(NAME, mr, q, st, ...)                                                     \
+    (mr == 6 ? FG_T512_Q(NAME, 6, q, st, __VA_ARGS__)                                          \
+     : mr == 5 ? FG_T512_Q(NAME, 5, q, st, __VA_ARGS__) : FG_T512_Q(NAME, 4, q, st, __VA_ARGS__))
+
+/* Rows of 16 floats / 8 doubles per vector: four groups of four k (two of four doubles) each. */
+#define FG_DEFINE_STRIPS(SUF, REAL, VT, VW, LOAD, GROUP_STORES)                               \
+    static __attribute__((target("avx512f"))) void pack_strips_##SUF(int M, int K,            \
+                                                                     const REAL *A, long lda, \
+                                                                     REAL *S)                 \
+    {                                                                                         \
+        int nt, base, extra;                                                                  \
+        fg_row_tiles(M, &nt, &base, &extra);                                                  \
+        for (int t = 0, i = 0; t < nt; i += base + (t < extra), t++) {                        \
+            const int mr = base + (t < extra);                                                \
+            for (int r = 0; r < mr; r++) {                                                    \
+                const REAL *src = A + (long)(i + r) * lda;                                    \
+                REAL *dst = S + (long)i * FG_K4(K) + 4 * r;                                   \
+                int k = 0;                                                                    \
+                for (; k + VW <= K; k += VW, src += VW, dst += (long)VW * mr) {               \
+                    const VT v = LOAD(src);                                                   \
+                    GROUP_STORES                                                              \
+                }                                                                             \
+                for (; k + 4 <= K; k += 4, src += 4, dst += 4L * mr)                          \
+                    memcpy(dst, src, 4 * sizeof(REAL));                                       \
+                for (int j = 0; k + j < K; j++) dst[j] = src[j];                              \
+            }                                                                                 \
+        }                                                                                     \
+    }
+FG_DEFINE_STRIPS(f, float, __m512, 16, _mm512_loadu_ps,
+                 _mm_storeu_ps(dst, _mm512_castps512_ps128(v));
+                 _mm_storeu_ps(dst + 4 * mr, _mm512_extractf32x4_ps(v, 1));
+                 _mm_storeu_ps(dst + 8 * mr, _mm512_extractf32x4_ps(v, 2));
+                 _mm_storeu_ps(dst + 12 * mr, _mm512_extractf32x4_ps(v, 3));)
+FG_DEFINE_STRIPS(d, double, __m512d, 8, _mm512_loadu_pd,
+                 _mm256_storeu_pd(dst, _mm512_castpd512_pd256(v));
+                 _mm256_storeu_pd(dst + 4 * mr, _mm512_extractf64x4_pd(v, 1));)
 
 #define FG_DEFINE_512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD)                   \
     FG_DEFINE_T512Q(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 6)                 \
@@ -344,17 +443,14 @@ int fg_ptr_prefetch_at(long bytes)
                                                             long lda, const REAL *P,          \
                                                             long pstride, int np, REAL *C,    \
                                                             long ldc, long stream,            \
-                                                            const REAL *after, int rev)       \
+                                                            const REAL *after, int rev,        \
+                                                            const REAL *As)                    \
     {                                                                                         \
         /* rev: the panels last to first; FB(p, w): the first of the w panels that block p    \
          * (counted in visiting order, p of np) covers */                                     \
-        /* M >= 4: ceil(M / 6) row tiles of near-equal height (4-6 rows), each one pass     \
-         * over the panel: 8 rows as 4 + 4 rather than 6 + 2 (a two-row pass reads 256 bytes  \
-         * per 8 FMAs, bound by L2). Measured per-step products, % of the FMA peak, old / new:  \
-         * 8 x 256 x 768 70 / 85, 9 x 256 x 768 60 / 82, 8 x 1024 x 3072 68 / 86, 32 x 128 x 384 \
-         * 88 / 92; 16 and 256 rows level. */                                                 \
-        const int rest = M == 7 ? 1 : (M >= 3 ? 0 : M); /* rows for the 1-/2-row tiles */    \
-        const int Mt = M - rest; /* 7 = 6 + 1 (4 + 3 ran at 53% against 66%) */              \
+        /* row tiles: fg_row_tiles; As: the 4-6 row tiles' rows as strips, or NULL */          \
+        int nt, base, extra;                                                                   \
+        const int Mt = fg_row_tiles(M, &nt, &base, &extra), rest = M - Mt;                     \
         if (Mt == 3) { /* 3 x 2 over panel pairs, two prefetched streams (3 x 1: a few %     \
                         * slower; three rows are bound by L2 either way) */                   \
             int p = 0;                                                                        \
@@ -363,7 +459,6 @@ int fg_ptr_prefetch_at(long bytes)
             if (p < np)                                                                       \
                 NAME##_3x1(K, A, lda, P + FB(p, 1) * pstride, pstride, C + FB(p, 1) * W, ldc, 0); \
         } else if (Mt > 3) {                                                                  \
-            const int nt = (Mt + 5) / 6, base = Mt / nt, extra = Mt % nt; /* base >= 4 */      \
             /* Panels beyond L2 (stream: the bytes of panels the whole step's product       \
              * reads, of which this call may be one gate's): the first tiles of panel p        \
              * prefetch panel p + 1 (after the last, `after`: the next call's first) into L2,  \
@@ -378,12 +473,12 @@ int fg_ptr_prefetch_at(long bytes)
                 REAL *Cp = C + FB(p, 1) * W;                                                  \
                 for (int t = 0, i = 0; t < nt; t++) {                                         \
                     const int mr = base + (t < extra);                                        \
-                    const REAL *Ar = A + (long)i * lda;                                       \
+                    const REAL *Ar = As ? As + (long)i * FG_K4(K) : A + (long)i * lda;         \
                     REAL *Cr = Cp + (long)i * ldc;                                            \
                     const long off = (long)t * pfl * 64 * K; /* this tile's share */          \
                     const int q = next && off < pbytes ? pfl : 0;                             \
                     const char *pf = q ? next + off : 0;                                      \
-                    FG_T512_CALL(NAME, mr, q, K, Ar, lda, Pp, pstride, Cr, ldc, pf);           \
+                    FG_T512_CALL(NAME, mr, q, As != 0, K, Ar, lda, Pp, pstride, Cr, ldc, pf);  \
                     i += mr;                                                                  \
                 }                                                                             \
             }                                                                                 \
@@ -509,32 +604,106 @@ FG_DEFINE_AVX2(gemm_avx2_f, __m256, float, FG_WF, 8, _mm256_loadu_ps, _mm256_sto
                _mm256_set1_ps, _mm256_setzero_ps, _mm256_fmadd_ps)
 FG_DEFINE_AVX2(gemm_avx2_d, __m256d, double, FG_WD, 4, _mm256_loadu_pd, _mm256_storeu_pd,
                _mm256_set1_pd, _mm256_setzero_pd, _mm256_fmadd_pd)
+#else /* strips are for the AVX-512 tiles only: never called here (isa is generic) */
+static void pack_strips_f(int M, int K, const float *A, long lda, float *S)
+{
+    (void)M, (void)K, (void)A, (void)lda, (void)S;
+}
+static void pack_strips_d(int M, int K, const double *A, long lda, double *S)
+{
+    (void)M, (void)K, (void)A, (void)lda, (void)S;
+}
+#endif
+
+/* Each thread's scratch for strips, kept for its next product (every step packs a new A; the
+ * workspace cache, ws.c, has one lock and 16 slots for all threads, and a miss there is a fresh
+ * mmap that page-faults) and freed when the thread exits. */
+#if defined(__unix__) || defined(__APPLE__)
+#include <pthread.h>
+typedef struct {
+    void *p;
+    size_t n;
+} fg_tscratch;
+static pthread_key_t strips_key;
+static pthread_once_t strips_once = PTHREAD_ONCE_INIT;
+static int strips_key_ok;
+static void strips_free(void *v)
+{
+    free(((fg_tscratch *)v)->p);
+    free(v);
+}
+static void strips_key_init(void)
+{
+    strips_key_ok = pthread_key_create(&strips_key, strips_free) == 0;
+}
+/* 64-byte aligned, at least `bytes`, contents undefined; NULL without memory */
+static void *strips_scratch(size_t bytes)
+{
+    pthread_once(&strips_once, strips_key_init);
+    if (!strips_key_ok) return NULL;
+    fg_tscratch *b = pthread_getspecific(strips_key);
+    if (!b) {
+        b = calloc(1, sizeof *b);
+        if (!b) return NULL;
+        if (pthread_setspecific(strips_key, b)) {
+            free(b);
+            return NULL;
+        }
+    }
+    if (b->n < bytes) {
+        free(b->p);
+        b->p = NULL, b->n = 0;
+        if (posix_memalign(&b->p, 64, bytes)) {
+            b->p = NULL;
+            return NULL;
+        }
+        b->n = bytes;
+    }
+    return b->p;
+}
+#else
+static void *strips_scratch(size_t bytes) { (void)bytes; return NULL; } /* rows, as before */
 #endif
 
 /* stream: the bytes of panels the whole product reads (a grouped call's, across its groups),
  * after: the panels that follow these in it (or NULL); both only steer L2 prefetches (FG_PF_L2). */
 #define FG_DEFINE_DISPATCH(SUF, REAL)                                                         \
+    /* A's rows as strips (fg_strips) in this thread's scratch, where the product of isa     \
+     * over np panels takes them; else NULL (then the tiles read the rows) */                 \
+    static const REAL *strips_##SUF(int isa, int M, int K, const REAL *A, long lda, int np)   \
+    {                                                                                         \
+        int nt, base, extra;                                                                  \
+        if (isa != FG_ISA_AVX512 || K <= 0 || np < FG_STRIPS_MIN_PANELS                       \
+            || fg_row_tiles(M, &nt, &base, &extra) <= 3 || !fg_strips())                      \
+            return NULL;                                                                      \
+        REAL *S = strips_scratch((size_t)M * FG_K4(K) * sizeof(REAL));                        \
+        if (!S) return NULL; /* no memory: the rows as they are */                            \
+        pack_strips_##SUF(M, K, A, lda, S);                                                   \
+        fg_took(FG_PATH_STRIPS);                                                              \
+        return S;                                                                             \
+    }                                                                                         \
     static void gemm_stream_##SUF(int isa, int M, int K, const REAL *A, long lda,             \
                                   const REAL *P, long pstride, int np, REAL *C, long ldc,     \
-                                  long stream, const REAL *after, int rev)                    \
+                                  long stream, const REAL *after, int rev, const REAL *As)     \
     {                                                                                         \
-        (void)stream, (void)after;                                                            \
+        (void)stream, (void)after, (void)As;                                                   \
         if (M <= 0 || np <= 0) return;                                                        \
         FG_X86_DISPATCH(SUF)                                                                  \
         gemm_generic_##SUF(M, K, A, lda, P, pstride, np, C, ldc, rev);                        \
-    }                                                                                         \
+    }                                                                                          \
     void fg_gemm_panels_##SUF(int isa, int M, int K, const REAL *A, long lda, const REAL *P, \
                               long pstride, int np, REAL *C, long ldc)                        \
     {                                                                                         \
+        const REAL *As = strips_##SUF(isa, M, K, A, lda, np);                                 \
         gemm_stream_##SUF(isa, M, K, A, lda, P, pstride, np, C, ldc,                          \
-                          (long)np * pstride * (long)sizeof(REAL), 0, 0);                     \
+                          (long)np * pstride * (long)sizeof(REAL), 0, 0, As);                  \
     }
 #ifdef FG_X86
 #define FG_X86_DISPATCH(SUF)                                                                  \
     if (isa == FG_ISA_AVX512) {                                                               \
-        gemm_avx512_##SUF(M, K, A, lda, P, pstride, np, C, ldc, stream, after, rev);          \
+        gemm_avx512_##SUF(M, K, A, lda, P, pstride, np, C, ldc, stream, after, rev, As);       \
         return;                                                                               \
-    }                                                                                         \
+    }                                                                                          \
     if (isa == FG_ISA_AVX2) {                                                                 \
         gemm_avx2_##SUF(M, K, A, lda, P, pstride, np, C, ldc, rev);                           \
         return;                                                                               \
@@ -694,6 +863,7 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
         } else {                                                                              \
             FG_X86_GRP(SUF, REAL, W)                                                          \
             if (wait) wait->fn(wait->arg);                                                    \
+            const REAL *As = strips_##SUF(isa, M, K, A, lda, ng * npg); /* once for all */    \
             const long stream = (long)ng * npg * pstride * (long)sizeof(REAL);                \
             for (int i = 0; i < ng; i++) {                                                    \
                 const int g = rev ? ng - 1 - i : i;                                           \
@@ -702,7 +872,7 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
                                     : rev ? P + (g - 1) * gstride + (long)(npg - 1) * pstride \
                                           : P + (g + 1) * gstride;                            \
                 gemm_stream_##SUF(isa, M, K, A, lda, P + g * gstride, pstride, npg,           \
-                                  C + g * cgstride, ldc, stream, after, rev);                 \
+                                  C + g * cgstride, ldc, stream, after, rev, As);              \
             }                                                                                 \
         }                                                                                     \
         for (int j = 0; j < nj; j++) /* the tiles' sums: one fma chain over d per element */ \
@@ -713,7 +883,7 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
                     for (int d = 0; d < D; d++) acc = FMA(x[d], w[(long)d * W], acc);         \
                     ((REAL *)jobs[j].out[r])[c] = acc;                                        \
                 }                                                                             \
-    }                                                                                         \
+    }                                                                                          \
     void fg_gemm_panels_grp_##SUF(int isa, int M, int K, const REAL *A, long lda,             \
                                   const REAL *P, long pstride, long gstride, int npg, int ng, \
                                   REAL *C, long ldc, long cgstride, int rev)                  \
@@ -872,7 +1042,7 @@ static inline int omp_get_thread_num(void) { return 0; }
     FG_CLONES static void fg_sum_row_##SUF(int n, const REAL *restrict row, REAL *restrict acc) \
     {                                                                                         \
         fg_cs_add_##SUF(n, row, acc);                                                         \
-    }                                                                                         \
+    }                                                                                          \
     FG_CLONES static void fg_sum_tail_##SUF(int n, const REAL *restrict row,                  \
                                             double *restrict acc)                             \
     {                                                                                         \

@@ -34,7 +34,12 @@ typedef struct {
 /* The time-loop paths calls have taken since the last fg_paths_taken(1) (FG_PATH_*): so that
  * tests can tell a path that silently stopped running from one that gives the same bits. */
 static atomic_int fg_paths;
-static inline void fg_took(int path) { atomic_fetch_or_explicit(&fg_paths, path, memory_order_relaxed); }
+void fg_took(int path)
+{   /* a plain load first: products call this every step, and an unconditional atomic OR from
+     * every thread would bounce the line between the cores */
+    if ((atomic_load_explicit(&fg_paths, memory_order_relaxed) & path) != path)
+        atomic_fetch_or_explicit(&fg_paths, path, memory_order_relaxed);
+}
 int fg_paths_taken(int reset)
 {
     return reset ? atomic_exchange(&fg_paths, 0) : atomic_load(&fg_paths);

@@ -444,6 +444,81 @@ def test_grouped_product_in_either_order_gives_the_same_bits(isa, dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_strips_give_the_bits_of_rows(dtype, rng):
+    """AVX-512 products of 4+ rows over 8+ panels read A repacked as strips (fg_strips): the
+    same bits as reading its rows (and as the generic kernel), for every tile height (4-6 rows,
+    7 = 6 + 1, many tiles), K with and without a partial group of four, plain and grouped
+    products in either panel order; fewer rows or panels read the rows."""
+    from fastgru._cpu import _gru
+
+    if "avx512" not in supported_isas():
+        pytest.skip("avx512 not supported by this CPU")
+    W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
+    X, WP, Y = np.empty((0, 3), dtype), np.empty(3 * W, dtype), np.empty((0, W // 2), dtype)
+    try:
+        for M, K, n in [(4, 1, 8), (5, 2, 9), (6, 3, 8), (7, 5, 8), (8, 4, 12), (9, 17, 8),
+                        (12, 19, 9), (13, 64, 8), (20, 7, 10), (37, 33, 8), (3, 16, 12),
+                        (2, 16, 12), (16, 16, 7)]:
+            A = rng.standard_normal((M + 2, K)).astype(dtype)[1:-1]  # rows apart from K
+            A = np.lib.stride_tricks.as_strided(A, (M, K), A.strides)
+            P = rng.standard_normal(n * K * W).astype(dtype)
+            want = np.empty((M, n * W), dtype)
+            _gru.gemm_panels(0, np.ascontiguousarray(A), P, K, n, want)
+            applies = M >= 4 and n >= 8
+            for on in (True, False):
+                _gru.set_strips(on)
+                _gru.paths_taken()
+                C = np.full((M, n * W), np.nan, dtype)
+                _gru.gemm_panels(2, np.ascontiguousarray(A), P, K, n, C)
+                assert np.array_equal(C, want), (M, K, n, on)
+                for groups, rev in ((1, True), (2 if n % 2 == 0 else 1, False)):
+                    C = np.full((M, n * W), np.nan, dtype)
+                    _gru.gemm_panels_proj(2, np.ascontiguousarray(A), P, n, C, X, WP, Y,
+                                          rev=rev, groups=groups)
+                    assert np.array_equal(C, want), (M, K, n, on, groups, rev)
+                assert ("strips" in _gru.paths_taken()) == (on and applies), (M, K, n, on)
+    finally:
+        _gru.set_strips(None)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_layers_give_the_same_bits_with_and_without_strips(dtype, rng, monkeypatch):
+    """Forward (several chunks, masks, both directions, batch- and unit-split plans) and the
+    backward's gradients: the bits do not depend on the strips switch, which runs where the
+    products have 4+ rows and 8+ panels (here u=300: 15 panels per step float32, 30 float64)."""
+    from fastgru._cpu import _gru
+
+    monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)
+    avx512 = "avx512" in supported_isas()
+    try:
+        for B, T, u, kw in ((9, 7, 300, {"mask": "arbitrary"}), (13, 40, 300, {}),
+                            (5, 6, 300, {"go_backwards": True, "reset_after": False}),
+                            (2, 5, 300, {})):
+            args, ckw = make_case(rng, B, T, 24, u, dtype=dtype, scale=0.1,
+                                  return_sequences=True, **kw)
+            dout = rng.standard_normal((B, T, u)).astype(dtype)
+            got = {}
+            for on in (True, False):
+                _gru.set_strips(on)
+                for n in (1, 2):
+                    _gru.paths_taken()
+                    o, h, tape = cpu.forward(*args, **ckw, n_threads=n, training=True)
+                    got[on, n] = [o, h, *cpu.backward(tape, dout, n_threads=n)]
+                    ran = "strips" in _gru.paths_taken()
+                    if not (on and avx512):
+                        assert not ran
+                    elif n == 1 and B >= 4:  # (two threads may split rows or units further)
+                        assert ran, (B, u)
+            first = got[True, 1]
+            for v in got.values():
+                assert all((a is None and b is None) or np.array_equal(a, b)
+                           for a, b in zip(first, v)), (B, T, u, kw)
+            assert rel_err(first[0], ref_forward(args, ckw)[0]) < TOL[dtype]
+    finally:
+        _gru.set_strips(None)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("isa", ISAS)
 def test_step_product_reads_the_rest_of_a_only_after_its_wait(isa, dtype, rng):
     """A split team's step product (fg_step_wait): the columns k >= kw of A (the partners'
@@ -1163,9 +1238,12 @@ def test_step_order_switch_defaults_and_override(switch, tmp_path):
         assert said == str(want and (switch == "zigzag" or teams == "True")), (value, said)
 
 
-def test_gate_prefetch_default_by_vendor_and_override(tmp_path):
-    """FASTGRU_CPU_GATE_PREFETCH=0 / 1 (read once per process, hence the children) decides;
-    unset or any other value: off on Intel CPUs, on elsewhere (measured per CPU, gemm.c)."""
+@pytest.mark.parametrize("switch", ["gate_prefetch", "strips"])
+def test_vendor_defaults_and_override(switch, tmp_path):
+    """FASTGRU_CPU_GATE_PREFETCH / FASTGRU_CPU_STRIPS=0 / 1 (read once per process, hence the
+    children) decide; unset or any other value: the default measured per CPU vendor (gemm.c):
+    the gate prefetch off on Intel CPUs and on elsewhere, strips on on Intel CPUs only.
+    explain names strips where they run (AVX-512)."""
     import platform
 
     intel = False
@@ -1175,11 +1253,17 @@ def test_gate_prefetch_default_by_vendor_and_override(tmp_path):
                 intel = "GenuineIntel" in f.read(4096)
         except OSError:
             pytest.skip("no /proc/cpuinfo to read the CPU vendor from")
-    code = "from fastgru._cpu import _gru; print(_gru.gate_prefetch())"
-    for value, want in ((None, not intel), ("", not intel), ("yes", not intel), ("0", False),
-                        ("1", True)):
-        out = _child_stdout(code, "FASTGRU_CPU_GATE_PREFETCH", value, tmp_path)
-        assert out.split() == [str(want)], (value, out)
+    dflt = not intel if switch == "gate_prefetch" else intel
+    code = (f"from fastgru._cpu import _gru; from fastgru import activations as a;"
+            "from fastgru.engines import cpu; from fastgru.engines.base import GRUSpec;"
+            "t = cpu.describe_kernel(GRUSpec(200, a.get('tanh'), a.get('sigmoid')), (64, 5, 3),"
+            f" 1); print(_gru.{switch}(), 'groups of four k' in t, cpu._isa(None) == 2)")
+    env = "FASTGRU_CPU_GATE_PREFETCH" if switch == "gate_prefetch" else "FASTGRU_CPU_STRIPS"
+    for value, want in ((None, dflt), ("", dflt), ("yes", dflt), ("0", False), ("1", True)):
+        on, said, avx512 = _child_stdout(code, env, value, tmp_path).split()
+        assert on == str(want), (value, on)
+        if switch == "strips":
+            assert said == str(want and avx512 == "True"), (value, said)
 
 
 def test_concurrent_calls_bit_identical(rng, in_threads):

@@ -111,6 +111,19 @@ def set_overlap(v):
     fg_set_overlap(-1 if v is None else (1 if v else 0))
 
 
+def strips():
+    """Whether the AVX-512 products of four or more rows read their left operand repacked so
+    that a step of k's values share a cache line (on by default on Intel CPUs;
+    FASTGRU_CPU_STRIPS=0/1, read once, overrides). Never changes a result."""
+    return bool(fg_strips())
+
+
+def set_strips(v):
+    """For one-process A/B runs (bench/ab.py --strips): True / False from now on, None the
+    default again. Not while a call runs."""
+    fg_set_strips(-1 if v is None else (1 if v else 0))
+
+
 cdef struct _fill:  # gemm_panels_proj's wait: the rest of A arrives (as a partner's h would)
     char *dst
     const char *src
@@ -125,13 +138,14 @@ cdef void _fill_a(void *arg) noexcept nogil:
 
 
 def paths_taken(bint reset=True):
-    """The time-loop paths calls took since the last reset, as a set of names ("zigzag",
-    "overlap", "backward_team", "projection_in_place"); reset clears the record. For tests: a path that silently stops
-    running gives the same bits as one that runs."""
+    """The paths calls took since the last reset, as a set of names ("zigzag", "overlap",
+    "backward_team", "projection_in_place", "strips"); reset clears the record. For tests: a
+    path that silently stops running gives the same bits as one that runs."""
     cdef int p = fg_paths_taken(reset)
     return {name for bit, name in ((FG_PATH_ZIGZAG, "zigzag"), (FG_PATH_OVERLAP, "overlap"),
                                    (FG_PATH_BWD_TEAM, "backward_team"),
-                                   (FG_PATH_PROJ_DIRECT, "projection_in_place")) if p & bit}
+                                   (FG_PATH_PROJ_DIRECT, "projection_in_place"),
+                                   (FG_PATH_STRIPS, "strips")) if p & bit}
 
 
 def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D):

@@ -25,12 +25,15 @@ cdef extern from "fastgru.h" nogil:
     void fg_set_zigzag(int v)
     int fg_overlap()
     void fg_set_overlap(int v)
+    int fg_strips()
+    void fg_set_strips(int v)
     int fg_paths_taken(int reset)
     enum:
         FG_PATH_ZIGZAG
         FG_PATH_OVERLAP
         FG_PATH_BWD_TEAM
         FG_PATH_PROJ_DIRECT
+        FG_PATH_STRIPS
     int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     int fg_omp_max_threads()

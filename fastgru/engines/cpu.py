@@ -38,7 +38,10 @@ prefetches never change a result. ``FASTGRU_CPU_ZIGZAG=0`` keeps the per-step pr
 panels in one order at every step (by default the order alternates, so that each step starts
 on the panels still in cache; the same bits); ``FASTGRU_CPU_OVERLAP=0`` puts back the barrier
 after every step of a one-/two-row split-units team (by default a thread waits for its partners'
-units of h inside the next step's product; the same bits).
+units of h inside the next step's product; the same bits). ``FASTGRU_CPU_STRIPS=0 / 1`` turns off
+/ on the AVX-512 products' repacking of their left operand (h, or the projection's inputs) in
+groups of four k per row, rows side by side, where a product has four or more rows and eight or
+more panels (on by default on Intel CPUs, where it was measured; the same bits).
 
 Packed weights (kernel and recurrent kernel) are cached across calls when the caller names
 their version with ``weights_key`` (the kernel's threads compare a hit bitwise with the weights
@@ -112,6 +115,7 @@ try:
     _gru.gate_prefetch()  # FASTGRU_CPU_GATE_PREFETCH (and the CPU's vendor) likewise
     _gru.zigzag()  # FASTGRU_CPU_ZIGZAG likewise
     _gru.overlap()  # FASTGRU_CPU_OVERLAP likewise
+    _gru.strips()  # FASTGRU_CPU_STRIPS (and the CPU's vendor) likewise
     _OMP_THREAD_LIMIT = _gru.omp_thread_limit()  # fixed for the process
 except ImportError as exc:  # source tree without a build: everything else still works
     _gru = None
@@ -476,6 +480,10 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
             + (", its panels in the opposite order at every other step (each step starts on"
                " those the last one left in cache; FASTGRU_CPU_ZIGZAG=0 turns it off)"
                if _gru.zigzag() else "")
+            + (", reading their rows of h (and the projection its rows of x) repacked in groups"
+               " of four k side by side where a product has 4+ rows and 8+ panels (one line"
+               " holds several k's broadcasts; FASTGRU_CPU_STRIPS=0/1 overrides, on by default"
+               " on Intel CPUs)" if isa == "avx512" and _gru.strips() else "")
             + f", then {gate}; threads: {how}")
     if (split and nthr > 1 and rows <= 2 and isa == "avx512" and spec.reset_after
             and packed_proj and _gru.overlap()):
