@@ -223,6 +223,9 @@ static inline int fg_row_tiles(int M, int *nt, int *base, int *extra)
 #ifndef FG_STRIPS_MIN_PANELS
 #define FG_STRIPS_MIN_PANELS 8
 #endif
+/* Each thread keeps its scratch for strips until it exits: products bigger than this read the
+ * rows instead, so that a huge batch or input cannot pin tens of MB per thread for good. */
+#define FG_STRIPS_MAX_BYTES ((size_t)8 << 20)
 
 #ifdef FG_X86
 /* AVX2 per-step product: with more than 3 rows and K > FG_KC2_MIN_K, k runs in chunks of
@@ -676,7 +679,8 @@ static void *strips_scratch(size_t bytes) { (void)bytes; return NULL; } /* rows,
         if (isa != FG_ISA_AVX512 || K <= 0 || np < FG_STRIPS_MIN_PANELS                       \
             || fg_row_tiles(M, &nt, &base, &extra) <= 3 || !fg_strips())                      \
             return NULL;                                                                      \
-        REAL *S = strips_scratch((size_t)M * FG_K4(K) * sizeof(REAL));                        \
+        const size_t bytes = (size_t)M * FG_K4(K) * sizeof(REAL);                             \
+        REAL *S = bytes <= FG_STRIPS_MAX_BYTES ? strips_scratch(bytes) : NULL;                \
         if (!S) return NULL; /* no memory: the rows as they are */                            \
         pack_strips_##SUF(M, K, A, lda, S);                                                   \
         fg_took(FG_PATH_STRIPS);                                                              \

@@ -477,6 +477,19 @@ def test_strips_give_the_bits_of_rows(dtype, rng):
                                           rev=rev, groups=groups)
                     assert np.array_equal(C, want), (M, K, n, on, groups, rev)
                 assert ("strips" in _gru.paths_taken()) == (on and applies), (M, K, n, on)
+        # beyond 8 MB of strips (a thread keeps its scratch) the rows are read as they are
+        rows = (8 << 20) // (1024 * np.dtype(dtype).itemsize)  # 8 MB of strips at K = 1024
+        for M, took in ((rows, True), (rows + 1, False)):
+            A = rng.standard_normal((M, 1024)).astype(dtype)
+            P = rng.standard_normal(8 * 1024 * W).astype(dtype)
+            got = []
+            for on in (True, False):
+                _gru.set_strips(on)
+                _gru.paths_taken()
+                got.append(np.empty((M, 8 * W), dtype))
+                _gru.gemm_panels(2, A, P, 1024, 8, got[-1])
+                assert ("strips" in _gru.paths_taken()) == (on and took), (M, on)
+            assert np.array_equal(*got)
     finally:
         _gru.set_strips(None)
 
