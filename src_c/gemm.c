@@ -112,10 +112,11 @@ void fg_set_overlap(int v) { set_switch(&overlap_state, v); }
 /* Strips (FG_K4 above): the 4-6 row tiles of the AVX-512 products read A's rows repacked so that
  * a k step's broadcasts share a line; the rows are packed once per product (per step, for all
  * gates), where the product has at least FG_STRIPS_MIN_PANELS panels to amortise the packing.
- * The same bits. Two one-process ABAB A/Bs on the 2 MB-L2 Xeon (2026-12-05), forward, 1 / 2
- * threads, each pair: 64x200x128x256 +0.6 to +4.5% / +3.0 to +3.6%, 256x50x256x512 +0.3 to
- * +5.1% / +1.9 to +4.0%, 16x500x512x1024 +1.1 to +4.1% / +0.6 to +3.6% (one pair -1.0%),
- * 8x300x256x512 level; training steps level (-0.6 to +3.4%). Products of 6 panels (32x100x64x128, 128x100x128x128) lost 2-5%: hence the bound.
+ * The same bits. One-process ABAB A/B on the 2 MB-L2 Xeon (2026-12-05), forward, strips on
+ * against off, 1 / 2 threads: 64x200x128x256 +0.8-1.4% / -1.5 to +1.4%, 256x50x256x512
+ * +4.3-8.5% / -0.3 to +0.9%, 16x500x512x1024 +3.0-5.8% / +2.0-3.9%; training steps level
+ * (-0.6 to +3.4%); the per-step product alone (in one process, against the build before):
+ * 64 x 256 x 768 to 256 x 512 x 1536 +0.3-1.3%, 16 x 1024 x 3072 +5.5%. Products of 6 panels (32x100x64x128, 128x100x128x128) lost 2-5%: hence the bound.
  * Not measured on AMD: on by default on Intel CPUs only (as the gate prefetch's default is
  * per vendor); FASTGRU_CPU_STRIPS=0 / 1 overrides (read once). */
 static int strips_state = -1;
@@ -442,12 +443,18 @@ FG_DEFINE_STRIPS(d, double, __m512d, 8, _mm512_loadu_pd,
     FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 4)                \
     FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 2)                \
     FG_DEFINE_T512(NAME, VT, REAL, W, VW, LOAD, STORE, SET1, ZERO, FMADD, 1, 1)                \
-    static __attribute__((target("avx512f,fma"))) void NAME(int M, int K, const REAL *A,      \
-                                                            long lda, const REAL *P,          \
-                                                            long pstride, int np, REAL *C,    \
-                                                            long ldc, long stream,            \
-                                                            const REAL *after, int rev,        \
-                                                            const REAL *As)                    \
+    FG_DEFINE_512_GEMM(NAME, NAME, 0, REAL, W)                                                \
+    FG_DEFINE_512_GEMM(NAME, NAME##_s, 1, REAL, W)
+/* The product of M rows: FN reads A's rows (ST = 0) or, in its 4-6 row tiles, the strips As
+ * (ST = 1). Two functions rather than one choosing per tile: with both tile families in one,
+ * the row path ran 2-3.5% slower (64x256x768 to 256x512x1536, in one process). */
+#define FG_DEFINE_512_GEMM(NAME, FN, ST, REAL, W)                                              \
+    static __attribute__((target("avx512f,fma"))) void FN(int M, int K, const REAL *A,        \
+                                                          long lda, const REAL *P,            \
+                                                          long pstride, int np, REAL *C,      \
+                                                          long ldc, long stream,              \
+                                                          const REAL *after, int rev,         \
+                                                          const REAL *As)                     \
     {                                                                                         \
         /* rev: the panels last to first; FB(p, w): the first of the w panels that block p    \
          * (counted in visiting order, p of np) covers */                                     \
@@ -476,12 +483,12 @@ FG_DEFINE_STRIPS(d, double, __m512d, 8, _mm512_loadu_pd,
                 REAL *Cp = C + FB(p, 1) * W;                                                  \
                 for (int t = 0, i = 0; t < nt; t++) {                                         \
                     const int mr = base + (t < extra);                                        \
-                    const REAL *Ar = As ? As + (long)i * FG_K4(K) : A + (long)i * lda;         \
+                    const REAL *Ar = ST ? As + (long)i * FG_K4(K) : A + (long)i * lda;         \
                     REAL *Cr = Cp + (long)i * ldc;                                            \
                     const long off = (long)t * pfl * 64 * K; /* this tile's share */          \
                     const int q = next && off < pbytes ? pfl : 0;                             \
                     const char *pf = q ? next + off : 0;                                      \
-                    FG_T512_CALL(NAME, mr, q, As != 0, K, Ar, lda, Pp, pstride, Cr, ldc, pf);  \
+                    FG_T512_CALL(NAME, mr, q, ST, K, Ar, lda, Pp, pstride, Cr, ldc, pf);  \
                     i += mr;                                                                  \
                 }                                                                             \
             }                                                                                 \
@@ -705,7 +712,8 @@ static void *strips_scratch(size_t bytes) { (void)bytes; return NULL; } /* rows,
 #ifdef FG_X86
 #define FG_X86_DISPATCH(SUF)                                                                  \
     if (isa == FG_ISA_AVX512) {                                                               \
-        gemm_avx512_##SUF(M, K, A, lda, P, pstride, np, C, ldc, stream, after, rev, As);       \
+        (As ? gemm_avx512_##SUF##_s : gemm_avx512_##SUF)(M, K, A, lda, P, pstride, np, C, ldc,  \
+                                                         stream, after, rev, As);             \
         return;                                                                               \
     }                                                                                          \
     if (isa == FG_ISA_AVX2) {                                                                 \
