@@ -116,7 +116,8 @@ void fg_set_overlap(int v) { set_switch(&overlap_state, v); }
  * against off, 1 / 2 threads: 64x200x128x256 +0.8-1.4% / -1.5 to +1.4%, 256x50x256x512
  * +4.3-8.5% / -0.3 to +0.9%, 16x500x512x1024 +3.0-5.8% / +2.0-3.9%; training steps level
  * (-0.6 to +3.4%); the per-step product alone (in one process, against the build before):
- * 64 x 256 x 768 to 256 x 512 x 1536 +0.3-1.3%, 16 x 1024 x 3072 +5.5%. Products of 6 panels (32x100x64x128, 128x100x128x128) lost 2-5%: hence the bound.
+ * 64 x 256 x 768 to 256 x 512 x 1536 +0.3-1.3%, 16 x 1024 x 3072 +5.5%. Products of 6 panels
+ * (32x100x64x128, 128x100x128x128) lost 2-5%: hence the bound.
  * Not measured on AMD: on by default on Intel CPUs only (as the gate prefetch's default is
  * per vendor); FASTGRU_CPU_STRIPS=0 / 1 overrides (read once). */
 static int strips_state = -1;
@@ -168,7 +169,7 @@ FG_CLONES int fg_same_packed(const uint32_t *src, long ld, int K, long col0, lon
             long w = ncols - p * W < W ? ncols - p * W : W;
             const uint32_t *d = dst + (p * K + k) * W, *sp = s + p * W;
             for (long j = 0; j < w; j++) acc |= sp[j] ^ d[j];
-        }                                                                                     \
+        }
     }
     return acc == 0;
 }
