@@ -179,9 +179,7 @@ typedef struct {
 } fg_fwd_args;
 
 int fg_forward(const fg_fwd_args *a);
-/* Pause spins of a barrier wait before it yields the core and counts as late; < 0: the
- * default (4096). Between calls only (tests). */
-/* Which time-loop paths calls took since the last reset (reset != 0: read and clear), OR-ed:
+/* Which paths calls took since the last reset (reset != 0: read and clear), OR-ed:
  * alternating panel order, overlapped exchange, split-units backward, input projection reading
  * x in place, AVX-512 products reading A as strips. For tests. */
 enum {
@@ -190,6 +188,8 @@ enum {
 };
 int fg_paths_taken(int reset);
 void fg_took(int path); /* record that a call took these paths */
+/* Pause spins of a barrier wait before it yields the core and counts as late; < 0: the
+ * default (4096). Between calls only (tests). */
 void fg_set_spin_limit(int n);
 
 /* Backpropagation through the recorded steps (per-step work only; the weight and input

@@ -109,7 +109,7 @@ int fg_overlap(void) { return env_switch(&overlap_state, "FASTGRU_CPU_OVERLAP", 
 
 void fg_set_overlap(int v) { set_switch(&overlap_state, v); }
 
-/* Strips (FG_K4 above): the 4-6 row tiles of the AVX-512 products read A's rows repacked so that
+/* Strips (FG_K4 below): the 4-6 row tiles of the AVX-512 products read A's rows repacked so that
  * a k step's broadcasts share a line; the rows are packed once per product (per step, for all
  * gates), where the product has at least FG_STRIPS_MIN_PANELS panels to amortise the packing.
  * The same bits. One-process ABAB A/B on the 2 MB-L2 Xeon (2026-12-05), forward, strips on
@@ -702,7 +702,7 @@ static void *strips_scratch(size_t bytes) { (void)bytes; return NULL; } /* rows,
         if (M <= 0 || np <= 0) return;                                                        \
         FG_X86_DISPATCH(SUF)                                                                  \
         gemm_generic_##SUF(M, K, A, lda, P, pstride, np, C, ldc, rev);                        \
-    }                                                                                          \
+    }                                                                                         \
     void fg_gemm_panels_##SUF(int isa, int M, int K, const REAL *A, long lda, const REAL *P, \
                               long pstride, int np, REAL *C, long ldc)                        \
     {                                                                                         \
@@ -716,7 +716,7 @@ static void *strips_scratch(size_t bytes) { (void)bytes; return NULL; } /* rows,
         (As ? gemm_avx512_##SUF##_s : gemm_avx512_##SUF)(M, K, A, lda, P, pstride, np, C, ldc,  \
                                                          stream, after, rev, As);             \
         return;                                                                               \
-    }                                                                                          \
+    }                                                                                         \
     if (isa == FG_ISA_AVX2) {                                                                 \
         gemm_avx2_##SUF(M, K, A, lda, P, pstride, np, C, ldc, rev);                           \
         return;                                                                               \
@@ -896,7 +896,7 @@ FG_DEFINE_FUSED512(gemm_avx512_d, __m512d, double, FG_WD, 8, _mm512_loadu_pd, _m
                     for (int d = 0; d < D; d++) acc = FMA(x[d], w[(long)d * W], acc);         \
                     ((REAL *)jobs[j].out[r])[c] = acc;                                        \
                 }                                                                             \
-    }                                                                                          \
+    }                                                                                         \
     void fg_gemm_panels_grp_##SUF(int isa, int M, int K, const REAL *A, long lda,             \
                                   const REAL *P, long pstride, long gstride, int npg, int ng, \
                                   REAL *C, long ldc, long cgstride, int rev)                  \
@@ -1055,7 +1055,7 @@ static inline int omp_get_thread_num(void) { return 0; }
     FG_CLONES static void fg_sum_row_##SUF(int n, const REAL *restrict row, REAL *restrict acc) \
     {                                                                                         \
         fg_cs_add_##SUF(n, row, acc);                                                         \
-    }                                                                                          \
+    }                                                                                         \
     FG_CLONES static void fg_sum_tail_##SUF(int n, const REAL *restrict row,                  \
                                             double *restrict acc)                             \
     {                                                                                         \

@@ -20,15 +20,17 @@ static void FN(rgemm)(GEMMT gemm, int M, int N, int K, const REAL *A, int lda, c
     gemm(&tr, &tr, &N, &M, &K, &one, (REAL *)B, &ldb, (REAL *)A, &lda, &zero, C, &ldc);
 }
 
-/* Input projection of chunk rows [i0, i1): row i is (step k0 + i / nr, batch row r0 + i % nr).
- * gx[i] = (x[b, t_k] * input mask) @ kernel, gate g at column g * gs of a row of 3 * gs. The
- * packed kernel a->wpk gives every element one FMA chain over d = 0..D-1, whatever the rows of
- * the call, and projects panels [pl0, pl1) of each gate, gx pointing at panel pl0's column
- * (gs = up for all panels; a split-units thread's own rows hold only its panels). BLAS: all
- * columns, gs = u.
- * BLAS path: xb: private (i1 - i0 + 2) x D scratch, pad: private 2 x 3u. A one-row product is
- * padded to two rows so BLAS never takes its M == 1 (gemv) route, whose rounding differs from
- * the multi-row one. */
+/* gx rows (3 gs apart) = M rows of A (lda apart) times gates [g0, g0 + ng) of the packed input
+ * kernel, panels [pl0, pl1) of each: one grouped product, so that A is repacked (fg_strips) once
+ * for all its gates. */
+static inline void FN(proj_panels)(const fg_fwd_args *a, int M, const REAL *A, long lda, int g0,
+                                   int ng, int pl0, int pl1, REAL *gx, int gs)
+{
+    const int D = a->D, npu = (a->u + W - 1) / W;
+    PANELS_GRP(a->isa, M, D, A, lda, (const REAL *)a->wpk + ((long)g0 * npu + pl0) * D * W,
+               (long)D * W, (long)npu * D * W, pl1 - pl0, ng, gx + (long)g0 * gs, 3L * gs, gs, 0);
+}
+
 /* Threads with at least FG_PROJ_DIRECT_ROWS rows whose share of the packed input kernel is at
  * most FG_PROJ_DIRECT_BYTES (it stays in L2 from step to step) project x where it lies, one
  * product per step, instead of gathering the chunk's rows into xb first (a copy of every
@@ -41,11 +43,20 @@ static void FN(rgemm)(GEMMT gemm, int M, int N, int K, const REAL *A, int lda, c
 #define FG_PROJ_DIRECT_ROWS 16
 #define FG_PROJ_DIRECT_BYTES (512L << 10)
 #endif
+
+/* Input projection of chunk rows [i0, i1): row i is (step k0 + i / nr, batch row r0 + i % nr).
+ * gx[i] = (x[b, t_k] * input mask) @ kernel, gate g at column g * gs of a row of 3 * gs. The
+ * packed kernel a->wpk gives every element one FMA chain over d = 0..D-1, whatever the rows of
+ * the call, and projects panels [pl0, pl1) of each gate, gx pointing at panel pl0's column
+ * (gs = up for all panels; a split-units thread's own rows hold only its panels). BLAS: all
+ * columns, gs = u.
+ * BLAS path: xb: private (i1 - i0 + 2) x D scratch, pad: private 2 x 3u. A one-row product is
+ * padded to two rows so BLAS never takes its M == 1 (gemv) route, whose rounding differs from
+ * the multi-row one. */
 static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, int i1, REAL *xb,
                         REAL *pad, REAL *gx, int gs, int pl0, int pl1)
 {
     const int T = a->T, D = a->D, u = a->u, u3 = 3 * u, B = a->B;
-    const int npu = (u + W - 1) / W, up = npu * W;
     const REAL *wpk = (const REAL *)a->wpk;
     const REAL *x = (const REAL *)a->x, *kern = (const REAL *)a->kernel;
     const REAL *mx = (const REAL *)a->mx;
@@ -59,13 +70,7 @@ static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, in
             const int k = k0 + i / nr, ib = i % nr, n = nr - ib < i1 - i ? nr - ib : i1 - i;
             const int t = a->go_backwards ? T - 1 - k : k;
             const REAL *src = x + ((long)(r0 + ib) * T + t) * D;
-            REAL *dst = gx + (long)i * 3 * gs;
-            if (pl0 == 0 && pl1 == npu && gs == up)
-                PANELS(a->isa, n, D, src, (long)T * D, wpk, (long)D * W, 3 * npu, dst, 3 * gs);
-            else
-                for (int gg = 0; gg < 3; gg++)
-                    PANELS(a->isa, n, D, src, (long)T * D, wpk + ((long)gg * npu + pl0) * D * W,
-                           (long)D * W, pl1 - pl0, dst + (long)gg * gs, 3 * gs);
+            FN(proj_panels)(a, n, src, (long)T * D, 0, 3, pl0, pl1, gx + (long)i * 3 * gs, gs);
             i += n;
         }
         fg_took(FG_PATH_PROJ_DIRECT);
@@ -83,14 +88,9 @@ static void FN(project)(const fg_fwd_args *a, int r0, int nr, int k0, int i0, in
                 for (int d = 0; d < D; d++) dst[d] = src[d] * m[d];
             }
         }
-        if (wpk && ngate == 1 && pl0 == 0 && pl1 == npu && gs == up) { /* all in one call */
-            PANELS(a->isa, M, D, xb, D, wpk, (long)D * W, 3 * npu, gx + (long)i0 * 3 * gs, 3 * gs);
-            continue;
-        }
-        if (wpk) {
-            for (int gg = ngate == 3 ? g : 0; gg < (ngate == 3 ? g + 1 : 3); gg++)
-                PANELS(a->isa, M, D, xb, D, wpk + ((long)gg * npu + pl0) * D * W, (long)D * W,
-                       pl1 - pl0, gx + (long)i0 * 3 * gs + (long)gg * gs, 3 * gs);
+        if (wpk) { /* per-gate input dropout: this gate's rows; else all three gates */
+            FN(proj_panels)(a, M, xb, D, ngate == 3 ? g : 0, ngate == 3 ? 1 : 3, pl0, pl1,
+                            gx + (long)i0 * 3 * gs, gs);
             continue;
         }
         int N = ngate == 3 ? u : u3, ldk = u3;
