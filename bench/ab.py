@@ -19,9 +19,10 @@ a thread's panels beyond 1 MB keep their prefetches either way); --gate-prefetch
 forward gate pass's prefetch of the next row's inputs (FASTGRU_CPU_GATE_PREFETCH); --zigzag
 1,0: the time loops' alternating panel order (FASTGRU_CPU_ZIGZAG); --overlap 1,0: split-units
 teams overlapping the exchange of h with the product (FASTGRU_CPU_OVERLAP); --strips 1,0: the
-AVX-512 products of 4+ rows reading their left operand repacked (FASTGRU_CPU_STRIPS). --mode
-inference (the engine forward, return_sequences=True) or training (forward + backward); --stat
-median (default) or min of the rounds. Timings only; not a test.
+AVX-512 products of 4+ rows reading their left operand repacked (FASTGRU_CPU_STRIPS); --kb-own
+1,0: the threads of the backward's K-blocked GEMMs packing their own panels
+(FASTGRU_CPU_KB_OWN). --mode inference (the engine forward, return_sequences=True) or training
+(forward + backward); --stat median (default) or min of the rounds. Timings only; not a test.
 """
 
 from __future__ import annotations
@@ -63,7 +64,8 @@ def _variants(args):
                                  ("gate-prefetch", args.gate_prefetch, _gru.set_gate_prefetch),
                                  ("zigzag", args.zigzag, _gru.set_zigzag),
                                  ("overlap", args.overlap, _gru.set_overlap),
-                                 ("strips", args.strips, _gru.set_strips)):
+                                 ("strips", args.strips, _gru.set_strips),
+                                 ("kb-own", args.kb_own, _gru.set_kb_own)):
         if values:
             return [(f"{flag}={v}", lambda v=v, s=switch: s(v == "1")) for v in values.split(",")]
     name, _, values = args.env.partition("=")
@@ -99,6 +101,7 @@ def main(argv=None):
     group.add_argument("--zigzag", help="1,0: as FASTGRU_CPU_ZIGZAG=1 / 0")
     group.add_argument("--overlap", help="1,0: as FASTGRU_CPU_OVERLAP=1 / 0")
     group.add_argument("--strips", help="1,0: as FASTGRU_CPU_STRIPS=1 / 0")
+    group.add_argument("--kb-own", help="1,0: as FASTGRU_CPU_KB_OWN=1 / 0")
     ap.add_argument("--threads", default="1", help="comma-separated thread counts")
     ap.add_argument("--mode", choices=["inference", "training"], default="inference")
     ap.add_argument("--rounds", type=int, default=8, help="alternating rounds (default 8)")

@@ -62,6 +62,10 @@ void fg_set_overlap(int v); /* 0 / 1, or -1: the default (between calls only) */
 /* 1 when the AVX-512 products of four or more rows read A repacked as strips (gemm.c). */
 int fg_strips(void);
 void fg_set_strips(int v); /* 0 / 1, or -1: the default (between calls only) */
+/* 1 when the threads of a K-blocked GEMM (fg_gemm_kb) may each pack and multiply their own
+ * panels of B (gemm.c). */
+int fg_kb_own(void);
+void fg_set_kb_own(int v); /* 0 / 1, or -1: the default (between calls only) */
 
 /* Pack columns [col0, col0+ncols) of src (K rows, leading dimension ld) into ceil(ncols/W)
  * panels of K x W, zero-padded; dst holds ceil(ncols/W) * K * W elements. */
@@ -181,10 +185,11 @@ typedef struct {
 int fg_forward(const fg_fwd_args *a);
 /* Which paths calls took since the last reset (reset != 0: read and clear), OR-ed:
  * alternating panel order, overlapped exchange, split-units backward, input projection reading
- * x in place, AVX-512 products reading A as strips. For tests. */
+ * x in place, AVX-512 products reading A as strips, K-blocked GEMMs on own panels. For
+ * tests. */
 enum {
     FG_PATH_ZIGZAG = 1, FG_PATH_OVERLAP = 2, FG_PATH_BWD_TEAM = 4, FG_PATH_PROJ_DIRECT = 8,
-    FG_PATH_STRIPS = 16
+    FG_PATH_STRIPS = 16, FG_PATH_KB_OWN = 32
 };
 int fg_paths_taken(int reset);
 void fg_took(int path); /* record that a call took these paths */

@@ -1045,8 +1045,28 @@ FG_DEFINE_KB(kbt2_d, "avx2,fma", 2, 8, __m256d, double, FG_WD, 4, _mm256_loadu_p
 #include <omp.h>
 #else
 static inline int omp_get_thread_num(void) { return 0; }
+static inline int omp_get_num_threads(void) { return 1; }
 #endif
 #include <stdlib.h>
+
+/* Own panels (FG_KB_BODY): with several threads and B's panels shared out evenly (at most
+ * 1/8 above the mean per thread), each thread packs its own panels of B and multiplies them
+ * for all rows of C, without a barrier between the packing and the tiles (A's strips, where
+ * A is transposed, are packed by all, with one barrier per K block); before, the threads
+ * packed every panel together and then split C's rows, so that each read half of every panel
+ * from the other core's L2. The same bits (every C element the same tile sequence). One-process
+ * ABAB A/B on the 2 MB-L2 Xeon (2026-12-05), 2 threads, with B's column sums: x^T dA
+ * 256x1536x12800 +6%, h^T dR 512x1536x12800 +1.5%, 128x384x12800 +6%; training step
+ * 256x50x256x512 +0.8%, 64x200x128x256 / 32x100x64x128 level. FASTGRU_CPU_KB_OWN=0 / 1
+ * overrides (read once). */
+static int kb_own_state = -1;
+int fg_kb_own(void) { return env_switch(&kb_own_state, "FASTGRU_CPU_KB_OWN", on); }
+void fg_set_kb_own(int v) { set_switch(&kb_own_state, v); }
+
+static int kb_own_for(int np, int nthr)
+{
+    return nthr > 1 && (long)(np + nthr - 1) / nthr * nthr * 8 <= (long)np * 9 && fg_kb_own();
+}
 
 /* Column sums taken while B is packed (colsum_inline.h): column chunks in multiples of
  * FG_BS_COLS (whole panels); the steps compiled per ISA here, since the packing code is not. */
@@ -1093,6 +1113,78 @@ FG_DEFINE_SUMROW(d, double)
         for (int c = w; c < W; c++) d[c] = 0;                                                 \
     }
 #ifdef FG_X86
+/* Rows [r0, r1) of the K block at k0, columns [c0, c0 + nc) (panels p0..p1): packed row by row
+ * with each column summed in row order (blocks of FG_CS_ROWS rows in REAL into bpart, a partial
+ * last block in double into btail; as fg_colsum), so no column partition changes a sum's bits. */
+#define FG_KB_PACK_SUMS(SUF, REAL, W, r0, r1, c0, nc)                                         \
+    {                                                                                         \
+        const int p0 = (c0) / W, p1 = ((c0) + (nc) + W - 1) / W;                              \
+        /* only the last block of the last K block can be partial: the tail */                \
+        const int full = (r1) - (r0) == FG_CS_ROWS;                                           \
+        REAL *bp = full ? bpart + (long)((k0 + (r0)) / FG_CS_ROWS) * N + (c0) : 0;            \
+        for (int k = r0; k < (r1); k++) {                                                     \
+            FG_KB_PACK_ROW(REAL, W, p0, p1)                                                   \
+            const REAL *row = B + (long)(k0 + k) * ldb + (c0);                                \
+            if (!full)                                                                        \
+                fg_sum_tail_##SUF(nc, row, btail + (c0));                                     \
+            else if (k == (r0))                                                               \
+                memcpy(bp, row, (size_t)(nc) * sizeof(REAL));                                 \
+            else                                                                              \
+                fg_sum_row_##SUF(nc, row, bp);                                                \
+        }                                                                                     \
+    }
+/* Transposed A, rows [ka, kz) of the K block at k0, columns [c0, c0 + ml): as 6-row strips
+ * (k-major) from S on, k outer so that each row of A is read once, in order (a 6-value memcpy
+ * per strip and k: 3-4% of a training step in libc calls) */
+#define FG_KB_PACK_A(REAL, S, c0, ml, ka, kz)                                                 \
+    for (int k = ka; k < (kz); k++) {                                                         \
+        const REAL *s = A + (long)(k0 + k) * lda + (c0);                                      \
+        REAL *d = (S) + (long)k * 6;                                                          \
+        int c = 0;                                                                            \
+        for (; c + 6 <= (ml); c += 6, d += 6L * kb)                                           \
+            for (int r = 0; r < 6; r++) d[r] = s[c + r];                                      \
+        for (int r = 0; c + r < (ml); r++) d[r] = s[c + r];                                   \
+    }
+/* The tiles of row block mb and panel p of the K block at k0; the panels this thread takes
+ * run from pfirst to pend (where the L2 prefetch of the next one looks); transposed A's strips
+ * for row i at S + (i - s0) * kb. */
+#define FG_KB_ITEM(SUF, REAL, W, mb, p, pfirst, pend, S, s0)                                  \
+    {                                                                                         \
+        const int w = N - (p) * W < W ? N - (p) * W : W;                                      \
+        const REAL *P = pk + (long)(p) * FG_KB * W;                                           \
+        const int i1 = ((mb) + 1) * mbs < M ? ((mb) + 1) * mbs : M;                           \
+        /* packed B beyond L2: the first tiles prefetch this thread's likely next panel (p +  \
+         * 1, or the first of the next row block) into L2, q lines per k per tile (FG_PF_L2;  \
+         * AVX-512 only, measured there) */                                                   \
+        const int nt = (i1 - (mb) * mbs + 5) / 6, q0 = nt >= 4 ? 1 : nt >= 2 ? 2 : 4;         \
+        const char *next =                                                                    \
+            isa != FG_ISA_AVX512 || (long)np * kb * W * (long)sizeof(REAL) <= FG_PF_L2 ? 0    \
+            : (p) + 1 < (pend)  ? (const char *)(P + (long)FG_KB * W)                         \
+            : (mb) + 1 < nmb    ? (const char *)(pk + (long)(pfirst) * FG_KB * W)             \
+                                : 0;                                                          \
+        const long pbytes = (long)kb * W * (long)sizeof(REAL);                                \
+        for (int i = (mb) * mbs; i < i1; i += 6) {                                            \
+            const int m = i1 - i < 6 ? i1 - i : 6;                                            \
+            const long off = (long)((i - (mb) * mbs) / 6) * q0 * 64 * kb;                     \
+            const int q = next && off < pbytes ? q0 : 0;                                      \
+            const char *pf = q ? next + off : 0;                                              \
+            const REAL *Ai = ta ? (S) + (long)(i - (s0)) * kb                                 \
+                                : A + (long)i * rs + (long)k0 * ks;                           \
+            const long rsi = ta ? 1 : rs, ksi = ta ? 6 : ks;                                  \
+            REAL *Ci = C + (long)i * ldc + (long)(p) * W;                                     \
+            if (w == W) {                                                                     \
+                rows(m, kb, Ai, rsi, ksi, P, Ci, ldc, k0 > 0, pf, q);                         \
+                continue;                                                                     \
+            }                                                                                 \
+            /* a partial last panel: through a full-width scratch tile */                     \
+            for (int r = 0; r < m; r++)                                                       \
+                for (int c = 0; c < W; c++)                                                   \
+                    tmp[r * W + c] = (k0 > 0 && c < w) ? Ci[(long)r * ldc + c] : 0;           \
+            rows(m, kb, Ai, rsi, ksi, P, tmp, W, k0 > 0, pf, q);                              \
+            for (int r = 0; r < m; r++)                                                       \
+                memcpy(Ci + (long)r * ldc, tmp + r * W, (size_t)w * sizeof(REAL));           \
+        }                                                                                     \
+    }
 #define FG_KB_BODY(SUF, REAL, W)                                                              \
         /* equal row blocks (multiples of 6, at most FG_MB): with M = 256 and blocks of 192 \
          * and 64 one thread of two got three quarters of the work; and at least one (block, \
@@ -1108,6 +1200,9 @@ FG_DEFINE_SUMROW(d, double)
                      const char *, int) =                                                     \
             isa == FG_ISA_AVX512 ? kbt_##SUF##_rows : kbt2_##SUF##_rows;                          \
         if (nthr < 1) nthr = 1;                                                               \
+        /* own panels: each thread packs and multiplies its own share of B's panels for all  \
+         * rows, without a barrier (FG_KB_OWN) */                                             \
+        const int own = !tb && kb_own_for(np, nthr);                                           \
         size_t pk_n = 0, bpart_n = 0, btail_n = 0, ap_n = 0;                                  \
         REAL *pk = fg_ws_alloc((size_t)np * FG_KB * W * sizeof(REAL), &pk_n);                  \
         /* bsum: each whole block of FG_CS_ROWS rows of B summed in REAL (bpart, one row of N \
@@ -1119,9 +1214,11 @@ FG_DEFINE_SUMROW(d, double)
         double *btail = bsum ? fg_ws_alloc(2 * (size_t)N * sizeof(double), &btail_n) : NULL;  \
         /* transposed A: each thread's m-block packed as 6-row strips (k-major), since reading \
          * 6 adjacent values from kb different rows touched a line per k; one block for all   \
-         * threads (per-thread blocks filled the workspace cache's slots on many cores) */    \
-        const size_t ap_per = (size_t)mbmax * FG_KB;                                          \
-        REAL *ap_all = ta ? fg_ws_alloc(ap_per * nthr * sizeof(REAL), &ap_n) : NULL;          \
+         * threads (per-thread blocks filled the workspace cache's slots on many cores). Own   \
+         * panels: every row's strips, in two buffers used in turn */                         \
+        const size_t ap_per = (size_t)mbmax * FG_KB, ap_own = (size_t)(M + 5) / 6 * 6 * FG_KB; \
+        REAL *ap_all =                                                                        \
+            ta ? fg_ws_alloc((own ? 2 * ap_own : ap_per * nthr) * sizeof(REAL), &ap_n) : NULL; \
         if (!pk || (bsum && (!bpart || !btail)) || (ta && !ap_all)) {                         \
             fg_ws_free(ap_all, ap_n); /* NULL: a no-op */                                     \
             fg_ws_free(btail, btail_n);                                                       \
@@ -1130,13 +1227,34 @@ FG_DEFINE_SUMROW(d, double)
             return -1;                                                                        \
         }                                                                                     \
         if (btail) memset(btail, 0, 2 * (size_t)N * sizeof(double));                          \
+        if (own) fg_took(FG_PATH_KB_OWN);                                                     \
         _Pragma("omp parallel num_threads(nthr)")                                             \
         {                                                                                     \
             REAL tmp[6 * W] __attribute__((aligned(64)));                                     \
-            REAL *ap = ta ? ap_all + ap_per * omp_get_thread_num() : NULL;                    \
+            const int tid = omp_get_thread_num(), nact = omp_get_num_threads();               \
+            REAL *ap = ta && !own ? ap_all + ap_per * tid : NULL;                             \
+            const int tp0 = (int)((long)np * tid / nact), tp1 = (int)((long)np * (tid + 1) / nact); \
             for (int k0 = 0; k0 < K; k0 += FG_KB) {                                           \
                 const int kb = K - k0 < FG_KB ? K - k0 : FG_KB;                               \
                 int packed_mb = -1;                                                           \
+                if (own) { /* A's strips: packed by all (each a share of the rows), for    \
+                            * all rows of C; two buffers, used in turn, so one barrier per K   \
+                            * block keeps a strip from changing while another thread reads it */ \
+                    REAL *apg = ta ? ap_all + (size_t)(k0 / FG_KB % 2) * ap_own : NULL;       \
+                    if (ta) FG_KB_PACK_A(REAL, apg, 0, M, kb * tid / nact, kb * (tid + 1) / nact) \
+                    const int c0 = tp0 * W, nc = (tp1 * W < N ? tp1 * W : N) - c0;            \
+                    if (nc > 0 && !bsum)                                                      \
+                        for (int k = 0; k < kb; k++) FG_KB_PACK_ROW(REAL, W, tp0, tp1)        \
+                    else if (nc > 0)                                                          \
+                        for (int r0 = 0; r0 < kb; r0 += FG_CS_ROWS)                           \
+                            FG_KB_PACK_SUMS(SUF, REAL, W, r0,                                 \
+                                            kb - r0 < FG_CS_ROWS ? kb : r0 + FG_CS_ROWS, c0, nc) \
+                    if (ta) { _Pragma("omp barrier") }                                        \
+                    for (int it = 0; it < nmb * (tp1 - tp0); it++)                            \
+                        FG_KB_ITEM(SUF, REAL, W, it / (tp1 - tp0), tp0 + it % (tp1 - tp0), tp0, tp1, \
+                                   apg, 0)                                                    \
+                    continue;                                                                 \
+                }                                                                             \
                 if (tb) {                                                                     \
                     _Pragma("omp for schedule(static)")                                       \
                     for (int p = 0; p < np; p++) {                                            \
@@ -1165,71 +1283,18 @@ FG_DEFINE_SUMROW(d, double)
                         const int r0 = it / ncc * FG_CS_ROWS, c0 = it % ncc * cw;             \
                         const int r1 = kb - r0 < FG_CS_ROWS ? kb : r0 + FG_CS_ROWS;           \
                         const int nc = N - c0 < cw ? N - c0 : cw;                             \
-                        const int p0 = c0 / W, p1 = (c0 + nc + W - 1) / W;                    \
-                        /* only the last block of the last K block can be partial: the tail */ \
-                        const int full = r1 - r0 == FG_CS_ROWS;                               \
-                        REAL *bp = full ? bpart + (long)((k0 + r0) / FG_CS_ROWS) * N + c0 : 0; \
-                        for (int k = r0; k < r1; k++) {                                       \
-                            FG_KB_PACK_ROW(REAL, W, p0, p1)                                   \
-                            const REAL *row = B + (long)(k0 + k) * ldb + c0;                  \
-                            if (!full)                                                        \
-                                fg_sum_tail_##SUF(nc, row, btail + c0);                       \
-                            else if (k == r0)                                                 \
-                                memcpy(bp, row, (size_t)nc * sizeof(REAL));                   \
-                            else                                                              \
-                                fg_sum_row_##SUF(nc, row, bp);                                \
-                        }                                                                     \
+                        FG_KB_PACK_SUMS(SUF, REAL, W, r0, r1, c0, nc)                         \
                     }                                                                         \
                 }                                                                             \
                 _Pragma("omp for schedule(static)")                                           \
                 for (int it = 0; it < nmb * np; it++) {                                       \
-                    const int mb = it / np, p = it % np, w = N - p * W < W ? N - p * W : W;   \
-                    const REAL *P = pk + (long)p * FG_KB * W;                                 \
-                    const int i1 = (mb + 1) * mbs < M ? (mb + 1) * mbs : M;                   \
-                    if (ta && mb != packed_mb) { /* k outer: each row of A read once, in order \
-                                                  * (a 6-value memcpy per strip and k: 3-4% of \
-                                                  * a training step in libc calls) */          \
-                        const int ml = i1 - mb * mbs;                                         \
-                        for (int k = 0; k < kb; k++) {                                        \
-                            const REAL *s = A + (long)(k0 + k) * lda + mb * mbs;              \
-                            REAL *d = ap + (long)k * 6;                                       \
-                            int c = 0;                                                        \
-                            for (; c + 6 <= ml; c += 6, d += 6L * kb)                         \
-                                for (int r = 0; r < 6; r++) d[r] = s[c + r];                  \
-                            for (int r = 0; c + r < ml; r++) d[r] = s[c + r];                 \
-                        }                                                                     \
+                    const int mb = it / np;                                                   \
+                    if (ta && mb != packed_mb) {                                              \
+                        const int i0 = mb * mbs, ml = (i0 + mbs < M ? i0 + mbs : M) - i0;     \
+                        FG_KB_PACK_A(REAL, ap, i0, ml, 0, kb)                                 \
                         packed_mb = mb;                                                       \
                     }                                                                         \
-                    /* packed B beyond L2: the first tiles prefetch this thread's likely next \
-                     * panel (p + 1, or panel 0 of the next row block) into L2, q lines per k   \
-                     * per tile (FG_PF_L2; AVX-512 only, measured there) */                    \
-                    const int nt = (i1 - mb * mbs + 5) / 6, q0 = nt >= 4 ? 1 : nt >= 2 ? 2 : 4; \
-                    const char *next =                                                        \
-                        isa != FG_ISA_AVX512 || (long)np * kb * W * (long)sizeof(REAL) <= FG_PF_L2 \
-                            ? 0 : p + 1 < np ? (const char *)(P + (long)FG_KB * W)            \
-                            : mb + 1 < nmb ? (const char *)pk : 0;                            \
-                    const long pbytes = (long)kb * W * (long)sizeof(REAL);                    \
-                    for (int i = mb * mbs; i < i1; i += 6) {                                  \
-                        const int m = i1 - i < 6 ? i1 - i : 6;                                \
-                        const long off = (long)((i - mb * mbs) / 6) * q0 * 64 * kb;           \
-                        const int q = next && off < pbytes ? q0 : 0;                          \
-                        const char *pf = q ? next + off : 0;                                  \
-                        const REAL *Ai = ta ? ap + (long)(i - mb * mbs) * kb                  \
-                                            : A + (long)i * rs + (long)k0 * ks;               \
-                        const long rsi = ta ? 1 : rs, ksi = ta ? 6 : ks;                      \
-                        REAL *Ci = C + (long)i * ldc + (long)p * W;                           \
-                        if (w == W) {                                                         \
-                            rows(m, kb, Ai, rsi, ksi, P, Ci, ldc, k0 > 0, pf, q);             \
-                            continue;                                                         \
-                        }                                                                     \
-                        /* a partial last panel: through a full-width scratch tile */         \
-                        for (int r = 0; r < m; r++)                                           \
-                            for (int c = 0; c < W; c++)                                       \
-                                tmp[r * W + c] = (k0 > 0 && c < w) ? Ci[(long)r * ldc + c] : 0; \
-                        rows(m, kb, Ai, rsi, ksi, P, tmp, W, k0 > 0, pf, q);                  \
-                        for (int r = 0; r < m; r++)                                           \
-                            memcpy(Ci + (long)r * ldc, tmp + r * W, (size_t)w * sizeof(REAL)); \
-                    }                                                                         \
+                    FG_KB_ITEM(SUF, REAL, W, mb, it % np, 0, np, ap, mb * mbs)                \
                 }                                                                             \
             }                                                                                 \
         }                                                                                     \

@@ -370,6 +370,56 @@ def test_packed_gemm_every_layout_row_exact(dtype, rng):
                         assert np.array_equal(c, outs[0][rows, 1 : N + 1])
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_packed_gemm_own_panels_give_the_bits_of_shared_ones(dtype, rng):
+    """With several threads and B's panels shared out evenly (at most 1/8 above the mean), each
+    thread of the K-blocked GEMM packs and multiplies its own panels (fg_kb_own), A's strips
+    packed by all in two buffers used in turn: C and B's column sums keep the bits of the
+    shared packing, on every ISA, for both transpositions of A, partial last panels and row
+    tiles, K blocks with a tail, and more than one row block; paths_taken names it exactly
+    where it runs."""
+    from fastgru._cpu import _gru
+
+    isas = [i for i in (1, 2) if i <= _gru.isa_best()]
+    if not isas:
+        pytest.skip("this CPU has neither AVX2 nor AVX-512")
+    W = 64 if dtype == np.float32 else 32  # the panel width of both ISAs
+    try:
+        for M, N, K in [(13, 250, 1100), (200, 600, 1300), (7, 1000, 520), (1, 90, 3)]:
+            npn = -(-N // W)
+            for ta in (False, True):
+                a = rng.standard_normal((K, M) if ta else (M, K)).astype(dtype)
+                b = rng.standard_normal((K, N + 3)).astype(dtype)[:, 1 : N + 1]
+                for isa in isas:
+                    _gru.set_kb_own(False)
+                    want, want_s = np.empty((M, N), dtype), np.empty(N, dtype)
+                    _gru.gemm(a, ta, b, False, want, 2, True, isa, want_s)
+                    for n in (2, 3, 4):
+                        expect = -(-npn // n) * n * 8 <= npn * 9
+                        for bs in (False, True):
+                            _gru.set_kb_own(True)
+                            c, s = np.full((M, N), 7, dtype), np.full(N, 7, dtype)
+                            _gru.paths_taken()
+                            _gru.gemm(a, ta, b, False, c, n, True, isa, s if bs else None)
+                            took = "own_panels" in _gru.paths_taken()
+                            assert took == expect, (M, N, K, ta, isa, n)
+                            assert np.array_equal(c, want), (M, N, K, ta, isa, n, bs)
+                            assert not bs or np.array_equal(s, want_s), (M, N, K, ta, isa, n)
+                    # B transposed: never (its panels are packed from B's columns)
+                    _gru.paths_taken()
+                    _gru.gemm(a, ta, np.ascontiguousarray(b.T), True, c, 2, True, isa)
+                    assert "own_panels" not in _gru.paths_taken()
+                    assert np.array_equal(c, want)
+        # explain says so for a training call on several threads
+        spec = GRUSpec(64, activations.get("tanh"), activations.get("sigmoid"))
+        for on in (False, True):
+            _gru.set_kb_own(on)
+            said = cpu.describe_kernel(spec, (64, 50, 32), 2, training=True)
+            assert ("packing its own panels" in said) == (on and _gru.openmp()), said
+    finally:
+        _gru.set_kb_own(None)
+
+
 # ---------------------------------------------------------------------------------------------
 # per-step kernel: every ISA path
 

@@ -124,6 +124,19 @@ def set_strips(v):
     fg_set_strips(-1 if v is None else (1 if v else 0))
 
 
+def kb_own():
+    """Whether the threads of the backward's K-blocked GEMMs each pack and multiply their own
+    panels of B where the panels share out evenly (on by default; FASTGRU_CPU_KB_OWN=0/1, read
+    once, overrides). Never changes a result."""
+    return bool(fg_kb_own())
+
+
+def set_kb_own(v):
+    """For one-process A/B runs (bench/ab.py --kb-own): True / False from now on, None the
+    default again. Not while a call runs."""
+    fg_set_kb_own(-1 if v is None else (1 if v else 0))
+
+
 cdef struct _fill:  # gemm_panels_proj's wait: the rest of A arrives (as a partner's h would)
     char *dst
     const char *src
@@ -139,13 +152,14 @@ cdef void _fill_a(void *arg) noexcept nogil:
 
 def paths_taken(bint reset=True):
     """The paths calls took since the last reset, as a set of names ("zigzag", "overlap",
-    "backward_team", "projection_in_place", "strips"); reset clears the record. For tests: a
+    "backward_team", "projection_in_place", "strips", "own_panels"); reset clears the record. For tests: a
     path that silently stops running gives the same bits as one that runs."""
     cdef int p = fg_paths_taken(reset)
     return {name for bit, name in ((FG_PATH_ZIGZAG, "zigzag"), (FG_PATH_OVERLAP, "overlap"),
                                    (FG_PATH_BWD_TEAM, "backward_team"),
                                    (FG_PATH_PROJ_DIRECT, "projection_in_place"),
-                                   (FG_PATH_STRIPS, "strips")) if p & bit}
+                                   (FG_PATH_STRIPS, "strips"),
+                                   (FG_PATH_KB_OWN, "own_panels")) if p & bit}
 
 
 def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D):

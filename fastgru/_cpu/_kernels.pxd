@@ -27,6 +27,8 @@ cdef extern from "fastgru.h" nogil:
     void fg_set_overlap(int v)
     int fg_strips()
     void fg_set_strips(int v)
+    int fg_kb_own()
+    void fg_set_kb_own(int v)
     int fg_paths_taken(int reset)
     enum:
         FG_PATH_ZIGZAG
@@ -34,6 +36,7 @@ cdef extern from "fastgru.h" nogil:
         FG_PATH_BWD_TEAM
         FG_PATH_PROJ_DIRECT
         FG_PATH_STRIPS
+        FG_PATH_KB_OWN
     int fg_fuse_projection(int isa, int is_double, int rows, int npt, int u, int D)
     int fg_openmp()
     int fg_omp_max_threads()

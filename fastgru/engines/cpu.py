@@ -116,6 +116,7 @@ try:
     _gru.zigzag()  # FASTGRU_CPU_ZIGZAG likewise
     _gru.overlap()  # FASTGRU_CPU_OVERLAP likewise
     _gru.strips()  # FASTGRU_CPU_STRIPS (and the CPU's vendor) likewise
+    _gru.kb_own()  # FASTGRU_CPU_KB_OWN likewise
     _OMP_THREAD_LIMIT = _gru.omp_thread_limit()  # fixed for the process
 except ImportError as exc:  # source tree without a build: everything else still works
     _gru = None
@@ -510,7 +511,9 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                  " team wrote from the other cores' caches)")
     return (text + f"; training: per-step backward on {steps}, "
             f"weight-gradient GEMMs on {nbwd} by "
-            + (f"the K-blocked {isa} packed-panel kernel" if not blas_wgrad
+            + (f"the K-blocked {isa} packed-panel kernel"
+               + (" (each thread packing its own panels where they share out evenly)"
+                  if _gru.kb_own() and nbwd > 1 else "") if not blas_wgrad
                else "BLAS (one thread per block)") + caveat + ".")
 
 
