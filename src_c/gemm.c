@@ -118,7 +118,10 @@ void fg_set_overlap(int v) { set_switch(&overlap_state, v); }
  * (-0.6 to +3.4%); the per-step product alone (in one process, against the build before):
  * 64 x 256 x 768 to 256 x 512 x 1536 +0.3-1.3%, 16 x 1024 x 3072 +5.5%. Products of 6 panels
  * (32x100x64x128, 128x100x128x128) lost 2-5%: hence the bound.
- * Not measured on AMD: on by default on Intel CPUs only (as the gate prefetch's default is
+ * The bound is 12 panels since the backward's per-step product (dR rows over 3u: u / 64
+ * panels, a third of the forward's per row packed) lost at 8: training step 256x50x256x512
+ * with strips there against without +1.9% / +1.0% (2 / 1 threads; one-process A/B, 12 against
+ * 8 as the bound, 2026-12-05). Not measured on AMD: on by default on Intel CPUs only (as the gate prefetch's default is
  * per vendor); FASTGRU_CPU_STRIPS=0 / 1 overrides (read once). */
 static int strips_state = -1;
 static int intel(void) { return !not_intel(); }
@@ -223,7 +226,7 @@ static inline int fg_row_tiles(int M, int *nt, int *base, int *extra)
  * 1, 2 and 4 k alike; 8 k or 16 k per row group no better than rows). */
 #define FG_K4(K) (((long)(K) + 3) & ~3L)
 #ifndef FG_STRIPS_MIN_PANELS
-#define FG_STRIPS_MIN_PANELS 8
+#define FG_STRIPS_MIN_PANELS 12
 #endif
 /* Each thread keeps its scratch for strips until it exits: products bigger than this read the
  * rows instead, so that a huge batch or input cannot pin tens of MB per thread for good. */

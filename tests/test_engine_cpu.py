@@ -495,7 +495,7 @@ def test_grouped_product_in_either_order_gives_the_same_bits(isa, dtype, rng):
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_strips_give_the_bits_of_rows(dtype, rng):
-    """AVX-512 products of 4+ rows over 8+ panels read A repacked as strips (fg_strips): the
+    """AVX-512 products of 4+ rows over 12+ panels read A repacked as strips (fg_strips): the
     same bits as reading its rows (and as the generic kernel), for every tile height (4-6 rows,
     7 = 6 + 1, many tiles), K with and without a partial group of four, plain and grouped
     products in either panel order; fewer rows or panels read the rows."""
@@ -506,15 +506,15 @@ def test_strips_give_the_bits_of_rows(dtype, rng):
     W = _gru.PANEL_D if dtype == np.float64 else _gru.PANEL_F
     X, WP, Y = np.empty((0, 3), dtype), np.empty(3 * W, dtype), np.empty((0, W // 2), dtype)
     try:
-        for M, K, n in [(4, 1, 8), (5, 2, 9), (6, 3, 8), (7, 5, 8), (8, 4, 12), (9, 17, 8),
-                        (12, 19, 9), (13, 64, 8), (20, 7, 10), (37, 33, 8), (3, 16, 12),
-                        (2, 16, 12), (16, 16, 7)]:
+        for M, K, n in [(4, 1, 12), (5, 2, 13), (6, 3, 12), (7, 5, 12), (8, 4, 16), (9, 17, 12),
+                        (12, 19, 13), (13, 64, 12), (20, 7, 14), (37, 33, 12), (3, 16, 12),
+                        (2, 16, 12), (16, 16, 11), (9, 8, 8)]:
             A = rng.standard_normal((M + 2, K)).astype(dtype)[1:-1]  # rows apart from K
             A = np.lib.stride_tricks.as_strided(A, (M, K), A.strides)
             P = rng.standard_normal(n * K * W).astype(dtype)
             want = np.empty((M, n * W), dtype)
             _gru.gemm_panels(0, np.ascontiguousarray(A), P, K, n, want)
-            applies = M >= 4 and n >= 8
+            applies = M >= 4 and n >= 12
             for on in (True, False):
                 _gru.set_strips(on)
                 _gru.paths_taken()
@@ -531,13 +531,13 @@ def test_strips_give_the_bits_of_rows(dtype, rng):
         rows = (8 << 20) // (1024 * np.dtype(dtype).itemsize)  # 8 MB of strips at K = 1024
         for M, took in ((rows, True), (rows + 1, False)):
             A = rng.standard_normal((M, 1024)).astype(dtype)
-            P = rng.standard_normal(8 * 1024 * W).astype(dtype)
+            P = rng.standard_normal(12 * 1024 * W).astype(dtype)
             got = []
             for on in (True, False):
                 _gru.set_strips(on)
                 _gru.paths_taken()
-                got.append(np.empty((M, 8 * W), dtype))
-                _gru.gemm_panels(2, A, P, 1024, 8, got[-1])
+                got.append(np.empty((M, 12 * W), dtype))
+                _gru.gemm_panels(2, A, P, 1024, 12, got[-1])
                 assert ("strips" in _gru.paths_taken()) == (on and took), (M, on)
             assert np.array_equal(*got)
     finally:
@@ -548,7 +548,7 @@ def test_strips_give_the_bits_of_rows(dtype, rng):
 def test_layers_give_the_same_bits_with_and_without_strips(dtype, rng, monkeypatch):
     """Forward (several chunks, masks, both directions, batch- and unit-split plans) and the
     backward's gradients: the bits do not depend on the strips switch, which runs where the
-    products have 4+ rows and 8+ panels (here u=300: 15 panels per step float32, 30 float64)."""
+    products have 4+ rows and 12+ panels (here u=300: 15 panels per step float32, 30 float64)."""
     from fastgru._cpu import _gru
 
     monkeypatch.setattr(cpu, "_MIN_THREAD_WORK", 0)

@@ -482,7 +482,7 @@ def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                " those the last one left in cache; FASTGRU_CPU_ZIGZAG=0 turns it off)"
                if _gru.zigzag() else "")
             + (", reading their rows of h (and the projection its rows of x) repacked in groups"
-               " of four k side by side where a product has 4+ rows and 8+ panels (one line"
+               " of four k side by side where a product has 4+ rows and 12+ panels (one line"
                " holds several k's broadcasts; FASTGRU_CPU_STRIPS=0/1 overrides, on by default"
                " on Intel CPUs)" if isa == "avx512" and _gru.strips() else "")
             + f", then {gate}; threads: {how}")
