@@ -121,8 +121,8 @@ void fg_set_overlap(int v) { set_switch(&overlap_state, v); }
  * The bound is 12 panels since the backward's per-step product (dR rows over 3u: u / 64
  * panels, a third of the forward's per row packed) lost at 8: training step 256x50x256x512
  * with strips there against without +1.9% / +1.0% (2 / 1 threads; one-process A/B, 12 against
- * 8 as the bound, 2026-12-05). Not measured on AMD: on by default on Intel CPUs only (as the gate prefetch's default is
- * per vendor); FASTGRU_CPU_STRIPS=0 / 1 overrides (read once). */
+ * 8 as the bound, 2026-12-05). Not measured on AMD: on by default on Intel CPUs only (as the
+ * gate prefetch's default is per vendor); FASTGRU_CPU_STRIPS=0 / 1 overrides (read once). */
 static int strips_state = -1;
 static int intel(void) { return !not_intel(); }
 int fg_strips(void) { return env_switch(&strips_state, "FASTGRU_CPU_STRIPS", intel); }
@@ -1236,7 +1236,8 @@ FG_DEFINE_SUMROW(d, double)
             REAL tmp[6 * W] __attribute__((aligned(64)));                                     \
             const int tid = omp_get_thread_num(), nact = omp_get_num_threads();               \
             REAL *ap = ta && !own ? ap_all + ap_per * tid : NULL;                             \
-            const int tp0 = (int)((long)np * tid / nact), tp1 = (int)((long)np * (tid + 1) / nact); \
+            const int tp0 = (int)((long)np * tid / nact);                                     \
+            const int tp1 = (int)((long)np * (tid + 1) / nact);                               \
             for (int k0 = 0; k0 < K; k0 += FG_KB) {                                           \
                 const int kb = K - k0 < FG_KB ? K - k0 : FG_KB;                               \
                 int packed_mb = -1;                                                           \
@@ -1244,7 +1245,8 @@ FG_DEFINE_SUMROW(d, double)
                             * all rows of C; two buffers, used in turn, so one barrier per K   \
                             * block keeps a strip from changing while another thread reads it */ \
                     REAL *apg = ta ? ap_all + (size_t)(k0 / FG_KB % 2) * ap_own : NULL;       \
-                    if (ta) FG_KB_PACK_A(REAL, apg, 0, M, kb * tid / nact, kb * (tid + 1) / nact) \
+                    if (ta)                                                                   \
+                        FG_KB_PACK_A(REAL, apg, 0, M, kb * tid / nact, kb * (tid + 1) / nact)     \
                     const int c0 = tp0 * W, nc = (tp1 * W < N ? tp1 * W : N) - c0;            \
                     if (nc > 0 && !bsum)                                                      \
                         for (int k = 0; k < kb; k++) FG_KB_PACK_ROW(REAL, W, tp0, tp1)        \
@@ -1253,9 +1255,8 @@ FG_DEFINE_SUMROW(d, double)
                             FG_KB_PACK_SUMS(SUF, REAL, W, r0,                                 \
                                             kb - r0 < FG_CS_ROWS ? kb : r0 + FG_CS_ROWS, c0, nc) \
                     if (ta) { _Pragma("omp barrier") }                                        \
-                    for (int it = 0; it < nmb * (tp1 - tp0); it++)                            \
-                        FG_KB_ITEM(SUF, REAL, W, it / (tp1 - tp0), tp0 + it % (tp1 - tp0), tp0, tp1, \
-                                   apg, 0)                                                    \
+                    for (int it = 0, nown = tp1 - tp0; it < nmb * nown; it++)                 \
+                        FG_KB_ITEM(SUF, REAL, W, it / nown, tp0 + it % nown, tp0, tp1, apg, 0)    \
                     continue;                                                                 \
                 }                                                                             \
                 if (tb) {                                                                     \
