@@ -19,7 +19,7 @@ simd_flags = [] if openmp else ["-fopenmp-simd", "-Wno-unknown-pragmas"]
 ext = Extension(
     "fastgru._cpu._gru",
     sources=["fastgru/_cpu/_gru.pyx", "src_c/gemm.c", "src_c/act.c", "src_c/gru.c",
-             "src_c/ws.c"],
+             "src_c/ws.c", "src_c/optim.c"],
     depends=["src_c/fastgru.h", "src_c/act_impl.h", "src_c/act_inline.h", "src_c/gru_impl.h",
              "src_c/colsum_inline.h",
              "fastgru/_cpu/_kernels.pxd"],

@@ -247,6 +247,14 @@ int fg_gemm_kb_d(int isa, int ta, int tb, int M, int N, int K, const double *A, 
 void fg_colsum_f(int M, int N, const float *A, long lda, float *out, int nthr);
 void fg_colsum_d(int M, int N, const double *A, long lda, double *out, int nthr);
 
+/* One Adam step in place over n contiguous elements (optim.c): m += (g - m) * c1,
+ * v += (g * g - v) * c2, vh = max(vh, v) where vh (amsgrad) is not NULL, then
+ * w -= (m * alpha) / (sqrt(vh or v) + eps); NumPy's bits, whatever nthr. */
+void fg_adam_f(long n, float *w, const float *g, float *m, float *v, float *vh, float c1,
+               float c2, float alpha, float eps, int nthr);
+void fg_adam_d(long n, double *w, const double *g, double *m, double *v, double *vh, double c1,
+               double c2, double alpha, double eps, int nthr);
+
 /* Workspace cache (ws.c): 64-byte aligned scratch of at least `bytes` (contents undefined),
  * *got its real size (give it back to fg_ws_free); kept blocks are reused by later calls
  * instead of freed (up to 16 blocks, 256 MB). fg_ws_trim frees the kept ones (returns their

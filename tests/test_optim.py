@@ -129,6 +129,68 @@ def test_adam_float32_stays_float32_in_place_and_close_to_float64():
     np.testing.assert_allclose(w.value, keras_adam(W0, GRADS, lr=0.01), rtol=1e-5)
 
 
+def numpy_adam(w, grads, dtype, lr=0.001, b1=0.9, b2=0.999, eps=1e-7, amsgrad=False):
+    """optim.Adam's NumPy expression (Keras 3's update_step), in the variables' dtype."""
+    t = np.dtype(dtype).type
+    w = w.astype(dtype)
+    m, v, vh = np.zeros_like(w), np.zeros_like(w), np.zeros_like(w)
+    for k, g in enumerate(grads, start=1):
+        alpha = t(lr) * np.sqrt(t(1) - t(b2) ** t(k)) / (t(1) - t(b1) ** t(k))
+        m += (g - m) * t(1 - b1)
+        v += (g * g - v) * t(1 - b2)
+        vv = v
+        if amsgrad:
+            np.maximum(vh, v, out=vh)
+            vv = vh
+        w -= (m * alpha) / (np.sqrt(vv) + t(eps))
+    return w
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("amsgrad", [False, True])
+def test_adam_compiled_step_gives_the_numpy_bits(dtype, amsgrad, monkeypatch):
+    """Where the CPU engine's one-pass Adam applies (contiguous NumPy arrays of one dtype; on
+    fastgru's threads, here 1 to 3 over 300k weights), the weights after several steps are
+    bit for bit NumPy's expression, a NaN gradient included (it stays NaN, as there); a
+    non-contiguous gradient takes the NumPy path, with the same bits."""
+    import fastgru
+    from fastgru.engines import cpu
+
+    if cpu._gru is None:
+        pytest.skip("the compiled CPU extension is not built")
+    rng = np.random.default_rng(5)
+    shape = (300, 1001)
+    w0 = rng.standard_normal(shape)
+    grads = [rng.standard_normal(shape).astype(dtype) * s for s in (1, 0.1, 0.01, 0.5)]
+    grads[2][7, 11] = np.nan
+    want = numpy_adam(w0, grads, dtype, lr=0.01, amsgrad=amsgrad)
+    ran = []
+    real = cpu.adam_update
+    monkeypatch.setattr(cpu, "adam_update", lambda *a: ran.append(real(*a)) or ran[-1])
+    monkeypatch.setattr(fastgru._threads, "_default", None)  # restored after the test
+    for n in (1, 2, 3):
+        fastgru.set_num_threads(n)
+        got = run(Adam, grads, w0=w0, dtype=dtype, learning_rate=0.01, amsgrad=amsgrad)
+        assert ran and all(ran), n
+        np.testing.assert_array_equal(got, want)  # NaN where NaN, else equal bits
+        assert np.isnan(got[7, 11]) and np.isfinite(np.delete(got.ravel(), 7 * 1001 + 11)).all()
+    if amsgrad:  # a NaN kept in v_hat (a resumed state) while v is finite stays, as NumPy's
+        t = np.dtype(dtype).type
+        w, g, m, v, vh = (np.ones(4, dtype) for _ in range(5))
+        vh[1] = np.nan
+        assert cpu.adam_update(w, g, m, v, vh, t(0.1), t(0.001), t(0.01), t(1e-7))
+        assert np.isnan(vh[1]) and np.isnan(w[1]) and np.isfinite(np.delete(w, 1)).all()
+        # a gradient that is the weights themselves: NumPy's path
+        assert not cpu.adam_update(w, w, m, v, vh, t(0.1), t(0.001), t(0.01), t(1e-7))
+    ran.clear()
+    w = var(w0, dtype)
+    opt = Adam([w], learning_rate=0.01, amsgrad=amsgrad)
+    for g in grads:
+        opt.step([np.asfortranarray(g)])
+    assert ran and not any(ran)
+    np.testing.assert_array_equal(w.value, want)
+
+
 @pytest.mark.parametrize("key,val", [("beta_1", 1.0), ("beta_2", -0.5), ("epsilon", -1.0),
                                      ("learning_rate", -1.0), ("weight_decay", -1.0)])
 def test_adam_rejects_bad_hyperparameters(key, val):

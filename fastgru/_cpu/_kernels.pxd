@@ -139,3 +139,7 @@ cdef extern from "fastgru.h" nogil:
                        int lda, const double *B, int ldb, double *C, int ldc, int nthr)
     void fg_colsum_f(int M, int N, const float *A, long lda, float *out, int nthr)
     void fg_colsum_d(int M, int N, const double *A, long lda, double *out, int nthr)
+    void fg_adam_f(long n, float *w, const float *g, float *m, float *v, float *vh, float c1,
+                   float c2, float alpha, float eps, int nthr)
+    void fg_adam_d(long n, double *w, const double *g, double *m, double *v, double *vh,
+                   double c1, double c2, double alpha, double eps, int nthr)

@@ -1047,6 +1047,21 @@ def _mm(a, b, out=None, n=1, ta=False, tb=False, packed=None, bsum=None):
     return out
 
 
+def adam_update(w, g, m, v, vh, c1, c2, alpha, eps) -> bool:
+    """One Adam step in place on the compiled kernel (fg_adam: one pass, on fastgru's
+    threads) where it applies: NumPy arrays, C-contiguous, one float dtype, the gradient apart
+    from the weights (the kernel takes its operands as not overlapping). True when it ran;
+    False leaves everything untouched for the caller's NumPy expression (the same bits)."""
+    arrays = (w, g, m, v) if vh is None else (w, g, m, v, vh)
+    if (_gru is None or w.dtype not in (np.float32, np.float64)
+            or any(type(a) is not np.ndarray or a.dtype != w.dtype or a.shape != w.shape
+                   or not a.flags.c_contiguous for a in arrays)
+            or np.may_share_memory(g, w)):
+        return False
+    _gru.adam(w, g, m, v, vh, c1, c2, alpha, eps, _max_threads(_threads.get_num_threads()))
+    return True
+
+
 def _column_sums(a, n_threads=1):
     """Column sums of a (rows, cols) in two levels (fg_colsum): NumPy sums an outer axis row by
     row, i.e. one running sum of B*T terms (float32 error ~10x BLAS's); blocks of 256 rows in
