@@ -376,7 +376,8 @@ def _compiled_adam(w, g, m, v, vh, c1, c2, alpha, eps) -> bool:
 def _adam_arrays(xp, w, g, m, v, vh, c1, c2, alpha, eps, a, b):
     """One Adam update of w in place, with a and b (w's shape) as scratch: the operations of
     ``m += (g - m) * c1; v += (g * g - v) * c2; w -= (m * alpha) / (sqrt(v) + eps)`` (v the
-    running maximum vh under amsgrad) in the same order, so the same bits."""
+    running maximum vh under amsgrad) in the same order, so the same bits where g has w's dtype
+    (step() casts it)."""
     xp.subtract(g, m, out=a)
     a *= c1
     m += a

@@ -1066,9 +1066,14 @@ static int kb_own_state = -1;
 int fg_kb_own(void) { return env_switch(&kb_own_state, "FASTGRU_CPU_KB_OWN", on); }
 void fg_set_kb_own(int v) { set_switch(&kb_own_state, v); }
 
-static int kb_own_for(int np, int nthr)
+/* Own panels where the panels share out evenly and, with A transposed, one K block's strips of
+ * all M rows (one of the two buffers) stay within FG_KB_OWN_STRIPS: at M = 8192 (two 16 MB
+ * buffers) own panels ran 20-30% slower than shared ones, at M = 2048 2% slower. */
+#define FG_KB_OWN_STRIPS ((size_t)1 << 20)
+static int kb_own_for(int np, int nthr, int ta, int M, size_t real)
 {
-    return nthr > 1 && (long)(np + nthr - 1) / nthr * nthr * 8 <= (long)np * 9 && fg_kb_own();
+    return nthr > 1 && (long)(np + nthr - 1) / nthr * nthr * 8 <= (long)np * 9
+           && (!ta || (size_t)M * FG_KB * real <= FG_KB_OWN_STRIPS) && fg_kb_own();
 }
 
 /* Column sums taken while B is packed (colsum_inline.h): column chunks in multiples of
@@ -1207,7 +1212,7 @@ FG_DEFINE_SUMROW(d, double)
         if (nthr < 1) nthr = 1;                                                               \
         /* own panels: each thread packs and multiplies its own share of B's panels for all  \
          * rows, without a barrier (FG_KB_OWN) */                                             \
-        const int own = !tb && kb_own_for(np, nthr);                                           \
+        const int own = !tb && kb_own_for(np, nthr, ta, M, sizeof(REAL));                     \
         size_t pk_n = 0, bpart_n = 0, btail_n = 0, ap_n = 0;                                  \
         REAL *pk = fg_ws_alloc((size_t)np * FG_KB * W * sizeof(REAL), &pk_n);                  \
         /* bsum: each whole block of FG_CS_ROWS rows of B summed in REAL (bpart, one row of N \

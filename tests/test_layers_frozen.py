@@ -83,6 +83,32 @@ def test_frozen_matches_layer(cfg):
     same(expected, frozen(x, initial_state=init, mask=mask))
 
 
+def test_frozen_takes_a_bare_state_of_its_dtype_as_it_is():
+    """A one-cell frozen layer takes a bare (B, units) initial state of its dtype without the
+    general checks (the same array, the result of the general path); other dtypes are cast,
+    other shapes refused, a list goes the general way; a stateful layer still checks its
+    batch first."""
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2, 4, 3)).astype(np.float32)
+    layer = GRU(5, return_state=True)
+    layer(x)
+    frozen = layer.freeze()
+    h = rng.standard_normal((2, 5)).astype(np.float32)
+    (h0,), bare = frozen._states(h, 2)
+    assert h0 is h and bare == [True]
+    (h64,), bare = frozen._states(h.astype(np.float64), 2)
+    assert h64.dtype == np.float32 and np.array_equal(h64, h) and bare == [True]
+    (hl,), bare = frozen._states([h], 2)
+    assert hl is h and bare == [False]
+    with pytest.raises(ValueError, match=r"initial_state.*\(2, 5\)"):
+        frozen._states(h[:, :4], 2)
+    same(layer(x, initial_state=h), frozen(x, initial_state=h))
+    stateful = GRU(5, stateful=True)
+    stateful(x)
+    with pytest.raises(ValueError, match="batch size"):
+        stateful.freeze()(x[:1], initial_state=h[:1])
+
+
 def test_frozen_owns_its_weights_and_config():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 5, 3)).astype(np.float32)

@@ -178,8 +178,11 @@ def test_adam_compiled_step_gives_the_numpy_bits(dtype, amsgrad, monkeypatch):
         t = np.dtype(dtype).type
         w, g, m, v, vh = (np.ones(4, dtype) for _ in range(5))
         vh[1] = np.nan
+        g[2] = v[2] = 0
+        vh[2] = -0.0  # a tie with v's +0: np.maximum gives its second operand, v
         assert cpu.adam_update(w, g, m, v, vh, t(0.1), t(0.001), t(0.01), t(1e-7))
         assert np.isnan(vh[1]) and np.isnan(w[1]) and np.isfinite(np.delete(w, 1)).all()
+        assert vh[2] == 0 and not np.signbit(vh[2])
         # a gradient that is the weights themselves: NumPy's path
         assert not cpu.adam_update(w, w, m, v, vh, t(0.1), t(0.001), t(0.01), t(1e-7))
     ran.clear()

@@ -429,21 +429,22 @@ def colsum(A, out, int n_threads):
 
 def adam(w, g, m, v, vh, double c1, double c2, double alpha, double eps, int n_threads):
     """One Adam step in place (fg_adam): w, m, v (and vh under amsgrad, else None) updated from
-    g, all C-contiguous arrays of one dtype and size; the bits of optim.Adam's NumPy
-    expression, whatever n_threads."""
+    g, all C-contiguous arrays of one dtype and size that do not overlap; the bits of
+    optim.Adam's NumPy expression, whatever n_threads."""
     cdef int t = _typenum(w)
     cdef Py_ssize_t n = w.size
+    # type, dtype, contiguity and at least n elements first (_p), then exactly n, writeable
+    cdef void *pw = _p(w, t, n, "w", True)
+    cdef void *pg = _p(g, t, n, "g", True)
+    cdef void *pm = _p(m, t, n, "m", True)
+    cdef void *pv = _p(v, t, n, "v", True)
+    cdef void *ph = _p(vh, t, n, "vh")
     for name, a in (("g", g), ("m", m), ("v", v), ("vh", vh)):
         if a is not None and a.size != n:
             raise ValueError(f"adam: {name} has {a.size} elements, w {n}")
     for name, a in (("w", w), ("m", m), ("v", v), ("vh", vh)):
         if a is not None and not a.flags.writeable:
             raise ValueError(f"adam: {name} is read-only")
-    cdef void *pw = _p(w, t, n, "w", True)
-    cdef void *pg = _p(g, t, n, "g", True)
-    cdef void *pm = _p(m, t, n, "m", True)
-    cdef void *pv = _p(v, t, n, "v", True)
-    cdef void *ph = _p(vh, t, n, "vh")
     with nogil:
         if t == cnp.NPY_FLOAT64:
             fg_adam_d(n, <double *>pw, <double *>pg, <double *>pm, <double *>pv, <double *>ph,
