@@ -152,8 +152,8 @@ cdef void _fill_a(void *arg) noexcept nogil:
 
 def paths_taken(bint reset=True):
     """The paths calls took since the last reset, as a set of names ("zigzag", "overlap",
-    "backward_team", "projection_in_place", "strips", "own_panels"); reset clears the record. For tests: a
-    path that silently stops running gives the same bits as one that runs."""
+    "backward_team", "projection_in_place", "strips", "own_panels"); reset clears the record.
+    For tests: a path that silently stops running gives the same bits as one that runs."""
     cdef int p = fg_paths_taken(reset)
     return {name for bit, name in ((FG_PATH_ZIGZAG, "zigzag"), (FG_PATH_OVERLAP, "overlap"),
                                    (FG_PATH_BWD_TEAM, "backward_team"),
