@@ -354,23 +354,19 @@ class Adam(Optimizer):
         vh = self._slot("velocity_hats", i, value) if self.amsgrad else None
         # (1 - beta) is formed in Python floats and then cast, as Keras does.
         consts = (t(1 - self.beta_1), t(1 - self.beta_2), alpha, t(self.epsilon))
-        if xp is np and _compiled_adam(value, g, m, v, vh, *consts):
-            return
+        if xp is np:
+            # the CPU engine's one pass where it applies (NumPy's dozen passes over a GRU's 1.2M
+            # weights took 2-3.6 ms); imported here so that this module stands on its own
+            from .engines import cpu
+
+            if cpu.adam_update(value, g, m, v, vh, *consts):
+                return
         _adam_arrays(xp, value, xp.asarray(g), m, v, vh, *consts, xp.empty_like(value),
                      xp.empty_like(value))
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon, "amsgrad": self.amsgrad}
-
-
-def _compiled_adam(w, g, m, v, vh, c1, c2, alpha, eps) -> bool:
-    """The CPU engine's one-pass Adam step where it applies (see engines.cpu.adam_update):
-    NumPy's dozen passes over a GRU's 1.2M weights took 2-3.6 ms, a percent of a two-thread
-    training step at 256x50x256x512."""
-    from .engines import cpu  # here: the optimizer module stays importable on its own
-
-    return cpu.adam_update(w, g, m, v, vh, c1, c2, alpha, eps)
 
 
 def _adam_arrays(xp, w, g, m, v, vh, c1, c2, alpha, eps, a, b):

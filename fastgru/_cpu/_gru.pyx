@@ -61,6 +61,13 @@ def workspace(str action="kept"):
     raise ValueError(f"action must be 'kept', 'trim' or 'poison', got {action!r}")
 
 
+cdef int _switch(object v):
+    """A run-time switch's setting from a setter's argument (the set_* functions below, for
+    one-process A/B runs in bench/ab.py): True / False from now on, None the default again;
+    not while a call runs."""
+    return -1 if v is None else (1 if v else 0)
+
+
 def isa_best():
     """The fastest per-step product kernel this CPU runs: 0 generic, 1 avx2, 2 avx512."""
     return fg_isa_best()
@@ -80,9 +87,8 @@ def gate_prefetch():
 
 
 def set_gate_prefetch(v):
-    """For one-process A/B runs (bench/ab.py --gate-prefetch): True / False from now on,
-    None the default again. Not while a call runs."""
-    fg_set_gate_prefetch(-1 if v is None else (1 if v else 0))
+    """For one-process A/B runs (bench/ab.py --gate-prefetch): see _switch."""
+    fg_set_gate_prefetch(_switch(v))
 
 
 def zigzag():
@@ -93,9 +99,8 @@ def zigzag():
 
 
 def set_zigzag(v):
-    """For one-process A/B runs (bench/ab.py --zigzag): True / False from now on, None the
-    default again. Not while a call runs."""
-    fg_set_zigzag(-1 if v is None else (1 if v else 0))
+    """For one-process A/B runs (bench/ab.py --zigzag): see _switch."""
+    fg_set_zigzag(_switch(v))
 
 
 def overlap():
@@ -106,9 +111,8 @@ def overlap():
 
 
 def set_overlap(v):
-    """For one-process A/B runs (bench/ab.py --overlap): True / False from now on, None the
-    default again. Not while a call runs."""
-    fg_set_overlap(-1 if v is None else (1 if v else 0))
+    """For one-process A/B runs (bench/ab.py --overlap): see _switch."""
+    fg_set_overlap(_switch(v))
 
 
 def strips():
@@ -119,9 +123,8 @@ def strips():
 
 
 def set_strips(v):
-    """For one-process A/B runs (bench/ab.py --strips): True / False from now on, None the
-    default again. Not while a call runs."""
-    fg_set_strips(-1 if v is None else (1 if v else 0))
+    """For one-process A/B runs (bench/ab.py --strips): see _switch."""
+    fg_set_strips(_switch(v))
 
 
 def kb_own():
@@ -132,9 +135,8 @@ def kb_own():
 
 
 def set_kb_own(v):
-    """For one-process A/B runs (bench/ab.py --kb-own): True / False from now on, None the
-    default again. Not while a call runs."""
-    fg_set_kb_own(-1 if v is None else (1 if v else 0))
+    """For one-process A/B runs (bench/ab.py --kb-own): see _switch."""
+    fg_set_kb_own(_switch(v))
 
 
 cdef struct _fill:  # gemm_panels_proj's wait: the rest of A arrives (as a partner's h would)
@@ -172,7 +174,7 @@ def fuse_projection(int isa, bint is_double, int rows, int npt, int units, int D
 def set_ptr_prefetch(v):
     """For one-process A/B runs (bench/ab.py --l1-prefetch): True / False from now on, None
     the default again (off, or FASTGRU_CPU_L1_PREFETCH). Not while a call runs."""
-    fg_set_ptr_prefetch(-1 if v is None else (1 if v else 0))
+    fg_set_ptr_prefetch(_switch(v))
 
 
 cdef void *_p(object arr, int typenum, Py_ssize_t size, str name,
