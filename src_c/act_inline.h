@@ -16,11 +16,16 @@
  * 2.25 / 4.5 ulp at most instead of 2.5 / 5. */
 
 /* exp(x) for x <= 0 (Cephes polynomial, ~1 ulp), branch-free so loops vectorise.
- * Arguments below -87 give exp(-87) ~ 1.6e-38 (negligible where it is used); NaN stays NaN. */
+ * Arguments below -87 give exp(-87) ~ 1.6e-38 (negligible where it is used); NaN stays NaN.
+ * n = round(x log2 e) comes from adding 1.5 * 2^23 in the FMA (the sum's low mantissa bits are
+ * n; the subtraction is exact): two vector ops fewer than floorf(x log2 e + 0.5) and a
+ * conversion (the same n except at ties, where |r| <= ln2 / 2 either way: 8 of 2^32 inputs
+ * moved by an ulp). */
 static inline float fg_expf_neg(float x)
 {
-    float xc = x >= -87.0f ? x : -87.0f; /* NaN -> -87 here, restored below */
-    float fx = floorf(fmaf(xc, 1.44269504088896341f, 0.5f));
+    float xc = x < -87.0f ? -87.0f : x;
+    float t = fmaf(xc, 1.44269504088896341f, 12582912.0f);
+    float fx = t - 12582912.0f;
     float r = fmaf(fx, -0.693359375f, xc);
     r = fmaf(fx, 2.12194440e-4f, r);
     float p = 1.9875691500E-4f;
@@ -30,27 +35,30 @@ static inline float fg_expf_neg(float x)
     p = fmaf(p, r, 1.6666665459E-1f);
     p = fmaf(p, r, 5.0000001201E-1f);
     float y = fmaf(p, r * r, r) + 1.0f;
-    /* y * 2^fx as an integer add to y's exponent field: y is in [0.7, 1.42) and fx in
-     * [-126, 0], with y >= 1.4 where fx = -126 (xc >= -87), so the result is normal and the
-     * add is the exact product (one vector op fewer than building 2^fx and multiplying; the
-     * same bits) */
-    union { uint32_t i; float f; } s;
-    s.f = y;
-    s.i += (uint32_t)(int32_t)fx << 23;
-    return x == x ? s.f : x;
+    /* y * 2^n as an integer add to y's exponent field: t's bits shifted left by 23 are n << 23
+     * (1.5 * 2^23's own low bits are zero); y is in [0.7, 1.42) and n in [-126, 0], with y > 1
+     * where n = -126 (xc >= -87), so the result is normal and the add is the exact product */
+    union { uint32_t i; float f; } s, k;
+    s.f = y, k.f = t;
+    s.i += k.i << 23;
+    return x == x ? s.f : x; /* a NaN's payload bits would land in the exponent */
 }
 
 static inline float fg_sigmoidf(float a)
 {   /* same branches as activations._sigmoid: exp of a non-positive argument only */
-    float e = fg_expf_neg(-fabsf(a));
+    union { uint32_t i; float f; } n; /* -|a| as one OR of the sign bit */
+    n.f = a, n.i |= 0x80000000u;
+    float e = fg_expf_neg(n.f);
     float num = a >= 0 ? 1.0f : e;
     return num / (1.0f + e);
 }
 
 static inline float fg_tanhf(float a)
-{   /* rational approximation (Eigen's), max rel. error ~4e-7 */
-    float x = a > 9.0f ? 9.0f : (a < -9.0f ? -9.0f : a);
-    float x2 = x * x;
+{   /* rational approximation (Eigen's), max rel. error ~4e-7, not clamped: above 9 (where the
+     * approximant reaches 1.0f; further out it leaves 1 again and overflows to NaN for huge
+     * |a|) the select below gives +-1: the same bits as clamping at 9 for all 2^32 floats
+     * (checked exhaustively), in two vector ops instead of seven */
+    float x2 = a * a;
     float p = -2.76076847742355e-16f;
     p = fmaf(p, x2, 2.00018790482477e-13f);
     p = fmaf(p, x2, -8.60467152213735e-11f);
@@ -58,15 +66,13 @@ static inline float fg_tanhf(float a)
     p = fmaf(p, x2, 1.48572235717979e-05f);
     p = fmaf(p, x2, 6.37261928875436e-04f);
     p = fmaf(p, x2, 4.89352455891786e-03f);
-    p = p * x;
+    p = p * a;
     float q = 1.19825839466702e-06f;
     q = fmaf(q, x2, 1.18534705686654e-04f);
     q = fmaf(q, x2, 2.26843463243900e-03f);
     q = fmaf(q, x2, 4.89352518554385e-03f);
     float t = p / q; /* q >= 4.89e-3 */
-    /* |a| > 0.5 ln(2^26) = 9.0109: tanh rounds to +-1 in float32 (the approximant, clamped at
-     * 9, stops at 0.99999994, the correctly rounded value below that) */
-    t = fabsf(a) > 9.0109f ? copysignf(1.0f, a) : t;
+    t = fabsf(a) > 9.0f ? copysignf(1.0f, a) : t;
     return fabsf(a) < 0.0004f ? a : t;
 }
 

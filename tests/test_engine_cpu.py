@@ -217,6 +217,22 @@ def test_c_activations_propagate_nan(dtype):
         assert np.isnan(out[0]) == np.isnan(want[0]) == keras_nan, name
 
 
+def test_c_float32_sigmoid_tanh_keep_every_nan():
+    """NaNs of any sign and payload (quiet and signalling) stay NaN in the float32 sigmoid and
+    tanh and their derivatives: exp's scaling adds the rounding sum's low bits to the result's
+    exponent field, where a NaN's payload bits would make a number of it."""
+    from fastgru._cpu import _gru
+
+    bits = np.array([0x7FC00000, 0x7FC001FF, 0xFFC00001, 0x7F800001, 0xFF8000FF, 0x7FFFFFFF,
+                     0xFFFFFFFF, 0x7FC00100] * 3, np.uint32)  # 24: vector body and tail
+    x = bits.view(np.float32)
+    for code in (1, 2):
+        for deriv in (False, True):
+            out = np.zeros_like(x)
+            _gru.activation(code, x, out, deriv)
+            assert np.all(np.isnan(out)), (code, deriv, out)
+
+
 def test_c_activation_rejects_unknown_code():
     from fastgru._cpu import _gru
 
@@ -1504,6 +1520,23 @@ def test_nan_input_gives_nan_output_of_that_row(dtype, rng):
     out, h, _ = cpu.forward(x, *args[1:], **kw)
     assert np.all(np.isnan(out[1, 2:])) and np.all(np.isfinite(out[1, :2]))
     assert np.all(np.isfinite(out[[0, 2]]))
+
+
+@pytest.mark.parametrize("u", [5, 40])
+@pytest.mark.parametrize("payload", [0x7FC00000, 0x7FC001FF, 0xFFC00101])
+def test_nan_in_update_gate_bias_gives_nan_outputs(payload, u, rng, monkeypatch):
+    """A NaN reaching only the update gate (its recurrent bias; any payload) makes every output
+    NaN, through the fused gate pass and the separate one: the candidate stays finite, so only
+    the float32 sigmoid's own NaN handling carries it (test_c_float32_sigmoid_tanh_keep_every_nan
+    says why a payload matters)."""
+    args, kw = make_case(rng, 2, 3, 3, u, return_sequences=True, dtype=np.float32)
+    bias = args[1].bias.copy()
+    bias[1, :u] = np.array([payload], np.uint32).view(np.float32)[0]
+    w = Weights(args[1].kernel, args[1].recurrent_kernel, bias)
+    for fused in ("1", "0"):
+        monkeypatch.setenv("FASTGRU_CPU_FUSED", fused)
+        out, h, _ = cpu.forward(args[0], w, *args[2:], **kw)
+        assert np.all(np.isnan(out)) and np.all(np.isnan(h)), fused
 
 
 @pytest.mark.parametrize("reset_after", [True, False])
