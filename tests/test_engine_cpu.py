@@ -217,6 +217,23 @@ def test_c_activations_propagate_nan(dtype):
         assert np.isnan(out[0]) == np.isnan(want[0]) == keras_nan, name
 
 
+def test_c_float32_tanh_never_passes_one():
+    """The rational approximant overshoots 1.0f by up to 2^-22 between 8.127 and 9 (so that
+    1 - t*t went negative); the select to +-1 above 8.125 keeps |tanh| <= 1 and its derivative
+    >= 0 for every float there, within the approximant's 5 ulp."""
+    from fastgru._cpu import _gru
+
+    pos = np.arange(np.float32(7.9).view(np.int32), np.float32(9.1).view(np.int32),
+                    dtype=np.int32).view(np.float32)
+    x = np.concatenate([pos, -pos])
+    t, d = np.empty_like(x), np.empty_like(x)
+    _gru.activation(1, x, t)
+    _gru.activation(1, x, d, True)
+    assert np.abs(t).max() <= 1 and d.min() >= 0
+    ref = np.tanh(x.astype(np.float64))
+    assert (np.abs(t - ref) / np.spacing(np.abs(ref).astype(np.float32))).max() < 5
+
+
 def test_c_float32_sigmoid_tanh_keep_every_nan():
     """NaNs of any sign and payload (quiet and signalling) stay NaN in the float32 sigmoid and
     tanh and their derivatives: exp's scaling adds the rounding sum's low bits to the result's
