@@ -5,30 +5,51 @@
 # value wins there), then issue #10's acceptance runs and bench/targets.py. About 45 minutes on
 # two cores; logs go to $OUT or ./cpu-logs. Each stage has its own time limit: T_TESTS, T_AB
 # (per A/B), T_RUN (per benchmark run), in seconds. SKIP_ACCEPT=1 stops after the A/Bs; AB=0
-# skips them.   bash bench/cpu_check.sh
-out=${OUT:-cpu-logs}
+# skips them. Exit status 1 if the tests, a stage or a target failed (every stage still runs);
+# Ctrl-C stops the run.   bash bench/cpu_check.sh
+set -o pipefail
+out=$(realpath -m "${OUT:-cpu-logs}")
+py=${PYTHON:-python3}
+case $py in */*) py=$(realpath -m "$py") ;; esac
+cd "$(dirname "$0")/.." || exit 1
 mkdir -p "$out"
 export PYTHONUNBUFFERED=1
-py=${PYTHON:-python3}
+status=0
+
+# timeout moves its command into a process group of its own, out of reach of a terminal's
+# Ctrl-C; run it in the background and wait (which a trap interrupts), and on INT / TERM pass
+# the signal on (timeout relays it to its command's group)
+child=
+trap '[ -n "$child" ] && kill -TERM "$child" 2>/dev/null; exit 130' INT TERM
+limit() { # limit SECONDS COMMAND...: its exit status
+  timeout "$@" &
+  child=$!
+  wait "$child"
+  local rc=$?
+  child=
+  return $rc
+}
 
 {
   date -u
   lscpu | grep -E "^Model name|^CPU\(s\)|^Vendor ID|^L1d|^L2|^L3|^Flags" | cut -c1-200
   git log --oneline -1 2>/dev/null
-  $py -c "import numpy, scipy; print('numpy', numpy.__version__, 'scipy', scipy.__version__)"
+  "$py" -c "import numpy, scipy; print('numpy', numpy.__version__, 'scipy', scipy.__version__)"
 } 2>&1 | tee "$out/env.log"
 
-if ! $py setup.py build_ext --inplace -q >"$out/build.log" 2>&1; then
+if ! "$py" setup.py build_ext --inplace -q >"$out/build.log" 2>&1; then
   tail -40 "$out/build.log"
   exit 1
 fi
-$py -c "from fastgru._cpu import _gru; print('best ISA', _gru.isa_best(), 'strips', _gru.strips(),
+"$py" -c "from fastgru._cpu import _gru; print('best ISA', _gru.isa_best(), 'strips', _gru.strips(),
 'kb_own', _gru.kb_own())" 2>&1 | tee -a "$out/env.log"
 
 echo "== CPU engine tests"
-timeout "${T_TESTS:-300}" $py -m pytest -q -p no:cacheprovider tests/test_engine_cpu.py \
+limit "${T_TESTS:-300}" "$py" -m pytest -q -p no:cacheprovider tests/test_engine_cpu.py \
   tests/test_engine_cpu_backward.py >"$out/tests.log" 2>&1
-echo "rc=$?"
+rc=$?
+echo "rc=$rc"
+[ $rc = 0 ] || status=1
 grep -E "passed|failed|error" "$out/tests.log" | tail -2
 grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -20
 
@@ -38,8 +59,10 @@ ab() {
   local name=$1
   shift
   echo "-- $name: $*"
-  (cd bench && timeout "${T_AB:-400}" $py ab.py "$@") >"$out/ab_$name.log" 2>&1
-  echo "rc=$?"
+  limit "${T_AB:-400}" "$py" bench/ab.py "$@" >"$out/ab_$name.log" 2>&1
+  local rc=$?
+  echo "rc=$rc"
+  [ $rc = 0 ] || status=1
   grep -E "^[0-9]+t " "$out/ab_$name.log"
 }
 if [ "${AB:-1}" != 0 ]; then
@@ -61,19 +84,23 @@ if [ "${AB:-1}" != 0 ]; then
   ab bwd_split --env FASTGRU_CPU_BWD_SPLIT=0,1,0,1 --mode training 1x1000x128x256,1x300x64x128 \
     --threads 2
 fi
-[ -n "${SKIP_ACCEPT:-}" ] && exit 0
+[ "${SKIP_ACCEPT:-0}" = 1 ] && exit $status
 
 echo "== issue #10 acceptance runs"
 run() {
   local name=$1
   shift
   echo "-- $name: $*"
-  timeout "${T_RUN:-1500}" $py "$@" >"$out/$name.log" 2>&1
-  echo "rc=$?"
+  limit "${T_RUN:-1500}" "$py" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "rc=$rc"
+  [ $rc = 0 ] || status=1
   grep -E "^\| [0-9]" "$out/$name.log"
 }
 run inference bench/cpu_inference.py --rounds 2 --json "$out/a.json"
 run inference_last bench/cpu_inference.py --rounds 2 --no-return-sequences --json "$out/b.json"
 run training bench/cpu_training.py --rounds 2 --json "$out/c.json"
 echo "== targets"
-$py bench/targets.py "$out/a.json" "$out/b.json" "$out/c.json" 2>&1 | tee "$out/targets.log"
+"$py" bench/targets.py "$out/a.json" "$out/b.json" "$out/c.json" 2>&1 | tee "$out/targets.log" \
+  || status=1
+exit $status
