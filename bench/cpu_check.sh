@@ -44,26 +44,28 @@ fi
 "$py" -c "from fastgru._cpu import _gru; print('best ISA', _gru.isa_best(), 'strips', _gru.strips(),
 'kb_own', _gru.kb_own())" 2>&1 | tee -a "$out/env.log"
 
+# stage NAME SECONDS COMMAND...: logged to $out/NAME.log; a failure sets the exit status
+stage() {
+  local name=$1 secs=$2
+  shift 2
+  echo "-- $name: ${*:2}"
+  limit "$secs" "$@" >"$out/$name.log" 2>&1
+  local rc=$?
+  echo "rc=$rc"
+  [ $rc = 0 ] || status=1
+}
+
 echo "== CPU engine tests"
-limit "${T_TESTS:-300}" "$py" -m pytest -q -p no:cacheprovider tests/test_engine_cpu.py \
-  tests/test_engine_cpu_backward.py >"$out/tests.log" 2>&1
-rc=$?
-echo "rc=$rc"
-[ $rc = 0 ] || status=1
+stage tests "${T_TESTS:-300}" "$py" -m pytest -q -p no:cacheprovider tests/test_engine_cpu.py \
+  tests/test_engine_cpu_backward.py
 grep -E "passed|failed|error" "$out/tests.log" | tail -2
 grep -E "^(FAILED|ERROR)" "$out/tests.log" | head -20
 
 # name, arguments: each A/B alternates the two values twice (0,1,0,1), so that the two columns
 # of one value show the run's own noise beside the difference between the values
 ab() {
-  local name=$1
-  shift
-  echo "-- $name: $*"
-  limit "${T_AB:-400}" "$py" bench/ab.py "$@" >"$out/ab_$name.log" 2>&1
-  local rc=$?
-  echo "rc=$rc"
-  [ $rc = 0 ] || status=1
-  grep -E "^[0-9]+t " "$out/ab_$name.log"
+  stage "ab_$1" "${T_AB:-400}" "$py" bench/ab.py "${@:2}"
+  grep -E "^[0-9]+t " "$out/ab_$1.log"
 }
 if [ "${AB:-1}" != 0 ]; then
   echo "== A/Bs of the per-CPU defaults (first/other > 1: that variant is faster)"
@@ -88,14 +90,8 @@ fi
 
 echo "== issue #10 acceptance runs"
 run() {
-  local name=$1
-  shift
-  echo "-- $name: $*"
-  limit "${T_RUN:-1500}" "$py" "$@" >"$out/$name.log" 2>&1
-  local rc=$?
-  echo "rc=$rc"
-  [ $rc = 0 ] || status=1
-  grep -E "^\| [0-9]" "$out/$name.log"
+  stage "$1" "${T_RUN:-1500}" "$py" "${@:2}"
+  grep -E "^\| [0-9]" "$out/$1.log"
 }
 run inference bench/cpu_inference.py --rounds 2 --json "$out/a.json"
 run inference_last bench/cpu_inference.py --rounds 2 --no-return-sequences --json "$out/b.json"

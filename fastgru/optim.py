@@ -361,19 +361,19 @@ class Adam(Optimizer):
 
             if cpu.adam_update(value, g, m, v, vh, *consts):
                 return
-        _adam_arrays(xp, value, xp.asarray(g), m, v, vh, *consts, xp.empty_like(value),
-                     xp.empty_like(value))
+        _adam_arrays(xp, value, xp.asarray(g), m, v, vh, *consts)
 
     def get_config(self) -> dict:
         return {**super().get_config(), "beta_1": self.beta_1, "beta_2": self.beta_2,
                 "epsilon": self.epsilon, "amsgrad": self.amsgrad}
 
 
-def _adam_arrays(xp, w, g, m, v, vh, c1, c2, alpha, eps, a, b):
-    """One Adam update of w in place, with a and b (w's shape) as scratch: the operations of
+def _adam_arrays(xp, w, g, m, v, vh, c1, c2, alpha, eps):
+    """One Adam update of w in place, with two scratch arrays of w's shape: the operations of
     ``m += (g - m) * c1; v += (g * g - v) * c2; w -= (m * alpha) / (sqrt(v) + eps)`` (v the
     running maximum vh under amsgrad) in the same order, so the same bits where g has w's dtype
     (step() casts it)."""
+    a, b = xp.empty_like(w), xp.empty_like(w)
     xp.subtract(g, m, out=a)
     a *= c1
     m += a
