@@ -338,6 +338,7 @@ def test_load_state_dict_validates():
 @settings(max_examples=20, deadline=None)
 @given(st.integers(0, 2**31 - 1), st.sampled_from(["adam", "sgd"]))
 @example(2381, "adam")
+@example(778436277, "adam")
 def test_quadratic_converges(seed, which):
     rng = np.random.default_rng(seed)
     q = rng.normal(size=(4, 4))
@@ -346,10 +347,11 @@ def test_quadratic_converges(seed, which):
     w = Variable(np.zeros(4), "w")
     if which == "adam":
         # A decaying rate: at a constant 0.05 Adam keeps oscillating about the minimum (seed
-        # 2381: 0.0165 off after 1500 steps, 3e-12 after 3000, 0.003 after 4500); on this
-        # schedule 401 seeds all end within 1e-6.
+        # 2381: 0.0165 off after 1500 steps, 3e-12 after 3000, 0.003 after 4500). On this
+        # schedule 1500 steps left 2 of 30,002 seeds beyond 1e-3 (778436277: 0.011, drawn in a
+        # fresh clone's test run); after 3000 all are within 2.5e-5.
         opt = Adam([w], learning_rate=lambda it: 0.05 / (1 + it / 300))
-        steps = 1500
+        steps = 3000
     else:
         opt = SGD([w], learning_rate=0.5 / np.linalg.eigvalsh(a)[-1], momentum=0.9)
         steps = 1500
