@@ -63,6 +63,32 @@ def in_threads():
     return run_in_threads
 
 
+# The CPU engine's read-once switches (src_c/gemm.c), reset by _gru.set_<name>(None).
+READ_ONCE_SWITCHES = ("ptr_prefetch", "gate_prefetch", "zigzag", "overlap", "strips", "kb_own")
+
+
+@pytest.fixture
+def default_cpu_env(monkeypatch):
+    """For a test of one mechanism of the CPU engine (a kernel path and what it promises): the
+    FASTGRU_CPU_* variables that force a kernel, a path or a switch are unset and the read-once
+    switches back at their defaults, so that the suite run under a forced fallback
+    (FASTGRU_CPU_KERNEL=avx2, FASTGRU_CPU_PROJ=blas, ...) still tests what such a test names."""
+    import os
+
+    for name in [k for k in os.environ if k.startswith("FASTGRU_CPU_")]:
+        monkeypatch.delenv(name)
+    try:
+        from fastgru._cpu import _gru
+    except ImportError:  # pragma: no cover - no compiled engine: nothing to reset
+        yield
+        return
+    for name in READ_ONCE_SWITCHES:
+        getattr(_gru, "set_" + name)(None)
+    yield
+    for name in READ_ONCE_SWITCHES:  # read again from the environment as it was
+        getattr(_gru, "set_" + name)(None)
+
+
 @pytest.fixture(autouse=True)
 def plans_independent_of_descheduled_threads(monkeypatch):
     """The CPU engine stops splitting units for a while after a split team waited for a

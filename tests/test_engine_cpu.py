@@ -404,6 +404,7 @@ def test_packed_gemm_every_layout_row_exact(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.usefixtures("default_cpu_env")
 def test_packed_gemm_own_panels_give_the_bits_of_shared_ones(dtype, rng):
     """With several threads and B's panels shared out evenly (at most 1/8 above the mean), each
     thread of the K-blocked GEMM packs and multiplies its own panels (fg_kb_own), A's strips
@@ -580,6 +581,7 @@ def test_strips_give_the_bits_of_rows(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.usefixtures("default_cpu_env")
 def test_layers_give_the_same_bits_with_and_without_strips(dtype, rng, monkeypatch):
     """Forward (several chunks, masks, both directions, batch- and unit-split plans) and the
     backward's gradients: the bits do not depend on the strips switch, which runs where the
@@ -738,6 +740,7 @@ def test_kernel_argument_validation(rng, monkeypatch):
         cpu.forward(*args, **kw)
 
 
+@pytest.mark.usefixtures("default_cpu_env")
 def test_projection_paths_agree(rng, monkeypatch):
     """The packed-panel and BLAS input projections both match the reference (different
     summation, so not the same bits); auto picks panels except for the generic kernel."""
@@ -954,6 +957,7 @@ def test_fused_gate_pass_bits_equal_separate_passes(dtype, mask, rng, monkeypatc
 
 @pytest.mark.skipif("avx512" not in supported_isas(), reason="AVX-512 only")
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.usefixtures("default_cpu_env")
 def test_fused_projection_bits_equal_projection_up_front(dtype, rng, monkeypatch):
     """A one-row time loop (AVX-512, D <= u, panels within 1.5 MB) projects all but each chunk's
     first eight steps inside earlier steps' products, one block of eight steps ahead: the bits of
@@ -1181,12 +1185,12 @@ def test_l1_prefetch_default_off_below_1mb(tmp_path):
 
 def _child_stdout(code, name, value, tmp_path):
     """What ``python -c code`` prints with environment variable ``name`` set to ``value``
-    (None: unset): the prefetch switches are read once per process."""
+    (None: unset) and no other FASTGRU_CPU_* variable: the switches are read once per process."""
     import os
     import subprocess
     import sys
 
-    env = {k: v for k, v in os.environ.items() if k != name}
+    env = {k: v for k, v in os.environ.items() if k != name and not k.startswith("FASTGRU_CPU_")}
     if value is not None:
         env[name] = value
     return subprocess.run([sys.executable, "-c", code], env=_child_env(env), check=True,
@@ -1229,6 +1233,7 @@ SWITCHES = {"zigzag": "FASTGRU_CPU_ZIGZAG", "overlap": "FASTGRU_CPU_OVERLAP"}
 
 @pytest.mark.parametrize("switch", sorted(SWITCHES))
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.usefixtures("default_cpu_env")
 def test_step_order_switches_change_no_bits(switch, dtype, rng, monkeypatch):
     """The time loops' alternating panel order (zigzag) and the split teams' exchange of h
     inside the next step's product (overlap), on / off (the in-process switches bench/ab.py
@@ -1283,6 +1288,7 @@ def test_step_order_switches_change_no_bits(switch, dtype, rng, monkeypatch):
         put(None)
 
 
+@pytest.mark.usefixtures("default_cpu_env")
 def test_overlapped_exchange_repeats_exactly(rng, monkeypatch):
     """Split one-/two-row teams that exchange h without a barrier per step give, call after
     call, the bits of one thread (a race between a step's reads of a partner's units and that
@@ -1305,7 +1311,8 @@ def test_teams_no_larger_than_the_openmp_thread_limit(tmp_path):
     explain says so, and the bits are one thread's."""
     code = ("import numpy as np; from fastgru._cpu import _gru; from fastgru.engines import cpu;"
             "from fastgru import activations as a; from fastgru.engines.base import GRUSpec, "
-            "Weights; cpu._SPLIT_MIN_WORK = 0; r = np.random.default_rng(0);"
+            "Weights; cpu._SPLIT_MIN_WORK = 0; cpu._CONTENDED_SECONDS = 0;"  # (conftest's rule)
+            "r = np.random.default_rng(0);"
             "s = GRUSpec(256, a.get('tanh'), a.get('sigmoid'), return_sequences=True);"
             "w = Weights(*(r.standard_normal(k).astype(np.float32) * .1 for k in "
             "((8, 768), (256, 768), (2, 768)))); x = r.standard_normal((1, 30, 8), np.float32);"
@@ -1779,6 +1786,7 @@ def test_cached_packed_kernels_catch_in_place_edits(rng, monkeypatch, dtype, B, 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("B,n_threads", [(1, 2), (1, 3), (1, 4), (5, 3), (8, 2), (12, 3)])
+@pytest.mark.usefixtures("default_cpu_env")
 def test_kernel_verifies_every_threads_share_of_the_cached_panels(rng, monkeypatch, dtype, B,
                                                                    n_threads):
     """The kernel's threads each compare their share of a cache hit's panels with the weights

@@ -162,6 +162,7 @@ def test_backward_rows_independent_of_threads(dtype, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.usefixtures("default_cpu_env")
 def test_split_units_backward_gives_the_row_backward_bits(dtype, rng, monkeypatch):
     """Batches the forward splits by units split so in the backward too where rows cannot
     keep every thread busy or U^T exceeds L2 (reset_after, tanh / sigmoid, no recurrent
@@ -458,6 +459,7 @@ def test_kept_workspace_trim():
         _gru.workspace("free")
 
 
+@pytest.mark.usefixtures("default_cpu_env")
 def test_packed_cache_drops_older_versions_of_the_same_memory(rng):
     """Weights updated in place under new version keys (a training loop) keep one packed entry
     per matrix, not one per step; a different array keeps its own."""
