@@ -115,6 +115,45 @@ def test_custom_backward_layer_and_errors():
                               initial_state=[np.zeros((1, 2), np.float32)] * 3)
 
 
+def test_backward_layer_with_other_units():
+    """concat takes a backward layer of other units (Keras does): its shapes, its gradients
+    (before, backward() asked for 2 x the forward units); sum / ave / mul refuse it instead
+    of broadcasting a 1-unit layer over the other's units."""
+    def make(merge_mode, bu, state=False):
+        layer = Bidirectional(
+            GRU(2, return_sequences=True, return_state=state, dtype="float64"),
+            merge_mode=merge_mode,
+            backward_layer=GRU(bu, return_sequences=True, return_state=state,
+                               go_backwards=True, dtype="float64"))
+        layer.build((None, None, 2))
+        return layer
+
+    x = rng.normal(size=(2, 3, 2))
+    for merge_mode, state in (("concat", False), ("concat", True), (None, True)):
+        layer = make(merge_mode, 3, state)
+        y, tape = layer.forward(x)
+        leaves = _leaves(y)
+        shapes = layer.compute_output_shape(x.shape)
+        shapes = shapes if isinstance(shapes[0], tuple) else [shapes]
+        assert [tuple(s) for s in shapes] == [a.shape for a in leaves]
+        R = [rng.normal(size=a.shape) for a in leaves]
+        g = layer.backward(tape, tuple(R) if len(R) > 1 else R[0])
+
+        def loss(layer=layer, R=R):
+            return float(sum(np.sum(a * r) for a, r in zip(_leaves(layer(x)), R, strict=True)))
+
+        np.testing.assert_allclose(g.inputs, numeric_grad(loss, x), rtol=1e-6, atol=1e-8)
+    assert make("concat", 3).freeze()(x).shape == (2, 3, 5)
+    for merge_mode in ("sum", "ave", "mul"):
+        layer = make(merge_mode, 1)
+        with pytest.raises(ValueError, match="backward layer .*merge_mode='concat'"):
+            layer(x)
+        with pytest.raises(ValueError, match="backward layer .*merge_mode='concat'"):
+            layer.forward(x)
+        with pytest.raises(ValueError, match="backward layer .*merge_mode='concat'"):
+            layer.freeze()(x)
+
+
 def test_time_major_equals_batch_major():
     bm = _layer("concat", rs=True)
     tm = Bidirectional(GRU(U, return_sequences=True, dtype="float64", time_major=True))

@@ -145,17 +145,21 @@ class Bidirectional(Layer):
             self._initial_weights = None
 
     def compute_output_shape(self, sequences_shape, initial_state_shape=None):
+        # the backward layer may have other units (backward_layer=): its own shapes
         out = self.forward_layer.compute_output_shape(sequences_shape)
-        states = ()
+        back = self.backward_layer.compute_output_shape(sequences_shape)
+        states = back_states = ()
         if self.return_state:
             out, states = out[0], tuple(out[1:])
+            back, back_states = back[0], tuple(back[1:])
         if self.merge_mode == "concat":
-            out = tuple(out[:-1]) + (None if out[-1] is None else 2 * out[-1],)
+            last = None if out[-1] is None or back[-1] is None else out[-1] + back[-1]
+            out = tuple(out[:-1]) + (last,)
         elif self.merge_mode is None:
-            out = (tuple(out), tuple(out))
+            out = (tuple(out), tuple(back))
         if self.return_state:
             head = out if self.merge_mode is None else (tuple(out),)
-            return tuple(head) + states + states
+            return tuple(head) + states + back_states
         return tuple(out) if self.merge_mode is not None else out
 
     def compute_mask(self, inputs, mask=None):
@@ -200,6 +204,14 @@ class Bidirectional(Layer):
         y_rev = y_rev.astype(self.dtype, copy=False)
         if self.return_sequences:
             y_rev = xp.flip(y_rev, axis=self._time_axis)
+        if self.merge_mode in ("sum", "ave", "mul") and y.shape != y_rev.shape:
+            # NumPy would broadcast a backward layer of 1 unit over the forward one's units
+            raise ValueError(
+                f"Bidirectional '{self.name}' with merge_mode={self.merge_mode!r} needs forward "
+                f"and backward outputs of one shape; the forward layer gave {tuple(y.shape)} "
+                f"and the backward layer {tuple(y_rev.shape)} (a `backward_layer` with other "
+                "units works only with merge_mode='concat' or None)"
+            )
         if self.merge_mode == "concat":
             return xp.concatenate([y, y_rev], axis=-1), y, y_rev
         if self.merge_mode == "sum":
@@ -438,8 +450,8 @@ class Bidirectional(Layer):
         xp = array_module(y)
         d = xp.asarray(d, dtype=y.dtype)
         if self.merge_mode == "concat":
-            u = y.shape[-1]
-            expected = y.shape[:-1] + (2 * u,)
+            u = y.shape[-1]  # the backward layer may have other units (backward_layer=)
+            expected = y.shape[:-1] + (u + y_rev.shape[-1],)
             if d.shape != expected:
                 raise ValueError(f"`d_outputs` must have the outputs' shape {expected}; "
                                  f"received {d.shape}")
