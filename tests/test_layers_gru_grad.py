@@ -137,6 +137,12 @@ def test_backward_forms_and_errors():
         layer.backward(tape, (np.ones((3, 2)), None))
     with pytest.raises(ValueError, match="not both"):
         layer.backward(tape, (y, s), d_state=s)
+    # time-major: the message quotes the shape as given (it quoted it transposed, so that a
+    # batch-major (2, 3, 2) read "must have ... (3, 2, 2); received (3, 2, 2)")
+    tm = GRU(2, dtype="float64", return_sequences=True, time_major=True)
+    ytm, ttm = tm.forward(x.swapaxes(0, 1))
+    with pytest.raises(ValueError, match=r"outputs \(3, 2, 2\); received \(2, 3, 2\)"):
+        tm.backward(ttm, np.ones((2, 3, 2)))
     with pytest.raises(TypeError, match="tape"):
         layer.backward("nope", y)
     with pytest.raises(AttributeError):

@@ -607,6 +607,7 @@ class RNN(Layer):
         B, T = tape.batch, tape.steps
         if d_out is not None:
             d_out = self._to(xp, d_out)
+            given = tuple(np.shape(d_out))  # as the caller laid it out (time-major or not)
             if self.return_sequences and self.time_major:
                 d_out = d_out.swapaxes(0, 1)
             u = cells[-1].units
@@ -614,7 +615,7 @@ class RNN(Layer):
             if tuple(d_out.shape) != expected:
                 raise ValueError(
                     f"`d_outputs` must have the shape of the outputs {self._out_shape(B, T, u)};"
-                    f" received {tuple(np.shape(d_out))}"
+                    f" received {given}"
                 )
         grads = [None] * len(cells)
         g = d_out
