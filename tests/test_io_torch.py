@@ -52,6 +52,20 @@ def test_gate_mapping_by_hand():
         np.testing.assert_array_equal(a, b)
 
 
+def test_keras_to_torch_refuses_wrong_shapes():
+    """Wrong Keras shapes raise, naming what was expected (they mapped silently: a kernel of
+    10 columns gave a (10, D) weight_ih, a 1-D kernel a 1-D one, a (2, 9) bias 9 entries)."""
+    k, rec, b = np.zeros((5, 12)), np.zeros((4, 12)), np.zeros((2, 12))
+    for bad in ((np.zeros((5, 10)), rec), (np.zeros(12), rec), (k, np.zeros((12, 4))),
+                (k, np.zeros((4, 10))), (np.zeros((5, 15)), rec)):
+        with pytest.raises(ValueError, match=r"kernel of shape \(input, 3\*units\)"):
+            keras_to_torch_gru(*bad)
+    with pytest.raises(ValueError, match=r"\(2, 12\); received a bias of shape \(2, 9\)"):
+        keras_to_torch_gru(k, rec, np.zeros((2, 9)))
+    assert [a.shape for a in keras_to_torch_gru(k, rec, b)] == [(12, 5), (12, 4), (12,), (12,)]
+    assert keras_to_torch_gru(np.zeros((0, 12)), rec)[0].shape == (12, 0)
+
+
 def test_numpy_state_dict_round_trip_is_exact():
     model = Sequential([Bidirectional(GRU(3, return_sequences=True)),
                         Bidirectional(GRU(3, return_sequences=True))])

@@ -50,15 +50,24 @@ def keras_to_torch_gru(kernel, recurrent_kernel, bias=None):
     """``(weight_ih (3u,D), weight_hh (3u,u), bias_ih (3u,) | None, bias_hh (3u,) | None)``
     from Keras weights ``kernel (D,3u)``, ``recurrent_kernel (u,3u)``, ``bias (2,3u)``."""
     kernel, recurrent_kernel = _host(kernel), _host(recurrent_kernel)
+    # as torch_to_keras_gru checks its side: a wrong shape would otherwise map silently (a
+    # kernel of 10 columns became a (10, D) weight_ih; gate blocks are columns // 3)
+    if recurrent_kernel.ndim != 2 or recurrent_kernel.shape[1] != 3 * recurrent_kernel.shape[0] \
+            or kernel.ndim != 2 or kernel.shape[1] != recurrent_kernel.shape[1]:
+        raise ValueError(
+            "Expected kernel of shape (input, 3*units) and recurrent_kernel of shape (units, "
+            f"3*units); received {kernel.shape} and {recurrent_kernel.shape}."
+        )
     w_ih = np.ascontiguousarray(_swap_rz(kernel).T)
     w_hh = np.ascontiguousarray(_swap_rz(recurrent_kernel).T)
     if bias is None:
         return w_ih, w_hh, None, None
     bias = _host(bias)
-    if bias.ndim != 2 or bias.shape[0] != 2:
+    if bias.ndim != 2 or bias.shape[0] != 2 or bias.shape[1] != kernel.shape[1]:
         raise ValueError(
-            "PyTorch's GRU is Keras's reset_after=True GRU, whose bias has shape (2, 3*units); "
-            f"received a bias of shape {bias.shape} (reset_after=False has no PyTorch form)."
+            "PyTorch's GRU is Keras's reset_after=True GRU, whose bias has shape (2, 3*units) = "
+            f"(2, {kernel.shape[1]}); received a bias of shape {bias.shape} (reset_after=False "
+            "has no PyTorch form)."
         )
     return w_ih, w_hh, _swap_rz(bias[0]), _swap_rz(bias[1])
 
