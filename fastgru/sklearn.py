@@ -185,7 +185,13 @@ def _is_ragged(X) -> bool:
 def _ragged(X, name: str) -> _Seqs:
     seqs = []
     for i, s in enumerate(X):
-        a = check_array(s, ensure_2d=False, dtype=[np.float64, np.float32], input_name=name)
+        # ensure_min_samples=0: an empty sequence gets the message below, not check_array's
+        # "Found array with 0 sample(s)", which reads as if X itself were empty
+        a = check_array(s, ensure_2d=False, dtype=[np.float64, np.float32], input_name=name,
+                        ensure_min_samples=0)
+        if a.shape[0] == 0:
+            raise ValueError(f"Sequence {i} of {name} has length 0 (shape {a.shape}); every "
+                             "sequence needs >= 1 step.")
         if a.ndim == 1:
             a = a[:, None]
         if a.ndim != 2:

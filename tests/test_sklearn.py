@@ -159,6 +159,12 @@ def test_ragged_lists_are_padded_and_masked():
         clf.predict(five)  # two features: 2-D input is ambiguous
     with pytest.raises(ValueError, match="same number of features"):
         clf.predict([seqs[0], np.zeros((3, 3))])
+    # an empty sequence is named as such (it read "Found array with 0 sample(s)")
+    for empty in (np.zeros((0, 2)), np.zeros(0)):
+        with pytest.raises(ValueError, match="Sequence 1 of X has length 0"):
+            GRUClassifier(**FAST).fit([seqs[0], empty, seqs[2]], y[:3])
+        with pytest.raises(ValueError, match="Sequence 1 of X has length 0"):
+            clf.predict([seqs[0], empty])
     scores = cross_val_score(GRUClassifier(**FAST), seqs, y, cv=2)  # lists split like arrays
     assert scores.shape == (2,)
 
