@@ -181,6 +181,24 @@ def test_explain_rejects_what_a_call_rejects(bad):
             layer.explain(bad)
 
 
+def test_explain_allocates_nothing_of_the_call_size():
+    """explain reads shapes and dtypes: it made a float32 copy of a float64 x and a zeros
+    array of every cell's outputs (here 16 + 2 MB; at a broadcast (2**20, 2**12, 5) input,
+    64 GiB), for a sentence."""
+    import tracemalloc
+
+    x = np.broadcast_to(np.zeros((1, 1, 64)), (64, 1000, 64))  # float64, for float32 cells
+    for layer in (GRU(8), RNN([GRUCell(8), GRUCell(4)]), GRU(8, time_major=True)):
+        layer.explain(x)  # first calls import and cache
+        tracemalloc.start()
+        try:
+            text = layer.explain(x)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert "engine" in text and peak < 1 << 20, peak
+
+
 def test_layer_results_equal_reference_whatever_engine_runs(rng):
     """Whatever dispatch picks on this machine (compiled CPU engine or reference)."""
     x = rng.normal(size=(3, 6, 4))

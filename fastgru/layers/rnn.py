@@ -738,19 +738,24 @@ class RNN(Layer):
         self._check_rank(xb.shape)  # the call's own check (a shape tuple is not an input)
         if self.time_major:
             xb = xb.swapaxes(0, 1)
-        if xb.dtype != cells[0].dtype:
-            xb = xb.astype(cells[0].dtype)
+
+        def stand_in(shape, dtype):
+            # engines are chosen and described by type, shape and dtype alone: a zero-stride
+            # view, not a converted copy of x or a zeros array of each cell's outputs (which
+            # allocated up to the call's own memory, for a sentence)
+            return xp.broadcast_to(xp.zeros((), dtype), shape)
+
         m = self._standardize_mask(mask, xp, xb.shape[0], xb.shape[1]) if mask is not None \
             else None
         parts = []
-        inp = xb
+        inp = xb if xb.dtype == cells[0].dtype else stand_in(xb.shape, cells[0].dtype)
         for i, cell in enumerate(cells):
             spec = self._cell_spec(cell, i, i == len(cells) - 1)
             mi = m if (i == 0 or m is None or not self.go_backwards) else m[:, ::-1]
             engine, reason = self._choose(cell, spec, inp, mi, None)
             text = _dispatch.describe(engine, reason, spec, inp, self.n_threads)
             parts.append(text if len(cells) == 1 else f"cell {i} ({cell.name}): {text}")
-            inp = xp.zeros(inp.shape[:2] + (cell.units,), cell.dtype)
+            inp = stand_in(inp.shape[:2] + (cell.units,), cell.dtype)
         return f"{self.name}: " + " ".join(parts)
 
     # ------------------------------------------------------------------ config
