@@ -206,8 +206,6 @@ def _ragged(X, name: str) -> _Seqs:
             f"All sequences of {name} must have the same number of features; got {sorted(widths)}."
         )
     lengths = np.array([a.shape[0] for a in seqs], dtype=np.intp)
-    if lengths.min() < 1:
-        raise ValueError(f"Found a sequence of length 0 in {name}; every sequence needs >= 1 step.")
     n, t, f = len(seqs), int(lengths.max()), widths.pop()
     x = np.zeros((n, t, f), dtype=_DTYPE)
     for i, a in enumerate(seqs):

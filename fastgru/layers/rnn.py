@@ -589,7 +589,9 @@ class RNN(Layer):
         """Gradients of one ``forward`` call. ``d_outputs`` mirrors what forward returned
         (with return_state a tuple ``(d_output, d_state...)``, entries may be None); ``d_state``
         may instead be given separately. Weight regularization is not included (see
-        ``regularization_gradients``)."""
+        ``regularization_gradients``). The tape holds the inputs and weights by reference: a
+        weight changed since the forward call (its Variable's version) is refused; a write
+        into ``Variable.value`` without ``bump()``, or an edit of the inputs, is not seen."""
         if not isinstance(tape, RNNTape):
             raise TypeError(f"backward needs the tape returned by forward(); got {type(tape)}")
         cells = _gru_cells(self.cell)
