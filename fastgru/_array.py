@@ -24,6 +24,17 @@ def get_array_module(*arrays):
     return np
 
 
+def check_real(a, what: str):
+    """``a`` itself where its dtype holds real numbers (float, integer, bool); else a TypeError
+    naming ``what``: converting would drop complex values' imaginary parts with no more than
+    a warning, or fail on strings without naming the argument."""
+    dtype = getattr(a, "dtype", None)
+    if dtype is not None and dtype.kind in "cUSV":
+        raise TypeError(f"{what} must hold real numbers (float, integer or bool); received an "
+                        f"array of dtype {dtype}")
+    return a
+
+
 def cupy_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
     try:

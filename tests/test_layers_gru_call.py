@@ -416,3 +416,51 @@ def test_weight_updates_reach_the_engine(rng, monkeypatch, cpu_cache):
     layer.cell.recurrent_kernel.value[0, 0] = 0.25  # in place, no bump: still seen
     np.testing.assert_allclose(layer(x), ref_run(layer, x)[0], atol=1e-12)
     assert not np.allclose(layer(x), first)
+
+
+# ---------------------------------------------------------------- values that are not real
+def _not_real_calls():
+    """(name, call) pairs: each passes one complex array where the layers take real ones."""
+    x = np.ones((2, 3, 5), "f4")
+    c = lambda a: a + 1j  # noqa: E731 - complex of the same shape
+
+    def backward_of(layer, d):
+        (y, _), tape = layer.forward(x, training=True)
+        layer.backward(tape, (d(y), None))
+
+    def bidirectional_backward():
+        b = fastgru.Bidirectional(GRU(4, return_sequences=True))
+        y, tape = b.forward(x, training=True)
+        b.backward(tape, c(y))
+
+    def frozen():
+        g = GRU(4)
+        g(x)
+        g.freeze()(c(x))
+
+    def set_weights():
+        g = GRU(4)
+        g(x)
+        g.set_weights([c(w) for w in g.get_weights()])
+
+    return [
+        ("sequences", lambda: GRU(4)(c(x))),
+        ("sequences", lambda: GRU(4)(np.full((2, 3, 5), "a"))),
+        ("sequences", frozen),
+        ("initial_state", lambda: GRU(4)(x, initial_state=c(np.zeros((2, 4))))),
+        ("inputs", lambda: fastgru.GRUCell(4)(c(x[:, 0]), [np.zeros((2, 4), "f4")])),
+        ("states", lambda: fastgru.GRUCell(4)(x[:, 0], [c(np.zeros((2, 4)))])),
+        ("Dense", lambda: fastgru.Dense(3)(c(x))),
+        ("d_outputs", lambda: backward_of(GRU(4, return_state=True), c)),
+        ("d_outputs", bidirectional_backward),
+        ("Weight", set_weights),
+    ]
+
+
+@pytest.mark.parametrize("what,call", _not_real_calls(),
+                         ids=lambda v: v if isinstance(v, str) else "")
+def test_complex_or_string_values_are_refused_naming_the_argument(what, call):
+    """Complex values would lose their imaginary parts in the conversion to the layer's float
+    dtype (NumPy only warns) and strings fail deep in NumPy: a TypeError names the argument."""
+    with pytest.raises(TypeError, match=f"{what}.*must hold real numbers"):
+        call()

@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from .._array import check_real
 from ..variable import Variable
 
 __all__ = ["Layer", "Grads", "array_module", "to_numpy", "standardize_dtype", "dtype_policy"]
@@ -323,6 +324,7 @@ class Layer:
             xp = array_module(var.value)
             if xp is np:
                 value = to_numpy(value)
+            value = check_real(xp.asarray(value), f"Weight {var.name!r} of layer '{self.name}'")
             var.assign(xp.asarray(value, dtype=var.dtype))
 
     # ------------------------------------------------------------------ regularization

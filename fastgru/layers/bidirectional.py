@@ -23,6 +23,7 @@ directions, with the same results, states, tape/backward API and gradients as th
 from __future__ import annotations
 
 from .. import _dispatch, _serialization
+from .._array import check_real
 from .base import Grads, Layer, array_module
 from .cell import GRUCell, _dropout_active
 
@@ -350,7 +351,7 @@ class Bidirectional(Layer):
         d_out, (dh,) = sub._split_d_outputs(d, None, 1, False)
         cell = sub.cell
         if d_out is not None:
-            d_out = sub._to(xp, d_out)
+            d_out = check_real(sub._to(xp, d_out), f"`d_outputs` of layer '{self.name}'")
             if self.return_sequences and self.time_major:
                 d_out = d_out.swapaxes(0, 1)
             expected = (B, T, cell.units) if self.return_sequences else (B, cell.units)
@@ -448,7 +449,8 @@ class Bidirectional(Layer):
         if d is None:
             return None, None
         xp = array_module(y)
-        d = xp.asarray(d, dtype=y.dtype)
+        d = xp.asarray(check_real(xp.asarray(d), f"`d_outputs` of layer '{self.name}'"),
+                       dtype=y.dtype)
         if self.merge_mode == "concat":
             u = y.shape[-1]  # the backward layer may have other units (backward_layer=)
             expected = y.shape[:-1] + (u + y_rev.shape[-1],)

@@ -15,6 +15,7 @@ import numbers
 import numpy as np
 
 from .. import _random, activations, constraints, initializers, regularizers
+from .._array import check_real
 from ..engines.base import DropoutMasks, GRUSpec, Weights
 from .base import Layer, array_module
 
@@ -188,9 +189,10 @@ class GRUCell(Layer):
         from .. import _dispatch
 
         xp = array_module(inputs)
-        x = xp.asarray(inputs, dtype=self.dtype)
+        what = f"{type(self).__name__} '{self.name}': a step's"
+        x = xp.asarray(check_real(xp.asarray(inputs), f"{what} `inputs`"), dtype=self.dtype)
         h = states[0] if isinstance(states, (list, tuple)) else states
-        h = xp.asarray(h, dtype=self.dtype)
+        h = xp.asarray(check_real(xp.asarray(h), f"{what} `states`"), dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(
                 f"{type(self).__name__} '{self.name}': a step's `inputs` must have shape "

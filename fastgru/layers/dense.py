@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _serialization, activations, constraints, initializers, regularizers
+from .._array import check_real
 from .base import Grads, Layer, array_module
 
 __all__ = ["Dense"]
@@ -126,7 +127,7 @@ class Dense(Layer):
     # ------------------------------------------------------------------ calling
     def _check(self, inputs):
         xp = array_module(inputs)
-        x = xp.asarray(inputs)
+        x = check_real(xp.asarray(inputs), f"Input of Dense layer '{self.name}'")
         if x.ndim < 2:
             raise ValueError(
                 f"Dense layer '{self.name}' expects inputs of rank >= 2 (batch, ..., features). "

@@ -21,6 +21,7 @@ import copy
 import numpy as np
 
 from .. import _dispatch
+from .._array import check_real
 from ..engines.base import Weights
 from ._stacked import StackedRNNCells
 from .base import array_module, to_numpy
@@ -125,6 +126,7 @@ class FrozenRNN:
                     f"{type(x).__module__}.{type(x).__name__}"
                 )
             x = np.asarray(x)
+        check_real(x, f"Input `sequences` of frozen layer '{self.name}'")
         if x.ndim != 3:
             raise ValueError(
                 f"Input 0 of frozen layer '{self.name}' must have shape "

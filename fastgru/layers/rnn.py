@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import _dispatch, _serialization
+from .._array import check_real
 from ..engines import reference
 from ..variable import Variable
 from ._stacked import StackedRNNCells
@@ -261,7 +262,7 @@ class RNN(Layer):
         """(x batch-major in the layer dtype, mask (B, T) bool or None, states, bare, xp);
         ``lazy_zeros``: default zero states as None."""
         xp = array_module(sequences)
-        x = xp.asarray(sequences)
+        x = check_real(xp.asarray(sequences), f"Input `sequences` of layer '{self.name}'")
         self._check_rank(x.shape)
         if not self.built:
             self.build(tuple(x.shape))
@@ -398,7 +399,7 @@ class RNN(Layer):
 
     def _state_array(self, value, xp, B, size, arg):
         a = self._to(xp, value if hasattr(value, "shape") else np.asarray(value))
-        a = xp.asarray(a, dtype=self.dtype)
+        a = xp.asarray(check_real(a, f"Argument `{arg}` of layer '{self.name}'"), dtype=self.dtype)
         expected = (B,) + ((size,) if isinstance(size, int) else tuple(size))
         if tuple(a.shape) != expected:
             raise ValueError(
@@ -608,7 +609,7 @@ class RNN(Layer):
         xp = tape.input_module
         B, T = tape.batch, tape.steps
         if d_out is not None:
-            d_out = self._to(xp, d_out)
+            d_out = check_real(self._to(xp, d_out), f"`d_outputs` of layer '{self.name}'")
             given = tuple(np.shape(d_out))  # as the caller laid it out (time-major or not)
             if self.return_sequences and self.time_major:
                 d_out = d_out.swapaxes(0, 1)
