@@ -72,7 +72,10 @@ class Activation:
         self.doc = doc
 
     def __call__(self, a):
-        return self._fn(a)
+        out = self._fn(a)
+        if self.code is None:
+            self._check_shape(out, a, "")
+        return out
 
     def derivative(self, a):
         if self._grad is None:
@@ -80,7 +83,18 @@ class Activation:
                 f"activation {self._fn!r} has no derivative: give the callable a "
                 "`derivative(a)` attribute to train with it"
             )
-        return self._grad(a)
+        out = self._grad(a)
+        if self.code is None:
+            self._check_shape(out, a, "'s derivative")
+        return out
+
+    def _check_shape(self, out, a, what):
+        # a user function's scalar or (units,) result would broadcast over the batch unseen
+        if np.shape(out) != np.shape(a):
+            raise ValueError(
+                f"activation {self._fn!r}{what} must return an array of its argument's shape "
+                f"{np.shape(a)}; it returned {type(out).__name__} of shape {np.shape(out)}"
+            )
 
     @property
     def is_builtin(self) -> bool:

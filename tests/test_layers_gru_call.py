@@ -266,6 +266,30 @@ def test_user_callable_activation_runs_on_reference(rng):
     assert "user-supplied Python callable" in layer.explain(x)
 
 
+def _scaled_tanh(a):
+    return np.tanh(a) * 0.5
+
+
+_scaled_tanh.derivative = lambda a: np.full(a.shape[-1:], 0.5)  # (units,): not a's shape
+
+
+@pytest.mark.parametrize("which", ["activation", "derivative"])
+def test_user_callable_of_another_shape_is_refused(which, rng):
+    """A user activation (or its derivative) returning a scalar or one value per unit would
+    broadcast over the batch unseen: the call names the function and both shapes."""
+    x = rng.random((2, 3, 2))
+    if which == "activation":
+        layer = GRU(2, activation=lambda a: np.float64(0.5), return_sequences=True)
+        with pytest.raises(ValueError, match=r"must return an array of its argument's shape "
+                                             r"\(2, 2\); it returned float64 of shape \(\)"):
+            layer(x)
+    else:
+        layer = GRU(2, activation=_scaled_tanh, return_sequences=True)
+        y, tape = layer.forward(x, training=True)  # the activation itself is fine
+        with pytest.raises(ValueError, match=r"derivative must return .* shape \(2,\)"):
+            layer.backward(tape, np.ones_like(y))
+
+
 # ---------------------------------------------------------------- dropout
 def test_dropout_inactive_without_training_and_rate_one(rng):
     x = rng.random((3, 4, 5))
