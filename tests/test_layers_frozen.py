@@ -419,3 +419,29 @@ def test_frozen_in_a_forked_worker():
     finally:
         _INHERITED.clear()
     np.testing.assert_array_equal(got, want)
+
+
+def test_live_layer_concurrent_calls_bit_identical(in_threads):
+    """The live layer shared between threads (its packed-weight cache, dispatch and plan
+    caches): concurrent calls, with masks and with training-mode forwards, return what serial
+    calls return."""
+    rng = np.random.default_rng(9)
+    layer = GRU(70, return_sequences=True, return_state=True)
+    layer.n_threads = 2
+    xs = [rng.standard_normal((b, 9, 5)).astype(np.float32) for b in (1, 6, 1, 6)]
+    masks = [None, rng.random((6, 9)) < 0.8, None, None]
+    layer(xs[0])
+    want = [layer(x, mask=m) for x, m in zip(xs, masks)]
+    want_fwd = [layer.forward(x, mask=m, training=True)[0] for x, m in zip(xs, masks)]
+    results = []
+
+    def work(i):
+        for _ in range(10):
+            results.append((i, layer(xs[i], mask=masks[i]),
+                            layer.forward(xs[i], mask=masks[i], training=True)[0]))
+
+    in_threads(work, 4)
+    assert len(results) == 40
+    for i, got, fwd in results:
+        same(want[i], got)
+        same(want_fwd[i], fwd)
