@@ -85,6 +85,14 @@ if [ "${AB:-1}" != 0 ]; then
   # batch-1 backward split over units: read per call (FASTGRU_CPU_BWD_SPLIT, engines/cpu.py)
   ab bwd_split --env FASTGRU_CPU_BWD_SPLIT=0,1,0,1 --mode training 1x1000x128x256,1x300x64x128 \
     --threads 2
+  # whether pipelining the input projection into the products' L3 stream would pay here (a
+  # standalone probe; "jobs"/"stream" near "products": it would, see bench/_overlap_probe.c)
+  echo "-- overlap probe"
+  if gcc -O3 -march=native -o "$out/overlap_probe" bench/_overlap_probe.c >"$out/overlap.log" 2>&1
+  then
+    limit 120 "$out/overlap_probe" 14 2 >>"$out/overlap.log" 2>&1 || status=1
+  fi
+  cat "$out/overlap.log"
 fi
 [ "${SKIP_ACCEPT:-0}" = 1 ] && exit $status
 
