@@ -35,6 +35,16 @@ def check_real(a, what: str):
     return a
 
 
+def as_array(xp, a, what: str):
+    """``xp.asarray(a)``; where NumPy cannot make one array of ``a`` (nested lists of
+    unequal lengths), a ValueError naming ``what`` instead of NumPy's 'inhomogeneous shape'."""
+    try:
+        return xp.asarray(a)
+    except ValueError as e:
+        raise ValueError(f"{what} must be an array, or nested lists of one shape (not ragged); "
+                         f"NumPy could not convert the value given: {e}") from e
+
+
 def cupy_available() -> bool:
     """True when CuPy imports and sees at least one CUDA device."""
     try:

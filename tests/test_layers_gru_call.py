@@ -488,3 +488,47 @@ def test_complex_or_string_values_are_refused_naming_the_argument(what, call):
     dtype (NumPy only warns) and strings fail deep in NumPy: a TypeError names the argument."""
     with pytest.raises(TypeError, match=f"{what}.*must hold real numbers"):
         call()
+
+
+# ---------------------------------------------------------------- mask dtypes
+def _called(layer, x, frozen):
+    """``layer`` itself, or (``frozen``) its snapshot after a first call builds it."""
+    if not frozen:
+        return layer
+    layer(x)
+    return layer.freeze()
+
+
+@pytest.mark.parametrize("dtype", [bool, np.int8, np.uint8, np.int64, np.float32, np.float64])
+@pytest.mark.parametrize("frozen", [False, True], ids=["layer", "frozen"])
+def test_numeric_masks_are_cast_to_bool(rng, dtype, frozen):
+    """Keras casts a mask to bool: booleans, integers and floats (nonzero = keep)."""
+    layer = GRU(3, return_sequences=True)
+    x = rng.standard_normal((2, 4, 5)).astype(np.float32)
+    call = _called(layer, x, frozen)
+    keep = np.array([[1, 0, 1, 1], [0, 0, 2, 1]])
+    np.testing.assert_array_equal(call(x, mask=keep.astype(dtype)),
+                                  call(x, mask=keep.astype(bool)))
+
+
+@pytest.mark.parametrize("mask", [
+    np.array([["a", "", "c", "d"], ["a", "b", "", "d"]]),
+    np.array([[b"a", b"", b"c", b"d"], [b"a", b"b", b"", b"d"]]),
+    np.ones((2, 4), complex),
+    np.zeros((2, 4), "V4"),
+    np.array([[1, None, 1, 1], [1, 1, 1, 1]], dtype=object),
+], ids=["str", "bytes", "complex", "void", "object"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["layer", "frozen"])
+def test_non_numeric_masks_are_refused_naming_mask(mask, frozen):
+    """Strings, bytes and objects were taken by truthiness ('' and None as False) and complex
+    masks by their nonzero-ness, where the CPU engine itself refuses them."""
+    layer = GRU(3)
+    x = np.ones((2, 4, 5), np.float32)
+    call = _called(layer, x, frozen)
+    with pytest.raises(TypeError, match=r"`mask`.*must be boolean, integer or float"):
+        call(x, mask=mask)
+
+
+def test_ragged_mask_is_refused_naming_mask():
+    with pytest.raises(ValueError, match=r"`mask` of layer 'g' must be an array.*not ragged"):
+        GRU(3, name="g")(np.ones((2, 3, 5), np.float32), mask=[[1, 1, 1], [1, 1]])

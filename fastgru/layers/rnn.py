@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import _dispatch, _serialization
-from .._array import check_real
+from .._array import as_array, check_real
 from ..engines import reference
 from ..variable import Variable
 from ._stacked import StackedRNNCells
@@ -316,9 +316,16 @@ class RNN(Layer):
     def _standardize_mask(self, mask, xp, B, T):
         if mask is None:
             return None
+        if not hasattr(mask, "dtype"):  # nested lists: a ragged one named
+            mask = as_array(np, mask, f"Argument `mask` of layer '{self.name}'")
         if array_module(mask) is not xp:
             mask = xp.asarray(to_numpy(mask)) if xp is not np else to_numpy(mask)
         mask = xp.asarray(mask)
+        if mask.dtype.kind not in "biuf":  # Keras casts masks to bool: numbers and booleans
+            raise TypeError(
+                f"Argument `mask` of layer '{self.name}' must be boolean, integer or float "
+                f"(nonzero = keep); received an array of dtype {mask.dtype}"
+            )
         expected = (T, B) if self.time_major else (B, T)
         if tuple(mask.shape) != expected:
             raise ValueError(
