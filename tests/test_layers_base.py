@@ -134,3 +134,23 @@ def test_weights_are_c_contiguous_so_engines_never_copy_them():
     layer = fastgru.GRU(16)
     layer(np.zeros((2, 3, 5), np.float32))
     assert all(w.value.flags.c_contiguous for w in layer.weights)
+
+
+@pytest.mark.parametrize("weights", [None, 3, "abc", {"kernel": 1}],
+                         ids=["None", "int", "str", "dict"])
+def test_set_weights_of_another_type_is_refused_naming_it(weights):
+    """set_weights(None) gave "'NoneType' object is not iterable"."""
+    g = GRU(3, name="g")
+    g.build((None, None, 2))
+    with pytest.raises(TypeError, match=r"`set_weights\(weights\)` on layer 'g' takes a list of "
+                                        "arrays"):
+        g.set_weights(weights)
+
+
+def test_set_weights_refuses_a_ragged_weight_naming_it():
+    g = GRU(1, name="g")
+    g.build((None, None, 2))
+    ragged = [[0.0, 0.0, 0.0], [0.0, 0.0]]
+    with pytest.raises(ValueError, match="Weight 'g/gru_cell/kernel' of layer 'g' must be an "
+                                         "array, or nested lists of one shape"):
+        g.set_weights([ragged] + g.get_weights()[1:])

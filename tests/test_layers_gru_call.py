@@ -532,3 +532,40 @@ def test_non_numeric_masks_are_refused_naming_mask(mask, frozen):
 def test_ragged_mask_is_refused_naming_mask():
     with pytest.raises(ValueError, match=r"`mask` of layer 'g' must be an array.*not ragged"):
         GRU(3, name="g")(np.ones((2, 3, 5), np.float32), mask=[[1, 1, 1], [1, 1]])
+
+
+# ---------------------------------------------------------------- ragged lists, other types
+def _frozen_call(x):
+    g = GRU(3, name="g")
+    g(np.ones((2, 3, 5), np.float32))
+    return g.freeze()(x)
+
+
+_RAGGED_X = [[[1.0] * 5] * 3, [[1.0] * 5] * 2]  # sequences of 3 and 2 steps
+_H = np.zeros((2, 3), np.float32)
+
+
+@pytest.mark.parametrize("arg,call", [
+    ("sequences", lambda: GRU(3, name="g")(_RAGGED_X)),
+    ("sequences", lambda: _frozen_call(_RAGGED_X)),
+    ("initial_state", lambda: GRU(3, name="g")(np.ones((2, 3, 5)),
+                                                initial_state=[[[0.0] * 3, [0.0] * 2]])),
+], ids=["layer", "frozen", "initial_state"])
+def test_ragged_nested_lists_are_refused_naming_the_argument(arg, call):
+    """NumPy's 'inhomogeneous shape after 1 dimensions' named no argument."""
+    with pytest.raises(ValueError, match=f"`{arg}` of (frozen )?layer 'g' must be an array, or "
+                                         "nested lists of one shape"):
+        call()
+
+
+@pytest.mark.parametrize("state", [{"h": _H}, {_H.tobytes()}, object()],
+                         ids=["dict", "set", "object"])
+@pytest.mark.parametrize("frozen", [False, True], ids=["layer", "frozen"])
+def test_initial_state_of_another_type_is_refused_naming_it(state, frozen):
+    """A dict as initial_state gave "float() argument must be ... not 'dict'"."""
+    layer = GRU(3, name="g")
+    x = np.ones((2, 4, 5), np.float32)
+    call = _called(layer, x, frozen)
+    with pytest.raises(TypeError, match=r"`initial_state` of layer 'g' must be an array of "
+                                        r"shape \(batch, units\)"):
+        call(x, initial_state=state)

@@ -17,11 +17,11 @@ import re
 import threading
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from .._array import check_real
+from .._array import as_array, check_real
 from ..variable import Variable
 
 __all__ = ["Layer", "Grads", "array_module", "to_numpy", "standardize_dtype", "dtype_policy"]
@@ -307,6 +307,11 @@ class Layer:
 
     def set_weights(self, weights) -> None:
         own = self.weights
+        if isinstance(weights, (str, bytes, Mapping)) or not isinstance(weights, Iterable):
+            raise TypeError(
+                f"`set_weights(weights)` on layer '{self.name}' takes a list of arrays, one per "
+                f"weight as `get_weights()` returns them; received {type(weights).__name__}"
+            )
         weights = list(weights)
         if len(weights) != len(own):
             raise ValueError(
@@ -314,7 +319,9 @@ class Layer:
                 f"of length {len(weights)}, but the layer was expecting {len(own)} weights."
             )
         for var, value in zip(own, weights, strict=True):
-            shape = tuple(np.shape(value))
+            if not hasattr(value, "shape"):  # nested lists: a ragged one named
+                value = as_array(np, value, f"Weight {var.name!r} of layer '{self.name}'")
+            shape = tuple(value.shape)
             if shape != tuple(var.shape):
                 raise ValueError(
                     f"Layer {self.name} weight shape {tuple(var.shape)} is not compatible "

@@ -21,7 +21,7 @@ import copy
 import numpy as np
 
 from .. import _dispatch
-from .._array import check_real
+from .._array import as_array, check_real
 from ..engines.base import Weights
 from ._stacked import StackedRNNCells
 from .base import array_module, to_numpy
@@ -125,7 +125,7 @@ class FrozenRNN:
                     f"a frozen layer ('{self.name}') takes NumPy arrays; received "
                     f"{type(x).__module__}.{type(x).__name__}"
                 )
-            x = np.asarray(x)
+            x = as_array(np, x, f"Input `sequences` of frozen layer '{self.name}'")
         check_real(x, f"Input `sequences` of frozen layer '{self.name}'")
         if x.ndim != 3:
             raise ValueError(

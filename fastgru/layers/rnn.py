@@ -189,7 +189,9 @@ class RNN(Layer):
 
     # ------------------------------------------------------------------ building
     def _build_shape(self, inputs, *args, **kwargs):
-        return tuple(inputs.shape) if hasattr(inputs, "shape") else tuple(np.shape(inputs))
+        if hasattr(inputs, "shape"):
+            return tuple(inputs.shape)
+        return as_array(np, inputs, f"Input `sequences` of layer '{self.name}'").shape
 
     def _batch_major_shape(self, shape):
         shape = tuple(shape)
@@ -262,7 +264,9 @@ class RNN(Layer):
         """(x batch-major in the layer dtype, mask (B, T) bool or None, states, bare, xp);
         ``lazy_zeros``: default zero states as None."""
         xp = array_module(sequences)
-        x = check_real(xp.asarray(sequences), f"Input `sequences` of layer '{self.name}'")
+        x = (xp.asarray(sequences) if hasattr(sequences, "shape") else
+             as_array(np, sequences, f"Input `sequences` of layer '{self.name}'"))
+        check_real(x, f"Input `sequences` of layer '{self.name}'")
         self._check_rank(x.shape)
         if not self.built:
             self.build(tuple(x.shape))
@@ -405,8 +409,16 @@ class RNN(Layer):
         return a
 
     def _state_array(self, value, xp, B, size, arg):
-        a = self._to(xp, value if hasattr(value, "shape") else np.asarray(value))
-        a = xp.asarray(check_real(a, f"Argument `{arg}` of layer '{self.name}'"), dtype=self.dtype)
+        what = f"Argument `{arg}` of layer '{self.name}'"
+        a = self._to(xp, value if hasattr(value, "shape") else as_array(np, value, what))
+        check_real(a, what)
+        try:
+            a = xp.asarray(a, dtype=self.dtype)
+        except (TypeError, ValueError) as e:  # e.g. a dict (a 0-d object array)
+            raise TypeError(
+                f"{what} must be an array of shape (batch, units), or a list of them (one per "
+                f"state); received {type(value).__name__} ({e})"
+            ) from e
         expected = (B,) + ((size,) if isinstance(size, int) else tuple(size))
         if tuple(a.shape) != expected:
             raise ValueError(
