@@ -213,3 +213,21 @@ def test_state_written_back_by_forward():
     x = np.ones((1, 3, 1))
     y, _ = layer.forward(x)
     np.testing.assert_allclose(layer.states[0].numpy(), y)
+
+
+@pytest.mark.parametrize("d,arg", [
+    ((), "d_outputs"), ([], "d_outputs"), ((None, []), "d_state"), ((None, ()), "d_state"),
+], ids=["empty-tuple", "empty-list", "empty-state-list", "empty-state-tuple"])
+def test_empty_d_outputs_or_state_of_a_return_state_layer_is_named(d, arg):
+    """backward(tape, ()) gave 'IndexError: tuple index out of range'."""
+    layer = GRU(3, return_state=True, name="g")
+    (y, _), tape = layer.forward(np.ones((2, 4, 5)), training=True)
+    with pytest.raises(ValueError, match=f"`{arg}` of layer 'g'.*received an empty"):
+        layer.backward(tape, d)
+
+
+def test_empty_d_state_entry_of_a_stack_is_named():
+    layer = RNN([GRUCell(3), GRUCell(2)], return_state=True, name="g")
+    _, tape = layer.forward(np.ones((2, 4, 5)), training=True)
+    with pytest.raises(ValueError, match=r"`d_state\[1\]` of layer 'g'.*received an empty list"):
+        layer.backward(tape, None, d_state=[None, []])

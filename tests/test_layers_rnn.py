@@ -305,3 +305,24 @@ def test_generic_loop_equals_engine_path(seed, gb, zo, rs, training, per_gate):
     b.set_weights(a.get_weights())
     np.testing.assert_allclose(slow(x, mask=mask, training=training),
                                fast(x, mask=mask, training=training), atol=1e-12)
+
+
+@pytest.mark.parametrize("states", [[], ()], ids=["list", "tuple"])
+def test_gru_cell_empty_states_are_named(rng, states):
+    """GRUCell(4)(x, []) gave 'IndexError: list index out of range'."""
+    with pytest.raises(ValueError, match=r"GRUCell 'c': `states` must hold one array of shape "
+                                         r"\(batch, units\) = \(batch, 3\); received an empty"):
+        GRUCell(3, name="c")(rng.normal(size=(2, 4)), states)
+
+
+def test_gru_cell_takes_nested_lists_and_names_a_ragged_one(rng):
+    """A list input gave "'list' object has no attribute 'shape'": lists are taken as Keras
+    takes them, and a ragged one is named."""
+    cell = GRUCell(3, dtype="float64")
+    x = rng.normal(size=(2, 4))
+    h0 = [np.zeros((2, 3))]
+    np.testing.assert_array_equal(cell(x.tolist(), h0)[0], cell(x, h0)[0])
+    np.testing.assert_array_equal(GRUCell(3)(x.tolist())[0].shape, (2, 3))  # unbuilt, no state
+    with pytest.raises(ValueError, match=r"GRUCell 'c': a step's `inputs` must be an array, or "
+                                         "nested lists of one shape"):
+        GRUCell(3, name="c")([[1.0, 2.0], [1.0]])

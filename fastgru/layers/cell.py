@@ -15,7 +15,7 @@ import numbers
 import numpy as np
 
 from .. import _random, activations, constraints, initializers, regularizers
-from .._array import check_real
+from .._array import as_array, check_real
 from ..engines.base import DropoutMasks, GRUSpec, Weights
 from .base import Layer, array_module
 
@@ -191,7 +191,16 @@ class GRUCell(Layer):
         xp = array_module(inputs)
         what = f"{type(self).__name__} '{self.name}': a step's"
         x = xp.asarray(check_real(xp.asarray(inputs), f"{what} `inputs`"), dtype=self.dtype)
-        h = states[0] if isinstance(states, (list, tuple)) else states
+        if isinstance(states, (list, tuple)):
+            if not states:
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}': `states` must hold one array of shape "
+                    f"(batch, units) = (batch, {self.units}); received an empty "
+                    f"{type(states).__name__}."
+                )
+            h = states[0]
+        else:
+            h = states
         h = xp.asarray(check_real(xp.asarray(h), f"{what} `states`"), dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(
@@ -215,6 +224,9 @@ class GRUCell(Layer):
         return h_new, [h_new]  # a GRU's output and state are the same tensor
 
     def __call__(self, inputs, states=None, training=False):
+        if not hasattr(inputs, "shape"):  # nested lists, as Keras takes them
+            inputs = as_array(np, inputs, f"{type(self).__name__} '{self.name}': a step's "
+                                          "`inputs`")
         if not self.built:
             self.build(tuple(inputs.shape))
         if states is None:

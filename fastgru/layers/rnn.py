@@ -690,12 +690,18 @@ class RNN(Layer):
             if d_state is not None:
                 raise ValueError("give the state gradient either inside `d_outputs` or as "
                                  "`d_state`, not both")
+            if not d_outputs:
+                raise ValueError(
+                    f"`d_outputs` of layer '{self.name}' (return_state=True) must mirror the "
+                    "outputs of forward: (d_output, d_state...), entries may be None; received "
+                    f"an empty {type(d_outputs).__name__}"
+                )
             d_out, rest = d_outputs[0], list(d_outputs[1:])
             d_state = rest if stacked and n_cells > 1 else (rest[0] if rest else None)
         if d_state is None:
             return d_out, per_cell
         if not stacked:
-            per_cell[0] = d_state[0] if _is_nested(d_state) else d_state
+            per_cell[0] = self._first_state(d_state, "d_state")
             return d_out, per_cell
         entries = d_state if n_cells > 1 else [d_state]
         if len(entries) != n_cells:
@@ -703,8 +709,19 @@ class RNN(Layer):
                 f"`d_state` must hold one entry per cell ({n_cells}); received {len(entries)}"
             )
         for i, e in enumerate(entries):
-            per_cell[i] = e[0] if _is_nested(e) else e
+            per_cell[i] = self._first_state(e, f"d_state[{i}]")
         return d_out, per_cell
+
+    def _first_state(self, s, arg):
+        """A cell's (only) state gradient from ``s``: an array, or a list holding it."""
+        if not _is_nested(s):
+            return s
+        if not s:
+            raise ValueError(
+                f"`{arg}` of layer '{self.name}' must be an array of shape (batch, units), or a "
+                f"list holding one (or None); received an empty {type(s).__name__}"
+            )
+        return s[0]
 
     # ------------------------------------------------------------------ shapes, masks
     def compute_output_shape(self, sequences_shape, initial_state_shape=None):
