@@ -273,3 +273,9 @@ def test_explain_and_to_cpu():
     np.testing.assert_array_equal(model(x), y)
     with pytest.raises(ValueError, match="device"):
         Dense(1).to("tpu")
+
+
+def test_dense_build_refuses_a_negative_dimension_naming_the_argument():
+    with pytest.raises(ValueError, match=r"Cannot convert '\(None, -3\)' to a shape \(argument "
+                                         r"`input_shape` of Dense layer 'd'\)\. Negative"):
+        Dense(2, name="d").build((None, -3))

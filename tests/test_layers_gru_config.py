@@ -359,3 +359,19 @@ def test_activity_regularizer_per_returned_tensor():
     out, state = layer(x)
     assert len(layer.losses) == 2
     assert layer.losses[0] == pytest.approx(0.01 * float((out * out).sum()) / 4, rel=1e-5)
+
+
+@pytest.mark.parametrize("shape,why", [
+    ((None, None, -3), "Negative dimensions are not allowed"),
+    ((-1, 4, 3), "Negative dimensions are not allowed"),
+    ((None, None, 3.0), "Found invalid dimension '3.0'"),
+    ((None, None, "3"), "Found invalid dimension '3'"),
+], ids=["negative-features", "negative-batch", "float", "str"])
+def test_build_refuses_an_invalid_shape_naming_the_argument(shape, why):
+    """GRU(4).build((None, None, -3)) gave NumPy's 'negative dimensions are not allowed'; Keras's
+    shape rules (each dimension None or an integer >= 0), with the argument named."""
+    with pytest.raises(ValueError, match=rf"Cannot convert .* to a shape \(argument "
+                                         rf"`sequences_shape` of layer 'g'\)\. {why}"):
+        GRU(4, name="g", stateful=shape[0] == -1).build(shape)
+    with pytest.raises(ValueError, match=rf"\(argument `input_shape` of GRUCell 'c'\)\. {why}"):
+        GRUCell(4, name="c").build((shape[0], shape[2]))

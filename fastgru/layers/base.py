@@ -103,6 +103,24 @@ def dtype_policy(dtype: np.dtype) -> dict:
     }
 
 
+def check_shape(shape, what: str) -> None:
+    """Keras's rules for a shape (``standardize_shape``): each dimension None or an integer
+    >= 0, str and float refused even where ``int()`` takes them. ``what`` names the argument."""
+    for d in shape:
+        if d is None:
+            continue
+        try:
+            if isinstance(d, (str, float)):
+                raise TypeError
+            n = int(d)
+        except Exception as e:
+            raise ValueError(f"Cannot convert '{tuple(shape)}' to a shape ({what}). Found "
+                             f"invalid dimension '{d}' of type '{type(d)}'.") from e
+        if n < 0:
+            raise ValueError(f"Cannot convert '{tuple(shape)}' to a shape ({what}). Negative "
+                             "dimensions are not allowed.")
+
+
 def _leaves(structure):
     if isinstance(structure, (list, tuple)):
         for s in structure:

@@ -17,7 +17,7 @@ import numpy as np
 from .. import _random, activations, constraints, initializers, regularizers
 from .._array import as_array, check_real
 from ..engines.base import DropoutMasks, GRUSpec, Weights
-from .base import Layer, array_module
+from .base import Layer, array_module, check_shape
 
 __all__ = ["GRUCell"]
 
@@ -111,12 +111,13 @@ class GRUCell(Layer):
 
     # ------------------------------------------------------------------ weights
     def build(self, input_shape):
-        input_dim = input_shape[-1]
+        input_dim = input_shape[-1] if len(input_shape) else None
         if input_dim is None:
             raise ValueError(
                 f"GRUCell '{self.name}' needs a known feature size (last axis of the input); "
                 f"received input_shape={tuple(input_shape)}"
             )
+        check_shape(input_shape, f"argument `input_shape` of GRUCell '{self.name}'")
         self.input_dim = int(input_dim)
         u3 = 3 * self.units
         self.kernel = self.add_weight("kernel", (self.input_dim, u3), self.kernel_initializer,

@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import _serialization, activations, constraints, initializers, regularizers
 from .._array import check_real
-from .base import Grads, Layer, array_module
+from .base import Grads, Layer, array_module, check_shape
 
 __all__ = ["Dense"]
 
@@ -108,6 +108,7 @@ class Dense(Layer):
                 f"Dense layer '{self.name}' needs inputs of rank >= 2 with a known last axis. "
                 f"Received: input_shape={input_shape}"
             )
+        check_shape(input_shape, f"argument `input_shape` of Dense layer '{self.name}'")
         self.input_dim = int(input_shape[-1])
         self._build_input_shape = input_shape
         self.kernel = self.add_weight(

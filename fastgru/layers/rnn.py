@@ -29,7 +29,7 @@ from .._array import as_array, check_real
 from ..engines import reference
 from ..variable import Variable
 from ._stacked import StackedRNNCells
-from .base import Grads, Layer, array_module, to_numpy
+from .base import Grads, Layer, array_module, check_shape, to_numpy
 from .cell import GRUCell
 
 __all__ = ["RNN", "initial_cell_state", "call_cell"]
@@ -202,6 +202,7 @@ class RNN(Layer):
     def build(self, sequences_shape, initial_state_shape=None):
         shape = self._batch_major_shape(sequences_shape)
         self._check_rank(shape)
+        check_shape(sequences_shape, f"argument `sequences_shape` of layer '{self.name}'")
         if self.stateful and shape[0] is None:
             raise ValueError(
                 "When using `stateful=True` in a RNN, the batch size must be static. Found "
