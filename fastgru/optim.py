@@ -27,11 +27,12 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from ._array import as_array, check_real
 from .variable import Variable
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
@@ -91,6 +92,22 @@ def _params_list(params) -> list[Variable]:
             raise ValueError(f"Argument `params` lists Variable {p.name!r} more than once")
         seen.add(p.uid)
     return params
+
+
+def _iterations(value) -> int:
+    """``state_dict()["iterations"]``: an integer >= 0 (a 0-d array or an integral float, as
+    a file may give it back, taken too)."""
+    try:
+        if isinstance(value, (bool, np.bool_, str, bytes)):
+            raise TypeError
+        n = int(value)
+        ok = n >= 0 and n == value
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ValueError(f"`state['iterations']` must be an integer >= 0 (the steps taken). "
+                         f"Received: {value!r}")
+    return n
 
 
 class Optimizer:
@@ -178,7 +195,13 @@ class Optimizer:
 
     def step(self, grads) -> None:
         """Apply one update from ``grads``, aligned with ``params`` (None entries skipped)."""
-        grads = list(grads)
+        try:
+            grads = list(grads)
+        except TypeError:
+            raise TypeError(
+                "Argument `grads` must be a list of gradients aligned with the optimizer's "
+                f"`params` (or a Grads). Received: {type(grads).__name__}"
+            ) from None
         if len(grads) != len(self.params):
             raise ValueError(
                 f"step() got {len(grads)} gradients for {len(self.params)} parameters; "
@@ -190,6 +213,10 @@ class Optimizer:
         gs = []
         for i in idx:
             var, g = self.params[i], grads[i]
+            what = f"Gradient for {var.name!r} (`grads[{i}]`)"
+            if not hasattr(g, "shape"):  # nested lists
+                g = as_array(np, g, what)
+            check_real(g, what)
             if tuple(g.shape) != tuple(var.shape):
                 raise ValueError(
                     f"Gradient for {var.name!r} has shape {tuple(g.shape)}, expected "
@@ -240,6 +267,9 @@ class Optimizer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore ``state_dict()`` output (slots are copied onto each variable's device)."""
+        if not isinstance(state, Mapping):
+            raise TypeError(f"Argument `state` must be a dict, as state_dict() returns. "
+                            f"Received: {type(state).__name__}")
         if state.get("class") != type(self).__name__:
             raise ValueError(
                 f"state_dict is for {state.get('class')!r}, cannot load into "
@@ -262,7 +292,7 @@ class Optimizer:
         for k, values in slots.items():
             self._slots[k] = [None if s is None else _like(np.array(s, copy=True), p.value)
                               for p, s in zip(self.params, values, strict=True)]
-        self.iterations = int(state["iterations"])
+        self.iterations = _iterations(state.get("iterations"))
         cfg = dict(state.get("config", {}))
         cfg.pop("name", None)
         for key, value in cfg.items():

@@ -400,3 +400,51 @@ def test_matches_real_keras(case, monkeypatch):
     for a, b in zip(kv, fv, strict=True):
         np.testing.assert_allclose(b.value, keras.ops.convert_to_numpy(a.value), rtol=1e-6,
                                    atol=1e-7)
+
+
+@pytest.mark.parametrize("make", [SGD, Adam], ids=["SGD", "Adam"])
+def test_step_takes_nested_list_gradients(make):
+    """A list gradient gave "'list' object has no attribute 'shape'"."""
+    a, b = var(W0), var(W0)
+    make([a]).step([GRADS[0].tolist()])
+    make([b]).step([GRADS[0]])
+    np.testing.assert_array_equal(a.value, b.value)
+
+
+@pytest.mark.parametrize("grads,err,match", [
+    (None, TypeError, r"Argument `grads` must be a list of gradients.*Received: NoneType"),
+    ([np.full(3, "a")], TypeError, r"`grads\[0\]`\) must hold real numbers.*<U1"),
+    ([GRADS[0] + 1j], TypeError, r"`grads\[0\]`\) must hold real numbers.*complex128"),
+    ([[[1.0], [1.0, 2.0]]], ValueError, r"`grads\[0\]`\) must be an array, or nested lists"),
+], ids=["None", "str", "complex", "ragged"])
+@pytest.mark.parametrize("make", [SGD, Adam], ids=["SGD", "Adam"])
+def test_step_names_bad_gradients(make, grads, err, match):
+    """Strings failed inside NumPy ('could not convert string to float'), complex values lost
+    their imaginary part with a ComplexWarning."""
+    with pytest.raises(err, match=match):
+        make([var(W0)]).step(grads)
+
+
+@pytest.mark.parametrize("it", ["x", "3", 2.5, -1, None, True],
+                         ids=["x", "str3", "2.5", "-1", "None", "True"])
+def test_load_state_dict_refuses_a_non_integer_iterations(it):
+    """iterations='x' gave "invalid literal for int()"; 2.5 was truncated to 2."""
+    opt = Adam([var(W0)])
+    state = opt.state_dict()
+    state["iterations"] = it
+    with pytest.raises(ValueError, match=r"`state\['iterations'\]` must be an integer >= 0"):
+        opt.load_state_dict(state)
+
+
+@pytest.mark.parametrize("it", [np.int64(2), np.array(2), 2.0], ids=["int64", "0d", "float"])
+def test_load_state_dict_takes_integral_iterations_a_file_gives_back(it):
+    opt = Adam([var(W0)])
+    state = opt.state_dict()
+    state["iterations"] = it
+    opt.load_state_dict(state)
+    assert opt.iterations == 2 and type(opt.iterations) is int
+
+
+def test_load_state_dict_refuses_a_state_of_another_type():
+    with pytest.raises(TypeError, match=r"Argument `state` must be a dict.*Received: list"):
+        Adam([var(W0)]).load_state_dict([1, 2])
