@@ -1994,3 +1994,29 @@ def test_packed_kernels_are_64_byte_aligned(n):
     u = 70
     U = np.ones((u, 3 * u), np.float32)
     assert cpu._pack_recurrent(U, u).ctypes.data % 64 == 0
+
+
+def test_forward_refuses_dropout_of_another_type(rng):
+    """dropout=(mask, None) gave "'tuple' object has no attribute 'empty'"."""
+    args, kw = make_case(rng, dropout="shared")
+    masks = kw.pop("dropout")
+    with pytest.raises(TypeError, match="dropout must be a DropoutMasks .* or None, got tuple"):
+        cpu.forward(*args, **kw, dropout=(masks.inputs, None))
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (2, 3, 4, 5), (-2, 3, 4), (2, -3, 4), (2, 3, -4),
+                                   (2, 3.0, 4), (2, None, 4), 7],
+                         ids=["2d", "4d", "neg-B", "neg-T", "neg-D", "float", "None", "int"])
+@pytest.mark.parametrize("snapshot", [False, True], ids=["describe_kernel", "Snapshot"])
+def test_describe_refuses_a_shape_that_is_not_three_sizes(rng, shape, snapshot):
+    """(2, 3) gave 'not enough values to unpack'; a negative size was described."""
+    args, _ = make_case(rng, D=4)
+    if snapshot:
+        describe = cpu.Snapshot(args[1], args[3]).describe
+    else:
+        def describe(s):
+            return cpu.describe_kernel(args[3], s)
+    with pytest.raises(ValueError, match=r"x_shape must be \(batch, timesteps, features\), "
+                                         "three integers >= 0"):
+        describe(shape)
+    assert describe((np.int64(2), 3, 4)).startswith("cpu engine")

@@ -56,6 +56,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
+import operator
 import os
 import threading
 import time
@@ -418,14 +419,26 @@ def _plan_cached(B, T, D, u, itemsize, n_threads, contended, *_tunables):
     return nthr, split, chunk, why
 
 
+def _shape3(shape, name):
+    """``shape`` as (B, T, D), three integers >= 0; else a ValueError naming it."""
+    try:
+        dims = tuple(operator.index(d) for d in shape)
+    except TypeError:  # not iterable, or a dimension that is no integer (float, None)
+        dims = None
+    if dims is None or len(dims) != 3 or min(dims) < 0:
+        raise ValueError(f"{name} must be (batch, timesteps, features), three integers >= 0; "
+                         f"got {shape!r}")
+    return dims
+
+
 def describe_kernel(spec: GRUSpec, x_shape, n_threads=None, kernel=None,
                     dtype=np.float32, training=True) -> str:
     """Which kernels and threading a call with input shape ``x_shape`` would use, and why
     (``training``: also the backward's)."""
+    B, T, D = _shape3(x_shape, "x_shape")
     ok, why = supports(spec)
     if not ok:
         return f"cpu engine unavailable: {why}"
-    B, T, D = x_shape
     n = _threads.resolve(n_threads)
     nthr, split, chunk, how = _plan(B, T, D, spec.units, np.dtype(dtype).itemsize, n)
     if _forked_child and nthr > 1:
@@ -726,6 +739,9 @@ def forward(x, weights: Weights, h0, spec: GRUSpec, mask=None, dropout: DropoutM
     h0 = np.zeros((B, u), dtype) if h0 is None else _array(h0, "h0", dtype, (B, u))
     m8 = _mask(mask, B, T)
     mx = mh = None
+    if dropout is not None and not isinstance(dropout, DropoutMasks):
+        raise TypeError(f"dropout must be a DropoutMasks (fastgru.engines.base) or None, got "
+                        f"{type(dropout).__name__}")
     if dropout is not None and not dropout.empty:
         if dropout.inputs is not None:
             mi = np.asarray(dropout.inputs)
