@@ -237,3 +237,17 @@ def test_compute_mask_with_return_state_as_keras(merge_mode, rs):
             assert (g is None and w is None) or np.array_equal(g, w)
     else:
         assert (got is None and want is None) or np.array_equal(got, want)
+
+
+@pytest.mark.parametrize("arg", ["layer", "backward_layer"])
+def test_a_layer_that_is_not_recurrent_is_named(arg):
+    """Bidirectional(GRU(4), backward_layer=Dense(3)) gave "'Dense' object has no attribute
+    'go_backwards'", and Bidirectional(Dense(3)) 'Unrecognized keyword arguments passed to
+    Dense: {'go_backwards': True}'."""
+    from fastgru.layers.dense import Dense
+
+    kwargs = ({"layer": Dense(3, name="d")} if arg == "layer" else
+              {"layer": GRU(4), "backward_layer": Dense(3, name="d")})
+    with pytest.raises(ValueError, match=f"`{arg}` of `Bidirectional` must be a recurrent "
+                                         "layer.*received Dense layer 'd'.*`go_backwards`"):
+        Bidirectional(**kwargs)

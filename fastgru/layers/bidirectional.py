@@ -30,6 +30,7 @@ from .cell import GRUCell, _dropout_active
 __all__ = ["Bidirectional"]
 
 _MERGE_MODES = ("sum", "mul", "ave", "concat", None)
+_RECURRENT_ATTRS = ("go_backwards", "return_sequences", "return_state", "stateful")
 
 
 def _remove_prefix(name: str, prefix: str) -> str:
@@ -86,6 +87,14 @@ class Bidirectional(Layer):
             raise ValueError(
                 f"`backward_layer` need to be a layer instance. Received: {backward_layer}"
             )
+        for arg, sub in (("layer", layer), ("backward_layer", backward_layer)):
+            missing = [a for a in _RECURRENT_ATTRS if sub is not None and not hasattr(sub, a)]
+            if missing:
+                raise ValueError(
+                    f"`{arg}` of `Bidirectional` must be a recurrent layer (GRU, or RNN of "
+                    f"cells); received {type(sub).__name__} layer '{sub.name}', which has no "
+                    + ", ".join(f"`{a}`" for a in missing)
+                )
         if merge_mode not in _MERGE_MODES:
             raise ValueError(
                 f"Invalid merge mode. Received: {merge_mode}. Merge mode should be one of "
