@@ -306,3 +306,16 @@ def test_bidirectional_matches_keras(kdir, expected, mode, rs):
     assert len(res) == int(expected[name + "/n_out"])
     for i, r in enumerate(res):
         np.testing.assert_allclose(r, expected[f"{name}/out{i}"], **TOL)
+
+
+@pytest.mark.parametrize("config,err,match", [
+    (None, TypeError, r"Argument `config` must be a Keras model config.*received NoneType"),
+    ([1, 2], TypeError, r"Argument `config` must be a Keras model config.*received list"),
+    ('"GRU"', TypeError, r"Argument `config` must be a Keras model config.*received str"),
+    ("GRU", ValueError, r"Argument `config` was given as str but is not the JSON text"),
+    (b"\xff", ValueError, r"Argument `config` was given as bytes but is not the JSON text"),
+], ids=["None", "list", "json-str", "not-json", "not-utf8"])
+def test_model_from_keras_config_names_a_config_that_is_not_one(config, err, match):
+    """None gave "argument of type 'NoneType' is not iterable", 'GRU' a bare JSONDecodeError."""
+    with pytest.raises(err, match=match):
+        model_from_keras_config(config)

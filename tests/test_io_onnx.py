@@ -174,3 +174,20 @@ def test_ir_version_is_the_oldest_for_the_opset(opset):
     proto = to_onnx(_prepare(GRU(2)), opset=opset)
     opsets = [onnx.helper.make_opsetid("", opset)]
     assert proto.ir_version == onnx.helper.find_min_ir_version_for(opsets) <= 8
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GRU(3),
+    lambda: Bidirectional(GRU(3)),
+    lambda: Sequential([GRU(3, return_sequences=True), Dense(2)]),
+], ids=["gru", "bidirectional", "sequential"])
+def test_a_frozen_snapshot_is_refused_naming_the_live_layer(make):
+    """to_onnx(gru.freeze()) gave "'FrozenRNN' object has no attribute 'weights'": a snapshot
+    holds no Variables to export; the message says to export the live layer."""
+    layer = make()
+    layer(np.ones((2, 3, 4), np.float32))
+    with pytest.raises(TypeError, match=r"Argument `model` is a frozen snapshot \(Frozen\w+ "
+                                        r"'\w+'\): to_onnx exports live layers.*to_onnx\(layer\)"):
+        to_onnx(layer.freeze())
+    with pytest.raises(TypeError, match="Argument `model` must be a fastgru layer.*received str"):
+        to_onnx("gru")

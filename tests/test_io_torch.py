@@ -211,3 +211,11 @@ def test_prefixed_state_dict_of_a_larger_module():
                                rtol=2e-5, atol=2e-6)
     with pytest.raises(ValueError, match="Unexpected key"):
         from_torch_state_dict(net.state_dict())
+
+
+@pytest.mark.parametrize("sd", [[1, 2], None, "weight_ih_l0"], ids=["list", "None", "str"])
+def test_from_torch_state_dict_names_a_state_dict_that_is_no_mapping(sd):
+    """[1, 2] gave "'list' object has no attribute 'items'"."""
+    with pytest.raises(TypeError, match="Argument `state_dict` must be a mapping of parameter "
+                                        "names"):
+        from_torch_state_dict(sd)

@@ -30,6 +30,7 @@ import json
 import os
 import re
 import zipfile
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -57,6 +58,12 @@ def _snake(name: str) -> str:  # keras.src.utils.naming.to_snake_case
 
 # --------------------------------------------------------------------------- config
 def _unwrap(cfg: dict) -> dict:
+    if not isinstance(cfg, Mapping):
+        raise TypeError(
+            "Argument `config` must be a Keras model config: a dict with 'class_name' and "
+            f"'config' (or its JSON text, as a .keras file's config.json); received "
+            f"{type(cfg).__name__}"
+        )
     if "class_name" not in cfg:
         raise ValueError("Expected a Keras model config with 'class_name' and 'config'.")
     return cfg
@@ -123,7 +130,11 @@ def model_from_keras_config(config, *, build: bool = True):
     from ..layers.sequential import Sequential
 
     if isinstance(config, (str, bytes)):
-        config = json.loads(config)
+        try:
+            config = json.loads(config)
+        except ValueError as e:  # JSONDecodeError, or bytes that are not UTF-8
+            raise ValueError(f"Argument `config` was given as {type(config).__name__} but is "
+                             f"not the JSON text of a Keras model config: {e}") from e
     cfg = _unwrap(config)
     kind = cfg["class_name"]
     if kind in ("Functional", "Model"):

@@ -372,6 +372,24 @@ def _initial_state_inputs(model):
                      "starts from zero states, as in Keras).")
 
 
+def _check_exportable(model):
+    """A TypeError unless ``model`` is a (live) fastgru layer."""
+    from ..layers.base import Layer
+    from ..layers.frozen import FrozenBidirectional, FrozenRNN, FrozenSequential
+
+    if isinstance(model, Layer):
+        return
+    if isinstance(model, (FrozenRNN, FrozenBidirectional, FrozenSequential)):
+        raise TypeError(
+            f"Argument `model` is a frozen snapshot ({type(model).__name__} "
+            f"'{getattr(model, 'name', '?')}'): to_onnx exports live layers. Export the layer "
+            "it was frozen from: to_onnx(layer), not to_onnx(layer.freeze())."
+        )
+    raise TypeError("Argument `model` must be a fastgru layer (GRU, RNN of GRUCells, "
+                    "Bidirectional, Dense or a Sequential of those); received "
+                    f"{type(model).__name__}")
+
+
 def to_onnx(model, path=None, *, sequence_lens: bool = False, initial_state: bool = False,
             opset: int = 17, dtype="float32", output_names=None):
     """Export ``model`` (GRU, RNN of GRUCells, Bidirectional(GRU), Dense, or a Sequential of
@@ -389,6 +407,7 @@ def to_onnx(model, path=None, *, sequence_lens: bool = False, initial_state: boo
     graph starts from zeros). ``dtype``: "float32", or "float64" (a valid ONNX graph, but ONNX
     Runtime 1.32's GRU kernel refuses double).
     """
+    _check_exportable(model)
     if isinstance(opset, bool) or not isinstance(opset, numbers.Integral) or opset < 13:
         raise ValueError(f"opset must be an int >= 13 (the graph's Squeeze / Unsqueeze take "
                          f"their axes as inputs, as from opset 13); received {opset!r}.")

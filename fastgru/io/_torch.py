@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -99,6 +100,12 @@ def torch_to_keras_gru(weight_ih, weight_hh, bias_ih=None, bias_hh=None):
 
 # --------------------------------------------------------------------------- torch -> fastgru
 def _parse_state_dict(state_dict, prefix: str):
+    if not isinstance(state_dict, Mapping):
+        raise TypeError(
+            "Argument `state_dict` must be a mapping of parameter names to tensors or arrays, "
+            "as nn.GRU.state_dict() returns (from_torch takes the module itself); received "
+            f"{type(state_dict).__name__}"
+        )
     entries: dict[tuple[int, bool], dict[str, np.ndarray]] = {}
     for key, value in state_dict.items():
         if not key.startswith(prefix):
