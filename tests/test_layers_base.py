@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+import fastgru
 from fastgru import GRU, Grads, Layer
 from fastgru.layers.base import standardize_dtype
 
@@ -154,3 +155,22 @@ def test_set_weights_refuses_a_ragged_weight_naming_it():
     with pytest.raises(ValueError, match="Weight 'g/gru_cell/kernel' of layer 'g' must be an "
                                          "array, or nested lists of one shape"):
         g.set_weights([ragged] + g.get_weights()[1:])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: fastgru.Dense(3),
+    lambda: fastgru.Bidirectional(fastgru.GRU(3)),
+    lambda: fastgru.Sequential([fastgru.GRU(3, return_sequences=True), fastgru.Dense(1)]),
+], ids=["Dense", "Bidirectional", "Sequential"])
+def test_nested_lists_are_one_array_input(make):
+    """Every layer takes one array, and nested lists of numbers as that array (as GRU does):
+    the first call built from their shape (they were read as a structure of inputs and
+    refused with a garbled shape), the same numbers as the array; ragged lists named."""
+    x = np.random.default_rng(3).random((2, 3, 4)).astype(np.float32)
+    a, b = make(), make()
+    b.build(x.shape)
+    a(x.tolist())  # built by the list's shape
+    b.set_weights(a.get_weights())
+    np.testing.assert_array_equal(a(x.tolist()), b(x))
+    with pytest.raises(ValueError, match="Input of layer .* nested lists of one shape"):
+        make()([[[1.0, 2.0]], [[3.0]]])

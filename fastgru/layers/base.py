@@ -129,14 +129,6 @@ def _leaves(structure):
         yield structure
 
 
-def _shape_of(inputs):
-    if isinstance(inputs, (list, tuple)):
-        return [_shape_of(i) for i in inputs]
-    if hasattr(inputs, "shape"):
-        return tuple(inputs.shape)
-    return tuple(np.shape(inputs))
-
-
 # --------------------------------------------------------------------------- Grads
 class Grads:
     """Gradients of one layer call.
@@ -385,8 +377,11 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__} does not implement call()")
 
     def _build_shape(self, inputs, *args, **kwargs):
-        """The shape ``build`` receives on the first call."""
-        return _shape_of(inputs)
+        """The shape ``build`` receives on the first call: the input's (every layer here takes
+        one array; nested lists of numbers are one, as NumPy reads them)."""
+        if hasattr(inputs, "shape"):
+            return tuple(inputs.shape)
+        return as_array(np, inputs, f"Input of layer '{self.name}'").shape
 
     def __call__(self, inputs, *args, **kwargs):
         if not self.built:
