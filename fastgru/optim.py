@@ -275,7 +275,10 @@ class Optimizer:
                 f"state_dict is for {state.get('class')!r}, cannot load into "
                 f"{type(self).__name__}"
             )
-        slots = state["slots"]
+        slots = state.get("slots")
+        if not isinstance(slots, Mapping):
+            raise ValueError("`state['slots']` must be a dict of slot name -> per-parameter "
+                             f"arrays, as state_dict() returns. Received: {type(slots).__name__}")
         if set(slots) != set(self._slot_names):
             raise ValueError(f"state_dict slots {sorted(slots)} != {sorted(self._slot_names)}")
         for k, values in slots.items():

@@ -333,6 +333,14 @@ def test_load_state_dict_validates():
     bad["slots"]["momentums"] = [np.zeros(2)]
     with pytest.raises(ValueError, match="shape"):
         opt.load_state_dict(bad)
+    for slots in ("missing", None, [1]):
+        bad = opt.state_dict()
+        if slots == "missing":
+            del bad["slots"]
+        else:
+            bad["slots"] = slots
+        with pytest.raises(ValueError, match=r"`state\['slots'\]` must be a dict"):
+            opt.load_state_dict(bad)
 
 
 @settings(max_examples=20, deadline=None)
