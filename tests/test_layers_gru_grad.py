@@ -171,6 +171,18 @@ def test_a_tape_is_refused_once_the_weights_change():
         layer.backward(tape, np.ones_like(y))
 
 
+def test_a_tape_of_another_layer_is_named_as_such():
+    """Another layer's tape, even one of the same configuration, is not a weight change."""
+    x = np.random.default_rng(6).normal(size=(2, 4, 2))
+    a, b = GRU(3, name="first"), GRU(3, name="second")
+    y, tape = a.forward(x)
+    b(x)
+    with pytest.raises(ValueError, match=r"Layer 'second': this tape was recorded by another "
+                                         r"layer \('first'\)"):
+        b.backward(tape, np.ones_like(y))
+    a.backward(tape, np.ones_like(y))  # its own layer takes it
+
+
 def test_forward_float32_and_optimizer_style_iteration():
     r = np.random.default_rng(4)
     layer = GRU(3)

@@ -523,7 +523,7 @@ class RNN(Layer):
         layer_tape = None
         if record:
             layer_tape = RNNTape(tapes, engines, reasons, drops, bare, B, T, self.dtype, xp,
-                                 meta={"cells": [c.name for c in cells],
+                                 meta={"layer": self.name, "cells": [c.name for c in cells],
                                        "weights": [c.weights_key() for c in cells]})
         return inp, final, layer_tape
 
@@ -616,8 +616,17 @@ class RNN(Layer):
         if not isinstance(tape, RNNTape):
             raise TypeError(f"backward needs the tape returned by forward(); got {type(tape)}")
         cells = _gru_cells(self.cell)
-        recorded = tape.meta.get("weights")
-        if recorded is not None and recorded != [c.weights_key() for c in cells]:
+        recorded, now = tape.meta.get("weights"), [c.weights_key() for c in cells]
+
+        def uids(keys):  # the weights' identities, without their versions
+            return [tuple(None if w is None else w[0] for w in k) for k in keys]
+
+        if recorded is not None and uids(recorded) != uids(now):
+            raise ValueError(
+                f"Layer '{self.name}': this tape was recorded by another layer "
+                f"('{tape.meta.get('layer')}'); pass it to that layer's backward."
+            )
+        if recorded is not None and recorded != now:
             # the engines' tapes hold the weights by reference: the gradients would mix the
             # recorded forward with the new values
             raise ValueError(
