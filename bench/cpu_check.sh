@@ -2,7 +2,8 @@
 # One prepared run on a CPU that the defaults were not tuned on (issue #10's Zen 5, say): build
 # in place, the CPU engine's tests, one-process A/Bs of every switch whose default was chosen by
 # measurements on other CPUs (each line gives the setting to flip in src_c/gemm.c if the other
-# value wins there), then issue #10's acceptance runs and bench/targets.py. About 45 minutes on
+# value wins there) and a standalone probe (bench/_overlap_probe.c, with the A/Bs), then issue
+# #10's acceptance runs and bench/targets.py. About 45 minutes on
 # two cores; logs go to $OUT or ./cpu-logs. Each stage has its own time limit: T_TESTS, T_AB
 # (per A/B), T_RUN (per benchmark run), in seconds. SKIP_ACCEPT=1 stops after the A/Bs; AB=0
 # skips them. Exit status 1 if the tests, a stage or a target failed (every stage still runs);
