@@ -85,15 +85,19 @@ class Activation:
             )
         out = self._grad(a)
         if self.code is None:
-            self._check_shape(out, a, "'s derivative")
+            self._check_shape(out, a, "'s derivative", scalar_ok=True)
         return out
 
-    def _check_shape(self, out, a, what):
-        # a user function's scalar or (units,) result would broadcast over the batch unseen
-        if np.shape(out) != np.shape(a):
+    def _check_shape(self, out, a, what, scalar_ok=False):
+        # a user function's scalar or (units,) result would broadcast over the batch unseen; a
+        # derivative may be one number (a linear piece's slope, `lambda a: 1.0`): it only ever
+        # multiplies elementwise, so a constant is the same values at every entry
+        shape = np.shape(out)
+        if shape != np.shape(a) and not (scalar_ok and shape == ()):
             raise ValueError(
                 f"activation {self._fn!r}{what} must return an array of its argument's shape "
-                f"{np.shape(a)}; it returned {type(out).__name__} of shape {np.shape(out)}"
+                f"{np.shape(a)}{' (or one number)' if scalar_ok else ''}; it returned "
+                f"{type(out).__name__} of shape {shape}"
             )
 
     @property

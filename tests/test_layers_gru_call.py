@@ -290,6 +290,41 @@ def test_user_callable_of_another_shape_is_refused(which, rng):
             layer.backward(tape, np.ones_like(y))
 
 
+def _linear(a):
+    return a * 0.5
+
+
+def _linear_array_slope(a):
+    return a * 0.5
+
+
+_linear.derivative = lambda a: 0.5  # one number: the slope everywhere, as before c082ca6
+_linear_array_slope.derivative = lambda a: np.full(np.shape(a), 0.5)
+
+
+@pytest.mark.parametrize("which", ["activation", "recurrent_activation"])
+def test_user_derivative_may_be_one_number(which, rng):
+    """A constant derivative (a linear piece) given as a scalar trains as the same constant
+    given as an array of the argument's shape (the shape check takes it: it multiplies
+    elementwise, so no batch broadcast can go wrong)."""
+    x = rng.random((2, 3, 2))
+    layers = [GRU(2, return_sequences=True, dtype="float64", **{which: act})
+              for act in (_linear, _linear_array_slope)]
+    dense = [fastgru.Dense(3, activation=act, dtype="float64")
+             for act in (_linear, _linear_array_slope)]
+    for pair, inp in ((layers, x), (dense, x[:, 0])):
+        pair[0](inp)
+        pair[1](inp)
+        pair[1].set_weights(pair[0].get_weights())
+        grads = []
+        for layer in pair:
+            y, tape = layer.forward(inp, training=True)
+            grads.append(layer.backward(tape, np.ones_like(y)))
+        np.testing.assert_array_equal(grads[0].inputs, grads[1].inputs)
+        for a, b in zip(grads[0].weights, grads[1].weights, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
 # ---------------------------------------------------------------- dropout
 def test_dropout_inactive_without_training_and_rate_one(rng):
     x = rng.random((3, 4, 5))
