@@ -189,16 +189,16 @@ def _ragged(X, name: str) -> _Seqs:
         # "Found array with 0 sample(s)", which reads as if X itself were empty
         a = check_array(s, ensure_2d=False, dtype=[np.float64, np.float32], input_name=name,
                         ensure_min_samples=0)
+        if a.ndim not in (1, 2):  # before the length: a 0-d sequence has no shape[0]
+            raise ValueError(
+                f"Each sequence of a list {name} must be 2-D (n_timesteps, n_features) or 1-D "
+                f"(n_timesteps,); sequence {i} has shape {a.shape}."
+            )
         if a.shape[0] == 0:
             raise ValueError(f"Sequence {i} of {name} has length 0 (shape {a.shape}); every "
                              "sequence needs >= 1 step.")
         if a.ndim == 1:
             a = a[:, None]
-        if a.ndim != 2:
-            raise ValueError(
-                f"Each sequence of a list {name} must be 2-D (n_timesteps, n_features) or 1-D "
-                f"(n_timesteps,); sequence {i} has shape {a.shape}."
-            )
         seqs.append(_as_compute(a, name))
     widths = {a.shape[1] for a in seqs}
     if len(widths) != 1:

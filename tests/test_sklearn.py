@@ -165,6 +165,12 @@ def test_ragged_lists_are_padded_and_masked():
             GRUClassifier(**FAST).fit([seqs[0], empty, seqs[2]], y[:3])
         with pytest.raises(ValueError, match="Sequence 1 of X has length 0"):
             clf.predict([seqs[0], empty])
+    # a scalar sequence is named by its shape (after 34962ed it was 'IndexError: tuple index
+    # out of range', the length read before the rank)
+    with pytest.raises(ValueError, match=r"sequence 1 has shape \(\)"):
+        GRUClassifier(**FAST).fit([seqs[0], np.float64(1.0), seqs[2]], y[:3])
+    with pytest.raises(ValueError, match=r"sequence 1 has shape \(\)"):
+        clf.predict([seqs[0], 1.0])
     scores = cross_val_score(GRUClassifier(**FAST), seqs, y, cv=2)  # lists split like arrays
     assert scores.shape == (2,)
 
