@@ -366,7 +366,9 @@ def test_activity_regularizer_per_returned_tensor():
     ((-1, 4, 3), "Negative dimensions are not allowed"),
     ((None, None, 3.0), "Found invalid dimension '3.0'"),
     ((None, None, "3"), "Found invalid dimension '3'"),
-], ids=["negative-features", "negative-batch", "float", "str"])
+    ((None, None, np.float32(3.5)), "Found invalid dimension '3.5'"),
+    ((None, None, True), "Found invalid dimension 'True'"),
+], ids=["negative-features", "negative-batch", "float", "str", "float32", "bool"])
 def test_build_refuses_an_invalid_shape_naming_the_argument(shape, why):
     """GRU(4).build((None, None, -3)) gave NumPy's 'negative dimensions are not allowed'; Keras's
     shape rules (each dimension None or an integer >= 0), with the argument named."""
@@ -375,3 +377,17 @@ def test_build_refuses_an_invalid_shape_naming_the_argument(shape, why):
         GRU(4, name="g", stateful=shape[0] == -1).build(shape)
     with pytest.raises(ValueError, match=rf"\(argument `input_shape` of GRUCell 'c'\)\. {why}"):
         GRUCell(4, name="c").build((shape[0], shape[2]))
+
+
+def test_build_takes_numpy_integer_dimensions():
+    """NumPy integers and 0-d integer arrays are integers (a shape computed with NumPy)."""
+    for dims in ((np.int64(2), np.int32(3), np.int64(4)), (None, np.array(3), np.uint8(4))):
+        layer = GRU(5, stateful=dims[0] is not None)
+        layer.build(dims)
+        assert layer.cell.kernel.shape == (4, 15)
+        cell = GRUCell(5)
+        cell.build((dims[0], dims[2]))
+        assert cell.input_dim == 4
+        dense = fastgru.Dense(2)
+        dense.build((dims[0], dims[2]))
+        assert dense.kernel.shape == (4, 2)

@@ -13,6 +13,7 @@ per name (``gru``, ``gru_1``, ...); weight names are paths built from the layers
 from __future__ import annotations
 
 import functools
+import operator
 import re
 import threading
 import warnings
@@ -105,14 +106,15 @@ def dtype_policy(dtype: np.dtype) -> dict:
 
 def check_shape(shape, what: str) -> None:
     """Keras's rules for a shape (``standardize_shape``): each dimension None or an integer
-    >= 0, str and float refused even where ``int()`` takes them. ``what`` names the argument."""
+    >= 0 (Python or NumPy integers, 0-d integer arrays), str, float (NumPy's float32 too) and
+    bool refused even where ``int()`` takes them. ``what`` names the argument."""
     for d in shape:
         if d is None:
             continue
         try:
-            if isinstance(d, (str, float)):
+            if isinstance(d, (bool, np.bool_)):
                 raise TypeError
-            n = int(d)
+            n = operator.index(d)  # int() would truncate np.float32(3.5) to 3
         except Exception as e:
             raise ValueError(f"Cannot convert '{tuple(shape)}' to a shape ({what}). Found "
                              f"invalid dimension '{d}' of type '{type(d)}'.") from e
