@@ -24,12 +24,17 @@ def get_array_module(*arrays):
     return np
 
 
+# dtype kinds that are not real numbers: complex, str, bytes, void (hot paths test
+# ``x.dtype.kind in NOT_REAL`` before building check_real's message)
+NOT_REAL = "cUSV"
+
+
 def check_real(a, what: str):
     """``a`` itself where its dtype holds real numbers (float, integer, bool); else a TypeError
     naming ``what``: converting would drop complex values' imaginary parts with no more than
     a warning, or fail on strings without naming the argument."""
     dtype = getattr(a, "dtype", None)
-    if dtype is not None and dtype.kind in "cUSV":
+    if dtype is not None and dtype.kind in NOT_REAL:
         raise TypeError(f"{what} must hold real numbers (float, integer or bool); received an "
                         f"array of dtype {dtype}")
     return a

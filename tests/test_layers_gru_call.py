@@ -602,5 +602,6 @@ def test_initial_state_of_another_type_is_refused_naming_it(state, frozen):
     x = np.ones((2, 4, 5), np.float32)
     call = _called(layer, x, frozen)
     with pytest.raises(TypeError, match=r"`initial_state` of layer 'g' must be an array of "
-                                        r"shape \(batch, units\)"):
+                                        r"shape \(batch, units\).*received "
+                                        f"{type(state).__name__} "):
         call(x, initial_state=state)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import _dispatch, _serialization
-from .._array import as_array, check_real
+from .._array import NOT_REAL, as_array, check_real
 from ..engines import reference
 from ..variable import Variable
 from ._stacked import StackedRNNCells
@@ -267,7 +267,8 @@ class RNN(Layer):
         xp = array_module(sequences)
         x = (xp.asarray(sequences) if hasattr(sequences, "shape") else
              as_array(np, sequences, f"Input `sequences` of layer '{self.name}'"))
-        check_real(x, f"Input `sequences` of layer '{self.name}'")
+        if x.dtype.kind in NOT_REAL:  # (the message is built only then: a per-call cost)
+            check_real(x, f"Input `sequences` of layer '{self.name}'")
         self._check_rank(x.shape)
         if not self.built:
             self.build(tuple(x.shape))
@@ -410,15 +411,18 @@ class RNN(Layer):
         return a
 
     def _state_array(self, value, xp, B, size, arg):
-        what = f"Argument `{arg}` of layer '{self.name}'"
-        a = self._to(xp, value if hasattr(value, "shape") else as_array(np, value, what))
-        check_real(a, what)
+        what = "Argument `{}` of layer '{}'"  # formatted only for a message: a per-call cost
+        a = value if hasattr(value, "shape") else as_array(np, value, what.format(arg, self.name))
+        a = self._to(xp, a)
+        dtype = getattr(a, "dtype", None)
+        if dtype is not None and dtype.kind in NOT_REAL:
+            check_real(a, what.format(arg, self.name))
         try:
             a = xp.asarray(a, dtype=self.dtype)
         except (TypeError, ValueError) as e:  # e.g. a dict (a 0-d object array)
             raise TypeError(
-                f"{what} must be an array of shape (batch, units), or a list of them (one per "
-                f"state); received {type(value).__name__} ({e})"
+                f"{what.format(arg, self.name)} must be an array of shape (batch, units), or a "
+                f"list of them (one per state); received {type(value).__name__} ({e})"
             ) from e
         expected = (B,) + ((size,) if isinstance(size, int) else tuple(size))
         if tuple(a.shape) != expected:
