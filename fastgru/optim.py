@@ -157,11 +157,12 @@ class Optimizer:
                                   var_names: Sequence[str] = None) -> None:
         """Exempt variables from ``weight_decay``: those in ``var_list``, and those whose name
         contains one of ``var_names`` (a regular expression each, as in Keras)."""
-        ids = {v.uid for v in (var_list or ())}
+        ids = {id(v) for v in (var_list or ())}
         pattern = re.compile("|".join(var_names)) if var_names else None
+        # positions in params, which a pickled optimizer keeps (its Variables' uids it does not)
         self._no_decay = {
-            p.uid for p in self.params
-            if p.uid in ids or (pattern is not None and pattern.search(p.name))
+            i for i, p in enumerate(self.params)
+            if id(p) in ids or (pattern is not None and pattern.search(p.name))
         }
 
     # ------------------------------------------------------------------ the step
@@ -227,7 +228,7 @@ class Optimizer:
         lr = self.learning_rate
         if self.weight_decay:
             for i in idx:
-                if self.params[i].uid not in self._no_decay:
+                if i not in self._no_decay:
                     v = self.params[i].value
                     t = v.dtype.type
                     v -= v * t(self.weight_decay) * t(lr)

@@ -28,6 +28,15 @@ class Variable:
         self.version = 0
         self.uid = next(_ids)  # stable identity for caches (id() can be reused)
 
+    def __setstate__(self, state):
+        # a copy (pickle, copy.copy / deepcopy) is another Variable: a uid of its own, so that
+        # what is keyed on uids (packed-weight caches, de-duplicated weight lists, tapes) never
+        # takes it for the original (the counter restarts in every process, too)
+        _, slots = state if isinstance(state, tuple) else (None, state)
+        for name, value in (slots or {}).items():
+            setattr(self, name, value)
+        self.uid = next(_ids)
+
     @property
     def shape(self):
         return self.value.shape

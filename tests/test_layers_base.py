@@ -174,3 +174,26 @@ def test_nested_lists_are_one_array_input(make):
     np.testing.assert_array_equal(a(x.tolist()), b(x))
     with pytest.raises(ValueError, match="Input of layer .* nested lists of one shape"):
         make()([[[1.0, 2.0]], [[3.0]]])
+
+
+def test_copies_of_a_layer_have_variables_of_their_own():
+    """A deep copy or an unpickled layer holds other Variables (uids of their own): weight
+    lists de-duplicated by uid, the packed-weight caches keyed by (uid, version) and tape
+    checks never take a copy's weights for the original's (uids came back with pickle and
+    deepcopy, and the counter restarts in every process)."""
+    import copy
+    import pickle
+
+    x = np.random.default_rng(4).random((2, 3, 4)).astype(np.float32)
+    g = GRU(3, return_sequences=True)
+    g(x)
+    for other in (copy.deepcopy(g), pickle.loads(pickle.dumps(g))):
+        uids = {w.uid for w in g.weights}
+        assert uids.isdisjoint(w.uid for w in other.weights)
+        assert len(fastgru.Sequential([g, other]).weights) == 2 * len(g.weights)
+        np.testing.assert_array_equal(other(x), g(x))
+        y, tape = g.forward(x)
+        with pytest.raises(ValueError, match="recorded by another layer"):
+            other.backward(tape, np.ones_like(y))
+    shared = copy.deepcopy([g, g])  # one layer twice stays one layer
+    assert shared[0].weights[0] is shared[1].weights[0]

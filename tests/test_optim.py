@@ -118,6 +118,25 @@ def test_adamw_defaults_and_exclusion():
     np.testing.assert_allclose(b.value, keras_adam(W0, GRADS, lr=0.01), rtol=1e-13)
 
 
+def test_adamw_exclusion_survives_pickling():
+    """A pickled optimizer (with its Variables, which come back with uids of their own) still
+    exempts the same variables from weight decay: var_list and var_names alike."""
+    import pickle
+
+    w, b, c = (Variable(W0.copy(), n) for n in ("dense/kernel", "dense/bias", "dense/extra"))
+    opt = AdamW([w, b, c], learning_rate=0.01)
+    opt.exclude_from_weight_decay(var_list=[c], var_names=["bias"])
+    opt2 = pickle.loads(pickle.dumps(opt))
+    for o in (opt, opt2):
+        for g in GRADS:
+            o.step([g, g, g])
+    for o in (opt, opt2):
+        w, b, c = o.params
+        np.testing.assert_allclose(w.value, keras_adam(W0, GRADS, lr=0.01, wd=0.004), rtol=1e-13)
+        np.testing.assert_allclose(b.value, keras_adam(W0, GRADS, lr=0.01), rtol=1e-13)
+        np.testing.assert_allclose(c.value, keras_adam(W0, GRADS, lr=0.01), rtol=1e-13)
+
+
 def test_adam_float32_stays_float32_in_place_and_close_to_float64():
     w = var(W0, "float32")
     buf = w.value
