@@ -1,6 +1,8 @@
 """GRU/GRUCell/RNN construction: defaults, validation messages, weights, get/set_weights and
 get_config/from_config (KERAS_GRU_SPEC.md sections 2 and 4)."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -391,3 +393,8 @@ def test_build_takes_numpy_integer_dimensions():
         dense = fastgru.Dense(2)
         dense.build((dims[0], dims[2]))
         assert dense.kernel.shape == (4, 2)
+        # kept as Python ints: the configs are JSON (a .keras / .npz file) as with ints
+        model = fastgru.Sequential([GRU(5), fastgru.Dense(1)])
+        model.build(dims)
+        assert type(model._build_input_shape[2]) is int and type(cell.input_dim) is int
+        json.dumps(model.get_config())

@@ -104,12 +104,16 @@ def dtype_policy(dtype: np.dtype) -> dict:
     }
 
 
-def check_shape(shape, what: str) -> None:
-    """Keras's rules for a shape (``standardize_shape``): each dimension None or an integer
+def check_shape(shape, what: str) -> tuple:
+    """``shape`` by Keras's rules (``standardize_shape``): each dimension None or an integer
     >= 0 (Python or NumPy integers, 0-d integer arrays), str, float (NumPy's float32 too) and
-    bool refused even where ``int()`` takes them. ``what`` names the argument."""
+    bool refused even where ``int()`` takes them; returned as a tuple of Python ints and None
+    (a config holding NumPy integers could not be written as JSON). ``what`` names the
+    argument."""
+    out = []
     for d in shape:
         if d is None:
+            out.append(None)
             continue
         try:
             if isinstance(d, (bool, np.bool_)):
@@ -121,6 +125,8 @@ def check_shape(shape, what: str) -> None:
         if n < 0:
             raise ValueError(f"Cannot convert '{tuple(shape)}' to a shape ({what}). Negative "
                              "dimensions are not allowed.")
+        out.append(n)
+    return tuple(out)
 
 
 def _leaves(structure):

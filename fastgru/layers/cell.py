@@ -117,7 +117,7 @@ class GRUCell(Layer):
                 f"GRUCell '{self.name}' needs a known feature size (last axis of the input); "
                 f"received input_shape={tuple(input_shape)}"
             )
-        check_shape(input_shape, f"argument `input_shape` of GRUCell '{self.name}'")
+        input_shape = check_shape(input_shape, f"argument `input_shape` of GRUCell '{self.name}'")
         self.input_dim = int(input_dim)
         u3 = 3 * self.units
         self.kernel = self.add_weight("kernel", (self.input_dim, u3), self.kernel_initializer,

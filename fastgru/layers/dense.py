@@ -108,7 +108,8 @@ class Dense(Layer):
                 f"Dense layer '{self.name}' needs inputs of rank >= 2 with a known last axis. "
                 f"Received: input_shape={input_shape}"
             )
-        check_shape(input_shape, f"argument `input_shape` of Dense layer '{self.name}'")
+        input_shape = check_shape(input_shape,
+                                  f"argument `input_shape` of Dense layer '{self.name}'")
         self.input_dim = int(input_shape[-1])
         self._build_input_shape = input_shape
         self.kernel = self.add_weight(

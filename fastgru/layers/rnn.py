@@ -200,9 +200,10 @@ class RNN(Layer):
         return shape
 
     def build(self, sequences_shape, initial_state_shape=None):
+        self._check_rank(tuple(sequences_shape))
+        sequences_shape = check_shape(sequences_shape,
+                                      f"argument `sequences_shape` of layer '{self.name}'")
         shape = self._batch_major_shape(sequences_shape)
-        self._check_rank(shape)
-        check_shape(sequences_shape, f"argument `sequences_shape` of layer '{self.name}'")
         if self.stateful and shape[0] is None:
             raise ValueError(
                 "When using `stateful=True` in a RNN, the batch size must be static. Found "

@@ -18,7 +18,7 @@ import inspect
 from collections.abc import Callable, Iterable
 
 from .. import _serialization
-from .base import Grads, Layer
+from .base import Grads, Layer, check_shape
 
 __all__ = ["Sequential", "compose"]
 
@@ -132,7 +132,7 @@ class Sequential(Layer):
     def build(self, input_shape=None) -> None:
         if input_shape is None:
             raise ValueError(f"Sequential '{self.name}'.build needs an input shape.")
-        shape = tuple(input_shape)
+        shape = check_shape(input_shape, f"argument `input_shape` of Sequential '{self.name}'")
         self._build_input_shape = shape
         for layer in self._layers:
             if not layer.built:
