@@ -6,7 +6,7 @@
  *   products  the per-step products alone (U's next panel prefetched into L2 as fastgru does)
  *   serial    the chunk's projection up front (panel-major), then its products: fastgru's order
  *   jobs      the projection in jobs of 96 rows x one W panel between the products' panels
- *   stream    jobs, and every tile (jobs too) keeps a prefetch cursor 2 panels ahead in U
+ *   stream    jobs, and every tile (jobs too) keeps a prefetch cursor up to one panel ahead in U
  * If jobs / stream come near `products`, pipelining the projection pays on that CPU.
  *   gcc -O3 -march=native -o /tmp/overlap bench/_overlap_probe.c && /tmp/overlap
  * Intel Xeon (2 MB L2, ~19 GB/s per core from L3), 2026-12-05, three alternations (ms):

@@ -98,8 +98,8 @@ def _iterations(value) -> int:
     """``state_dict()["iterations"]``: an integer >= 0 (a 0-d array or an integral float, as
     a file may give it back, taken too)."""
     try:
-        if isinstance(value, (bool, np.bool_, str, bytes)):
-            raise TypeError
+        if isinstance(value, (bool, np.bool_, str, bytes)) or np.ndim(value) != 0:
+            raise TypeError  # (int() of a 1-element array is deprecated in NumPy)
         n = int(value)
         ok = n >= 0 and n == value
     except (TypeError, ValueError, OverflowError):
@@ -278,7 +278,7 @@ class Optimizer:
             )
         slots = state.get("slots")
         if not isinstance(slots, Mapping):
-            raise ValueError("`state['slots']` must be a dict of slot name -> per-parameter "
+            raise TypeError("`state['slots']` must be a dict of slot name -> per-parameter "
                              f"arrays, as state_dict() returns. Received: {type(slots).__name__}")
         if set(slots) != set(self._slot_names):
             raise ValueError(f"state_dict slots {sorted(slots)} != {sorted(self._slot_names)}")

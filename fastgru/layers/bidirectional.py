@@ -63,7 +63,8 @@ class Bidirectional(Layer):
             use the global float32 policy and cast a float64 layer's outputs down).
 
     Call: ``layer(sequences, initial_state=None, mask=None, training=False)``. Shapes (u =
-    units): concat ``(B, T, 2u)`` / ``(B, 2u)``; sum/mul/ave ``(B, T, u)`` / ``(B, u)``;
+    units): concat ``(B, T, 2u)`` / ``(B, 2u)`` (``u_f + u_b`` with a ``backward_layer`` of
+    other units); sum/mul/ave ``(B, T, u)`` / ``(B, u)`` (equal units only);
     None: a tuple ``(forward_output, backward_output)``. With ``return_state``:
     ``(output, forward_state, backward_state)`` (``(fwd_out, bwd_out, fwd_state,
     bwd_state)`` for merge_mode None).
