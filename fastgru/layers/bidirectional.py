@@ -149,6 +149,9 @@ class Bidirectional(Layer):
         for sub in (self.forward_layer, self.backward_layer):
             if not sub.built:
                 sub.build(sequences_shape)
+        # sum / ave / mul of unequal outputs refused here (NumPy would broadcast a backward
+        # layer of 1 unit over the forward one's units)
+        self.compute_output_shape(sequences_shape)
         if self._initial_weights is not None:
             n = len(self._initial_weights)
             self.forward_layer.set_weights(self._initial_weights[: n // 2])
@@ -166,6 +169,13 @@ class Bidirectional(Layer):
         if self.merge_mode == "concat":
             last = None if out[-1] is None or back[-1] is None else out[-1] + back[-1]
             out = tuple(out[:-1]) + (last,)
+        elif self.merge_mode is not None and tuple(out) != tuple(back):
+            raise ValueError(
+                f"Bidirectional '{self.name}' with merge_mode={self.merge_mode!r} needs forward "
+                f"and backward outputs of one shape; the forward layer gives {tuple(out)} and "
+                f"the backward layer {tuple(back)} (a `backward_layer` with other units works "
+                "only with merge_mode='concat' or None)"
+            )
         elif self.merge_mode is None:
             out = (tuple(out), tuple(back))
         if self.return_state:
@@ -215,14 +225,6 @@ class Bidirectional(Layer):
         y_rev = y_rev.astype(self.dtype, copy=False)
         if self.return_sequences:
             y_rev = xp.flip(y_rev, axis=self._time_axis)
-        if self.merge_mode in ("sum", "ave", "mul") and y.shape != y_rev.shape:
-            # NumPy would broadcast a backward layer of 1 unit over the forward one's units
-            raise ValueError(
-                f"Bidirectional '{self.name}' with merge_mode={self.merge_mode!r} needs forward "
-                f"and backward outputs of one shape; the forward layer gave {tuple(y.shape)} "
-                f"and the backward layer {tuple(y_rev.shape)} (a `backward_layer` with other "
-                "units works only with merge_mode='concat' or None)"
-            )
         if self.merge_mode == "concat":
             return xp.concatenate([y, y_rev], axis=-1), y, y_rev
         if self.merge_mode == "sum":
