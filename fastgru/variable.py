@@ -50,7 +50,8 @@ class Variable:
         return self.name
 
     def bump(self):
-        """Mark the value as changed in place (invalidates packed copies)."""
+        """Mark the value as changed in place (invalidates packed copies: the cuDNN weight
+        space is cached by (uid, version) alone; the CPU engine also compares values)."""
         self.version += 1
 
     def assign(self, new_value):
