@@ -4,6 +4,7 @@ layer's own calls (float64, small shapes)."""
 import numpy as np
 import pytest
 
+import fastgru
 from fastgru import GRU, RNN, GRUCell
 
 
@@ -243,3 +244,29 @@ def test_empty_d_state_entry_of_a_stack_is_named():
     _, tape = layer.forward(np.ones((2, 4, 5)), training=True)
     with pytest.raises(ValueError, match=r"`d_state\[1\]` of layer 'g'.*received an empty list"):
         layer.backward(tape, None, d_state=[None, []])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: GRU(3, return_sequences=True, dtype="float64"),
+    lambda: GRU(3, dtype="float64"),
+    lambda: fastgru.Bidirectional(GRU(3, return_sequences=True, dtype="float64")),
+    lambda: fastgru.Bidirectional(GRU(3, return_sequences=True, dtype="float64"),
+                                  merge_mode=None),
+], ids=["sequences", "last", "bidirectional", "bidirectional-pair"])
+def test_d_outputs_as_nested_lists(make):
+    """d_outputs as nested lists (the inputs may be): the gradients of the same array; a
+    ragged one named."""
+    x = np.random.default_rng(7).normal(size=(2, 3, 4))
+    layer = make()
+    y, tape = layer.forward(x)
+    pair = isinstance(y, tuple)
+    want = layer.backward(tape, tuple(np.ones_like(a) for a in y) if pair else np.ones_like(y))
+    got = layer.backward(tape, [np.ones_like(a).tolist() for a in y] if pair
+                         else np.ones_like(y).tolist())
+    np.testing.assert_array_equal(got.inputs, want.inputs)
+    for a, b in zip(got.weights, want.weights, strict=True):
+        np.testing.assert_array_equal(a, b)
+    ragged = [[[1.0] * 3] * 3, [[1.0] * 3]]
+    with pytest.raises(ValueError, match=r"`d_outputs(\[0\])?` of layer .* nested lists of "
+                                         r"one shape"):
+        layer.backward(tape, [ragged, ragged] if pair else ragged)

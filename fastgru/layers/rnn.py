@@ -643,7 +643,11 @@ class RNN(Layer):
         xp = tape.input_module
         B, T = tape.batch, tape.steps
         if d_out is not None:
-            d_out = check_real(self._to(xp, d_out), f"`d_outputs` of layer '{self.name}'")
+            what = f"`d_outputs` of layer '{self.name}'"
+            d_out = self._to(xp, d_out)
+            if not hasattr(d_out, "shape"):  # nested lists, as the inputs may be
+                d_out = as_array(xp, d_out, what)
+            d_out = check_real(d_out, what)
             given = tuple(np.shape(d_out))  # as the caller laid it out (time-major or not)
             if self.return_sequences and self.time_major:
                 d_out = d_out.swapaxes(0, 1)
