@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from ._array import as_array, check_real
+from ._array import real_array
 from .variable import Variable
 
 __all__ = ["Optimizer", "SGD", "Adam", "AdamW"]
@@ -214,10 +214,7 @@ class Optimizer:
         gs = []
         for i in idx:
             var, g = self.params[i], grads[i]
-            what = f"Gradient for {var.name!r} (`grads[{i}]`)"
-            if not hasattr(g, "shape"):  # nested lists
-                g = as_array(np, g, what)
-            check_real(g, what)
+            g = real_array(np, g, "Gradient for {!r} (`grads[{}]`)", var.name, i)
             if tuple(g.shape) != tuple(var.shape):
                 raise ValueError(
                     f"Gradient for {var.name!r} has shape {tuple(g.shape)}, expected "

@@ -338,7 +338,7 @@ class Layer:
             )
         for var, value in zip(own, weights, strict=True):
             if not hasattr(value, "shape"):  # nested lists: a ragged one named
-                value = as_array(np, value, f"Weight {var.name!r} of layer '{self.name}'")
+                value = as_array(np, value, "Weight {!r} of layer '{}'", var.name, self.name)
             shape = tuple(value.shape)
             if shape != tuple(var.shape):
                 raise ValueError(
@@ -349,7 +349,8 @@ class Layer:
             xp = array_module(var.value)
             if xp is np:
                 value = to_numpy(value)
-            value = check_real(xp.asarray(value), f"Weight {var.name!r} of layer '{self.name}'")
+            value = check_real(xp.asarray(value), "Weight {!r} of layer '{}'", var.name,
+                               self.name)
             var.assign(xp.asarray(value, dtype=var.dtype))
 
     # ------------------------------------------------------------------ regularization
@@ -389,7 +390,7 @@ class Layer:
         one array; nested lists of numbers are one, as NumPy reads them)."""
         if hasattr(inputs, "shape"):
             return tuple(inputs.shape)
-        return as_array(np, inputs, f"Input of layer '{self.name}'").shape
+        return as_array(np, inputs, "Input of layer '{}'", self.name).shape
 
     def __call__(self, inputs, *args, **kwargs):
         if not self.built:

@@ -23,7 +23,7 @@ directions, with the same results, states, tape/backward API and gradients as th
 from __future__ import annotations
 
 from .. import _dispatch, _serialization
-from .._array import as_array, check_real
+from .._array import as_array, real_array
 from .base import Grads, Layer, array_module
 from .cell import GRUCell, _dropout_active
 
@@ -363,11 +363,8 @@ class Bidirectional(Layer):
         d_out, (dh,) = sub._split_d_outputs(d, None, 1, False)
         cell = sub.cell
         if d_out is not None:
-            what = f"`d_outputs` of layer '{self.name}'"
-            d_out = sub._to(xp, d_out)
-            if not hasattr(d_out, "shape"):  # nested lists, as the inputs may be
-                d_out = as_array(xp, d_out, what)
-            d_out = check_real(d_out, what)
+            # nested lists too, as the inputs may be
+            d_out = real_array(xp, sub._to(xp, d_out), "`d_outputs` of layer '{}'", self.name)
             if self.return_sequences and self.time_major:
                 d_out = d_out.swapaxes(0, 1)
             expected = (B, T, cell.units) if self.return_sequences else (B, cell.units)
@@ -464,13 +461,12 @@ class Bidirectional(Layer):
             xp = array_module(y)
             return tuple(  # (the backward half is flipped before its layer sees it)
                 g if g is None or hasattr(g, "shape")
-                else as_array(xp, g, f"`d_outputs[{i}]` of layer '{self.name}'")
+                else as_array(xp, g, "`d_outputs[{}]` of layer '{}'", i, self.name)
                 for i, g in enumerate(d))
         if d is None:
             return None, None
         xp = array_module(y)
-        what = f"`d_outputs` of layer '{self.name}'"
-        d = xp.asarray(check_real(as_array(xp, d, what), what), dtype=y.dtype)
+        d = xp.asarray(real_array(xp, d, "`d_outputs` of layer '{}'", self.name), dtype=y.dtype)
         if self.merge_mode == "concat":
             u = y.shape[-1]  # the backward layer may have other units (backward_layer=)
             expected = y.shape[:-1] + (u + y_rev.shape[-1],)

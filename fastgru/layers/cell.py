@@ -190,8 +190,10 @@ class GRUCell(Layer):
         from .. import _dispatch
 
         xp = array_module(inputs)
-        what = f"{type(self).__name__} '{self.name}': a step's"
-        x = xp.asarray(check_real(xp.asarray(inputs), f"{what} `inputs`"), dtype=self.dtype)
+        what = "{} '{}': a step's `{}`"
+        kind = type(self).__name__
+        x = xp.asarray(check_real(xp.asarray(inputs), what, kind, self.name, "inputs"),
+                       dtype=self.dtype)
         if isinstance(states, (list, tuple)):
             if not states:
                 raise ValueError(
@@ -202,7 +204,8 @@ class GRUCell(Layer):
             h = states[0]
         else:
             h = states
-        h = xp.asarray(check_real(xp.asarray(h), f"{what} `states`"), dtype=self.dtype)
+        h = xp.asarray(check_real(xp.asarray(h), what, kind, self.name, "states"),
+                       dtype=self.dtype)
         if x.ndim != 2 or x.shape[1] != self.input_dim:
             raise ValueError(
                 f"{type(self).__name__} '{self.name}': a step's `inputs` must have shape "
@@ -226,8 +229,8 @@ class GRUCell(Layer):
 
     def __call__(self, inputs, states=None, training=False):
         if not hasattr(inputs, "shape"):  # nested lists, as Keras takes them
-            inputs = as_array(np, inputs, f"{type(self).__name__} '{self.name}': a step's "
-                                          "`inputs`")
+            inputs = as_array(np, inputs, "{} '{}': a step's `inputs`", type(self).__name__,
+                              self.name)
         if not self.built:
             self.build(tuple(inputs.shape))
         if states is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import _serialization, activations, constraints, initializers, regularizers
-from .._array import NOT_REAL, check_real
+from .._array import check_real
 from .base import Grads, Layer, array_module, check_shape
 
 __all__ = ["Dense"]
@@ -129,9 +129,7 @@ class Dense(Layer):
     # ------------------------------------------------------------------ calling
     def _check(self, inputs):
         xp = array_module(inputs)
-        x = xp.asarray(inputs)
-        if x.dtype.kind in NOT_REAL:  # (the message is built only then: a per-call cost)
-            check_real(x, f"Input of Dense layer '{self.name}'")
+        x = check_real(xp.asarray(inputs), "Input of Dense layer '{}'", self.name)
         if x.ndim < 2:
             raise ValueError(
                 f"Dense layer '{self.name}' expects inputs of rank >= 2 (batch, ..., features). "

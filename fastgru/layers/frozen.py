@@ -21,7 +21,7 @@ import copy
 import numpy as np
 
 from .. import _dispatch
-from .._array import NOT_REAL, as_array, check_real
+from .._array import as_array, check_real
 from ..engines.base import Weights
 from ._stacked import StackedRNNCells
 from .base import array_module, to_numpy
@@ -125,9 +125,8 @@ class FrozenRNN:
                     f"a frozen layer ('{self.name}') takes NumPy arrays; received "
                     f"{type(x).__module__}.{type(x).__name__}"
                 )
-            x = as_array(np, x, f"Input `sequences` of frozen layer '{self.name}'")
-        if x.dtype.kind in NOT_REAL:  # (the message is built only then: a per-call cost)
-            check_real(x, f"Input `sequences` of frozen layer '{self.name}'")
+            x = as_array(np, x, "Input `sequences` of frozen layer '{}'", self.name)
+        check_real(x, "Input `sequences` of frozen layer '{}'", self.name)
         if x.ndim != 3:
             raise ValueError(
                 f"Input 0 of frozen layer '{self.name}' must have shape "

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import _dispatch, _serialization
-from .._array import NOT_REAL, as_array, check_real
+from .._array import as_array, check_real, real_array
 from ..engines import reference
 from ..variable import Variable
 from ._stacked import StackedRNNCells
@@ -191,7 +191,7 @@ class RNN(Layer):
     def _build_shape(self, inputs, *args, **kwargs):
         if hasattr(inputs, "shape"):
             return tuple(inputs.shape)
-        return as_array(np, inputs, f"Input `sequences` of layer '{self.name}'").shape
+        return as_array(np, inputs, "Input `sequences` of layer '{}'", self.name).shape
 
     def _batch_major_shape(self, shape):
         shape = tuple(shape)
@@ -266,10 +266,10 @@ class RNN(Layer):
         """(x batch-major in the layer dtype, mask (B, T) bool or None, states, bare, xp);
         ``lazy_zeros``: default zero states as None."""
         xp = array_module(sequences)
+        what = "Input `sequences` of layer '{}'"
         x = (xp.asarray(sequences) if hasattr(sequences, "shape") else
-             as_array(np, sequences, f"Input `sequences` of layer '{self.name}'"))
-        if x.dtype.kind in NOT_REAL:  # (the message is built only then: a per-call cost)
-            check_real(x, f"Input `sequences` of layer '{self.name}'")
+             as_array(np, sequences, what, self.name))
+        check_real(x, what, self.name)
         self._check_rank(x.shape)
         if not self.built:
             self.build(tuple(x.shape))
@@ -324,7 +324,7 @@ class RNN(Layer):
         if mask is None:
             return None
         if not hasattr(mask, "dtype"):  # nested lists: a ragged one named
-            mask = as_array(np, mask, f"Argument `mask` of layer '{self.name}'")
+            mask = as_array(np, mask, "Argument `mask` of layer '{}'", self.name)
         if array_module(mask) is not xp:
             mask = xp.asarray(to_numpy(mask)) if xp is not np else to_numpy(mask)
         mask = xp.asarray(mask)
@@ -412,12 +412,9 @@ class RNN(Layer):
         return a
 
     def _state_array(self, value, xp, B, size, arg):
-        what = "Argument `{}` of layer '{}'"  # formatted only for a message: a per-call cost
-        a = value if hasattr(value, "shape") else as_array(np, value, what.format(arg, self.name))
-        a = self._to(xp, a)
-        dtype = getattr(a, "dtype", None)
-        if dtype is not None and dtype.kind in NOT_REAL:
-            check_real(a, what.format(arg, self.name))
+        what = "Argument `{}` of layer '{}'"
+        a = value if hasattr(value, "shape") else as_array(np, value, what, arg, self.name)
+        a = check_real(self._to(xp, a), what, arg, self.name)
         try:
             a = xp.asarray(a, dtype=self.dtype)
         except (TypeError, ValueError) as e:  # e.g. a dict (a 0-d object array)
@@ -622,16 +619,16 @@ class RNN(Layer):
             raise TypeError(f"backward needs the tape returned by forward(); got {type(tape)}")
         cells = _gru_cells(self.cell)
         recorded, now = tape.meta.get("weights"), [c.weights_key() for c in cells]
-
-        def uids(keys):  # the weights' identities, without their versions
-            return [tuple(None if w is None else w[0] for w in k) for k in keys]
-
-        if recorded is not None and uids(recorded) != uids(now):
-            raise ValueError(
-                f"Layer '{self.name}': this tape was recorded by another layer "
-                f"('{tape.meta.get('layer')}'); pass it to that layer's backward."
-            )
         if recorded is not None and recorded != now:
+
+            def uids(keys):  # the weights' identities, without their versions
+                return [tuple(None if w is None else w[0] for w in k) for k in keys]
+
+            if uids(recorded) != uids(now):
+                raise ValueError(
+                    f"Layer '{self.name}': this tape was recorded by another layer "
+                    f"('{tape.meta.get('layer')}'); pass it to that layer's backward."
+                )
             # the engines' tapes hold the weights by reference: the gradients would mix the
             # recorded forward with the new values
             raise ValueError(
@@ -643,11 +640,8 @@ class RNN(Layer):
         xp = tape.input_module
         B, T = tape.batch, tape.steps
         if d_out is not None:
-            what = f"`d_outputs` of layer '{self.name}'"
-            d_out = self._to(xp, d_out)
-            if not hasattr(d_out, "shape"):  # nested lists, as the inputs may be
-                d_out = as_array(xp, d_out, what)
-            d_out = check_real(d_out, what)
+            # nested lists too, as the inputs may be
+            d_out = real_array(xp, self._to(xp, d_out), "`d_outputs` of layer '{}'", self.name)
             given = tuple(np.shape(d_out))  # as the caller laid it out (time-major or not)
             if self.return_sequences and self.time_major:
                 d_out = d_out.swapaxes(0, 1)
